@@ -1,0 +1,124 @@
+// lora-train eval: mean next-token cross-entropy of a model (optionally with an adapter).
+#include <ATen/ATen.h>
+
+#include <iostream>
+#include <memory>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "worker/engine/cli/cli_common.h"
+#include "worker/engine/data/jsonl.h"
+#include "worker/engine/lora/peft_adapter.h"
+#include "worker/engine/model/tensor_io.h"
+
+namespace lora {
+namespace {
+
+struct EvalOptions {
+  std::string model;
+  std::string adapter;
+  std::string dataset;
+  int64_t seq_len = 2048;
+  int64_t batch_size = 8;
+  std::string dtype = "float32";
+  uint64_t model_seed = 0;
+  bool json = false;
+};
+
+struct Chunk {
+  std::vector<int64_t> tokens;  // inputs plus the final target
+};
+
+// A sequence of n tokens has n - 1 next-token predictions. Longer than seq_len, it is cut into
+// windows of seq_len + 1 tokens overlapping by one, so every prediction is scored exactly once.
+std::vector<Chunk> MakeChunks(const std::vector<std::vector<int64_t>>& sequences, int64_t seq_len) {
+  std::vector<Chunk> out;
+  for (const auto& seq : sequences) {
+    const int64_t n = static_cast<int64_t>(seq.size());
+    for (int64_t start = 0; start + 1 < n; start += seq_len) {
+      int64_t end = std::min(n, start + seq_len + 1);
+      out.push_back({std::vector<int64_t>(seq.begin() + start, seq.begin() + end)});
+    }
+  }
+  return out;
+}
+
+int RunEval(const EvalOptions& o) {
+  ConfigureThreads();
+  Stopwatch clock;
+  if (o.seq_len <= 0) return ReportError("eval", absl::InvalidArgumentError("--seq-len: must be > 0"));
+  if (o.batch_size <= 0) return ReportError("eval", absl::InvalidArgumentError("--batch-size: must be > 0"));
+  auto dtype = ParseFloatDtype(o.dtype);
+  if (!dtype.ok()) return ReportError("eval", absl::InvalidArgumentError(absl::StrCat("--dtype: ", dtype.status().message())));
+  auto loaded = LoadModelOrFlavor(o.model, *dtype, o.model_seed);
+  if (!loaded.ok()) return ReportError("eval", loaded.status());
+  LlamaForCausalLM model = loaded->model;
+  if (!o.adapter.empty()) {
+    auto imported = ImportPeftAdapter(*model, o.adapter);
+    if (!imported.ok()) return ReportError("eval", imported.status());
+  }
+  auto sequences = ReadTokenSequences(o.dataset, model->config().vocab_size);
+  if (!sequences.ok()) return ReportError("eval", sequences.status());
+  std::vector<Chunk> chunks = MakeChunks(*sequences, o.seq_len);
+  if (chunks.empty()) {
+    return ReportError("eval", absl::InvalidArgumentError(absl::StrCat(o.dataset, ": no sequence has 2 or more tokens")));
+  }
+  model->eval();
+  torch::NoGradGuard no_grad;
+  double loss_sum = 0.0;
+  int64_t tokens = 0;
+  for (size_t b = 0; b < chunks.size(); b += static_cast<size_t>(o.batch_size)) {
+    const size_t end = std::min(chunks.size(), b + static_cast<size_t>(o.batch_size));
+    int64_t width = 0;
+    for (size_t i = b; i < end; ++i) width = std::max<int64_t>(width, static_cast<int64_t>(chunks[i].tokens.size()) - 1);
+    const int64_t rows = static_cast<int64_t>(end - b);
+    torch::Tensor inputs = torch::zeros({rows, width}, torch::kInt64);
+    torch::Tensor targets = torch::full({rows, width}, -100, torch::kInt64);
+    auto in = inputs.accessor<int64_t, 2>();
+    auto tg = targets.accessor<int64_t, 2>();
+    for (int64_t r = 0; r < rows; ++r) {
+      const auto& t = chunks[b + static_cast<size_t>(r)].tokens;
+      for (size_t j = 0; j + 1 < t.size(); ++j) {
+        in[r][static_cast<int64_t>(j)] = t[j];
+        tg[r][static_cast<int64_t>(j)] = t[j + 1];
+      }
+    }
+    // Right padding is harmless under causal attention: real tokens never see it.
+    torch::Tensor logits = model->forward(ForwardInputs{inputs});
+    torch::Tensor loss = at::cross_entropy_loss(logits.to(torch::kFloat32).view({-1, logits.size(-1)}),
+                                                targets.view({-1}), {}, at::Reduction::Sum, -100);
+    loss_sum += loss.item<double>();
+    tokens += targets.ne(-100).sum().item<int64_t>();
+  }
+  const double mean = loss_sum / static_cast<double>(tokens);
+  if (o.json) {
+    nlohmann::json j = {{"loss", mean},
+                        {"perplexity", std::exp(mean)},
+                        {"tokens", tokens},
+                        {"sequences", sequences->size()},
+                        {"seconds", clock.Seconds()}};
+    std::cout << j.dump() << std::endl;
+  } else {
+    std::cout << absl::StrFormat("eval loss %.6f (perplexity %.3f) over %d tokens in %d sequences, %.2fs\n", mean,
+                                 std::exp(mean), tokens, sequences->size(), clock.Seconds());
+  }
+  return kExitOk;
+}
+
+}  // namespace
+
+void AddEvalCommand(CLI::App& app, CommandRunner* runner) {
+  auto o = std::make_shared<EvalOptions>();
+  CLI::App* cmd = app.add_subcommand("eval", "Mean next-token cross-entropy of a model on a JSONL dataset");
+  cmd->add_option("--model", o->model, "Hugging Face checkpoint directory or flavor name")->required();
+  cmd->add_option("--adapter", o->adapter, "PEFT adapter directory to apply");
+  cmd->add_option("--dataset", o->dataset, "JSONL file of {\"input_ids\": [...]} lines")->required();
+  cmd->add_option("--seq-len", o->seq_len, "Context window; longer sequences are scored in windows")->capture_default_str();
+  cmd->add_option("--batch-size", o->batch_size, "Windows per forward pass")->capture_default_str();
+  cmd->add_option("--dtype", o->dtype, "Dtype to run the model in")->capture_default_str();
+  cmd->add_option("--model-seed", o->model_seed, "Base weight seed when --model is a flavor")->capture_default_str();
+  cmd->add_flag("--json", o->json, "Print the result as JSON");
+  cmd->callback([o, runner] { *runner = [o] { return RunEval(*o); }; });
+}
+
+}  // namespace lora

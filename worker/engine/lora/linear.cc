@@ -1,0 +1,81 @@
+#include "worker/engine/lora/linear.h"
+
+#include <ATen/ATen.h>
+#include <torch/nn/init.h>
+
+#include <cmath>
+#include <stdexcept>
+#include <string>
+
+namespace lora {
+
+double LoraScale(double alpha, int64_t rank, bool use_rslora) {
+  return use_rslora ? alpha / std::sqrt(static_cast<double>(rank)) : alpha / static_cast<double>(rank);
+}
+
+LinearImpl::LinearImpl(const LinearOptions& options) : options_(options) {
+  auto tensor_options = torch::TensorOptions().dtype(options.dtype);
+  weight = register_parameter("weight",
+                              torch::empty({options.out_features, options.in_features}, tensor_options));
+  if (options.bias) {
+    bias = register_parameter("bias", torch::zeros({options.out_features}, tensor_options));
+  }
+}
+
+torch::Tensor LinearImpl::forward(const torch::Tensor& x) {
+  torch::Tensor y = at::linear(x, weight, bias);
+  if (lora_a.is_empty() || merged_) return y;
+  torch::Tensor h = x;
+  if (dropout_ > 0.0 && is_training()) h = at::dropout(h, dropout_, /*train=*/true);
+  torch::Tensor delta = at::linear(at::linear(h, lora_a->weight), lora_b->weight);
+  return at::add(y, delta, scale_);
+}
+
+void LinearImpl::AttachAdapter(const AdapterOptions& options) {
+  if (has_adapter()) throw std::logic_error("LoRA adapter already attached");
+  if (options.rank <= 0) throw std::invalid_argument("LoRA rank must be > 0");
+  rank_ = options.rank;
+  scale_ = LoraScale(options.alpha, options.rank, options.use_rslora);
+  alpha_ = options.alpha;
+  use_rslora_ = options.use_rslora;
+  dropout_ = options.dropout;
+  lora_a = register_module(
+      "lora_a", Linear(LinearOptions{options_.in_features, options.rank, false, options.dtype}));
+  lora_b = register_module(
+      "lora_b", Linear(LinearOptions{options.rank, options_.out_features, false, options.dtype}));
+  torch::NoGradGuard no_grad;
+  // Initialize in fp32 with an explicit generator so results do not depend on the dtype or on
+  // global RNG state; B = 0 keeps the converted model equal to the base at step 0.
+  torch::Tensor a = torch::empty({options.rank, options_.in_features}, torch::kFloat32);
+  if (options.init == LoraInit::kKaiming) {
+    // kaiming_uniform(a=sqrt(5)): bound = gain * sqrt(3 / fan_in), gain = sqrt(2 / (1 + a^2)).
+    const double gain = std::sqrt(2.0 / (1.0 + 5.0));
+    const double bound = gain * std::sqrt(3.0 / static_cast<double>(options_.in_features));
+    a.uniform_(-bound, bound, options.generator);
+  } else {
+    a.normal_(0.0, 1.0 / static_cast<double>(options.rank), options.generator);
+  }
+  lora_a->weight.copy_(a);
+  lora_b->weight.zero_();
+}
+
+torch::Tensor LinearImpl::DeltaWeight() const {
+  if (!has_adapter()) return torch::zeros_like(weight, torch::kFloat32);
+  return at::matmul(lora_b->weight.to(torch::kFloat32), lora_a->weight.to(torch::kFloat32)) * scale_;
+}
+
+void LinearImpl::Merge() {
+  if (!has_adapter() || merged_) return;
+  torch::NoGradGuard no_grad;
+  weight.copy_(weight.to(torch::kFloat32) + DeltaWeight());
+  merged_ = true;
+}
+
+void LinearImpl::Unmerge() {
+  if (!has_adapter() || !merged_) return;
+  torch::NoGradGuard no_grad;
+  weight.copy_(weight.to(torch::kFloat32) - DeltaWeight());
+  merged_ = false;
+}
+
+}  // namespace lora

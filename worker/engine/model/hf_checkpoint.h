@@ -1,0 +1,72 @@
+// Hugging Face checkpoint directories: config.json plus model.safetensors, or shards listed in
+// model.safetensors.index.json.
+//
+//   LORA_ASSIGN_OR_RETURN(LlamaForCausalLM model, LoadHfModel(dir, torch::kBFloat16));
+//   LORA_RETURN_IF_ERROR(SaveHfModel(*model, out_dir, {.dtype = torch::kBFloat16}));
+#ifndef LORA_WORKER_ENGINE_MODEL_HF_CHECKPOINT_H_
+#define LORA_WORKER_ENGINE_MODEL_HF_CHECKPOINT_H_
+
+#include <torch/nn/module.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/safetensors.h"
+#include "nlohmann/json.hpp"
+#include "worker/engine/model/llama.h"
+#include "worker/engine/model/llama_config.h"
+#include "worker/engine/model/tensor_io.h"
+
+namespace lora {
+
+absl::StatusOr<nlohmann::json> ReadJsonFile(const std::string& path);
+
+// All tensors of a checkpoint directory, whichever files hold them.
+class CheckpointReader {
+ public:
+  static absl::StatusOr<std::unique_ptr<CheckpointReader>> Open(const std::string& dir);
+
+  struct Entry {
+    const SafetensorsFile* file;
+    const TensorInfo* info;
+  };
+  const std::vector<std::string>& names() const { return names_; }
+  // nullptr file when absent.
+  Entry Find(const std::string& name) const;
+  uint64_t total_bytes() const { return total_bytes_; }
+
+ private:
+  std::vector<std::unique_ptr<SafetensorsFile>> files_;
+  std::vector<std::string> names_;
+  std::map<std::string, Entry> entries_;
+  uint64_t total_bytes_ = 0;
+};
+
+absl::StatusOr<LlamaConfig> ReadHfConfig(const std::string& dir);
+
+// Copies checkpoint tensors into `module`'s parameters whose names do not contain `lora_`.
+// Every missing, unexpected or mis-shaped tensor is listed in one error. Tensors that
+// transformers also ignores (rotary inv_freq buffers, a tied lm_head) are skipped.
+absl::Status LoadStateDict(torch::nn::Module& module, const CheckpointReader& reader,
+                           bool tied_embeddings);
+
+absl::StatusOr<LlamaForCausalLM> LoadHfModel(const std::string& dir, torch::Dtype dtype);
+
+// Base parameters (no adapters) under their HF names.
+NamedTensors BaseStateDict(const torch::nn::Module& module);
+
+struct SaveOptions {
+  torch::Dtype dtype = torch::kFloat32;
+  uint64_t max_shard_bytes = 5'000'000'000;  // transformers' default "5GB"
+};
+
+// Writes config.json and the weights (sharded past max_shard_bytes) into `dir`, which is
+// created if needed. Adapter parameters are not written: merge first to export a merged model.
+absl::Status SaveHfModel(const LlamaForCausalLMImpl& model, const std::string& dir,
+                         const SaveOptions& options);
+
+}  // namespace lora
+
+#endif  // LORA_WORKER_ENGINE_MODEL_HF_CHECKPOINT_H_

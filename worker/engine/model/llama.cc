@@ -1,0 +1,165 @@
+#include "worker/engine/model/llama.h"
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <cmath>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "worker/engine/model/rope.h"
+
+namespace lora {
+
+RMSNormImpl::RMSNormImpl(int64_t dim, double eps, torch::Dtype dtype) : eps_(eps) {
+  weight = register_parameter("weight", torch::ones({dim}, torch::TensorOptions().dtype(dtype)));
+}
+
+torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
+  // fp32 statistics whatever the activation dtype, cast back before the weight (HF order).
+  torch::Tensor h = x.to(torch::kFloat32);
+  h = h * at::rsqrt(h.pow(2).mean(-1, /*keepdim=*/true) + eps_);
+  return weight * h.to(x.scalar_type());
+}
+
+TokenEmbeddingImpl::TokenEmbeddingImpl(int64_t vocab_size, int64_t dim, torch::Dtype dtype) {
+  weight = register_parameter("weight", torch::empty({vocab_size, dim}, torch::TensorOptions().dtype(dtype)));
+}
+
+torch::Tensor TokenEmbeddingImpl::forward(const torch::Tensor& ids) { return at::embedding(weight, ids); }
+
+LlamaAttentionImpl::LlamaAttentionImpl(const LlamaConfig& c, torch::Dtype dtype)
+    : num_heads_(c.num_attention_heads), num_kv_heads_(c.num_key_value_heads), head_dim_(c.head_dim) {
+  const int64_t q_dim = c.num_attention_heads * c.head_dim;
+  const int64_t kv_dim = c.num_key_value_heads * c.head_dim;
+  q_proj = register_module("q_proj", Linear(LinearOptions{c.hidden_size, q_dim, c.attention_bias, dtype}));
+  k_proj = register_module("k_proj", Linear(LinearOptions{c.hidden_size, kv_dim, c.attention_bias, dtype}));
+  v_proj = register_module("v_proj", Linear(LinearOptions{c.hidden_size, kv_dim, c.attention_bias, dtype}));
+  o_proj = register_module("o_proj", Linear(LinearOptions{q_dim, c.hidden_size, c.o_proj_bias(), dtype}));
+}
+
+torch::Tensor CausalAttention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                              const torch::Tensor& mask) {
+  const int64_t B = q.size(0), T = q.size(1), H = q.size(2), d = q.size(3);
+  const int64_t K = k.size(2), S = k.size(1), rep = H / K;
+  // Group the query heads that share a kv head: [B, K, rep*T, d]. Head h uses kv head h / rep,
+  // as transformers' repeat_kv does, without materializing repeated K/V.
+  torch::Tensor qg = q.view({B, T, K, rep, d}).permute({0, 2, 3, 1, 4}).reshape({B, K, rep * T, d});
+  torch::Tensor kt = k.permute({0, 2, 3, 1});  // [B, K, d, S]
+  torch::Tensor vt = v.transpose(1, 2);        // [B, K, S, d]
+  torch::Tensor scores = at::matmul(qg, kt).view({B, K, rep, T, S});
+  scores = scores.mul(1.0 / std::sqrt(static_cast<double>(d)));
+  scores = scores.masked_fill(mask.logical_not(), -std::numeric_limits<float>::infinity());
+  torch::Tensor probs = at::softmax(scores, -1, torch::kFloat32).to(v.scalar_type());
+  torch::Tensor out = at::matmul(probs.view({B, K, rep * T, S}), vt);  // [B, K, rep*T, d]
+  return out.view({B, K, rep, T, d}).permute({0, 3, 1, 2, 4}).reshape({B, T, H * d});
+}
+
+torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const AttentionContext& ctx) {
+  const int64_t B = x.size(0), T = x.size(1);
+  torch::Tensor q = q_proj(x).view({B, T, num_heads_, head_dim_});
+  torch::Tensor k = k_proj(x).view({B, T, num_kv_heads_, head_dim_});
+  torch::Tensor v = v_proj(x).view({B, T, num_kv_heads_, head_dim_});
+  q = ApplyRope(q, ctx.cos.to(q.scalar_type()), ctx.sin.to(q.scalar_type()));
+  k = ApplyRope(k, ctx.cos.to(k.scalar_type()), ctx.sin.to(k.scalar_type()));
+  return o_proj(CausalAttention(q, k, v, ctx.mask));
+}
+
+LlamaMlpImpl::LlamaMlpImpl(const LlamaConfig& c, torch::Dtype dtype) {
+  gate_proj = register_module(
+      "gate_proj", Linear(LinearOptions{c.hidden_size, c.intermediate_size, c.mlp_bias, dtype}));
+  up_proj = register_module(
+      "up_proj", Linear(LinearOptions{c.hidden_size, c.intermediate_size, c.mlp_bias, dtype}));
+  down_proj = register_module(
+      "down_proj", Linear(LinearOptions{c.intermediate_size, c.hidden_size, c.mlp_bias, dtype}));
+}
+
+torch::Tensor LlamaMlpImpl::forward(const torch::Tensor& x) {
+  return down_proj(at::silu(gate_proj(x)) * up_proj(x));
+}
+
+LlamaDecoderLayerImpl::LlamaDecoderLayerImpl(const LlamaConfig& c, torch::Dtype dtype) {
+  input_layernorm = register_module("input_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps, dtype));
+  self_attn = register_module("self_attn", LlamaAttention(c, dtype));
+  post_attention_layernorm =
+      register_module("post_attention_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps, dtype));
+  mlp = register_module("mlp", LlamaMlp(c, dtype));
+}
+
+torch::Tensor LlamaDecoderLayerImpl::forward(const torch::Tensor& x, const AttentionContext& ctx) {
+  torch::Tensor h = x + self_attn(input_layernorm(x), ctx);
+  return h + mlp(post_attention_layernorm(h));
+}
+
+LlamaModelImpl::LlamaModelImpl(const LlamaConfig& c, torch::Dtype dtype) : config_(c) {
+  embed_tokens = register_module("embed_tokens", TokenEmbedding(c.vocab_size, c.hidden_size, dtype));
+  layers = register_module("layers", torch::nn::ModuleList());
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) layers->push_back(LlamaDecoderLayer(c, dtype));
+  norm = register_module("norm", RMSNorm(c.hidden_size, c.rms_norm_eps, dtype));
+  inv_freq_ = RopeInverseFrequencies(c);
+}
+
+AttentionContext LlamaModelImpl::MakeAttentionContext(const ForwardInputs& inputs,
+                                                      torch::Dtype dtype) const {
+  const int64_t T = inputs.input_ids.size(1);
+  const auto device = inputs.input_ids.device();
+  torch::Tensor positions = inputs.position_ids.defined()
+                                ? inputs.position_ids
+                                : torch::arange(T, torch::TensorOptions().dtype(torch::kInt64).device(device));
+  AttentionContext ctx;
+  std::tie(ctx.cos, ctx.sin) = RopeCosSin(inv_freq_, positions, dtype);
+  torch::Tensor causal = torch::ones({T, T}, torch::TensorOptions().dtype(torch::kBool).device(device)).tril();
+  if (inputs.document_ids.defined()) {
+    const torch::Tensor& doc = inputs.document_ids;  // [B, T]
+    torch::Tensor same = doc.unsqueeze(2).eq(doc.unsqueeze(1));  // [B, T, T]
+    ctx.mask = same.logical_and(causal).view({doc.size(0), 1, 1, T, T});
+  } else {
+    ctx.mask = causal;
+  }
+  return ctx;
+}
+
+torch::Tensor LlamaModelImpl::forward(const ForwardInputs& inputs) {
+  torch::Tensor h = embed_tokens(inputs.input_ids);
+  AttentionContext ctx = MakeAttentionContext(inputs, h.scalar_type());
+  for (const auto& layer : *layers) h = layer->as<LlamaDecoderLayer>()->forward(h, ctx);
+  return norm(h);
+}
+
+LlamaForCausalLMImpl::LlamaForCausalLMImpl(const LlamaConfig& c, torch::Dtype dtype) : config_(c) {
+  model = register_module("model", LlamaModel(c, dtype));
+  if (!c.tie_word_embeddings) {
+    lm_head = register_module("lm_head", Linear(LinearOptions{c.hidden_size, c.vocab_size, false, dtype}));
+  }
+}
+
+torch::Tensor LlamaForCausalLMImpl::Logits(const torch::Tensor& hidden) {
+  if (lm_head.is_empty()) return at::linear(hidden, model->embed_tokens->weight);
+  return lm_head(hidden);
+}
+
+torch::Tensor LlamaForCausalLMImpl::forward(const ForwardInputs& inputs) {
+  return Logits(model(inputs));
+}
+
+void InitializeWeights(LlamaForCausalLMImpl& model, uint64_t seed) {
+  torch::NoGradGuard no_grad;
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  const double std = model.config().initializer_range;
+  for (const auto& item : model.named_parameters(/*recurse=*/true)) {
+    const std::string& name = item.key();
+    torch::Tensor p = item.value();
+    if (name.find("lora_") != std::string::npos) continue;
+    torch::Tensor init;
+    if (name.find("norm.weight") != std::string::npos) {
+      init = torch::ones(p.sizes(), torch::kFloat32);
+    } else if (p.dim() == 1) {
+      init = torch::zeros(p.sizes(), torch::kFloat32);  // biases
+    } else {
+      init = torch::empty(p.sizes(), torch::kFloat32).normal_(0.0, std, gen);
+    }
+    p.copy_(init);
+  }
+}
+
+}  // namespace lora

@@ -1,0 +1,140 @@
+// Llama-family causal language model in LibTorch with Hugging Face module names, so that
+// `named_parameters()` yields exactly the keys of a transformers checkpoint
+// (`model.layers.0.self_attn.q_proj.weight`, ...).
+//
+//   LlamaForCausalLM model(config, torch::kFloat32);
+//   InitializeWeights(*model, config, /*seed=*/0);
+//   torch::Tensor logits = model(ForwardInputs{input_ids});   // [B, T, vocab]
+//
+// All projections are lora::Linear, so the LoRA converter can attach adapters in place.
+#ifndef LORA_WORKER_ENGINE_MODEL_LLAMA_H_
+#define LORA_WORKER_ENGINE_MODEL_LLAMA_H_
+
+#include <torch/nn/module.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/pimpl.h>
+#include <torch/types.h>
+
+#include <cstdint>
+#include <functional>
+
+#include "worker/engine/lora/linear.h"
+#include "worker/engine/model/llama_config.h"
+
+namespace lora {
+
+struct ForwardInputs {
+  torch::Tensor input_ids;     // int64 [B, T]
+  torch::Tensor position_ids;  // optional int64 [T] or [B, T]; default 0..T-1
+  // Optional int64 [B, T]: tokens attend only within their own document (packed sequences).
+  torch::Tensor document_ids;
+};
+
+// What every attention layer of one forward pass shares: rotary tables and the mask.
+struct AttentionContext {
+  torch::Tensor cos, sin;  // [B or 1, T, 1, head_dim]
+  torch::Tensor mask;      // bool, true = may attend: [T, T] or [B, 1, 1, T, T]
+};
+
+class RMSNormImpl : public torch::nn::Module {
+ public:
+  RMSNormImpl(int64_t dim, double eps, torch::Dtype dtype);
+  torch::Tensor forward(const torch::Tensor& x);
+  torch::Tensor weight;
+
+ private:
+  double eps_;
+};
+TORCH_MODULE(RMSNorm);
+
+// Token embedding table; unlike torch::nn::Embedding it allocates without initializing, so
+// building a model only to load a checkpoint into it costs no random-number generation.
+class TokenEmbeddingImpl : public torch::nn::Module {
+ public:
+  TokenEmbeddingImpl(int64_t vocab_size, int64_t dim, torch::Dtype dtype);
+  torch::Tensor forward(const torch::Tensor& ids);
+  torch::Tensor weight;
+};
+TORCH_MODULE(TokenEmbedding);
+
+class LlamaAttentionImpl : public torch::nn::Module {
+ public:
+  LlamaAttentionImpl(const LlamaConfig& config, torch::Dtype dtype);
+  torch::Tensor forward(const torch::Tensor& x, const AttentionContext& ctx);
+
+  Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
+
+ private:
+  int64_t num_heads_, num_kv_heads_, head_dim_;
+};
+TORCH_MODULE(LlamaAttention);
+
+class LlamaMlpImpl : public torch::nn::Module {
+ public:
+  LlamaMlpImpl(const LlamaConfig& config, torch::Dtype dtype);
+  torch::Tensor forward(const torch::Tensor& x);
+
+  Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
+};
+TORCH_MODULE(LlamaMlp);
+
+class LlamaDecoderLayerImpl : public torch::nn::Module {
+ public:
+  LlamaDecoderLayerImpl(const LlamaConfig& config, torch::Dtype dtype);
+  torch::Tensor forward(const torch::Tensor& x, const AttentionContext& ctx);
+
+  RMSNorm input_layernorm{nullptr};
+  LlamaAttention self_attn{nullptr};
+  RMSNorm post_attention_layernorm{nullptr};
+  LlamaMlp mlp{nullptr};
+};
+TORCH_MODULE(LlamaDecoderLayer);
+
+// Plain causal attention over already-rotated q [B, T, H, d], k and v [B, T, K, d] with GQA.
+// Returns [B, T, H * d].
+torch::Tensor CausalAttention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                              const torch::Tensor& mask);
+
+class LlamaModelImpl : public torch::nn::Module {
+ public:
+  LlamaModelImpl(const LlamaConfig& config, torch::Dtype dtype);
+  // Returns the final normed hidden states [B, T, D].
+  torch::Tensor forward(const ForwardInputs& inputs);
+
+  AttentionContext MakeAttentionContext(const ForwardInputs& inputs, torch::Dtype dtype) const;
+
+  TokenEmbedding embed_tokens{nullptr};
+  torch::nn::ModuleList layers{nullptr};
+  RMSNorm norm{nullptr};
+
+ private:
+  LlamaConfig config_;
+  torch::Tensor inv_freq_;
+};
+TORCH_MODULE(LlamaModel);
+
+class LlamaForCausalLMImpl : public torch::nn::Module {
+ public:
+  LlamaForCausalLMImpl(const LlamaConfig& config, torch::Dtype dtype);
+  // Logits [B, T, vocab].
+  torch::Tensor forward(const ForwardInputs& inputs);
+  // Projects hidden states to logits (tied embeddings or lm_head).
+  torch::Tensor Logits(const torch::Tensor& hidden);
+
+  const LlamaConfig& config() const { return config_; }
+
+  LlamaModel model{nullptr};
+  Linear lm_head{nullptr};  // null when embeddings are tied
+
+ private:
+  LlamaConfig config_;
+};
+TORCH_MODULE(LlamaForCausalLM);
+
+// HF initialization: linears and embeddings ~ N(0, initializer_range), biases 0, norms 1.
+// Deterministic for a given seed regardless of dtype or thread count.
+void InitializeWeights(LlamaForCausalLMImpl& model, uint64_t seed);
+
+}  // namespace lora
+
+#endif  // LORA_WORKER_ENGINE_MODEL_LLAMA_H_
