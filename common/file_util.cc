@@ -92,7 +92,8 @@ absl::Status WriteFileAtomically(const std::string& path, absl::string_view cont
 absl::StatusOr<std::string> ReadFileToString(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) {
-    if (!std::filesystem::exists(path)) return absl::NotFoundError(absl::StrCat(path, ": no such file"));
+    if (!std::filesystem::exists(path))
+      return absl::NotFoundError(absl::StrCat(path, ": no such file"));
     return absl::PermissionDeniedError(absl::StrCat(path, ": cannot open for reading"));
   }
   std::ostringstream ss;
@@ -132,21 +133,25 @@ absl::StatusOr<std::unique_ptr<StagedDirectory>> StagedDirectory::Create(
   while (final_clean.size() > 1 && final_clean.back() == '/') final_clean.pop_back();
   if (fs::exists(final_clean, ec)) {
     if (!fs::is_directory(final_clean, ec)) {
-      return absl::FailedPreconditionError(absl::StrCat(final_dir, ": exists and is not a directory"));
+      return absl::FailedPreconditionError(
+          absl::StrCat(final_dir, ": exists and is not a directory"));
     }
     bool empty = fs::is_empty(final_clean, ec);
     bool ours = false;
-    for (const std::string& marker : marker_files) ours = ours || fs::exists(JoinPath(final_clean, marker), ec);
+    for (const std::string& marker : marker_files)
+      ours = ours || fs::exists(JoinPath(final_clean, marker), ec);
     if (!empty && !ours) {
       return absl::FailedPreconditionError(absl::StrCat(
-          final_dir, ": exists, is not empty and does not look like an output of ours; refusing to "
+          final_dir,
+          ": exists, is not empty and does not look like an output of ours; refusing to "
           "replace it (choose a new directory or empty it)"));
     }
   }
   absl::Status made = MakeDirectories(ParentDirectory(final_clean));
   if (!made.ok()) return made;
   std::string staging = absl::StrCat(final_clean, ".staging-", ::getpid(), "-XXXXXX");
-  if (::mkdtemp(staging.data()) == nullptr) return ErrnoError("cannot create staging directory", staging);
+  if (::mkdtemp(staging.data()) == nullptr)
+    return ErrnoError("cannot create staging directory", staging);
   ::chmod(staging.c_str(), 0755);  // mkdtemp makes it 0700; outputs are meant to be shared
   return std::unique_ptr<StagedDirectory>(new StagedDirectory(final_clean, staging));
 }
@@ -169,7 +174,8 @@ absl::Status StagedDirectory::Commit() {
 absl::Status MakeDirectories(const std::string& dir) {
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
-  if (ec) return absl::InternalError(absl::StrCat(dir, ": cannot create directory: ", ec.message()));
+  if (ec)
+    return absl::InternalError(absl::StrCat(dir, ": cannot create directory: ", ec.message()));
   return absl::OkStatus();
 }
 

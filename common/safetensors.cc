@@ -23,10 +23,10 @@ struct DTypeEntry {
 };
 
 constexpr DTypeEntry kDTypes[] = {
-    {DType::kF64, "F64", 8},        {DType::kF32, "F32", 4},        {DType::kF16, "F16", 2},
-    {DType::kBF16, "BF16", 2},      {DType::kI64, "I64", 8},        {DType::kI32, "I32", 4},
-    {DType::kI16, "I16", 2},        {DType::kI8, "I8", 1},          {DType::kU8, "U8", 1},
-    {DType::kBool, "BOOL", 1},      {DType::kF8E4M3, "F8_E4M3", 1}, {DType::kF8E5M2, "F8_E5M2", 1},
+    {DType::kF64, "F64", 8},   {DType::kF32, "F32", 4},        {DType::kF16, "F16", 2},
+    {DType::kBF16, "BF16", 2}, {DType::kI64, "I64", 8},        {DType::kI32, "I32", 4},
+    {DType::kI16, "I16", 2},   {DType::kI8, "I8", 1},          {DType::kU8, "U8", 1},
+    {DType::kBool, "BOOL", 1}, {DType::kF8E4M3, "F8_E4M3", 1}, {DType::kF8E5M2, "F8_E5M2", 1},
 };
 
 absl::Status Corrupt(absl::string_view source, absl::string_view problem) {
@@ -137,7 +137,8 @@ int64_t TensorInfo::numel() const {
 absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeader(const uint8_t* bytes, size_t size,
                                                          absl::string_view source) {
   if (size < 8) {
-    return Corrupt(source, absl::StrCat("file is ", size, " bytes, shorter than the 8-byte header length"));
+    return Corrupt(source,
+                   absl::StrCat("file is ", size, " bytes, shorter than the 8-byte header length"));
   }
   uint64_t header_len = ReadLittleEndian64(bytes);
   if (header_len > kMaxSafetensorsHeaderBytes) {
@@ -145,8 +146,8 @@ absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeader(const uint8_t* bytes, s
                                         kMaxSafetensorsHeaderBytes, " bytes"));
   }
   if (header_len > size - 8) {
-    return Corrupt(source, absl::StrCat("header length ", header_len, " exceeds the file (",
-                                        size, " bytes); the file is truncated"));
+    return Corrupt(source, absl::StrCat("header length ", header_len, " exceeds the file (", size,
+                                        " bytes); the file is truncated"));
   }
   const char* text = reinterpret_cast<const char*>(bytes + 8);
   if (header_len < 2 || text[0] != '{') {
@@ -179,7 +180,8 @@ absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeader(const uint8_t* bytes, s
       if (!value.is_object()) return Corrupt(source, "__metadata__ is not an object");
       for (const auto& [mkey, mvalue] : value.items()) {
         if (!mvalue.is_string()) {
-          return Corrupt(source, absl::StrCat("__metadata__ value for '", mkey, "' is not a string"));
+          return Corrupt(source,
+                         absl::StrCat("__metadata__ value for '", mkey, "' is not a string"));
         }
         result.metadata[mkey] = mvalue.get<std::string>();
       }
@@ -197,9 +199,10 @@ absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeader(const uint8_t* bytes, s
   uint64_t cursor = 0;
   for (const TensorInfo& t : result.tensors) {
     if (t.begin < cursor) {
-      return CorruptTensor(source, t.name,
-                           absl::StrCat("data_offsets [", t.begin, ", ", t.end,
-                                        ") overlap the previous tensor (which ends at ", cursor, ")"));
+      return CorruptTensor(
+          source, t.name,
+          absl::StrCat("data_offsets [", t.begin, ", ", t.end,
+                       ") overlap the previous tensor (which ends at ", cursor, ")"));
     }
     if (t.begin > cursor) {
       return CorruptTensor(source, t.name,
@@ -255,8 +258,8 @@ absl::StatusOr<std::string> SerializeSafetensorsHeader(
       expected *= static_cast<uint64_t>(d);
     }
     if (expected != t.nbytes) {
-      return absl::InvalidArgumentError(absl::StrCat(t.name, ": shape needs ", expected,
-                                                     " bytes but ", t.nbytes, " were given"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(t.name, ": shape needs ", expected, " bytes but ", t.nbytes, " were given"));
     }
     header[t.name] = {{"dtype", DTypeName(t.dtype)},
                       {"shape", t.shape},

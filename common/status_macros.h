@@ -13,17 +13,17 @@
 #define LORA_STATUS_CONCAT_INNER_(a, b) a##b
 #define LORA_STATUS_CONCAT_(a, b) LORA_STATUS_CONCAT_INNER_(a, b)
 
-#define LORA_RETURN_IF_ERROR(expr)                   \
-  do {                                               \
-    ::absl::Status lora_status_ = (expr);            \
-    if (!lora_status_.ok()) return lora_status_;     \
+#define LORA_RETURN_IF_ERROR(expr)               \
+  do {                                           \
+    ::absl::Status lora_status_ = (expr);        \
+    if (!lora_status_.ok()) return lora_status_; \
   } while (false)
 
 #define LORA_ASSIGN_OR_RETURN(lhs, expr) \
   LORA_ASSIGN_OR_RETURN_IMPL_(LORA_STATUS_CONCAT_(lora_statusor_, __LINE__), lhs, expr)
 
-#define LORA_ASSIGN_OR_RETURN_IMPL_(statusor, lhs, expr) \
-  auto statusor = (expr);                                \
+#define LORA_ASSIGN_OR_RETURN_IMPL_(statusor, lhs, expr)   \
+  auto statusor = (expr);                                  \
   if (!statusor.ok()) return std::move(statusor).status(); \
   lhs = std::move(statusor).value()
 

@@ -5,13 +5,24 @@
 #include "worker/engine/cli/cli_common.h"
 
 int main(int argc, char** argv) {
-  CLI::App app{"lora-train: convert, fine-tune, merge and evaluate LoRA adapters for Llama-family models"};
+  CLI::App app{
+      "lora-train: convert, fine-tune, merge and evaluate LoRA adapters for Llama-family models"};
   app.require_subcommand(1);
   lora::CommandRunner runner;
   lora::AddInitModelCommand(app, &runner);
   lora::AddConvertCommand(app, &runner);
   lora::AddMergeCommand(app, &runner);
   lora::AddEvalCommand(app, &runner);
+  auto is_command = [&](const std::string& name) {
+    for (const CLI::App* sub : app.get_subcommands({})) {
+      if (sub->get_name() == name) return true;
+    }
+    return false;
+  };
+  if (argc > 1 && argv[1][0] != '-' && !is_command(argv[1])) {
+    std::cerr << "lora-train: unknown command '" << argv[1] << "'\n" << app.help();
+    return lora::kExitUsage;
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

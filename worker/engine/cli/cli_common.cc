@@ -53,9 +53,9 @@ absl::StatusOr<LoadedModel> LoadModelOrFlavor(const std::string& model_arg, torc
   }
   auto config = LlamaConfig::FromFlavor(model_arg);
   if (!config.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--model: '", model_arg, "' is neither a checkpoint directory nor a flavor (",
-        absl::StrJoin(LlamaConfig::FlavorNames(), ", "), ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--model: '", model_arg, "' is neither a checkpoint directory nor a flavor (",
+                     absl::StrJoin(LlamaConfig::FlavorNames(), ", "), ")"));
   }
   out.model = LlamaForCausalLM(*config, dtype);
   InitializeWeights(*out.model, seed);

@@ -46,10 +46,14 @@ std::vector<Chunk> MakeChunks(const std::vector<std::vector<int64_t>>& sequences
 int RunEval(const EvalOptions& o) {
   ConfigureThreads();
   Stopwatch clock;
-  if (o.seq_len <= 0) return ReportError("eval", absl::InvalidArgumentError("--seq-len: must be > 0"));
-  if (o.batch_size <= 0) return ReportError("eval", absl::InvalidArgumentError("--batch-size: must be > 0"));
+  if (o.seq_len <= 0)
+    return ReportError("eval", absl::InvalidArgumentError("--seq-len: must be > 0"));
+  if (o.batch_size <= 0)
+    return ReportError("eval", absl::InvalidArgumentError("--batch-size: must be > 0"));
   auto dtype = ParseFloatDtype(o.dtype);
-  if (!dtype.ok()) return ReportError("eval", absl::InvalidArgumentError(absl::StrCat("--dtype: ", dtype.status().message())));
+  if (!dtype.ok())
+    return ReportError(
+        "eval", absl::InvalidArgumentError(absl::StrCat("--dtype: ", dtype.status().message())));
   auto loaded = LoadModelOrFlavor(o.model, *dtype, o.model_seed);
   if (!loaded.ok()) return ReportError("eval", loaded.status());
   LlamaForCausalLM model = loaded->model;
@@ -61,7 +65,8 @@ int RunEval(const EvalOptions& o) {
   if (!sequences.ok()) return ReportError("eval", sequences.status());
   std::vector<Chunk> chunks = MakeChunks(*sequences, o.seq_len);
   if (chunks.empty()) {
-    return ReportError("eval", absl::InvalidArgumentError(absl::StrCat(o.dataset, ": no sequence has 2 or more tokens")));
+    return ReportError("eval", absl::InvalidArgumentError(
+                                   absl::StrCat(o.dataset, ": no sequence has 2 or more tokens")));
   }
   model->eval();
   torch::NoGradGuard no_grad;
@@ -70,7 +75,8 @@ int RunEval(const EvalOptions& o) {
   for (size_t b = 0; b < chunks.size(); b += static_cast<size_t>(o.batch_size)) {
     const size_t end = std::min(chunks.size(), b + static_cast<size_t>(o.batch_size));
     int64_t width = 0;
-    for (size_t i = b; i < end; ++i) width = std::max<int64_t>(width, static_cast<int64_t>(chunks[i].tokens.size()) - 1);
+    for (size_t i = b; i < end; ++i)
+      width = std::max<int64_t>(width, static_cast<int64_t>(chunks[i].tokens.size()) - 1);
     const int64_t rows = static_cast<int64_t>(end - b);
     torch::Tensor inputs = torch::zeros({rows, width}, torch::kInt64);
     torch::Tensor targets = torch::full({rows, width}, -100, torch::kInt64);
@@ -85,8 +91,9 @@ int RunEval(const EvalOptions& o) {
     }
     // Right padding is harmless under causal attention: real tokens never see it.
     torch::Tensor logits = model->forward(ForwardInputs{inputs});
-    torch::Tensor loss = at::cross_entropy_loss(logits.to(torch::kFloat32).view({-1, logits.size(-1)}),
-                                                targets.view({-1}), {}, at::Reduction::Sum, -100);
+    torch::Tensor loss =
+        at::cross_entropy_loss(logits.to(torch::kFloat32).view({-1, logits.size(-1)}),
+                               targets.view({-1}), {}, at::Reduction::Sum, -100);
     loss_sum += loss.item<double>();
     tokens += targets.ne(-100).sum().item<int64_t>();
   }
@@ -99,8 +106,9 @@ int RunEval(const EvalOptions& o) {
                         {"seconds", clock.Seconds()}};
     std::cout << j.dump() << std::endl;
   } else {
-    std::cout << absl::StrFormat("eval loss %.6f (perplexity %.3f) over %d tokens in %d sequences, %.2fs\n", mean,
-                                 std::exp(mean), tokens, sequences->size(), clock.Seconds());
+    std::cout << absl::StrFormat(
+        "eval loss %.6f (perplexity %.3f) over %d tokens in %d sequences, %.2fs\n", mean,
+        std::exp(mean), tokens, sequences->size(), clock.Seconds());
   }
   return kExitOk;
 }
@@ -109,14 +117,19 @@ int RunEval(const EvalOptions& o) {
 
 void AddEvalCommand(CLI::App& app, CommandRunner* runner) {
   auto o = std::make_shared<EvalOptions>();
-  CLI::App* cmd = app.add_subcommand("eval", "Mean next-token cross-entropy of a model on a JSONL dataset");
-  cmd->add_option("--model", o->model, "Hugging Face checkpoint directory or flavor name")->required();
+  CLI::App* cmd =
+      app.add_subcommand("eval", "Mean next-token cross-entropy of a model on a JSONL dataset");
+  cmd->add_option("--model", o->model, "Hugging Face checkpoint directory or flavor name")
+      ->required();
   cmd->add_option("--adapter", o->adapter, "PEFT adapter directory to apply");
-  cmd->add_option("--dataset", o->dataset, "JSONL file of {\"input_ids\": [...]} lines")->required();
-  cmd->add_option("--seq-len", o->seq_len, "Context window; longer sequences are scored in windows")->capture_default_str();
+  cmd->add_option("--dataset", o->dataset, "JSONL file of {\"input_ids\": [...]} lines")
+      ->required();
+  cmd->add_option("--seq-len", o->seq_len, "Context window; longer sequences are scored in windows")
+      ->capture_default_str();
   cmd->add_option("--batch-size", o->batch_size, "Windows per forward pass")->capture_default_str();
   cmd->add_option("--dtype", o->dtype, "Dtype to run the model in")->capture_default_str();
-  cmd->add_option("--model-seed", o->model_seed, "Base weight seed when --model is a flavor")->capture_default_str();
+  cmd->add_option("--model-seed", o->model_seed, "Base weight seed when --model is a flavor")
+      ->capture_default_str();
   cmd->add_flag("--json", o->json, "Print the result as JSON");
   cmd->callback([o, runner] { *runner = [o] { return RunEval(*o); }; });
 }

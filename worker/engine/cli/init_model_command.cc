@@ -25,7 +25,9 @@ int RunInitModel(const InitModelOptions& o) {
   auto config = LlamaConfig::FromFlavor(o.flavor);
   if (!config.ok()) return ReportError("init-model", config.status());
   auto dtype = ParseFloatDtype(o.dtype);
-  if (!dtype.ok()) return ReportError("init-model", absl::InvalidArgumentError(absl::StrCat("--dtype: ", dtype.status().message())));
+  if (!dtype.ok())
+    return ReportError("init-model", absl::InvalidArgumentError(
+                                         absl::StrCat("--dtype: ", dtype.status().message())));
   LlamaForCausalLM model(*config, *dtype);
   InitializeWeights(*model, o.seed);
   double init_s = clock.Lap();
@@ -38,8 +40,8 @@ int RunInitModel(const InitModelOptions& o) {
   if (s.ok()) s = (*staged)->Commit();
   if (!s.ok()) return ReportError("init-model", s);
   std::cout << absl::StrFormat(
-      "wrote %s: flavor %s, %d parameters, %s, seed %d (init %.2fs, save %.2fs, peak RSS %s)\n", o.out,
-      o.flavor, config->NumParameters(), FloatDtypeName(*dtype), o.seed, init_s, clock.Lap(),
+      "wrote %s: flavor %s, %d parameters, %s, seed %d (init %.2fs, save %.2fs, peak RSS %s)\n",
+      o.out, o.flavor, config->NumParameters(), FloatDtypeName(*dtype), o.seed, init_s, clock.Lap(),
       HumanBytes(PeakRssBytes()));
   return kExitOk;
 }
@@ -48,12 +50,16 @@ int RunInitModel(const InitModelOptions& o) {
 
 void AddInitModelCommand(CLI::App& app, CommandRunner* runner) {
   auto o = std::make_shared<InitModelOptions>();
-  CLI::App* cmd = app.add_subcommand("init-model", "Write a randomly initialized base model as a Hugging Face checkpoint");
-  cmd->add_option("--flavor", o->flavor, "Model shape: tiny, debugmodel, llama3.2-1b, llama3.1-8b")->capture_default_str();
+  CLI::App* cmd = app.add_subcommand(
+      "init-model", "Write a randomly initialized base model as a Hugging Face checkpoint");
+  cmd->add_option("--flavor", o->flavor, "Model shape: tiny, debugmodel, llama3.2-1b, llama3.1-8b")
+      ->capture_default_str();
   cmd->add_option("--seed", o->seed, "Initialization seed")->capture_default_str();
   cmd->add_option("--out", o->out, "Output directory")->required();
-  cmd->add_option("--dtype", o->dtype, "Stored dtype: float32, bfloat16, float16")->capture_default_str();
-  cmd->add_option("--max-shard-gb", o->max_shard_gb, "Shard the weights past this many GB")->capture_default_str();
+  cmd->add_option("--dtype", o->dtype, "Stored dtype: float32, bfloat16, float16")
+      ->capture_default_str();
+  cmd->add_option("--max-shard-gb", o->max_shard_gb, "Shard the weights past this many GB")
+      ->capture_default_str();
   cmd->callback([o, runner] { *runner = [o] { return RunInitModel(*o); }; });
 }
 

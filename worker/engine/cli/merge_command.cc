@@ -32,7 +32,9 @@ int RunMerge(const MergeOptions& o) {
     dtype_name = config.ok() ? config->torch_dtype : "float32";
   }
   auto dtype = ParseFloatDtype(dtype_name);
-  if (!dtype.ok()) return ReportError("merge", absl::InvalidArgumentError(absl::StrCat("--dtype: ", dtype.status().message())));
+  if (!dtype.ok())
+    return ReportError(
+        "merge", absl::InvalidArgumentError(absl::StrCat("--dtype: ", dtype.status().message())));
   auto loaded = LoadModelOrFlavor(o.model, *dtype, o.model_seed);
   if (!loaded.ok()) return ReportError("merge", loaded.status());
   auto imported = ImportPeftAdapter(*loaded->model, o.adapter);
@@ -47,8 +49,8 @@ int RunMerge(const MergeOptions& o) {
   if (s.ok()) s = (*staged)->Commit();
   if (!s.ok()) return ReportError("merge", s);
   std::cout << absl::StrFormat("merged %d adapted modules into %s (%s) in %.2fs; peak RSS %s\n",
-                               imported->report.modules.size(), o.out, FloatDtypeName(*dtype), clock.Seconds(),
-                               HumanBytes(PeakRssBytes()));
+                               imported->report.modules.size(), o.out, FloatDtypeName(*dtype),
+                               clock.Seconds(), HumanBytes(PeakRssBytes()));
   return kExitOk;
 }
 
@@ -56,13 +58,18 @@ int RunMerge(const MergeOptions& o) {
 
 void AddMergeCommand(CLI::App& app, CommandRunner* runner) {
   auto o = std::make_shared<MergeOptions>();
-  CLI::App* cmd = app.add_subcommand("merge", "Merge a PEFT adapter into its base model and write a plain HF checkpoint");
-  cmd->add_option("--model", o->model, "Base model: Hugging Face checkpoint directory or flavor name")->required();
+  CLI::App* cmd = app.add_subcommand(
+      "merge", "Merge a PEFT adapter into its base model and write a plain HF checkpoint");
+  cmd->add_option("--model", o->model,
+                  "Base model: Hugging Face checkpoint directory or flavor name")
+      ->required();
   cmd->add_option("--adapter", o->adapter, "PEFT adapter directory")->required();
   cmd->add_option("--out", o->out, "Output checkpoint directory")->required();
   cmd->add_option("--dtype", o->dtype, "Output dtype (default: the base checkpoint's torch_dtype)");
-  cmd->add_option("--model-seed", o->model_seed, "Base weight seed when --model is a flavor")->capture_default_str();
-  cmd->add_option("--max-shard-gb", o->max_shard_gb, "Shard the weights past this many GB")->capture_default_str();
+  cmd->add_option("--model-seed", o->model_seed, "Base weight seed when --model is a flavor")
+      ->capture_default_str();
+  cmd->add_option("--max-shard-gb", o->max_shard_gb, "Shard the weights past this many GB")
+      ->capture_default_str();
   cmd->callback([o, runner] { *runner = [o] { return RunMerge(*o); }; });
 }
 

@@ -7,8 +7,9 @@
 
 namespace lora {
 
-absl::Status ForEachJsonLine(const std::string& path,
-                             const std::function<absl::Status(int64_t, const nlohmann::json&)>& fn) {
+absl::Status ForEachJsonLine(
+    const std::string& path,
+    const std::function<absl::Status(int64_t, const nlohmann::json&)>& fn) {
   std::ifstream in(path);
   if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open dataset file"));
   std::string text;
@@ -20,7 +21,8 @@ absl::Status ForEachJsonLine(const std::string& path,
     try {
       j = nlohmann::json::parse(text);
     } catch (const nlohmann::json::exception& e) {
-      return absl::InvalidArgumentError(absl::StrCat(path, ":", line, ": invalid JSON: ", e.what()));
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ":", line, ": invalid JSON: ", e.what()));
     }
     absl::Status s = fn(line, j);
     if (!s.ok()) return absl::Status(s.code(), absl::StrCat(path, ":", line, ": ", s.message()));
@@ -41,11 +43,12 @@ absl::StatusOr<std::vector<std::vector<int64_t>>> ReadTokenSequences(const std::
     std::vector<int64_t> seq;
     seq.reserve(ids.size());
     for (const nlohmann::json& id : ids) {
-      if (!id.is_number_integer()) return absl::InvalidArgumentError("input_ids: must be a list of integers");
+      if (!id.is_number_integer())
+        return absl::InvalidArgumentError("input_ids: must be a list of integers");
       int64_t v = id.get<int64_t>();
       if (v < 0 || v >= vocab_size) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("input_ids: token ", v, " is outside the vocabulary [0, ", vocab_size, ")"));
+        return absl::InvalidArgumentError(absl::StrCat(
+            "input_ids: token ", v, " is outside the vocabulary [0, ", vocab_size, ")"));
       }
       seq.push_back(v);
     }

@@ -18,8 +18,9 @@
 namespace lora {
 
 // Calls `fn` for every non-blank line. Stops at the first error.
-absl::Status ForEachJsonLine(const std::string& path,
-                             const std::function<absl::Status(int64_t line, const nlohmann::json&)>& fn);
+absl::Status ForEachJsonLine(
+    const std::string& path,
+    const std::function<absl::Status(int64_t line, const nlohmann::json&)>& fn);
 
 // Reads `{"input_ids": [...]}` lines: one token sequence per line, nothing added.
 absl::StatusOr<std::vector<std::vector<int64_t>>> ReadTokenSequences(const std::string& path,

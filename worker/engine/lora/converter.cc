@@ -39,25 +39,29 @@ std::string SelectorText(const ModuleSelector& s) {
 }  // namespace
 
 absl::Status ValidateLoraConfig(const LoraConfig& c) {
-  if (c.rank <= 0) return absl::InvalidArgumentError(absl::StrCat("lora.rank: must be > 0, got ", c.rank));
+  if (c.rank <= 0)
+    return absl::InvalidArgumentError(absl::StrCat("lora.rank: must be > 0, got ", c.rank));
   if (!(c.alpha > 0) || !std::isfinite(c.alpha)) {
     return absl::InvalidArgumentError(absl::StrCat("lora.alpha: must be > 0, got ", c.alpha));
   }
   if (!(c.dropout >= 0.0 && c.dropout < 1.0)) {
-    return absl::InvalidArgumentError(absl::StrCat("lora.dropout: must be in [0, 1), got ", c.dropout));
+    return absl::InvalidArgumentError(
+        absl::StrCat("lora.dropout: must be in [0, 1), got ", c.dropout));
   }
   for (const auto& [pattern, rank] : c.rank_pattern) {
     if (rank <= 0) {
-      return absl::InvalidArgumentError(absl::StrCat("lora.rank_pattern.", pattern, ": must be > 0, got ", rank));
+      return absl::InvalidArgumentError(
+          absl::StrCat("lora.rank_pattern.", pattern, ": must be > 0, got ", rank));
     }
   }
   for (const auto& [pattern, alpha] : c.alpha_pattern) {
     if (!(alpha > 0)) {
-      return absl::InvalidArgumentError(absl::StrCat("lora.alpha_pattern.", pattern, ": must be > 0, got ", alpha));
+      return absl::InvalidArgumentError(
+          absl::StrCat("lora.alpha_pattern.", pattern, ": must be > 0, got ", alpha));
     }
   }
-  LORA_RETURN_IF_ERROR(ModuleMatcher::Create(c.target_modules, c.exclude_modules, "lora.target_modules",
-                                             "lora.exclude_modules")
+  LORA_RETURN_IF_ERROR(ModuleMatcher::Create(c.target_modules, c.exclude_modules,
+                                             "lora.target_modules", "lora.exclude_modules")
                            .status());
   LORA_RETURN_IF_ERROR(PatternMap<int64_t>::Create(c.rank_pattern, "lora.rank_pattern").status());
   LORA_RETURN_IF_ERROR(PatternMap<double>::Create(c.alpha_pattern, "lora.alpha_pattern").status());
@@ -66,7 +70,8 @@ absl::Status ValidateLoraConfig(const LoraConfig& c) {
 
 void FreezeAllButAdapters(torch::nn::Module& root) {
   for (const auto& item : root.named_parameters(/*recurse=*/true)) {
-    const bool adapter = absl::StrContains(item.key(), "lora_a.") || absl::StrContains(item.key(), "lora_b.");
+    const bool adapter =
+        absl::StrContains(item.key(), "lora_a.") || absl::StrContains(item.key(), "lora_b.");
     item.value().set_requires_grad(adapter);
   }
 }
@@ -85,8 +90,10 @@ absl::StatusOr<ConversionReport> ConvertToLora(torch::nn::Module& root, const Lo
   LORA_ASSIGN_OR_RETURN(ModuleMatcher matcher,
                         ModuleMatcher::Create(config.target_modules, config.exclude_modules,
                                               "lora.target_modules", "lora.exclude_modules"));
-  LORA_ASSIGN_OR_RETURN(auto ranks, PatternMap<int64_t>::Create(config.rank_pattern, "lora.rank_pattern"));
-  LORA_ASSIGN_OR_RETURN(auto alphas, PatternMap<double>::Create(config.alpha_pattern, "lora.alpha_pattern"));
+  LORA_ASSIGN_OR_RETURN(auto ranks,
+                        PatternMap<int64_t>::Create(config.rank_pattern, "lora.rank_pattern"));
+  LORA_ASSIGN_OR_RETURN(auto alphas,
+                        PatternMap<double>::Create(config.alpha_pattern, "lora.alpha_pattern"));
 
   // Decide everything before changing anything, so a bad target leaves the model untouched.
   struct Planned {
@@ -113,16 +120,18 @@ absl::StatusOr<ConversionReport> ConvertToLora(torch::nn::Module& root, const Lo
           "' of type ", item.value()->name(), ", which is not a Linear layer"));
     }
     if (linear->has_adapter()) {
-      return absl::FailedPreconditionError(absl::StrCat("module '", name, "' already has a LoRA adapter"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("module '", name, "' already has a LoRA adapter"));
     }
     Planned p{name, linear, ranks.Lookup(name).value_or(config.rank),
               alphas.Lookup(name).value_or(config.alpha)};
     plan.push_back(p);
   }
   if (plan.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "lora.target_modules: ", SelectorText(config.target_modules),
-        any_target ? " matches only modules removed by lora.exclude_modules" : " matches no module of the model"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("lora.target_modules: ", SelectorText(config.target_modules),
+                     any_target ? " matches only modules removed by lora.exclude_modules"
+                                : " matches no module of the model"));
   }
 
   FreezeAllButAdapters(root);  // freeze everything first, as the torchtitan converter does
@@ -183,7 +192,8 @@ nlohmann::json ConversionReport::ToJson(torch::Dtype export_dtype) const {
           {"trainable_parameters", trainable_parameters},
           {"total_parameters", total_parameters},
           {"adapter_parameters", adapter_parameters},
-          {"trainable_percent", total_parameters ? 100.0 * trainable_parameters / total_parameters : 0.0},
+          {"trainable_percent",
+           total_parameters ? 100.0 * trainable_parameters / total_parameters : 0.0},
           {"adapter_bytes", AdapterBytes(export_dtype)}};
 }
 

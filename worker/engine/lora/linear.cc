@@ -10,13 +10,14 @@
 namespace lora {
 
 double LoraScale(double alpha, int64_t rank, bool use_rslora) {
-  return use_rslora ? alpha / std::sqrt(static_cast<double>(rank)) : alpha / static_cast<double>(rank);
+  return use_rslora ? alpha / std::sqrt(static_cast<double>(rank))
+                    : alpha / static_cast<double>(rank);
 }
 
 LinearImpl::LinearImpl(const LinearOptions& options) : options_(options) {
   auto tensor_options = torch::TensorOptions().dtype(options.dtype);
-  weight = register_parameter("weight",
-                              torch::empty({options.out_features, options.in_features}, tensor_options));
+  weight = register_parameter(
+      "weight", torch::empty({options.out_features, options.in_features}, tensor_options));
   if (options.bias) {
     bias = register_parameter("bias", torch::zeros({options.out_features}, tensor_options));
   }
@@ -61,7 +62,8 @@ void LinearImpl::AttachAdapter(const AdapterOptions& options) {
 
 torch::Tensor LinearImpl::DeltaWeight() const {
   if (!has_adapter()) return torch::zeros_like(weight, torch::kFloat32);
-  return at::matmul(lora_b->weight.to(torch::kFloat32), lora_a->weight.to(torch::kFloat32)) * scale_;
+  return at::matmul(lora_b->weight.to(torch::kFloat32), lora_a->weight.to(torch::kFloat32)) *
+         scale_;
 }
 
 void LinearImpl::Merge() {

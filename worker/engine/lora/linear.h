@@ -19,8 +19,8 @@
 #include <torch/nn/pimpl.h>
 #include <torch/types.h>
 
-#include <cstdint>
 #include <c10/util/Optional.h>
+#include <cstdint>
 
 namespace lora {
 

@@ -30,13 +30,14 @@ absl::StatusOr<ModuleMatcher> ModuleMatcher::Create(const ModuleSelector& target
                                                     const std::string& target_field,
                                                     const std::string& exclude_field) {
   if (targets.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(target_field, ": must name at least one module"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(target_field, ": must name at least one module"));
   }
   for (const auto* s : {&targets, &excludes}) {
     for (const std::string& n : s->names) {
       if (n.empty()) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            s == &targets ? target_field : exclude_field, ": empty module name in the list"));
+        return absl::InvalidArgumentError(absl::StrCat(s == &targets ? target_field : exclude_field,
+                                                       ": empty module name in the list"));
       }
     }
   }

@@ -28,7 +28,9 @@ struct ModuleSelector {
   std::vector<std::string> names;  // when !is_regex
   std::string regex;               // when is_regex
 
-  static ModuleSelector List(std::vector<std::string> names) { return {false, std::move(names), ""}; }
+  static ModuleSelector List(std::vector<std::string> names) {
+    return {false, std::move(names), ""};
+  }
   static ModuleSelector Regex(std::string regex) { return {true, {}, std::move(regex)}; }
   bool empty() const { return is_regex ? regex.empty() : names.empty(); }
   bool all_linear() const { return is_regex && regex == "all-linear"; }

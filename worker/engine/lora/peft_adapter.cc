@@ -55,8 +55,8 @@ std::vector<ModuleInfo> ListModules(const torch::nn::Module& root) {
 }
 
 // The set of modules PEFT would adapt given `targets`, as our converter does.
-std::set<std::string> PeftSelection(const std::vector<ModuleInfo>& modules, const ModuleMatcher& matcher,
-                                    bool all_linear) {
+std::set<std::string> PeftSelection(const std::vector<ModuleInfo>& modules,
+                                    const ModuleMatcher& matcher, bool all_linear) {
   std::set<std::string> out;
   for (const ModuleInfo& m : modules) {
     if (all_linear && !m.is_linear) continue;
@@ -65,7 +65,8 @@ std::set<std::string> PeftSelection(const std::vector<ModuleInfo>& modules, cons
   return out;
 }
 
-absl::Status ConfigError(const std::string& path, const std::string& field, const std::string& reason) {
+absl::Status ConfigError(const std::string& path, const std::string& field,
+                         const std::string& reason) {
   return absl::InvalidArgumentError(absl::StrCat(path, ": ", field, ": ", reason));
 }
 
@@ -93,7 +94,8 @@ std::string PeftTensorKey(const std::string& module_name, char factor) {
 absl::StatusOr<json> PeftConfigJson(const torch::nn::Module& root, const LoraConfig& config,
                                     const std::string& base_model_name_or_path) {
   auto adapted = AdaptedLinears(root);
-  if (adapted.empty()) return absl::FailedPreconditionError("the model carries no LoRA adapters to export");
+  if (adapted.empty())
+    return absl::FailedPreconditionError("the model carries no LoRA adapters to export");
   std::vector<int64_t> ranks;
   std::vector<double> alphas;
   std::set<std::string> adapted_names;
@@ -103,22 +105,35 @@ absl::StatusOr<json> PeftConfigJson(const torch::nn::Module& root, const LoraCon
     alphas.push_back(linear->alpha());
     adapted_names.insert(name);
     if (linear->use_rslora() != rslora) {
-      return absl::FailedPreconditionError("adapters mix rsLoRA and plain scaling; PEFT cannot express that");
+      return absl::FailedPreconditionError(
+          "adapters mix rsLoRA and plain scaling; PEFT cannot express that");
     }
   }
-  const int64_t r = MostCommon(ranks);
-  const double alpha = MostCommon(alphas);
+  // Prefer the user's r / lora_alpha; fall back to the most common values when patterns cannot
+  // explain the adapters with them.
+  auto ranks_map = PatternMap<int64_t>::Create(config.rank_pattern, "rank_pattern");
+  auto alphas_map = PatternMap<double>::Create(config.alpha_pattern, "alpha_pattern");
+  bool user_patterns_exact = ranks_map.ok() && alphas_map.ok();
+  for (const auto& [name, linear] : adapted) {
+    if (!user_patterns_exact) break;
+    user_patterns_exact = ranks_map->Lookup(name).value_or(config.rank) == linear->rank() &&
+                          alphas_map->Lookup(name).value_or(config.alpha) == linear->alpha();
+  }
+  const int64_t r = user_patterns_exact ? config.rank : MostCommon(ranks);
+  const double alpha = user_patterns_exact ? config.alpha : MostCommon(alphas);
 
   // Keep the user's selectors when PEFT would reproduce exactly our modules from them;
   // otherwise (an imported adapter, say) name every module explicitly.
   std::vector<ModuleInfo> modules = ListModules(root);
   json target_modules, exclude_modules = nullptr;
   auto matcher = ModuleMatcher::Create(config.target_modules, config.exclude_modules);
-  if (matcher.ok() && PeftSelection(modules, *matcher, config.target_modules.all_linear()) == adapted_names) {
+  if (matcher.ok() &&
+      PeftSelection(modules, *matcher, config.target_modules.all_linear()) == adapted_names) {
     if (config.target_modules.is_regex) {
       target_modules = config.target_modules.regex;
     } else {
-      std::set<std::string> sorted(config.target_modules.names.begin(), config.target_modules.names.end());
+      std::set<std::string> sorted(config.target_modules.names.begin(),
+                                   config.target_modules.names.end());
       target_modules = std::vector<std::string>(sorted.begin(), sorted.end());
     }
     if (!config.exclude_modules.empty()) {
@@ -129,16 +144,7 @@ absl::StatusOr<json> PeftConfigJson(const torch::nn::Module& root, const LoraCon
     target_modules = std::vector<std::string>(adapted_names.begin(), adapted_names.end());
   }
 
-  // Same for per-module ranks and alphas.
   json rank_pattern = json::object(), alpha_pattern = json::object();
-  auto ranks_map = PatternMap<int64_t>::Create(config.rank_pattern, "rank_pattern");
-  auto alphas_map = PatternMap<double>::Create(config.alpha_pattern, "alpha_pattern");
-  bool user_patterns_exact = ranks_map.ok() && alphas_map.ok();
-  for (const auto& [name, linear] : adapted) {
-    if (!user_patterns_exact) break;
-    user_patterns_exact = ranks_map->Lookup(name).value_or(r) == linear->rank() &&
-                          alphas_map->Lookup(name).value_or(alpha) == linear->alpha();
-  }
   if (user_patterns_exact) {
     for (const auto& [k, v] : config.rank_pattern) rank_pattern[k] = v;
     for (const auto& [k, v] : config.alpha_pattern) alpha_pattern[k] = NumberJson(v);
@@ -178,13 +184,15 @@ absl::StatusOr<json> PeftConfigJson(const torch::nn::Module& root, const LoraCon
 
 absl::Status WritePeftAdapterFiles(const torch::nn::Module& root, const LoraConfig& config,
                                    const std::string& dir, const PeftExportOptions& options) {
-  LORA_ASSIGN_OR_RETURN(json config_json, PeftConfigJson(root, config, options.base_model_name_or_path));
+  LORA_ASSIGN_OR_RETURN(json config_json,
+                        PeftConfigJson(root, config, options.base_model_name_or_path));
   NamedTensors tensors;
   for (const auto& [name, linear] : AdaptedLinears(root)) {
     tensors.emplace_back(PeftTensorKey(name, 'A'), linear->lora_a->weight);
     tensors.emplace_back(PeftTensorKey(name, 'B'), linear->lora_b->weight);
   }
-  LORA_RETURN_IF_ERROR(WriteTensors(JoinPath(dir, kPeftWeightsFile), tensors, options.dtype, {{"format", "pt"}}));
+  LORA_RETURN_IF_ERROR(
+      WriteTensors(JoinPath(dir, kPeftWeightsFile), tensors, options.dtype, {{"format", "pt"}}));
   return WriteFileAtomically(JoinPath(dir, kPeftConfigFile), config_json.dump(2) + "\n");
 }
 
@@ -210,14 +218,17 @@ absl::StatusOr<PeftConfig> ReadPeftConfig(const std::string& dir) {
   LoraConfig& c = out.lora;
   const json* peft_type = get("peft_type");
   if (peft_type == nullptr || !peft_type->is_string() || peft_type->get<std::string>() != "LORA") {
-    return ConfigError(path, "peft_type", "must be \"LORA\" (other PEFT methods are not supported)");
+    return ConfigError(path, "peft_type",
+                       "must be \"LORA\" (other PEFT methods are not supported)");
   }
   if (const json* v = get("r")) {
-    if (!v->is_number_integer() || v->get<int64_t>() <= 0) return ConfigError(path, "r", "must be an integer > 0");
+    if (!v->is_number_integer() || v->get<int64_t>() <= 0)
+      return ConfigError(path, "r", "must be an integer > 0");
     c.rank = v->get<int64_t>();
   }
   if (const json* v = get("lora_alpha")) {
-    if (!v->is_number() || !(v->get<double>() > 0)) return ConfigError(path, "lora_alpha", "must be a number > 0");
+    if (!v->is_number() || !(v->get<double>() > 0))
+      return ConfigError(path, "lora_alpha", "must be a number > 0");
     c.alpha = v->get<double>();
   } else {
     c.alpha = 8;  // PEFT's default
@@ -232,19 +243,23 @@ absl::StatusOr<PeftConfig> ReadPeftConfig(const std::string& dir) {
     if (!v->is_boolean()) return ConfigError(path, "use_rslora", "must be true or false");
     c.use_rslora = v->get<bool>();
   }
-  if (const json* v = get("use_dora"); v && !v->is_null() && !(v->is_boolean() && !v->get<bool>())) {
+  if (const json* v = get("use_dora");
+      v && !v->is_null() && !(v->is_boolean() && !v->get<bool>())) {
     return ConfigError(path, "use_dora", "DoRA adapters are not supported");
   }
-  if (const json* v = get("bias"); v && !v->is_null() && !(v->is_string() && v->get<std::string>() == "none")) {
+  if (const json* v = get("bias");
+      v && !v->is_null() && !(v->is_string() && v->get<std::string>() == "none")) {
     return ConfigError(path, "bias", "only \"none\" is supported");
   }
   if (const json* v = get("fan_in_fan_out"); v && v->is_boolean() && v->get<bool>()) {
     return ConfigError(path, "fan_in_fan_out", "must be false for Llama-family models");
   }
-  if (const json* v = get("modules_to_save"); v && !v->is_null() && !(v->is_array() && v->empty())) {
+  if (const json* v = get("modules_to_save");
+      v && !v->is_null() && !(v->is_array() && v->empty())) {
     return ConfigError(path, "modules_to_save", "fully trained extra modules are not supported");
   }
-  if (const json* v = get("init_lora_weights"); v && v->is_string() && v->get<std::string>() == "gaussian") {
+  if (const json* v = get("init_lora_weights");
+      v && v->is_string() && v->get<std::string>() == "gaussian") {
     c.init = LoraInit::kGaussian;
   }
   if (const json* v = get("target_modules")) {
@@ -284,15 +299,18 @@ absl::StatusOr<ImportedAdapter> ImportPeftAdapter(torch::nn::Module& root, const
   const std::string weights_path = JoinPath(dir, kPeftWeightsFile);
   if (!std::filesystem::exists(weights_path)) {
     if (std::filesystem::exists(JoinPath(dir, "adapter_model.bin"))) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          dir, ": adapter_model.bin (pickle) is not supported; save the adapter with "
-          "safe_serialization=True to get adapter_model.safetensors"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(dir,
+                       ": adapter_model.bin (pickle) is not supported; save the adapter with "
+                       "safe_serialization=True to get adapter_model.safetensors"));
     }
     return absl::NotFoundError(absl::StrCat(weights_path, ": missing"));
   }
   LORA_ASSIGN_OR_RETURN(auto file, SafetensorsFile::Open(weights_path));
-  LORA_ASSIGN_OR_RETURN(auto ranks, PatternMap<int64_t>::Create(config.lora.rank_pattern, "rank_pattern"));
-  LORA_ASSIGN_OR_RETURN(auto alphas, PatternMap<double>::Create(config.lora.alpha_pattern, "alpha_pattern"));
+  LORA_ASSIGN_OR_RETURN(auto ranks,
+                        PatternMap<int64_t>::Create(config.lora.rank_pattern, "rank_pattern"));
+  LORA_ASSIGN_OR_RETURN(auto alphas,
+                        PatternMap<double>::Create(config.lora.alpha_pattern, "alpha_pattern"));
 
   // Group tensors by module: "<prefix><module>.lora_A[.<adapter name>].weight".
   struct Factors {
@@ -302,24 +320,30 @@ absl::StatusOr<ImportedAdapter> ImportPeftAdapter(torch::nn::Module& root, const
   std::map<std::string, Factors> by_module;
   for (const TensorInfo& t : file->tensors()) {
     auto fail = [&](const std::string& why) {
-      return absl::InvalidArgumentError(absl::StrCat(weights_path, ": tensor '", t.name, "': ", why));
+      return absl::InvalidArgumentError(
+          absl::StrCat(weights_path, ": tensor '", t.name, "': ", why));
     };
-    if (!absl::StartsWith(t.name, kPeftKeyPrefix)) return fail(absl::StrCat("key does not start with '", kPeftKeyPrefix, "'"));
+    if (!absl::StartsWith(t.name, kPeftKeyPrefix))
+      return fail(absl::StrCat("key does not start with '", kPeftKeyPrefix, "'"));
     std::string rest = t.name.substr(std::strlen(kPeftKeyPrefix));
     std::vector<std::string> parts = absl::StrSplit(rest, '.');
-    auto factor_at = std::find_if(parts.begin(), parts.end(),
-                                  [](const std::string& p) { return p == "lora_A" || p == "lora_B"; });
+    auto factor_at = std::find_if(parts.begin(), parts.end(), [](const std::string& p) {
+      return p == "lora_A" || p == "lora_B";
+    });
     if (factor_at == parts.end() || parts.back() != "weight" || factor_at == parts.begin() ||
         parts.end() - factor_at > 3) {
-      if (absl::StrContains(rest, "lora_embedding")) return fail("embedding LoRA adapters are not supported");
-      if (absl::StrContains(rest, "lora_magnitude")) return fail("DoRA magnitude vectors are not supported");
+      if (absl::StrContains(rest, "lora_embedding"))
+        return fail("embedding LoRA adapters are not supported");
+      if (absl::StrContains(rest, "lora_magnitude"))
+        return fail("DoRA magnitude vectors are not supported");
       return fail("not a LoRA factor (expected <module>.lora_A.weight or <module>.lora_B.weight)");
     }
     std::string module = absl::StrJoin(parts.begin(), factor_at, ".");
     Factors& f = by_module[module];
     (*factor_at == "lora_A" ? f.a : f.b) = &t;
   }
-  if (by_module.empty()) return absl::InvalidArgumentError(absl::StrCat(weights_path, ": holds no LoRA tensors"));
+  if (by_module.empty())
+    return absl::InvalidArgumentError(absl::StrCat(weights_path, ": holds no LoRA tensors"));
 
   // Resolve and check every module before attaching anything.
   std::map<std::string, LinearImpl*> linears;
@@ -327,14 +351,18 @@ absl::StatusOr<ImportedAdapter> ImportPeftAdapter(torch::nn::Module& root, const
     if (auto* l = item.value()->as<LinearImpl>()) linears[item.key()] = l;
   }
   for (const auto& [module, f] : by_module) {
-    auto where = [&](const TensorInfo* t) { return absl::StrCat(weights_path, ": tensor '", t->name, "': "); };
+    auto where = [&](const TensorInfo* t) {
+      return absl::StrCat(weights_path, ": tensor '", t->name, "': ");
+    };
     if (f.a == nullptr || f.b == nullptr) {
-      return absl::InvalidArgumentError(absl::StrCat(weights_path, ": module '", module, "' has lora_",
+      return absl::InvalidArgumentError(absl::StrCat(weights_path, ": module '", module,
+                                                     "' has lora_",
                                                      f.a ? "A but no lora_B" : "B but no lora_A"));
     }
     auto it = linears.find(module);
     if (it == linears.end()) {
-      return absl::InvalidArgumentError(absl::StrCat(where(f.a), "the model has no Linear module '", module, "'"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(where(f.a), "the model has no Linear module '", module, "'"));
     }
     const LinearImpl& l = *it->second;
     if (f.a->shape.size() != 2 || f.b->shape.size() != 2) {
@@ -342,20 +370,24 @@ absl::StatusOr<ImportedAdapter> ImportPeftAdapter(torch::nn::Module& root, const
     }
     const int64_t rank = f.a->shape[0];
     if (f.a->shape[1] != l.options().in_features || rank <= 0) {
-      return absl::InvalidArgumentError(absl::StrCat(where(f.a), "shape [", absl::StrJoin(f.a->shape, ", "),
-                                                     "] does not fit in_features ", l.options().in_features));
+      return absl::InvalidArgumentError(
+          absl::StrCat(where(f.a), "shape [", absl::StrJoin(f.a->shape, ", "),
+                       "] does not fit in_features ", l.options().in_features));
     }
     if (f.b->shape[0] != l.options().out_features || f.b->shape[1] != rank) {
-      return absl::InvalidArgumentError(absl::StrCat(where(f.b), "shape [", absl::StrJoin(f.b->shape, ", "), "], expected [",
-                                                     l.options().out_features, ", ", rank, "]"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(where(f.b), "shape [", absl::StrJoin(f.b->shape, ", "), "], expected [",
+                       l.options().out_features, ", ", rank, "]"));
     }
     const int64_t configured = ranks.Lookup(module).value_or(config.lora.rank);
     if (configured != rank) {
-      return absl::InvalidArgumentError(absl::StrCat(where(f.a), "rank ", rank, " disagrees with adapter_config.json (",
+      return absl::InvalidArgumentError(absl::StrCat(where(f.a), "rank ", rank,
+                                                     " disagrees with adapter_config.json (",
                                                      configured, " for this module)"));
     }
     if (l.has_adapter() && l.rank() != rank) {
-      return absl::FailedPreconditionError(absl::StrCat("module '", module, "' already has an adapter of rank ", l.rank()));
+      return absl::FailedPreconditionError(
+          absl::StrCat("module '", module, "' already has an adapter of rank ", l.rank()));
     }
   }
 

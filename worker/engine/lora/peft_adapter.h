@@ -34,7 +34,8 @@ struct PeftExportOptions {
 std::string PeftTensorKey(const std::string& module_name, char factor);
 
 // adapter_config.json contents for the adapters currently attached under `root`.
-absl::StatusOr<nlohmann::json> PeftConfigJson(const torch::nn::Module& root, const LoraConfig& config,
+absl::StatusOr<nlohmann::json> PeftConfigJson(const torch::nn::Module& root,
+                                              const LoraConfig& config,
                                               const std::string& base_model_name_or_path);
 
 // Writes the adapter directory atomically (staged, then renamed into place).

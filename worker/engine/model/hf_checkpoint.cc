@@ -26,7 +26,8 @@ std::string ListForError(const std::vector<std::string>& items) {
   constexpr size_t kMaxShown = 20;
   std::vector<std::string> shown(items.begin(), items.begin() + std::min(items.size(), kMaxShown));
   std::string out = absl::StrJoin(shown, ", ");
-  if (items.size() > kMaxShown) absl::StrAppend(&out, ", ... (", items.size() - kMaxShown, " more)");
+  if (items.size() > kMaxShown)
+    absl::StrAppend(&out, ", ... (", items.size() - kMaxShown, " more)");
   return out;
 }
 
@@ -60,12 +61,13 @@ absl::StatusOr<std::unique_ptr<CheckpointReader>> CheckpointReader::Open(const s
     std::set<std::string> unique;
     for (const auto& [tensor, file] : index["weight_map"].items()) {
       if (!file.is_string()) {
-        return absl::InvalidArgumentError(absl::StrCat(index_path, ": weight_map['", tensor, "'] is not a string"));
+        return absl::InvalidArgumentError(
+            absl::StrCat(index_path, ": weight_map['", tensor, "'] is not a string"));
       }
       std::string f = file.get<std::string>();
       if (f.find('/') != std::string::npos || f == "..") {
-        return absl::InvalidArgumentError(
-            absl::StrCat(index_path, ": weight_map['", tensor, "'] = '", f, "' leaves the directory"));
+        return absl::InvalidArgumentError(absl::StrCat(index_path, ": weight_map['", tensor,
+                                                       "'] = '", f, "' leaves the directory"));
       }
       weight_map[tensor] = f;
       if (unique.insert(f).second) files.push_back(f);
@@ -73,7 +75,8 @@ absl::StatusOr<std::unique_ptr<CheckpointReader>> CheckpointReader::Open(const s
   } else if (fs::exists(single_path, ec)) {
     files.push_back("model.safetensors");
   } else {
-    return absl::NotFoundError(absl::StrCat(dir, ": no model.safetensors or model.safetensors.index.json"));
+    return absl::NotFoundError(
+        absl::StrCat(dir, ": no model.safetensors or model.safetensors.index.json"));
   }
   for (const std::string& f : files) {
     LORA_ASSIGN_OR_RETURN(auto file, SafetensorsFile::Open(JoinPath(dir, f)));
@@ -143,7 +146,8 @@ absl::Status LoadStateDict(torch::nn::Module& module, const CheckpointReader& re
     } else if (!TorchDtype(e.info->dtype).ok() || DTypeSize(e.info->dtype) < 2 ||
                e.info->dtype == DType::kI64 || e.info->dtype == DType::kI32 ||
                e.info->dtype == DType::kI16) {
-      mismatched.push_back(absl::StrCat(name, " (dtype ", DTypeName(e.info->dtype), " is not a float type)"));
+      mismatched.push_back(
+          absl::StrCat(name, " (dtype ", DTypeName(e.info->dtype), " is not a float type)"));
     }
   }
   for (const std::string& name : reader.names()) {
@@ -153,9 +157,12 @@ absl::Status LoadStateDict(torch::nn::Module& module, const CheckpointReader& re
   }
   if (!missing.empty() || !mismatched.empty() || !unexpected.empty()) {
     std::vector<std::string> parts;
-    if (!missing.empty()) parts.push_back(absl::StrCat(missing.size(), " missing: ", ListForError(missing)));
-    if (!unexpected.empty()) parts.push_back(absl::StrCat(unexpected.size(), " unexpected: ", ListForError(unexpected)));
-    if (!mismatched.empty()) parts.push_back(absl::StrCat(mismatched.size(), " mis-shaped: ", ListForError(mismatched)));
+    if (!missing.empty())
+      parts.push_back(absl::StrCat(missing.size(), " missing: ", ListForError(missing)));
+    if (!unexpected.empty())
+      parts.push_back(absl::StrCat(unexpected.size(), " unexpected: ", ListForError(unexpected)));
+    if (!mismatched.empty())
+      parts.push_back(absl::StrCat(mismatched.size(), " mis-shaped: ", ListForError(mismatched)));
     return absl::InvalidArgumentError(
         absl::StrCat("checkpoint does not match the model: ", absl::StrJoin(parts, "; ")));
   }
@@ -181,7 +188,8 @@ absl::Status SaveHfModel(const LlamaForCausalLMImpl& model, const std::string& d
   LORA_RETURN_IF_ERROR(MakeDirectories(dir));
   LlamaConfig config = model.config();
   config.torch_dtype = FloatDtypeName(options.dtype);
-  LORA_RETURN_IF_ERROR(WriteFileAtomically(JoinPath(dir, "config.json"), config.ToHfJson().dump(2) + "\n"));
+  LORA_RETURN_IF_ERROR(
+      WriteFileAtomically(JoinPath(dir, "config.json"), config.ToHfJson().dump(2) + "\n"));
 
   // Greedy sharding in parameter order, as transformers does.
   NamedTensors all = BaseStateDict(model);

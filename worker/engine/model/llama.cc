@@ -23,23 +23,32 @@ torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
 }
 
 TokenEmbeddingImpl::TokenEmbeddingImpl(int64_t vocab_size, int64_t dim, torch::Dtype dtype) {
-  weight = register_parameter("weight", torch::empty({vocab_size, dim}, torch::TensorOptions().dtype(dtype)));
+  weight = register_parameter("weight",
+                              torch::empty({vocab_size, dim}, torch::TensorOptions().dtype(dtype)));
 }
 
-torch::Tensor TokenEmbeddingImpl::forward(const torch::Tensor& ids) { return at::embedding(weight, ids); }
+torch::Tensor TokenEmbeddingImpl::forward(const torch::Tensor& ids) {
+  return at::embedding(weight, ids);
+}
 
 LlamaAttentionImpl::LlamaAttentionImpl(const LlamaConfig& c, torch::Dtype dtype)
-    : num_heads_(c.num_attention_heads), num_kv_heads_(c.num_key_value_heads), head_dim_(c.head_dim) {
+    : num_heads_(c.num_attention_heads),
+      num_kv_heads_(c.num_key_value_heads),
+      head_dim_(c.head_dim) {
   const int64_t q_dim = c.num_attention_heads * c.head_dim;
   const int64_t kv_dim = c.num_key_value_heads * c.head_dim;
-  q_proj = register_module("q_proj", Linear(LinearOptions{c.hidden_size, q_dim, c.attention_bias, dtype}));
-  k_proj = register_module("k_proj", Linear(LinearOptions{c.hidden_size, kv_dim, c.attention_bias, dtype}));
-  v_proj = register_module("v_proj", Linear(LinearOptions{c.hidden_size, kv_dim, c.attention_bias, dtype}));
-  o_proj = register_module("o_proj", Linear(LinearOptions{q_dim, c.hidden_size, c.o_proj_bias(), dtype}));
+  q_proj = register_module("q_proj",
+                           Linear(LinearOptions{c.hidden_size, q_dim, c.attention_bias, dtype}));
+  k_proj = register_module("k_proj",
+                           Linear(LinearOptions{c.hidden_size, kv_dim, c.attention_bias, dtype}));
+  v_proj = register_module("v_proj",
+                           Linear(LinearOptions{c.hidden_size, kv_dim, c.attention_bias, dtype}));
+  o_proj = register_module("o_proj",
+                           Linear(LinearOptions{q_dim, c.hidden_size, c.o_proj_bias(), dtype}));
 }
 
-torch::Tensor CausalAttention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                              const torch::Tensor& mask) {
+torch::Tensor CausalAttention(const torch::Tensor& q, const torch::Tensor& k,
+                              const torch::Tensor& v, const torch::Tensor& mask) {
   const int64_t B = q.size(0), T = q.size(1), H = q.size(2), d = q.size(3);
   const int64_t K = k.size(2), S = k.size(1), rep = H / K;
   // Group the query heads that share a kv head: [B, K, rep*T, d]. Head h uses kv head h / rep,
@@ -79,7 +88,8 @@ torch::Tensor LlamaMlpImpl::forward(const torch::Tensor& x) {
 }
 
 LlamaDecoderLayerImpl::LlamaDecoderLayerImpl(const LlamaConfig& c, torch::Dtype dtype) {
-  input_layernorm = register_module("input_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps, dtype));
+  input_layernorm =
+      register_module("input_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps, dtype));
   self_attn = register_module("self_attn", LlamaAttention(c, dtype));
   post_attention_layernorm =
       register_module("post_attention_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps, dtype));
@@ -92,7 +102,8 @@ torch::Tensor LlamaDecoderLayerImpl::forward(const torch::Tensor& x, const Atten
 }
 
 LlamaModelImpl::LlamaModelImpl(const LlamaConfig& c, torch::Dtype dtype) : config_(c) {
-  embed_tokens = register_module("embed_tokens", TokenEmbedding(c.vocab_size, c.hidden_size, dtype));
+  embed_tokens =
+      register_module("embed_tokens", TokenEmbedding(c.vocab_size, c.hidden_size, dtype));
   layers = register_module("layers", torch::nn::ModuleList());
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) layers->push_back(LlamaDecoderLayer(c, dtype));
   norm = register_module("norm", RMSNorm(c.hidden_size, c.rms_norm_eps, dtype));
@@ -103,14 +114,16 @@ AttentionContext LlamaModelImpl::MakeAttentionContext(const ForwardInputs& input
                                                       torch::Dtype dtype) const {
   const int64_t T = inputs.input_ids.size(1);
   const auto device = inputs.input_ids.device();
-  torch::Tensor positions = inputs.position_ids.defined()
-                                ? inputs.position_ids
-                                : torch::arange(T, torch::TensorOptions().dtype(torch::kInt64).device(device));
+  torch::Tensor positions =
+      inputs.position_ids.defined()
+          ? inputs.position_ids
+          : torch::arange(T, torch::TensorOptions().dtype(torch::kInt64).device(device));
   AttentionContext ctx;
   std::tie(ctx.cos, ctx.sin) = RopeCosSin(inv_freq_, positions, dtype);
-  torch::Tensor causal = torch::ones({T, T}, torch::TensorOptions().dtype(torch::kBool).device(device)).tril();
+  torch::Tensor causal =
+      torch::ones({T, T}, torch::TensorOptions().dtype(torch::kBool).device(device)).tril();
   if (inputs.document_ids.defined()) {
-    const torch::Tensor& doc = inputs.document_ids;  // [B, T]
+    const torch::Tensor& doc = inputs.document_ids;              // [B, T]
     torch::Tensor same = doc.unsqueeze(2).eq(doc.unsqueeze(1));  // [B, T, T]
     ctx.mask = same.logical_and(causal).view({doc.size(0), 1, 1, T, T});
   } else {
@@ -129,7 +142,8 @@ torch::Tensor LlamaModelImpl::forward(const ForwardInputs& inputs) {
 LlamaForCausalLMImpl::LlamaForCausalLMImpl(const LlamaConfig& c, torch::Dtype dtype) : config_(c) {
   model = register_module("model", LlamaModel(c, dtype));
   if (!c.tie_word_embeddings) {
-    lm_head = register_module("lm_head", Linear(LinearOptions{c.hidden_size, c.vocab_size, false, dtype}));
+    lm_head = register_module("lm_head",
+                              Linear(LinearOptions{c.hidden_size, c.vocab_size, false, dtype}));
   }
 }
 

@@ -92,8 +92,8 @@ TORCH_MODULE(LlamaDecoderLayer);
 
 // Plain causal attention over already-rotated q [B, T, H, d], k and v [B, T, K, d] with GQA.
 // Returns [B, T, H * d].
-torch::Tensor CausalAttention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                              const torch::Tensor& mask);
+torch::Tensor CausalAttention(const torch::Tensor& q, const torch::Tensor& k,
+                              const torch::Tensor& v, const torch::Tensor& mask);
 
 class LlamaModelImpl : public torch::nn::Module {
  public:

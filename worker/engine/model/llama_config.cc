@@ -51,10 +51,10 @@ absl::Status ReadTokenId(const json& j, const char* key, int64_t* out) {
   return absl::OkStatus();
 }
 
-#define RETURN_IF_ERROR_(expr)           \
-  do {                                   \
-    absl::Status s_ = (expr);            \
-    if (!s_.ok()) return s_;             \
+#define RETURN_IF_ERROR_(expr) \
+  do {                         \
+    absl::Status s_ = (expr);  \
+    if (!s_.ok()) return s_;   \
   } while (false)
 
 }  // namespace
@@ -119,9 +119,9 @@ absl::StatusOr<LlamaConfig> LlamaConfig::FromFlavor(const std::string& flavor) {
     c.eos_token_id = 128001;
     c.torch_dtype = "bfloat16";
   } else {
-    return absl::InvalidArgumentError(absl::StrCat("unknown model flavor '", flavor,
-                                                   "'; known flavors: ",
-                                                   absl::StrJoin(FlavorNames(), ", ")));
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown model flavor '", flavor,
+                     "'; known flavors: ", absl::StrJoin(FlavorNames(), ", ")));
   }
   return c;
 }
@@ -215,12 +215,12 @@ json LlamaConfig::ToHfJson() const {
   j["rms_norm_eps"] = rms_norm_eps;
   j["rope_theta"] = rope_theta;
   if (has_rope_scaling) {
-    j["rope_scaling"] = {{"rope_type", rope_scaling.rope_type},
-                         {"factor", rope_scaling.factor},
-                         {"low_freq_factor", rope_scaling.low_freq_factor},
-                         {"high_freq_factor", rope_scaling.high_freq_factor},
-                         {"original_max_position_embeddings",
-                          rope_scaling.original_max_position_embeddings}};
+    j["rope_scaling"] = {
+        {"rope_type", rope_scaling.rope_type},
+        {"factor", rope_scaling.factor},
+        {"low_freq_factor", rope_scaling.low_freq_factor},
+        {"high_freq_factor", rope_scaling.high_freq_factor},
+        {"original_max_position_embeddings", rope_scaling.original_max_position_embeddings}};
   } else {
     j["rope_scaling"] = nullptr;
   }

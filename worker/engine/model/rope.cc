@@ -9,9 +9,8 @@ namespace lora {
 torch::Tensor RopeInverseFrequencies(const LlamaConfig& config) {
   // theta^(-2j/d) evaluated in fp32 exactly as transformers does, so positions rotate by the
   // same angles bit for bit.
-  torch::Tensor exponent =
-      torch::arange(0, config.head_dim, 2, torch::kInt64).to(torch::kFloat32) /
-      static_cast<double>(config.head_dim);
+  torch::Tensor exponent = torch::arange(0, config.head_dim, 2, torch::kInt64).to(torch::kFloat32) /
+                           static_cast<double>(config.head_dim);
   torch::Tensor inv_freq = 1.0 / at::pow(at::Scalar(config.rope_theta), exponent);
   if (!config.has_rope_scaling) return inv_freq;
 
@@ -22,8 +21,7 @@ torch::Tensor RopeInverseFrequencies(const LlamaConfig& config) {
   const double low_freq_wavelen = old_len / s.low_freq_factor;
   const double high_freq_wavelen = old_len / s.high_freq_factor;
   torch::Tensor wavelen = 2.0 * M_PI / inv_freq;
-  torch::Tensor scaled =
-      torch::where(wavelen > low_freq_wavelen, inv_freq / s.factor, inv_freq);
+  torch::Tensor scaled = torch::where(wavelen > low_freq_wavelen, inv_freq / s.factor, inv_freq);
   torch::Tensor smooth =
       (old_len / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
   torch::Tensor smoothed = (1 - smooth) * scaled / s.factor + smooth * scaled;
@@ -45,7 +43,8 @@ torch::Tensor RotateHalf(const torch::Tensor& x) {
   return torch::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
 }
 
-torch::Tensor ApplyRope(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
+torch::Tensor ApplyRope(const torch::Tensor& x, const torch::Tensor& cos,
+                        const torch::Tensor& sin) {
   return x * cos + RotateHalf(x) * sin;
 }
 

@@ -14,16 +14,26 @@ namespace lora {
 
 absl::StatusOr<torch::Dtype> TorchDtype(DType dtype) {
   switch (dtype) {
-    case DType::kF64: return torch::kFloat64;
-    case DType::kF32: return torch::kFloat32;
-    case DType::kF16: return torch::kFloat16;
-    case DType::kBF16: return torch::kBFloat16;
-    case DType::kI64: return torch::kInt64;
-    case DType::kI32: return torch::kInt32;
-    case DType::kI16: return torch::kInt16;
-    case DType::kI8: return torch::kInt8;
-    case DType::kU8: return torch::kUInt8;
-    case DType::kBool: return torch::kBool;
+    case DType::kF64:
+      return torch::kFloat64;
+    case DType::kF32:
+      return torch::kFloat32;
+    case DType::kF16:
+      return torch::kFloat16;
+    case DType::kBF16:
+      return torch::kBFloat16;
+    case DType::kI64:
+      return torch::kInt64;
+    case DType::kI32:
+      return torch::kInt32;
+    case DType::kI16:
+      return torch::kInt16;
+    case DType::kI8:
+      return torch::kInt8;
+    case DType::kU8:
+      return torch::kUInt8;
+    case DType::kBool:
+      return torch::kBool;
     default:
       return absl::UnimplementedError(
           absl::StrCat("dtype ", DTypeName(dtype), " is not supported by this LibTorch"));
@@ -32,16 +42,26 @@ absl::StatusOr<torch::Dtype> TorchDtype(DType dtype) {
 
 absl::StatusOr<DType> SafetensorsDtype(torch::Dtype dtype) {
   switch (dtype) {
-    case torch::kFloat64: return DType::kF64;
-    case torch::kFloat32: return DType::kF32;
-    case torch::kFloat16: return DType::kF16;
-    case torch::kBFloat16: return DType::kBF16;
-    case torch::kInt64: return DType::kI64;
-    case torch::kInt32: return DType::kI32;
-    case torch::kInt16: return DType::kI16;
-    case torch::kInt8: return DType::kI8;
-    case torch::kUInt8: return DType::kU8;
-    case torch::kBool: return DType::kBool;
+    case torch::kFloat64:
+      return DType::kF64;
+    case torch::kFloat32:
+      return DType::kF32;
+    case torch::kFloat16:
+      return DType::kF16;
+    case torch::kBFloat16:
+      return DType::kBF16;
+    case torch::kInt64:
+      return DType::kI64;
+    case torch::kInt32:
+      return DType::kI32;
+    case torch::kInt16:
+      return DType::kI16;
+    case torch::kInt8:
+      return DType::kI8;
+    case torch::kUInt8:
+      return DType::kU8;
+    case torch::kBool:
+      return DType::kBool;
     default:
       return absl::InvalidArgumentError(
           absl::StrCat("tensor dtype ", c10::toString(dtype), " cannot be stored in safetensors"));
@@ -59,15 +79,21 @@ absl::StatusOr<torch::Dtype> ParseFloatDtype(const std::string& name) {
 
 std::string FloatDtypeName(torch::Dtype dtype) {
   switch (dtype) {
-    case torch::kFloat32: return "float32";
-    case torch::kBFloat16: return "bfloat16";
-    case torch::kFloat16: return "float16";
-    case torch::kFloat64: return "float64";
-    default: return c10::toString(dtype);
+    case torch::kFloat32:
+      return "float32";
+    case torch::kBFloat16:
+      return "bfloat16";
+    case torch::kFloat16:
+      return "float16";
+    case torch::kFloat64:
+      return "float64";
+    default:
+      return c10::toString(dtype);
   }
 }
 
-absl::Status CopyIntoTensor(const SafetensorsFile& file, const TensorInfo& info, torch::Tensor dst) {
+absl::Status CopyIntoTensor(const SafetensorsFile& file, const TensorInfo& info,
+                            torch::Tensor dst) {
   LORA_ASSIGN_OR_RETURN(torch::Dtype src_dtype, TorchDtype(info.dtype));
   if (dst.sizes() != c10::IntArrayRef(info.shape)) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -99,7 +125,8 @@ absl::StatusOr<torch::Tensor> ReadTensor(const SafetensorsFile& file, const Tens
 
 uint64_t TensorBytes(const NamedTensors& tensors, torch::Dtype dtype) {
   uint64_t total = 0;
-  for (const auto& [name, t] : tensors) total += static_cast<uint64_t>(t.numel()) * c10::elementSize(dtype);
+  for (const auto& [name, t] : tensors)
+    total += static_cast<uint64_t>(t.numel()) * c10::elementSize(dtype);
   return total;
 }
 
@@ -110,7 +137,8 @@ absl::Status WriteTensors(const std::string& path, const NamedTensors& tensors, 
   layout.reserve(tensors.size());
   const size_t item = c10::elementSize(dtype);
   for (const auto& [name, t] : tensors) {
-    layout.push_back({name, st_dtype, t.sizes().vec(), nullptr, static_cast<size_t>(t.numel()) * item});
+    layout.push_back(
+        {name, st_dtype, t.sizes().vec(), nullptr, static_cast<size_t>(t.numel()) * item});
   }
   LORA_ASSIGN_OR_RETURN(std::string header, SerializeSafetensorsHeader(layout, metadata));
   LORA_ASSIGN_OR_RETURN(auto out, AtomicFile::Create(path));
