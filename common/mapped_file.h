@@ -28,6 +28,9 @@ class MappedFile {
   size_t size() const { return size_; }
   const std::string& path() const { return path_; }
 
+  // Starts asynchronous readahead of a byte range that will be read soon.
+  void WillNeed(size_t offset, size_t length) const;
+
   // Tells the kernel a byte range will not be read again, so page cache can be reclaimed
   // early when streaming checkpoints much larger than memory.
   void DontNeed(size_t offset, size_t length) const;

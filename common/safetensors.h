@@ -73,6 +73,10 @@ class SafetensorsFile {
   const uint8_t* Data(const TensorInfo& tensor) const {
     return file_->data() + header_.data_start + tensor.begin;
   }
+  // Starts reading a tensor's bytes from disk in the background.
+  void Prefetch(const TensorInfo& tensor) const {
+    file_->WillNeed(header_.data_start + tensor.begin, tensor.nbytes());
+  }
   // Lets the kernel drop the pages of a tensor that has been copied out.
   void Release(const TensorInfo& tensor) const {
     file_->DontNeed(header_.data_start + tensor.begin, tensor.nbytes());

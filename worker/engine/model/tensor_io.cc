@@ -2,6 +2,8 @@
 
 #include <ATen/ATen.h>
 
+#include <sys/mman.h>
+
 #include <cstring>
 
 #include "absl/strings/ascii.h"
@@ -114,6 +116,15 @@ absl::Status CopyIntoTensor(const SafetensorsFile& file, const TensorInfo& info,
     dst.copy_(src);
   }
   return absl::OkStatus();
+}
+
+void AdviseHugePages(const torch::Tensor& t) {
+  constexpr uintptr_t kHuge = 2u << 20;
+  const size_t bytes = static_cast<size_t>(t.numel()) * t.element_size();
+  if (!t.device().is_cpu() || bytes < 2 * kHuge) return;
+  uintptr_t begin = (reinterpret_cast<uintptr_t>(t.data_ptr()) + kHuge - 1) & ~(kHuge - 1);
+  uintptr_t end = (reinterpret_cast<uintptr_t>(t.data_ptr()) + bytes) & ~(kHuge - 1);
+  if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
 }
 
 absl::StatusOr<torch::Tensor> ReadTensor(const SafetensorsFile& file, const TensorInfo& info,

@@ -29,6 +29,10 @@ std::string FloatDtypeName(torch::Dtype dtype);
 // Copies a stored tensor into `dst` (same shape, any float dtype), converting the dtype.
 absl::Status CopyIntoTensor(const SafetensorsFile& file, const TensorInfo& info, torch::Tensor dst);
 
+// Asks the kernel to back a large, not yet touched tensor with transparent huge pages: the
+// first write then faults 2 MiB at a time instead of 4 KiB (loading a 1B model: ~4x faster).
+void AdviseHugePages(const torch::Tensor& t);
+
 // Reads a stored tensor as a new CPU tensor of `dtype`.
 absl::StatusOr<torch::Tensor> ReadTensor(const SafetensorsFile& file, const TensorInfo& info,
                                          torch::Dtype dtype);
