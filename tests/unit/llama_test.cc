@@ -141,8 +141,9 @@ TEST(LlamaTest, DocumentMaskIsolatesPackedSequences) {
   torch::Tensor logits = model->forward(in).squeeze(0);
   torch::Tensor la = model->forward(ForwardInputs{torch::tensor(a).unsqueeze(0)}).squeeze(0);
   torch::Tensor lb = model->forward(ForwardInputs{torch::tensor(b).unsqueeze(0)}).squeeze(0);
-  EXPECT_TRUE(torch::allclose(logits.narrow(0, 0, 4), la, 1e-5, 1e-5));
-  EXPECT_TRUE(torch::allclose(logits.narrow(0, 4, 3), lb, 1e-5, 1e-5));
+  const double tol = 1e-5 * la.abs().max().item<double>();
+  EXPECT_LT((logits.narrow(0, 0, 4) - la).abs().max().item<double>(), tol);
+  EXPECT_LT((logits.narrow(0, 4, 3) - lb).abs().max().item<double>(), tol);
 }
 
 TEST(LlamaTest, BatchRowsAreIndependent) {
@@ -153,7 +154,9 @@ TEST(LlamaTest, BatchRowsAreIndependent) {
   torch::Tensor batched = model->forward(ForwardInputs{ids});
   for (int64_t r = 0; r < 3; ++r) {
     torch::Tensor single = model->forward(ForwardInputs{ids.narrow(0, r, 1)});
-    EXPECT_TRUE(torch::allclose(batched.narrow(0, r, 1), single, 1e-5, 1e-5));
+    // Different batch sizes may take different BLAS blocking, so allow fp32 rounding.
+    double err = (batched.narrow(0, r, 1) - single).abs().max().item<double>();
+    EXPECT_LT(err, 1e-5 * single.abs().max().item<double>() + 1e-6);
   }
 }
 
