@@ -317,10 +317,11 @@ TEST(PeftAdapterTest, ImportErrorsNameTheProblem) {
     std::string d = dir.Join(name);
     EXPECT_TRUE(MakeDirectories(d).ok());
     EXPECT_TRUE(WriteFileAtomically(JoinPath(d, "adapter_config.json"), config.dump()).ok());
-    if (!tensors.empty())
+    if (!tensors.empty()) {
       EXPECT_TRUE(
           WriteTensors(JoinPath(d, "adapter_model.safetensors"), tensors, torch::kFloat32, {})
               .ok());
+    }
     return d;
   };
   nlohmann::json ok = {

@@ -23,11 +23,14 @@ using CommandRunner = std::function<int()>;
 inline constexpr int kExitOk = 0;
 inline constexpr int kExitFailure = 1;
 inline constexpr int kExitUsage = 2;
+// `run` stopped by SIGTERM/SIGINT after writing a checkpoint; `--resume` continues it.
+inline constexpr int kExitInterrupted = 75;
 
 void AddInitModelCommand(CLI::App& app, CommandRunner* runner);
 void AddConvertCommand(CLI::App& app, CommandRunner* runner);
 void AddMergeCommand(CLI::App& app, CommandRunner* runner);
 void AddEvalCommand(CLI::App& app, CommandRunner* runner);
+void AddRunCommand(CLI::App& app, CommandRunner* runner);
 
 // Prints "lora-train <command>: error: <message>" to stderr and returns the exit code.
 int ReportError(const std::string& command, const absl::Status& status);

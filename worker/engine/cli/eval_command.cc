@@ -7,6 +7,12 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "worker/engine/cli/cli_common.h"
+#include "worker/engine/cli/job_file.h"
+#include "worker/engine/data/batcher.h"
+#include "worker/engine/data/examples.h"
+#include "worker/engine/data/tokenizer.h"
+#include "worker/engine/train/model_setup.h"
+#include "worker/engine/train/trainer.h"
 #include "worker/engine/data/jsonl.h"
 #include "worker/engine/lora/peft_adapter.h"
 #include "worker/engine/model/tensor_io.h"
@@ -23,6 +29,8 @@ struct EvalOptions {
   std::string dtype = "float32";
   uint64_t model_seed = 0;
   bool json = false;
+  std::string job;
+  std::vector<std::string> overrides;
 };
 
 struct Chunk {
@@ -43,7 +51,46 @@ std::vector<Chunk> MakeChunks(const std::vector<std::vector<int64_t>>& sequences
   return out;
 }
 
+// Scores the validation split a job spec defines, exactly as the trainer's eval events do.
+int RunJobEval(const EvalOptions& o) {
+  ConfigureThreads();
+  Stopwatch clock;
+  auto spec = LoadJobFile(o.job, o.overrides);
+  if (!spec.ok()) return ReportError("eval", spec.status());
+  if (!o.model.empty()) {
+    return ReportError("eval", absl::InvalidArgumentError("--model: with --job the model comes from the spec"));
+  }
+  lora::v1::JobSpec s = *spec;
+  if (!o.adapter.empty()) s.mutable_lora()->set_adapter(o.adapter);
+  auto prepared = PrepareModel(s);
+  if (!prepared.ok()) return ReportError("eval", prepared.status());
+  auto tokenizer = MakeTokenizer(s.model().tokenizer());
+  if (!tokenizer.ok()) return ReportError("eval", tokenizer.status());
+  auto examples = LoadExamples(s.dataset(), **tokenizer, prepared->model->config().vocab_size);
+  if (!examples.ok()) return ReportError("eval", examples.status());
+  DatasetSplit split = SplitExamples(std::move(*examples), s.dataset().validation_fraction());
+  Batcher val(std::move(split.validation), ValidationBatcherOptions(s));
+  if (val.windows_per_epoch() == 0) {
+    return ReportError("eval", absl::InvalidArgumentError("dataset: the spec's validation split is empty"));
+  }
+  EvalResult r = EvaluateLoss(*prepared->model, val, s.training().local_batch_size(),
+                              s.dataset().validation_max_batches());
+  if (o.json) {
+    std::cout << nlohmann::json{{"loss", r.loss}, {"perplexity", std::exp(r.loss)}, {"tokens", r.tokens},
+                                {"seconds", clock.Seconds()}}.dump()
+              << std::endl;
+  } else {
+    std::cout << absl::StrFormat("eval loss %.6f (perplexity %.3f) over %d validation tokens, %.2fs\n", r.loss,
+                                 std::exp(r.loss), r.tokens, clock.Seconds());
+  }
+  return kExitOk;
+}
+
 int RunEval(const EvalOptions& o) {
+  if (!o.job.empty()) return RunJobEval(o);
+  if (o.model.empty() || o.dataset.empty()) {
+    return ReportError("eval", absl::InvalidArgumentError("--model and --dataset are required (or give --job)"));
+  }
   ConfigureThreads();
   Stopwatch clock;
   if (o.seq_len <= 0)

@@ -28,7 +28,14 @@ torch::Tensor LinearImpl::forward(const torch::Tensor& x) {
   if (lora_a.is_empty() || merged_) return y;
   torch::Tensor h = x;
   if (dropout_ > 0.0 && is_training()) h = at::dropout(h, dropout_, /*train=*/true);
-  torch::Tensor delta = at::linear(at::linear(h, lora_a->weight), lora_b->weight);
+  // Adapters keep fp32 master weights; compute in the activation dtype (bf16 under mixed
+  // precision). The cast is part of the graph, so gradients reach the fp32 weights.
+  torch::Tensor a = lora_a->weight, b = lora_b->weight;
+  if (a.scalar_type() != h.scalar_type()) {
+    a = a.to(h.scalar_type());
+    b = b.to(h.scalar_type());
+  }
+  torch::Tensor delta = at::linear(at::linear(h, a), b);
   return at::add(y, delta, scale_);
 }
 

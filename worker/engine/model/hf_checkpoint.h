@@ -16,7 +16,7 @@
 #include "common/safetensors.h"
 #include "nlohmann/json.hpp"
 #include "worker/engine/model/llama.h"
-#include "worker/engine/model/llama_config.h"
+#include "common/llama_config.h"
 #include "worker/engine/model/tensor_io.h"
 
 namespace lora {

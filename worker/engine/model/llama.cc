@@ -7,6 +7,7 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "worker/engine/model/activation_checkpoint.h"
 #include "worker/engine/model/rope.h"
 
 namespace lora {
@@ -135,7 +136,14 @@ AttentionContext LlamaModelImpl::MakeAttentionContext(const ForwardInputs& input
 torch::Tensor LlamaModelImpl::forward(const ForwardInputs& inputs) {
   torch::Tensor h = embed_tokens(inputs.input_ids);
   AttentionContext ctx = MakeAttentionContext(inputs, h.scalar_type());
-  for (const auto& layer : *layers) h = layer->as<LlamaDecoderLayer>()->forward(h, ctx);
+  const bool checkpoint = activation_checkpointing_ && is_training() && torch::GradMode::is_enabled();
+  // Checkpointed layers only get a backward if their input requires grad (the embedding is
+  // frozen, so make the first hidden state a graph input).
+  if (checkpoint && !h.requires_grad()) h = h.detach().requires_grad_(true);
+  for (const auto& layer : *layers) {
+    auto* decoder = layer->as<LlamaDecoderLayer>();
+    h = checkpoint ? CheckpointedLayerForward(decoder, h, ctx) : decoder->forward(h, ctx);
+  }
   return norm(h);
 }
 

@@ -19,7 +19,7 @@
 #include <functional>
 
 #include "worker/engine/lora/linear.h"
-#include "worker/engine/model/llama_config.h"
+#include "common/llama_config.h"
 
 namespace lora {
 
@@ -102,6 +102,8 @@ class LlamaModelImpl : public torch::nn::Module {
   torch::Tensor forward(const ForwardInputs& inputs);
 
   AttentionContext MakeAttentionContext(const ForwardInputs& inputs, torch::Dtype dtype) const;
+  // Recompute each layer in the backward pass instead of keeping its activations.
+  void set_activation_checkpointing(bool on) { activation_checkpointing_ = on; }
 
   TokenEmbedding embed_tokens{nullptr};
   torch::nn::ModuleList layers{nullptr};
@@ -110,6 +112,7 @@ class LlamaModelImpl : public torch::nn::Module {
  private:
   LlamaConfig config_;
   torch::Tensor inv_freq_;
+  bool activation_checkpointing_ = false;
 };
 TORCH_MODULE(LlamaModel);
 

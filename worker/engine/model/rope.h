@@ -11,7 +11,7 @@
 
 #include <utility>
 
-#include "worker/engine/model/llama_config.h"
+#include "common/llama_config.h"
 
 namespace lora {
 

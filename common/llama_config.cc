@@ -1,4 +1,4 @@
-#include "worker/engine/model/llama_config.h"
+#include "common/llama_config.h"
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"

@@ -5,8 +5,8 @@
 //   nlohmann::json j = c.ToHfJson();
 //
 // "mistral" and "qwen2" share the shape family; qwen2 adds q/k/v bias (attention_bias here).
-#ifndef LORA_WORKER_ENGINE_MODEL_LLAMA_CONFIG_H_
-#define LORA_WORKER_ENGINE_MODEL_LLAMA_CONFIG_H_
+#ifndef LORA_COMMON_LLAMA_CONFIG_H_
+#define LORA_COMMON_LLAMA_CONFIG_H_
 
 #include <cstdint>
 #include <string>
@@ -64,4 +64,4 @@ struct LlamaConfig {
 
 }  // namespace lora
 
-#endif  // LORA_WORKER_ENGINE_MODEL_LLAMA_CONFIG_H_
+#endif  // LORA_COMMON_LLAMA_CONFIG_H_

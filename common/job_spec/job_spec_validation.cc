@@ -1,0 +1,260 @@
+// The one validation of a job spec, shared by lorad, lora-worker, lora-train and loractl.
+#include <cmath>
+#include <optional>
+#include <regex>
+#include <set>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/job_spec/job_spec.h"
+#include "common/llama_config.h"
+
+namespace lora {
+namespace {
+
+using lora::v1::JobSpec;
+
+class Checker {
+ public:
+  void Fail(const std::string& field, const std::string& description) { out_.push_back({field, description}); }
+
+  void OneOf(const std::string& field, const std::string& value, const std::vector<std::string>& allowed) {
+    for (const std::string& a : allowed) {
+      if (value == a) return;
+    }
+    Fail(field, absl::StrCat("'", value, "' is not one of ", absl::StrJoin(allowed, ", ")));
+  }
+  void AtLeast(const std::string& field, int64_t value, int64_t min) {
+    if (value < min) Fail(field, absl::StrCat("must be >= ", min, ", got ", value));
+  }
+  void Positive(const std::string& field, double value) {
+    if (!(value > 0) || !std::isfinite(value)) Fail(field, absl::StrCat("must be > 0, got ", value));
+  }
+  void Regex(const std::string& field, const std::string& pattern) {
+    try {
+      std::regex re(pattern);
+    } catch (const std::regex_error& e) {
+      Fail(field, absl::StrCat("invalid regular expression '", pattern, "': ", e.what()));
+    }
+  }
+  std::vector<FieldViolation> Take() { return std::move(out_); }
+
+ private:
+  std::vector<FieldViolation> out_;
+};
+
+bool IsFloatDtype(const std::string& s) {
+  return s == "float32" || s == "bfloat16" || s == "float16" || s == "fp32" || s == "bf16" || s == "fp16";
+}
+
+const std::vector<std::string> kBuiltinDatasets = {"synthetic-arith", "synthetic-text"};
+
+}  // namespace
+
+std::string JobKindName(lora::v1::JobKind kind) {
+  switch (kind) {
+    case lora::v1::JOB_KIND_TRAIN: return "train";
+    case lora::v1::JOB_KIND_CONVERT: return "convert";
+    case lora::v1::JOB_KIND_MERGE: return "merge";
+    default: return "unspecified";
+  }
+}
+
+std::vector<FieldViolation> JobSpecViolations(const JobSpec& spec) {
+  Checker c;
+  const auto kind = spec.job().kind();
+  const bool train = kind == lora::v1::JOB_KIND_TRAIN;
+  if (kind == lora::v1::JOB_KIND_UNSPECIFIED) c.Fail("job.kind", "must be train, convert or merge");
+  for (const auto& [k, v] : spec.job().labels()) {
+    if (k.empty() || k.size() > 63) c.Fail("job.labels", "label keys must be 1 to 63 characters");
+  }
+  if (spec.job().name().size() > 256) c.Fail("job.name", "must be at most 256 characters");
+
+  // [model]
+  const auto& m = spec.model();
+  c.OneOf("model.name", m.name(), {"llama3", "llama", "mistral", "qwen2"});
+  std::optional<LlamaConfig> shape;
+  if (!m.path().empty() && !m.flavor().empty()) {
+    c.Fail("model.path", "set either model.flavor or model.path, not both");
+  } else if (m.path().empty()) {
+    auto flavor = LlamaConfig::FromFlavor(m.flavor());
+    if (flavor.ok()) shape = *flavor;
+    else c.Fail("model.flavor", std::string(flavor.status().message()));
+  }
+  if (m.tokenizer() != "byte" && !absl::EndsWith(m.tokenizer(), ".model")) {
+    c.Fail("model.tokenizer", "must be \"byte\" or a path to a SentencePiece .model file");
+  }
+  if (!m.dtype().empty() && !IsFloatDtype(m.dtype())) c.Fail("model.dtype", "must be float32, bfloat16 or float16");
+
+  // [lora]
+  const auto& l = spec.lora();
+  c.AtLeast("lora.rank", l.rank(), 1);
+  c.Positive("lora.alpha", l.alpha());
+  if (!(l.dropout() >= 0 && l.dropout() < 1)) c.Fail("lora.dropout", absl::StrCat("must be in [0, 1), got ", l.dropout()));
+  if (!l.target_modules().empty() && !l.target_modules_regex().empty()) {
+    c.Fail("lora.target_modules", "give a list of names or one regex string, not both");
+  }
+  for (const std::string& t : l.target_modules()) {
+    if (t.empty()) c.Fail("lora.target_modules", "empty module name");
+  }
+  if (!l.target_modules_regex().empty() && l.target_modules_regex() != "all-linear") {
+    c.Regex("lora.target_modules", l.target_modules_regex());
+  }
+  if (!l.exclude_modules_regex().empty()) c.Regex("lora.exclude_modules", l.exclude_modules_regex());
+  c.OneOf("lora.init", l.init(), {"kaiming", "gaussian"});
+  for (const auto& [k, v] : l.rank_pattern()) {
+    c.AtLeast(absl::StrCat("lora.rank_pattern.", k), v, 1);
+    c.Regex(absl::StrCat("lora.rank_pattern.", k), k);
+  }
+  for (const auto& [k, v] : l.alpha_pattern()) {
+    c.Positive(absl::StrCat("lora.alpha_pattern.", k), v);
+    c.Regex(absl::StrCat("lora.alpha_pattern.", k), k);
+  }
+  if (kind == lora::v1::JOB_KIND_MERGE && l.adapter().empty()) c.Fail("lora.adapter", "a merge job needs the adapter to merge");
+
+  // [optimizer] [lr_scheduler]
+  const auto& o = spec.optimizer();
+  if (absl::AsciiStrToLower(o.name()) != "adamw") c.Fail("optimizer.name", absl::StrCat("'", o.name(), "' is not supported (AdamW)"));
+  c.Positive("optimizer.lr", o.lr());
+  if (!(o.weight_decay() >= 0)) c.Fail("optimizer.weight_decay", "must be >= 0");
+  if (o.betas_size() != 2) {
+    c.Fail("optimizer.betas", "must be [beta1, beta2]");
+  } else {
+    for (int i = 0; i < 2; ++i) {
+      if (!(o.betas(i) >= 0 && o.betas(i) < 1)) c.Fail(absl::StrCat("optimizer.betas[", i, "]"), "must be in [0, 1)");
+    }
+  }
+  c.Positive("optimizer.eps", o.eps());
+  const auto& s = spec.lr_scheduler();
+  c.AtLeast("lr_scheduler.warmup_steps", s.warmup_steps(), 0);
+  c.OneOf("lr_scheduler.decay_type", s.decay_type(), {"linear", "cosine", "constant"});
+  if (!(s.min_lr_factor() >= 0 && s.min_lr_factor() <= 1)) c.Fail("lr_scheduler.min_lr_factor", "must be in [0, 1]");
+
+  // [training]
+  const auto& t = spec.training();
+  c.AtLeast("training.steps", t.steps(), 1);
+  c.AtLeast("training.seq_len", t.seq_len(), 2);
+  if (t.seq_len() > (1 << 20)) c.Fail("training.seq_len", "must be <= 1048576");
+  c.AtLeast("training.local_batch_size", t.local_batch_size(), 1);
+  c.AtLeast("training.gradient_accumulation_steps", t.gradient_accumulation_steps(), 1);
+  if (!(t.max_norm() >= 0)) c.Fail("training.max_norm", "must be >= 0 (0 disables clipping)");
+  c.OneOf("training.mixed_precision", t.mixed_precision(), {"none", "bf16", "fp16"});
+  if (t.mixed_precision() == "fp16" && spec.resources().device() != "cuda") {
+    c.Fail("training.mixed_precision", "fp16 needs resources.device = \"cuda\" (use bf16 on CPU)");
+  }
+  if (t.activation_checkpoint() == "selective") {
+    c.Fail("training.activation_checkpoint", "\"selective\" is not supported; use \"full\" or \"none\"");
+  } else {
+    c.OneOf("training.activation_checkpoint", t.activation_checkpoint(), {"none", "full"});
+  }
+  c.AtLeast("training.num_threads", t.num_threads(), 0);
+  if (shape && t.seq_len() > shape->max_position_embeddings) {
+    c.Fail("training.seq_len", absl::StrCat("exceeds the model's max_position_embeddings (", shape->max_position_embeddings, ")"));
+  }
+
+  // [dataset]
+  const auto& d = spec.dataset();
+  if (train) {
+    if (d.path().empty() == d.name().empty()) {
+      c.Fail("dataset.path", absl::StrCat("set exactly one of dataset.path (a JSONL file) or dataset.name (",
+                                          absl::StrJoin(kBuiltinDatasets, ", "), ")"));
+    }
+    if (!d.name().empty()) c.OneOf("dataset.name", d.name(), kBuiltinDatasets);
+  }
+  c.OneOf("dataset.format", d.format(), {"text", "prompt_completion", "input_ids"});
+  if (!(d.validation_fraction() >= 0 && d.validation_fraction() < 1)) c.Fail("dataset.validation_fraction", "must be in [0, 1)");
+  c.AtLeast("dataset.validation_interval", d.validation_interval(), 0);
+  c.AtLeast("dataset.validation_max_batches", d.validation_max_batches(), 0);
+  c.AtLeast("dataset.num_examples", d.num_examples(), 1);
+
+  // [parallelism] x [resources]
+  const auto& p = spec.parallelism();
+  const int world = spec.resources().world_size();
+  c.AtLeast("resources.world_size", world, 1);
+  if (world > 4096) c.Fail("resources.world_size", "must be <= 4096");
+  c.OneOf("resources.device", spec.resources().device(), {"cpu", "cuda"});
+  c.AtLeast("parallelism.data_parallel_replicate_degree", p.data_parallel_replicate_degree(), 1);
+  c.AtLeast("parallelism.tensor_parallel_degree", p.tensor_parallel_degree(), 1);
+  c.AtLeast("parallelism.pipeline_parallel_degree", p.pipeline_parallel_degree(), 1);
+  c.AtLeast("parallelism.context_parallel_degree", p.context_parallel_degree(), 1);
+  c.AtLeast("parallelism.pipeline_parallel_microbatches", p.pipeline_parallel_microbatches(), 1);
+  if (p.data_parallel_shard_degree() != -1) c.AtLeast("parallelism.data_parallel_shard_degree", p.data_parallel_shard_degree(), 1);
+  c.OneOf("parallelism.pipeline_parallel_schedule", p.pipeline_parallel_schedule(), {"GPipe", "1F1B"});
+  c.OneOf("parallelism.context_parallel_method", p.context_parallel_method(), {"allgather", "ring"});
+  const int64_t others = static_cast<int64_t>(std::max(1, p.data_parallel_replicate_degree())) *
+                         std::max(1, p.tensor_parallel_degree()) * std::max(1, p.pipeline_parallel_degree()) *
+                         std::max(1, p.context_parallel_degree());
+  if (world >= 1) {
+    if (p.data_parallel_shard_degree() == -1) {
+      if (world % others != 0) {
+        c.Fail("parallelism", absl::StrCat("replicate x tp x pp x cp = ", others, " does not divide resources.world_size = ", world));
+      }
+    } else if (others * p.data_parallel_shard_degree() != world) {
+      c.Fail("parallelism", absl::StrCat("replicate x shard x tp x pp x cp = ", others * p.data_parallel_shard_degree(),
+                                         " but resources.world_size = ", world));
+    }
+  }
+  if (p.pipeline_parallel_degree() > 1 && t.local_batch_size() % p.pipeline_parallel_microbatches() != 0) {
+    c.Fail("parallelism.pipeline_parallel_microbatches",
+           absl::StrCat("must divide training.local_batch_size (", t.local_batch_size(), ")"));
+  }
+  if (p.context_parallel_degree() > 1 && t.seq_len() % (2 * p.context_parallel_degree()) != 0) {
+    c.Fail("training.seq_len", absl::StrCat("must be a multiple of 2 x context_parallel_degree (", 2 * p.context_parallel_degree(),
+                                            ") for causal load balancing"));
+  }
+  if (!p.pipeline_parallel_layers_per_stage().empty()) {
+    if (p.pipeline_parallel_layers_per_stage_size() != p.pipeline_parallel_degree()) {
+      c.Fail("parallelism.pipeline_parallel_layers_per_stage", "needs one entry per pipeline stage");
+    }
+    int64_t total = 0;
+    for (int n : p.pipeline_parallel_layers_per_stage()) {
+      if (n < 1) c.Fail("parallelism.pipeline_parallel_layers_per_stage", "every stage needs at least one layer");
+      total += n;
+    }
+    if (shape && total != shape->num_hidden_layers) {
+      c.Fail("parallelism.pipeline_parallel_layers_per_stage",
+             absl::StrCat("sums to ", total, " but the model has ", shape->num_hidden_layers, " layers"));
+    }
+  }
+  if (shape) {
+    const int tp = p.tensor_parallel_degree();
+    if (tp > 1 && (shape->num_attention_heads % tp != 0 || shape->num_key_value_heads % tp != 0 ||
+                   shape->intermediate_size % tp != 0)) {
+      c.Fail("parallelism.tensor_parallel_degree",
+             absl::StrCat(tp, " must divide the heads (", shape->num_attention_heads, "), kv heads (",
+                          shape->num_key_value_heads, ") and intermediate size (", shape->intermediate_size, ")"));
+    }
+    if (p.pipeline_parallel_degree() > shape->num_hidden_layers) {
+      c.Fail("parallelism.pipeline_parallel_degree", absl::StrCat("exceeds the number of layers (", shape->num_hidden_layers, ")"));
+    }
+  }
+
+  // [checkpoint]
+  const auto& k = spec.checkpoint();
+  c.AtLeast("checkpoint.interval", k.interval(), 0);
+  c.AtLeast("checkpoint.keep_latest", k.keep_latest(), 0);
+  for (const std::string& e : k.export_()) c.OneOf("checkpoint.export", e, {"adapter", "merged"});
+  if (!IsFloatDtype(k.export_dtype())) c.Fail("checkpoint.export_dtype", "must be float32, bfloat16 or float16");
+  return c.Take();
+}
+
+absl::Status ValidateJobSpec(const JobSpec& spec, const ParsedJobSpec* parsed, const std::string& source) {
+  std::vector<FieldViolation> violations = JobSpecViolations(spec);
+  if (violations.empty()) return absl::OkStatus();
+  std::vector<std::string> parts;
+  for (const FieldViolation& v : violations) {
+    std::string where;
+    if (parsed != nullptr) {
+      // The key itself, else its section.
+      auto it = parsed->lines.find(v.field);
+      if (it == parsed->lines.end()) it = parsed->lines.find(v.field.substr(0, v.field.find('.')));
+      if (it != parsed->lines.end()) where = absl::StrCat(source, ":", it->second, ": ");
+    }
+    parts.push_back(absl::StrCat(where, v.field, ": ", v.description));
+  }
+  return absl::InvalidArgumentError(absl::StrJoin(parts, "; "));
+}
+
+}  // namespace lora

@@ -1,0 +1,157 @@
+// lora-train run: executes a job spec (train, convert or merge) and streams events.
+#include <signal.h>
+
+#include <c10/util/Exception.h>
+
+#include <atomic>
+#include <filesystem>
+#include <iostream>
+#include <memory>
+
+#include "absl/strings/str_cat.h"
+#include "common/file_util.h"
+#include "common/job_spec/job_spec.h"
+#include "worker/engine/cli/cli_common.h"
+#include "worker/engine/cli/job_file.h"
+#include "worker/engine/lora/peft_adapter.h"
+#include "worker/engine/model/hf_checkpoint.h"
+#include "worker/engine/model/tensor_io.h"
+#include "worker/engine/train/events.h"
+#include "worker/engine/train/model_setup.h"
+#include "worker/engine/train/trainer.h"
+
+namespace lora {
+namespace {
+
+std::atomic<bool> g_stop{false};
+
+void OnStopSignal(int signo) {
+  if (g_stop.exchange(true)) {
+    // Second signal: the user insists; leave now (no checkpoint).
+    ::_exit(128 + signo);
+  }
+}
+
+struct RunOptions {
+  std::string job;
+  std::string out;
+  std::string resume;
+  int events_fd = -1;
+  std::string events_file;
+  std::vector<std::string> overrides;
+  bool quiet = false;
+};
+
+absl::Status RunConvertJob(const lora::v1::JobSpec& spec, const std::string& out, EventSink& events) {
+  auto prepared = PrepareModel(spec);
+  if (!prepared.ok()) return prepared.status();
+  auto dtype = ParseFloatDtype(spec.checkpoint().export_dtype());
+  if (!dtype.ok()) return dtype.status();
+  const std::string dir = JoinPath(out, "final/adapter");
+  PeftExportOptions peft;
+  peft.dtype = *dtype;
+  peft.base_model_name_or_path = prepared->base_source;
+  absl::Status s = MakeDirectories(JoinPath(out, "final"));
+  if (s.ok()) s = ExportPeftAdapter(*prepared->model, prepared->lora, dir, peft);
+  if (!s.ok()) return s;
+  nlohmann::json report = prepared->report.ToJson(*dtype);
+  report["outputs"] = {{"adapter", dir}};
+  s = WriteFileAtomically(JoinPath(out, "summary.json"), report.dump(2) + "\n");
+  if (!s.ok()) return s;
+  events.Emit("finished", report, prepared->report.ToText(*dtype) + "adapter written to " + dir);
+  return absl::OkStatus();
+}
+
+absl::Status RunMergeJob(const lora::v1::JobSpec& spec, const std::string& out, EventSink& events) {
+  // lora.adapter is merged into the base (PrepareModel imports it).
+  auto prepared = PrepareModel(spec);
+  if (!prepared.ok()) return prepared.status();
+  auto dtype = ParseFloatDtype(spec.checkpoint().export_dtype());
+  if (!dtype.ok()) return dtype.status();
+  MergeAdapters(*prepared->model);
+  const std::string dir = JoinPath(out, "final/merged");
+  absl::Status s = MakeDirectories(JoinPath(out, "final"));
+  if (!s.ok()) return s;
+  auto staged = StagedDirectory::Create(dir, {"config.json"});
+  if (!staged.ok()) return staged.status();
+  SaveOptions save;
+  save.dtype = *dtype;
+  s = SaveHfModel(*prepared->model, (*staged)->path(), save);
+  if (s.ok()) s = (*staged)->Commit();
+  if (!s.ok()) return s;
+  nlohmann::json summary = {{"merged_modules", prepared->report.modules.size()}, {"outputs", {{"merged", dir}}}};
+  s = WriteFileAtomically(JoinPath(out, "summary.json"), summary.dump(2) + "\n");
+  if (!s.ok()) return s;
+  events.Emit("finished", summary, "merged checkpoint written to " + dir);
+  return absl::OkStatus();
+}
+
+int RunJob(const RunOptions& o) {
+  EventSinkOptions sink_options;
+  sink_options.fd = o.events_fd;
+  sink_options.human_log = !o.quiet;
+  std::string out = o.out;
+  auto spec = LoadJobFile(o.job, o.overrides);
+  if (!spec.ok()) return ReportError("run", spec.status());
+  if (out.empty()) out = JoinPath("runs", spec->job().name().empty() ? "run" : spec->job().name());
+  if (absl::Status s = MakeDirectories(out); !s.ok()) return ReportError("run", s);
+  sink_options.path = o.events_file.empty() ? JoinPath(out, "events.jsonl") : o.events_file;
+  EventSink events(sink_options);
+  auto fail = [&](const absl::Status& s) {
+    events.Emit("failed", {{"reason", std::string(s.message())}, {"code", absl::StatusCodeToString(s.code())}});
+    return ReportError("run", s);
+  };
+  if (spec->resources().world_size() > 1) {
+    return fail(absl::UnimplementedError("resources.world_size > 1 needs the distributed engine (not built yet)"));
+  }
+  struct sigaction sa = {};
+  sa.sa_handler = OnStopSignal;
+  ::sigaction(SIGTERM, &sa, nullptr);
+  ::sigaction(SIGINT, &sa, nullptr);
+
+  const std::string spec_path = JoinPath(out, "job.toml");
+  if (absl::Status s = WriteFileAtomically(spec_path, JobSpecToToml(*spec)); !s.ok()) return fail(s);
+  switch (spec->job().kind()) {
+    case lora::v1::JOB_KIND_CONVERT:
+      if (absl::Status s = RunConvertJob(*spec, out, events); !s.ok()) return fail(s);
+      return kExitOk;
+    case lora::v1::JOB_KIND_MERGE:
+      if (absl::Status s = RunMergeJob(*spec, out, events); !s.ok()) return fail(s);
+      return kExitOk;
+    default:
+      break;
+  }
+  TrainerOptions t;
+  t.spec = *spec;
+  t.output_dir = out;
+  t.resume_from = o.resume;
+  t.events = &events;
+  t.stop_requested = &g_stop;
+  absl::StatusOr<TrainResult> result;
+  try {
+    result = RunTraining(t);
+  } catch (const c10::Error& e) {
+    result = absl::InternalError(absl::StrCat("LibTorch: ", e.what_without_backtrace()));
+  } catch (const std::exception& e) {
+    result = absl::InternalError(e.what());
+  }
+  if (!result.ok()) return fail(result.status());
+  return result->interrupted ? kExitInterrupted : kExitOk;
+}
+
+}  // namespace
+
+void AddRunCommand(CLI::App& app, CommandRunner* runner) {
+  auto o = std::make_shared<RunOptions>();
+  CLI::App* cmd = app.add_subcommand("run", "Run a job spec: LoRA training (or a convert / merge job)");
+  cmd->add_option("--job", o->job, "Job spec: TOML (.toml) or proto JSON (.json)")->required();
+  cmd->add_option("--out", o->out, "Output directory (default runs/<job.name>)");
+  cmd->add_option("--resume", o->resume, "Continue from a checkpoint: run, checkpoints/ or step directory");
+  cmd->add_option("--events-fd", o->events_fd, "Also write JSON-line events to this file descriptor");
+  cmd->add_option("--events-file", o->events_file, "JSON-line events file (default <out>/events.jsonl)");
+  cmd->add_option("--set", o->overrides, "Override a spec key: section.key=value (repeatable)");
+  cmd->add_flag("--quiet", o->quiet, "No readable log on stderr");
+  cmd->callback([o, runner] { *runner = [o] { return RunJob(*o); }; });
+}
+
+}  // namespace lora

@@ -1,0 +1,149 @@
+#include "worker/engine/train/checkpointer.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <filesystem>
+#include <regex>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/file_util.h"
+#include "common/safetensors.h"
+#include "common/sha256.h"
+#include "common/status_macros.h"
+#include "worker/engine/lora/peft_adapter.h"
+#include "worker/engine/model/hf_checkpoint.h"
+#include "worker/engine/model/tensor_io.h"
+
+namespace lora {
+namespace {
+
+namespace fs = std::filesystem;
+
+// Complete step directories under `checkpoints`, oldest first.
+std::vector<std::pair<int64_t, std::string>> ListCheckpoints(const std::string& checkpoints) {
+  std::vector<std::pair<int64_t, std::string>> out;
+  std::error_code ec;
+  if (!fs::is_directory(checkpoints, ec)) return out;
+  static const std::regex kName("step-(\\d+)");
+  for (const auto& entry : fs::directory_iterator(checkpoints, ec)) {
+    std::smatch m;
+    const std::string name = entry.path().filename().string();
+    if (entry.is_directory() && std::regex_match(name, m, kName) && fs::exists(entry.path() / kManifestFile)) {
+      out.emplace_back(std::stoll(m[1].str()), entry.path().string());
+    }
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+absl::Status WriteRngState(const std::string& path) {
+  at::Generator gen = at::detail::getDefaultCPUGenerator();
+  torch::Tensor state = gen.get_state();
+  return WriteTensors(path, {{"cpu_generator", state}}, torch::kUInt8, {{"format", "pt"}});
+}
+
+absl::Status ReadRngState(const std::string& path) {
+  LORA_ASSIGN_OR_RETURN(auto file, SafetensorsFile::Open(path));
+  const TensorInfo* info = file->Find("cpu_generator");
+  if (info == nullptr) return absl::DataLossError(absl::StrCat(path, ": no cpu_generator state"));
+  LORA_ASSIGN_OR_RETURN(torch::Tensor state, ReadTensor(*file, *info, torch::kUInt8));
+  at::Generator gen = at::detail::getDefaultCPUGenerator();
+  try {
+    gen.set_state(state);
+  } catch (const std::exception& e) {
+    return absl::DataLossError(absl::StrCat(path, ": bad generator state: ", e.what()));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+std::string CheckpointDirName(int64_t step) { return absl::StrFormat("step-%08d", step); }
+
+absl::StatusOr<CheckpointInfo> SaveTrainingCheckpoint(const std::string& run_dir, const CheckpointContents& c,
+                                                      int keep_latest) {
+  const int64_t step = c.trainer_state.at("step").get<int64_t>();
+  const std::string checkpoints = JoinPath(run_dir, "checkpoints");
+  LORA_RETURN_IF_ERROR(MakeDirectories(checkpoints));
+  const std::string final_dir = JoinPath(checkpoints, CheckpointDirName(step));
+  LORA_ASSIGN_OR_RETURN(auto staged, StagedDirectory::Create(final_dir, {kManifestFile}));
+  const std::string dir = staged->path();
+
+  LORA_RETURN_IF_ERROR(MakeDirectories(JoinPath(dir, "adapter")));
+  PeftExportOptions peft;
+  peft.dtype = torch::kFloat32;  // exact master weights, so resuming is bitwise
+  peft.base_model_name_or_path = c.base_model;
+  LORA_RETURN_IF_ERROR(WritePeftAdapterFiles(*c.model, *c.lora, JoinPath(dir, "adapter"), peft));
+  LORA_RETURN_IF_ERROR(WriteTensors(JoinPath(dir, "optimizer.safetensors"), c.optimizer->State(), torch::kFloat32,
+                                    {{"format", "pt"}, {"step", std::to_string(c.optimizer->step_count())}}));
+  LORA_RETURN_IF_ERROR(WriteRngState(JoinPath(dir, "rng_state.safetensors")));
+  LORA_RETURN_IF_ERROR(WriteFileAtomically(JoinPath(dir, kTrainerStateFile), c.trainer_state.dump(2) + "\n"));
+
+  CheckpointInfo info;
+  info.step = step;
+  info.path = final_dir;
+  for (const char* rel : {"adapter/adapter_config.json", "adapter/adapter_model.safetensors", "optimizer.safetensors",
+                          "rng_state.safetensors", kTrainerStateFile}) {
+    const std::string path = JoinPath(dir, rel);
+    LORA_ASSIGN_OR_RETURN(std::string digest, Sha256File(path));
+    const uint64_t size = fs::file_size(path);
+    info.bytes += size;
+    info.files.push_back({{"path", rel}, {"bytes", size}, {"sha256", digest}});
+  }
+  const std::string manifest = nlohmann::json{{"step", step}, {"files", info.files}}.dump(2) + "\n";
+  info.sha256 = Sha256Hex(manifest);
+  LORA_RETURN_IF_ERROR(WriteFileAtomically(JoinPath(dir, kManifestFile), manifest));
+  info.bytes += manifest.size();
+  LORA_RETURN_IF_ERROR(staged->Commit());
+
+  if (keep_latest > 0) {
+    auto all = ListCheckpoints(checkpoints);
+    for (size_t i = 0; i + static_cast<size_t>(keep_latest) < all.size(); ++i) {
+      std::error_code ec;
+      fs::remove_all(all[i].second, ec);
+    }
+  }
+  return info;
+}
+
+absl::StatusOr<std::string> FindLatestCheckpoint(const std::string& dir) {
+  std::error_code ec;
+  if (fs::exists(JoinPath(dir, kManifestFile), ec)) return dir;
+  for (const std::string& candidate : {JoinPath(dir, "checkpoints"), dir}) {
+    auto all = ListCheckpoints(candidate);
+    if (!all.empty()) return all.back().second;
+  }
+  return absl::NotFoundError(absl::StrCat(dir, ": no complete checkpoint (step-N directory with a manifest)"));
+}
+
+absl::StatusOr<nlohmann::json> RestoreTrainingCheckpoint(const std::string& step_dir, torch::nn::Module& model,
+                                                         AdamW& optimizer) {
+  LORA_ASSIGN_OR_RETURN(nlohmann::json manifest, ReadJsonFile(JoinPath(step_dir, kManifestFile)));
+  if (!manifest.contains("files") || !manifest["files"].is_array()) {
+    return absl::DataLossError(absl::StrCat(step_dir, "/manifest.json: missing files list"));
+  }
+  for (const auto& f : manifest["files"]) {
+    const std::string path = JoinPath(step_dir, f.value("path", ""));
+    auto digest = Sha256File(path);
+    if (!digest.ok()) return absl::DataLossError(absl::StrCat("checkpoint file missing: ", path));
+    if (*digest != f.value("sha256", "")) {
+      return absl::DataLossError(absl::StrCat(path, ": sha256 mismatch (checkpoint corrupt)"));
+    }
+  }
+  LORA_ASSIGN_OR_RETURN(nlohmann::json state, ReadJsonFile(JoinPath(step_dir, kTrainerStateFile)));
+  auto imported = ImportPeftAdapter(model, JoinPath(step_dir, "adapter"));
+  if (!imported.ok()) return imported.status();
+  LORA_ASSIGN_OR_RETURN(auto opt_file, SafetensorsFile::Open(JoinPath(step_dir, "optimizer.safetensors")));
+  NamedTensors moments;
+  for (const TensorInfo& t : opt_file->tensors()) {
+    LORA_ASSIGN_OR_RETURN(torch::Tensor v, ReadTensor(*opt_file, t, torch::kFloat32));
+    moments.emplace_back(t.name, v);
+  }
+  int64_t opt_step = state.value("optimizer_step", state.value("step", int64_t{0}));
+  LORA_RETURN_IF_ERROR(optimizer.LoadState(moments, opt_step));
+  LORA_RETURN_IF_ERROR(ReadRngState(JoinPath(step_dir, "rng_state.safetensors")));
+  return state;
+}
+
+}  // namespace lora
