@@ -13,8 +13,8 @@ void ApplyJobSpecDefaults(lora::v1::JobSpec* spec) {
   if (model->tokenizer().empty()) model->set_tokenizer("byte");
 
   auto* lora = spec->mutable_lora();
-  if (lora->rank() == 0) lora->set_rank(8);
-  if (lora->alpha() == 0) lora->set_alpha(16.0);
+  if (!lora->has_rank()) lora->set_rank(8);
+  if (!lora->has_alpha()) lora->set_alpha(16.0);
   if (lora->target_modules().empty() && lora->target_modules_regex().empty()) {
     for (const char* m : {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}) {
       lora->add_target_modules(m);

@@ -17,6 +17,24 @@ struct ProcessResult {
 ProcessResult RunProcess(const std::vector<std::string>& argv, double timeout_s = 120,
                          const std::vector<std::string>& extra_env = {});
 
+// A child left running: output goes to files; Wait() reaps it.
+class ChildProcess {
+ public:
+  ChildProcess(const std::vector<std::string>& argv, const std::string& stdout_path, const std::string& stderr_path);
+  ~ChildProcess();  // SIGKILLs and reaps a child still running
+  int pid() const { return pid_; }
+  void Signal(int signo);
+  // Exit code (128 + signal when killed), or -1 after `timeout_s` (child left running).
+  int Wait(double timeout_s);
+
+ private:
+  int pid_ = -1;
+  bool reaped_ = false;
+  int exit_code_ = -1;
+};
+
+std::string ReadFile(const std::string& path);
+
 std::string BinaryPath(const std::string& relative);  // under the build directory
 std::string SourcePath(const std::string& relative);  // under the source directory
 

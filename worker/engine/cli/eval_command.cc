@@ -166,11 +166,11 @@ void AddEvalCommand(CLI::App& app, CommandRunner* runner) {
   auto o = std::make_shared<EvalOptions>();
   CLI::App* cmd =
       app.add_subcommand("eval", "Mean next-token cross-entropy of a model on a JSONL dataset");
-  cmd->add_option("--model", o->model, "Hugging Face checkpoint directory or flavor name")
-      ->required();
+  cmd->add_option("--model", o->model, "Hugging Face checkpoint directory or flavor name");
   cmd->add_option("--adapter", o->adapter, "PEFT adapter directory to apply");
-  cmd->add_option("--dataset", o->dataset, "JSONL file of {\"input_ids\": [...]} lines")
-      ->required();
+  cmd->add_option("--dataset", o->dataset, "JSONL file of {\"input_ids\": [...]} lines");
+  cmd->add_option("--job", o->job, "Score the validation split of this job spec (model and data from the spec)");
+  cmd->add_option("--set", o->overrides, "Override a spec key: section.key=value (repeatable)");
   cmd->add_option("--seq-len", o->seq_len, "Context window; longer sequences are scored in windows")
       ->capture_default_str();
   cmd->add_option("--batch-size", o->batch_size, "Windows per forward pass")->capture_default_str();

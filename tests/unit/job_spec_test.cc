@@ -1,0 +1,175 @@
+#include "common/job_spec/job_spec.h"
+
+#include "gmock/gmock.h"
+#include "google/protobuf/util/message_differencer.h"
+#include "gtest/gtest.h"
+
+namespace lora {
+namespace {
+
+using ::testing::HasSubstr;
+using lora::v1::JobSpec;
+
+std::string ConfigPath() { return std::string(LORA_SOURCE_DIR) + "/configs/llama3_debugmodel_lora.toml"; }
+
+JobSpec Defaulted(const std::string& toml) {
+  auto parsed = ParseJobSpecToml(toml, "t.toml");
+  EXPECT_TRUE(parsed.ok()) << parsed.status();
+  JobSpec spec = parsed.ok() ? parsed->spec : JobSpec();
+  ApplyJobSpecDefaults(&spec);
+  return spec;
+}
+
+std::string Violations(const JobSpec& spec) { return std::string(ValidateJobSpec(spec).message()); }
+
+TEST(JobSpecTest, ShippedConfigParsesAndValidates) {
+  auto parsed = ReadJobSpecFile(ConfigPath());
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  JobSpec spec = parsed->spec;
+  ApplyJobSpecDefaults(&spec);
+  EXPECT_TRUE(ValidateJobSpec(spec).ok()) << ValidateJobSpec(spec);
+  EXPECT_EQ(spec.job().kind(), lora::v1::JOB_KIND_TRAIN);
+  EXPECT_EQ(spec.model().flavor(), "debugmodel");
+  EXPECT_EQ(spec.lora().target_modules_size(), 7);
+  EXPECT_EQ(spec.dataset().name(), "synthetic-arith");
+  EXPECT_EQ(spec.parallelism().data_parallel_shard_degree(), -1);
+  EXPECT_GT(parsed->lines.at("training.steps"), 1);
+}
+
+TEST(JobSpecTest, TomlRoundTrip) {
+  auto parsed = ReadJobSpecFile(ConfigPath());
+  ASSERT_TRUE(parsed.ok());
+  JobSpec spec = parsed->spec;
+  spec.mutable_lora()->mutable_rank_pattern()->insert({"down_proj", 16});
+  spec.mutable_lora()->mutable_alpha_pattern()->insert({"layers\\.0\\..*", 2.5});
+  spec.mutable_job()->mutable_labels()->insert({"team", "search \"quoted\""});
+  ApplyJobSpecDefaults(&spec);
+  std::string toml = JobSpecToToml(spec);
+  auto again = ParseJobSpecToml(toml, "roundtrip.toml");
+  ASSERT_TRUE(again.ok()) << again.status() << "\n" << toml;
+  EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(spec, again->spec)) << toml;
+}
+
+TEST(JobSpecTest, DefaultsFillEverything) {
+  JobSpec spec = Defaulted("");
+  EXPECT_EQ(spec.lora().rank(), 8);
+  EXPECT_EQ(spec.lora().alpha(), 16);
+  EXPECT_EQ(spec.optimizer().lr(), 8e-4);
+  EXPECT_EQ(spec.training().steps(), 10);
+  EXPECT_EQ(spec.training().seed(), 42u);
+  EXPECT_TRUE(spec.dataset().pack());
+  EXPECT_EQ(spec.checkpoint().export__size(), 1);
+  EXPECT_EQ(spec.resources().world_size(), 1);
+  // Explicit zero survives where the default is not zero.
+  JobSpec zero = Defaulted("[lr_scheduler]\nwarmup_steps = 0\n[training]\nseed = 0\n[dataset]\npack = false\n");
+  EXPECT_EQ(zero.lr_scheduler().warmup_steps(), 0);
+  EXPECT_EQ(zero.training().seed(), 0u);
+  EXPECT_FALSE(zero.dataset().pack());
+  // Only a dataset is missing from an empty train spec.
+  EXPECT_EQ(Violations(spec), "dataset.path: set exactly one of dataset.path (a JSONL file) or dataset.name "
+                              "(synthetic-arith, synthetic-text)");
+}
+
+TEST(JobSpecTest, ParseErrorsNameLineAndKey) {
+  struct Case {
+    const char* toml;
+    const char* phrase;
+  };
+  std::vector<Case> cases = {
+      {"[training]\nsteps = 10\nstpes = 5\n", "t.toml:3: training.stpes: unknown key"},
+      {"[trainig]\nsteps = 10\n", "t.toml:1: trainig: unknown section"},
+      {"[training]\nsteps = \"ten\"\n", "t.toml:2: training.steps: expected an integer, got a string"},
+      {"[lora]\nalpha = true\n", "lora.alpha: expected a number, got a boolean"},
+      {"[lora]\ntarget_modules = [\"q_proj\", 3]\n", "lora.target_modules[1]: expected a string"},
+      {"[job]\nkind = \"finetune\"\n", "job.kind: 'finetune' is not one of train, convert, merge"},
+      {"[training]\nseq_len = 99999999999\n", "training.seq_len: value 99999999999 is out of range"},
+      {"[training\nsteps = 1\n", "t.toml: invalid TOML"},
+      {"[lora]\nrank_pattern = { down_proj = \"big\" }\n", "lora.rank_pattern.down_proj: expected an integer"},
+  };
+  for (const Case& c : cases) {
+    auto parsed = ParseJobSpecToml(c.toml, "t.toml");
+    ASSERT_FALSE(parsed.ok()) << c.toml;
+    EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(parsed.status().message()), HasSubstr(c.phrase));
+  }
+}
+
+TEST(JobSpecTest, RegexTargetModules) {
+  JobSpec spec = Defaulted("[lora]\ntarget_modules = \".*\\\\.(q|v)_proj\"\n[dataset]\nname = \"synthetic-text\"\n");
+  EXPECT_EQ(spec.lora().target_modules_size(), 0);
+  EXPECT_EQ(spec.lora().target_modules_regex(), ".*\\.(q|v)_proj");
+  EXPECT_TRUE(ValidateJobSpec(spec).ok());
+  EXPECT_THAT(JobSpecToToml(spec), HasSubstr("target_modules = \".*\\\\.(q|v)_proj\""));
+}
+
+TEST(JobSpecTest, ValidationNamesEveryViolatedKey) {
+  JobSpec spec = Defaulted(R"(
+[lora]
+rank = 0
+dropout = 1.5
+init = "xavier"
+[optimizer]
+lr = -1.0
+betas = [0.9]
+[training]
+mixed_precision = "fp8"
+activation_checkpoint = "selective"
+[dataset]
+name = "synthetic-arith"
+validation_fraction = 1.0
+[checkpoint]
+export = ["adapter", "onnx"]
+)");
+  std::string msg = Violations(spec);
+  for (const char* phrase :
+       {"lora.rank: must be >= 1, got 0", "lora.dropout: must be in [0, 1)", "lora.init: 'xavier' is not one of",
+        "optimizer.lr: must be > 0", "optimizer.betas: must be [beta1, beta2]", "training.mixed_precision: 'fp8'",
+        "training.activation_checkpoint: \"selective\" is not supported", "dataset.validation_fraction",
+        "checkpoint.export: 'onnx'"}) {
+    EXPECT_THAT(msg, HasSubstr(phrase));
+  }
+}
+
+TEST(JobSpecTest, ParallelDegreesMustMultiplyToWorldSize) {
+  JobSpec ok = Defaulted("[dataset]\nname='synthetic-arith'\n[parallelism]\ntensor_parallel_degree = 2\n[resources]\nworld_size = 4\n");
+  EXPECT_TRUE(ValidateJobSpec(ok).ok()) << ValidateJobSpec(ok);
+  JobSpec bad = Defaulted("[dataset]\nname='synthetic-arith'\n[parallelism]\ntensor_parallel_degree = 3\n[resources]\nworld_size = 4\n");
+  EXPECT_THAT(Violations(bad), HasSubstr("parallelism: replicate x tp x pp x cp = 3 does not divide resources.world_size = 4"));
+  JobSpec explicit_bad = Defaulted(
+      "[dataset]\nname='synthetic-arith'\n[parallelism]\ndata_parallel_shard_degree = 2\npipeline_parallel_degree = 2\n"
+      "[resources]\nworld_size = 2\n");
+  EXPECT_THAT(Violations(explicit_bad), HasSubstr("replicate x shard x tp x pp x cp = 4 but resources.world_size = 2"));
+  JobSpec tp_heads = Defaulted("[dataset]\nname='synthetic-arith'\n[parallelism]\ntensor_parallel_degree = 32\n[resources]\nworld_size = 32\n");
+  EXPECT_THAT(Violations(tp_heads), HasSubstr("parallelism.tensor_parallel_degree: 32 must divide the heads (16)"));
+  JobSpec cp = Defaulted("[dataset]\nname='synthetic-arith'\n[training]\nseq_len = 250\n[parallelism]\ncontext_parallel_degree = 4\n[resources]\nworld_size = 4\n");
+  EXPECT_THAT(Violations(cp), HasSubstr("training.seq_len: must be a multiple of 2 x context_parallel_degree (8)"));
+}
+
+TEST(JobSpecTest, ValidationErrorsCarryLinesFromTheFile) {
+  auto parsed = ParseJobSpecToml("[dataset]\nname = 'synthetic-arith'\n\n[lora]\nrank = -4\n", "job.toml");
+  ASSERT_TRUE(parsed.ok());
+  ApplyJobSpecDefaults(&parsed->spec);
+  absl::Status s = ValidateJobSpec(parsed->spec, &*parsed, "job.toml");
+  EXPECT_THAT(std::string(s.message()), HasSubstr("job.toml:5: lora.rank: must be >= 1, got -4"));
+}
+
+TEST(JobSpecTest, OverridesReplaceValues) {
+  JobSpec spec = Defaulted("[lora]\ndropout = 0.1\ntarget_modules = \"all-linear\"\n");
+  ASSERT_TRUE(ApplyOverride("training.steps=100", &spec).ok());
+  ASSERT_TRUE(ApplyOverride("lora.dropout=0", &spec).ok());
+  ASSERT_TRUE(ApplyOverride("training.mixed_precision=none", &spec).ok());
+  ASSERT_TRUE(ApplyOverride("lora.target_modules=[\"q_proj\"]", &spec).ok());
+  ASSERT_TRUE(ApplyOverride("dataset.path=data/train.jsonl", &spec).ok());
+  EXPECT_EQ(spec.training().steps(), 100);
+  EXPECT_EQ(spec.lora().dropout(), 0.0);
+  EXPECT_EQ(spec.training().mixed_precision(), "none");
+  EXPECT_EQ(spec.lora().target_modules_size(), 1);
+  EXPECT_TRUE(spec.lora().target_modules_regex().empty());
+  EXPECT_EQ(spec.dataset().path(), "data/train.jsonl");
+  EXPECT_THAT(std::string(ApplyOverride("training.stepz=1", &spec).message()), HasSubstr("training.stepz: unknown key"));
+  EXPECT_THAT(std::string(ApplyOverride("steps", &spec).message()), HasSubstr("expected section.key=value"));
+  EXPECT_THAT(std::string(ApplyOverride("training.steps=abc", &spec).message()), HasSubstr("expected an integer"));
+}
+
+}  // namespace
+}  // namespace lora
