@@ -30,7 +30,7 @@ TEST(JobSpecTest, ShippedConfigParsesAndValidates) {
   EXPECT_TRUE(ValidateJobSpec(spec).ok()) << ValidateJobSpec(spec);
   EXPECT_EQ(spec.job().kind(), lora::v1::JOB_KIND_TRAIN);
   EXPECT_EQ(spec.model().flavor(), "debugmodel");
-  EXPECT_EQ(spec.lora().target_modules_size(), 7);
+  EXPECT_EQ(spec.lora().target_modules_size(), 8);  // the 7 projections and lm_head
   EXPECT_EQ(spec.dataset().name(), "synthetic-arith");
   EXPECT_EQ(spec.parallelism().data_parallel_shard_degree(), -1);
   EXPECT_GT(parsed->lines.at("training.steps"), 1);
