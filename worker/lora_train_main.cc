@@ -3,8 +3,10 @@
 
 #include "CLI/CLI.hpp"
 #include "worker/engine/cli/cli_common.h"
+#include "worker/engine/cli/runtime_env.h"
 
 int main(int argc, char** argv) {
+  lora::ReexecWithRuntimeEnvironment(argc, argv);
   CLI::App app{
       "lora-train: convert, fine-tune, merge and evaluate LoRA adapters for Llama-family models"};
   app.require_subcommand(1);

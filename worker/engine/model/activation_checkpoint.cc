@@ -13,14 +13,15 @@ using torch::autograd::variable_list;
 class CheckpointFunction : public torch::autograd::Function<CheckpointFunction> {
  public:
   static torch::Tensor forward(AutogradContext* ctx, torch::Tensor x, torch::Tensor cos, torch::Tensor sin,
-                               torch::Tensor mask, int64_t layer_address) {
+                               torch::Tensor mask, torch::Tensor rope_cos, torch::Tensor rope_sin, torch::Tensor lo,
+                               torch::Tensor hi, int64_t layer_address) {
     auto* layer = reinterpret_cast<LlamaDecoderLayerImpl*>(layer_address);
     at::Generator gen = at::detail::getDefaultCPUGenerator();
     ctx->saved_data["rng"] = gen.get_state();
     ctx->saved_data["layer"] = layer_address;
-    ctx->save_for_backward({x, cos, sin, mask});
+    ctx->save_for_backward({x, cos, sin, mask, rope_cos, rope_sin, lo, hi});
     torch::NoGradGuard no_grad;
-    return layer->forward(x, AttentionContext{cos, sin, mask});
+    return layer->forward(x, AttentionContext{rope_cos, rope_sin, lo, hi, cos, sin, mask});
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
@@ -33,11 +34,13 @@ class CheckpointFunction : public torch::autograd::Function<CheckpointFunction> 
     torch::Tensor out;
     {
       torch::AutoGradMode enable(true);
-      out = layer->forward(x, AttentionContext{saved[1], saved[2], saved[3]});
+      out = layer->forward(x, AttentionContext{saved[4], saved[5], saved[6], saved[7], saved[1], saved[2], saved[3]});
     }
     gen.set_state(current_rng);
     torch::autograd::backward({out}, {grad_outputs[0]});
-    return {x.grad(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    variable_list grads(9);
+    grads[0] = x.grad();
+    return grads;
   }
 };
 
@@ -45,7 +48,8 @@ class CheckpointFunction : public torch::autograd::Function<CheckpointFunction> 
 
 torch::Tensor CheckpointedLayerForward(LlamaDecoderLayerImpl* layer, const torch::Tensor& x,
                                        const AttentionContext& ctx) {
-  return CheckpointFunction::apply(x, ctx.cos, ctx.sin, ctx.mask, reinterpret_cast<int64_t>(layer));
+  return CheckpointFunction::apply(x, ctx.cos, ctx.sin, ctx.mask, ctx.rope_cos, ctx.rope_sin, ctx.lo, ctx.hi,
+                                   reinterpret_cast<int64_t>(layer));
 }
 
 }  // namespace lora

@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "worker/engine/model/activation_checkpoint.h"
+#include "worker/engine/model/fused_attention.h"
 #include "worker/engine/model/rope.h"
 
 namespace lora {
@@ -70,6 +71,11 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const Attentio
   torch::Tensor q = q_proj(x).view({B, T, num_heads_, head_dim_});
   torch::Tensor k = k_proj(x).view({B, T, num_kv_heads_, head_dim_});
   torch::Tensor v = v_proj(x).view({B, T, num_kv_heads_, head_dim_});
+  if (ctx.lo.defined()) {
+    RopeTables rope{ctx.rope_cos, ctx.rope_sin, ctx.rope_cos, ctx.rope_sin};
+    torch::Tensor out = std::get<0>(FusedAttention(q, k, v, rope, ctx.lo, ctx.hi));
+    return o_proj(out.view({B, T, num_heads_ * head_dim_}));
+  }
   q = ApplyRope(q, ctx.cos.to(q.scalar_type()), ctx.sin.to(q.scalar_type()));
   k = ApplyRope(k, ctx.cos.to(k.scalar_type()), ctx.sin.to(k.scalar_type()));
   return o_proj(CausalAttention(q, k, v, ctx.mask));
@@ -111,20 +117,33 @@ LlamaModelImpl::LlamaModelImpl(const LlamaConfig& c, torch::Dtype dtype) : confi
   inv_freq_ = RopeInverseFrequencies(c);
 }
 
-AttentionContext LlamaModelImpl::MakeAttentionContext(const ForwardInputs& inputs,
-                                                      torch::Dtype dtype) const {
-  const int64_t T = inputs.input_ids.size(1);
+AttentionContext LlamaModelImpl::MakeAttentionContext(const ForwardInputs& inputs, torch::Dtype dtype) const {
+  const int64_t B = inputs.input_ids.size(0), T = inputs.input_ids.size(1);
   const auto device = inputs.input_ids.device();
-  torch::Tensor positions =
-      inputs.position_ids.defined()
-          ? inputs.position_ids
-          : torch::arange(T, torch::TensorOptions().dtype(torch::kInt64).device(device));
+  const auto i64 = torch::TensorOptions().dtype(torch::kInt64).device(device);
+  torch::Tensor positions = inputs.position_ids.defined() ? inputs.position_ids : torch::arange(T, i64);
   AttentionContext ctx;
+  if (fused_attention_) {
+    auto [cos, sin] = RopeCosSin(inv_freq_, positions, torch::kFloat32);
+    ctx.rope_cos = cos.squeeze(2).contiguous();
+    ctx.rope_sin = sin.squeeze(2).contiguous();
+    torch::Tensor index = torch::arange(T, i64).unsqueeze(0).expand({B, T});
+    ctx.hi = index.contiguous();
+    if (inputs.document_ids.defined()) {
+      // A token's first visible key is the first token of its document.
+      const torch::Tensor& doc = inputs.document_ids;
+      torch::Tensor starts = torch::ones({B, T}, torch::TensorOptions().dtype(torch::kBool).device(device));
+      starts.narrow(1, 1, T - 1).copy_(doc.narrow(1, 1, T - 1).ne(doc.narrow(1, 0, T - 1)));
+      ctx.lo = std::get<0>(torch::cummax(torch::where(starts, index, torch::zeros_like(index)), 1)).contiguous();
+    } else {
+      ctx.lo = torch::zeros({B, T}, i64);
+    }
+    return ctx;
+  }
   std::tie(ctx.cos, ctx.sin) = RopeCosSin(inv_freq_, positions, dtype);
-  torch::Tensor causal =
-      torch::ones({T, T}, torch::TensorOptions().dtype(torch::kBool).device(device)).tril();
+  torch::Tensor causal = torch::ones({T, T}, torch::TensorOptions().dtype(torch::kBool).device(device)).tril();
   if (inputs.document_ids.defined()) {
-    const torch::Tensor& doc = inputs.document_ids;              // [B, T]
+    const torch::Tensor& doc = inputs.document_ids;  // [B, T]
     torch::Tensor same = doc.unsqueeze(2).eq(doc.unsqueeze(1));  // [B, T, T]
     ctx.mask = same.logical_and(causal).view({doc.size(0), 1, 1, T, T});
   } else {

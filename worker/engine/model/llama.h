@@ -30,10 +30,16 @@ struct ForwardInputs {
   torch::Tensor document_ids;
 };
 
-// What every attention layer of one forward pass shares: rotary tables and the mask.
+// What every attention layer of one forward pass shares.
 struct AttentionContext {
-  torch::Tensor cos, sin;  // [B or 1, T, 1, head_dim]
-  torch::Tensor mask;      // bool, true = may attend: [T, T] or [B, 1, 1, T, T]
+  // Fused path: fp32 rotary tables [B or 1, T, head_dim] and, per query, the inclusive range of
+  // keys it attends, int64 [B, T] each (causal, cut at document starts).
+  torch::Tensor rope_cos, rope_sin;
+  torch::Tensor lo, hi;
+  // Plain path (reference): tables in the activation dtype [B or 1, T, 1, head_dim] and a
+  // bool mask, true = may attend: [T, T] or [B, 1, 1, T, T].
+  torch::Tensor cos, sin;
+  torch::Tensor mask;
 };
 
 class RMSNormImpl : public torch::nn::Module {
@@ -104,6 +110,9 @@ class LlamaModelImpl : public torch::nn::Module {
   AttentionContext MakeAttentionContext(const ForwardInputs& inputs, torch::Dtype dtype) const;
   // Recompute each layer in the backward pass instead of keeping its activations.
   void set_activation_checkpointing(bool on) { activation_checkpointing_ = on; }
+  // The fused CPU attention kernel (default) or the plain matmul/softmax reference.
+  void set_fused_attention(bool on) { fused_attention_ = on; }
+  bool fused_attention() const { return fused_attention_; }
 
   TokenEmbedding embed_tokens{nullptr};
   torch::nn::ModuleList layers{nullptr};
@@ -113,6 +122,7 @@ class LlamaModelImpl : public torch::nn::Module {
   LlamaConfig config_;
   torch::Tensor inv_freq_;
   bool activation_checkpointing_ = false;
+  bool fused_attention_ = true;
 };
 TORCH_MODULE(LlamaModel);
 
