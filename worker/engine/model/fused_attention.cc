@@ -78,6 +78,30 @@ LORA_MULTIVERSION void WeightedRowSum(const float* p, const float* rows, int64_t
 // several queries.
 constexpr int64_t kRows = 4;
 
+// RowScores for kRows query rows at once (rows of q are d apart, of s ld apart): each key
+// block is loaded once for all of them.
+LORA_MULTIVERSION void BlockRowScores(const float* q, const float* kt, int64_t ld, int64_t d, int64_t n, float* s) {
+  for (int64_t j0 = 0; j0 < n; j0 += kBlock) {
+    float acc0[kBlock] = {}, acc1[kBlock] = {}, acc2[kBlock] = {}, acc3[kBlock] = {};
+    for (int64_t c = 0; c < d; ++c) {
+      const float* k = kt + c * ld + j0;
+      const float q0 = q[c], q1 = q[d + c], q2 = q[2 * d + c], q3 = q[3 * d + c];
+      for (int64_t jj = 0; jj < kBlock; ++jj) {
+        acc0[jj] += q0 * k[jj];
+        acc1[jj] += q1 * k[jj];
+        acc2[jj] += q2 * k[jj];
+        acc3[jj] += q3 * k[jj];
+      }
+    }
+    for (int64_t jj = 0; jj < kBlock; ++jj) {
+      s[j0 + jj] = acc0[jj];
+      s[ld + j0 + jj] = acc1[jj];
+      s[2 * ld + j0 + jj] = acc2[jj];
+      s[3 * ld + j0 + jj] = acc3[jj];
+    }
+  }
+}
+
 // rows[j * d + c] += sum_r w[r][j] * x[r][c] (w rows ld apart, x rows d apart).
 LORA_MULTIVERSION void BlockRankUpdate(const float* w, int64_t ld, const float* x, int64_t d, int64_t n, float* rows) {
   for (int64_t j = 0; j < n; ++j) {
@@ -317,18 +341,39 @@ void BackwardImpl(const torch::Tensor& dout, const torch::Tensor& q, const torch
             if (last[r] >= first[r]) ufirst = std::min(ufirst, first[r]), ulast = std::max(ulast, last[r]);
           }
           const int64_t un = ulast - ufirst + 1;
+          if (un <= 0) {
+            for (int64_t r = 0; r < kRows && i0 + r < m.Tq; ++r) {
+              T* dqrow = dqp + ((b * m.Tq + i0 + r) * m.H + h) * m.d;
+              for (int64_t c = 0; c < m.d; ++c) dqrow[c] = static_cast<T>(0.0f);
+            }
+            continue;
+          }
+          // Phase 1: the block's (rotated, scaled) queries and output gradients.
+          for (int64_t r = 0; r < kRows; ++r) {
+            const int64_t i = i0 + r;
+            float* qr = qsc.data() + r * m.d;
+            float* gr = g.data() + r * m.d;
+            if (last[r] < first[r]) {
+              std::fill(qr, qr + m.d, 0.0f);
+              std::fill(gr, gr + m.d, 0.0f);
+              continue;
+            }
+            LoadRow(qp + ((b * m.Tq + i) * m.H + h) * m.d, m.d, row.data());
+            Rotate(row.data(), qrope.Cos(b, i), qrope.Sin(b, i), m.d, qr);
+            for (int64_t c = 0; c < m.d; ++c) qr[c] *= scale;
+            LoadRow(gp + ((b * m.Tq + i) * m.H + h) * m.d, m.d, gr);
+          }
+          // Phase 2: scores and dO.V for all rows over the union of their ranges.
+          BlockRowScores(qsc.data(), kt.data() + ufirst, ld, m.d, un, p.data());
+          BlockRowScores(g.data(), vt.data() + ufirst, ld, m.d, un, dp.data());
+          // Phase 3: per row, probabilities, dS and dQ; zero weights outside each row's range.
           for (int64_t r = 0; r < kRows; ++r) {
             const int64_t i = i0 + r;
             float* pr = p.data() + r * ld;
             float* dsr = dp.data() + r * ld;
-            float* qr = qsc.data() + r * m.d;
-            float* gr = g.data() + r * m.d;
-            if (un <= 0 || last[r] < first[r]) {
-              // Contributes nothing: zero weights, and a zero gradient row.
-              std::fill(pr, pr + std::max<int64_t>(un, 0), 0.0f);
-              std::fill(dsr, dsr + std::max<int64_t>(un, 0), 0.0f);
-              std::fill(qr, qr + m.d, 0.0f);
-              std::fill(gr, gr + m.d, 0.0f);
+            if (last[r] < first[r]) {
+              std::fill(pr, pr + un, 0.0f);
+              std::fill(dsr, dsr + un, 0.0f);
               if (i < m.Tq) {
                 T* dqrow = dqp + ((b * m.Tq + i) * m.H + h) * m.d;
                 for (int64_t c = 0; c < m.d; ++c) dqrow[c] = static_cast<T>(0.0f);
@@ -337,14 +382,8 @@ void BackwardImpl(const torch::Tensor& dout, const torch::Tensor& q, const torch
             }
             const float row_lse = lp[(b * m.H + h) * m.Tq + i];
             const float row_delta = deltap[(b * m.H + h) * m.Tq + i];
-            LoadRow(qp + ((b * m.Tq + i) * m.H + h) * m.d, m.d, row.data());
-            Rotate(row.data(), qrope.Cos(b, i), qrope.Sin(b, i), m.d, qr);
-            for (int64_t c = 0; c < m.d; ++c) qr[c] *= scale;
-            LoadRow(gp + ((b * m.Tq + i) * m.H + h) * m.d, m.d, gr);
             const int64_t lo_off = first[r] - ufirst, n = last[r] - first[r] + 1;
-            RowScores(qr, kt.data() + first[r], ld, m.d, n, pr + lo_off);
             ExpShiftSum(pr + lo_off, row_lse, n);
-            RowScores(gr, vt.data() + first[r], ld, m.d, n, dsr + lo_off);
             SoftmaxGrad(pr + lo_off, dsr + lo_off, row_delta, n, dsr + lo_off);
             std::fill(pr, pr + lo_off, 0.0f);
             std::fill(pr + lo_off + n, pr + un, 0.0f);
@@ -355,7 +394,6 @@ void BackwardImpl(const torch::Tensor& dout, const torch::Tensor& q, const torch
             RotateBack(dqr.data(), qrope.Cos(b, i), qrope.Sin(b, i), m.d, tmp.data());
             StoreRow(tmp.data(), m.d, dqp + ((b * m.Tq + i) * m.H + h) * m.d);
           }
-          if (un <= 0) continue;
           BlockRankUpdate(dp.data(), ld, qsc.data(), m.d, un, dk_acc.data() + ufirst * m.d);
           BlockRankUpdate(p.data(), ld, g.data(), m.d, un, dv_acc.data() + ufirst * m.d);
         }
