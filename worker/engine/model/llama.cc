@@ -10,6 +10,7 @@
 #include "worker/engine/model/activation_checkpoint.h"
 #include "worker/engine/model/fused_attention.h"
 #include "worker/engine/model/rope.h"
+#include "worker/engine/model/swiglu.h"
 
 namespace lora {
 
@@ -91,7 +92,7 @@ LlamaMlpImpl::LlamaMlpImpl(const LlamaConfig& c, torch::Dtype dtype) {
 }
 
 torch::Tensor LlamaMlpImpl::forward(const torch::Tensor& x) {
-  return down_proj(at::silu(gate_proj(x)) * up_proj(x));
+  return down_proj(SwiGlu(gate_proj(x), up_proj(x)));
 }
 
 LlamaDecoderLayerImpl::LlamaDecoderLayerImpl(const LlamaConfig& c, torch::Dtype dtype) {
