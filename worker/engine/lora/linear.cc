@@ -35,8 +35,12 @@ torch::Tensor LinearImpl::forward(const torch::Tensor& x) {
     a = a.to(h.scalar_type());
     b = b.to(h.scalar_type());
   }
-  torch::Tensor delta = at::linear(at::linear(h, a), b);
-  return at::add(y, delta, scale_);
+  // y + s * (h A^T) B^T as one GEMM accumulating into the base output (no separate add/scale
+  // kernels forward or backward).
+  torch::Tensor ha = at::linear(h, a);
+  const int64_t out = y.size(-1);
+  torch::Tensor fused = at::addmm(y.reshape({-1, out}), ha.reshape({-1, ha.size(-1)}), b.t(), 1.0, scale_);
+  return fused.view(y.sizes());
 }
 
 void LinearImpl::AttachAdapter(const AdapterOptions& options) {
