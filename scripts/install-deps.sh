@@ -8,7 +8,7 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 PACKAGES=(
   # toolchain
-  build-essential cmake ninja-build ccache pkg-config git clang-format
+  build-essential cmake ninja-build ccache pkg-config git clang-format sentencepiece
   # engine: LibTorch 1.13 (CPU), Gloo headers for c10d, a fast BLAS (mandatory at run time)
   libtorch-dev libgloo-dev libopenblas0-pthread libsentencepiece-dev
   # service: gRPC 1.51, Protobuf 3.21, Abseil, SQLite, civetweb (metrics HTTP)

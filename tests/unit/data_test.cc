@@ -158,3 +158,33 @@ TEST(BatcherTest, UnpackedRowsArePaddedAndTruncated) {
 
 }  // namespace
 }  // namespace lora
+
+namespace lora {
+namespace {
+
+// A real SentencePiece model, trained here with spm_train (Debian's sentencepiece package), loaded
+// through the plugin.
+TEST(TokenizerTest, SentencePieceModelLoadsAndRoundTrips) {
+  testing::TempDir dir;
+  {
+    std::ofstream corpus(dir.Join("corpus.txt"));
+    for (int i = 0; i < 200; ++i) corpus << "the quick brown fox " << i << " jumps over the lazy dog\n";
+  }
+  std::string cmd = "spm_train --input=" + dir.Join("corpus.txt") + " --model_prefix=" + dir.Join("sp") +
+                    " --vocab_size=60 --model_type=bpe > /dev/null 2>&1";
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << "spm_train failed (is the sentencepiece package installed?)";
+  auto tok = MakeTokenizer(dir.Join("sp.model"));
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  EXPECT_EQ((*tok)->vocab_size(), 60);
+  std::vector<int64_t> ids = (*tok)->Encode("the lazy dog");
+  EXPECT_FALSE(ids.empty());
+  EXPECT_EQ((*tok)->Decode(ids), "the lazy dog");
+  EXPECT_GE((*tok)->eos_id(), 0);
+  std::ofstream(dir.Join("bad.model")) << "not a model";
+  auto bad = MakeTokenizer(dir.Join("bad.model"));
+  EXPECT_FALSE(bad.ok());
+  EXPECT_THAT(std::string(bad.status().message()), HasSubstr("model.tokenizer: cannot load SentencePiece model"));
+}
+
+}  // namespace
+}  // namespace lora
