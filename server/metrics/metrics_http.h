@@ -1,0 +1,47 @@
+// An HTTP endpoint for Prometheus scrapes, on civetweb:
+//   GET /metrics  the registry in the text exposition format (0.0.4)
+//   GET /healthz  "ok"
+//
+//   LORA_ASSIGN_OR_RETURN(auto server, MetricsHttpServer::Create(&registry, "0.0.0.0:9090"));
+//   LOG << "metrics on port " << server->port();  // the bound port, also for "127.0.0.1:0"
+//
+// The registry must outlive the server; destroying the server stops it and waits for the
+// requests in flight.
+#ifndef LORA_SERVER_METRICS_METRICS_HTTP_H_
+#define LORA_SERVER_METRICS_METRICS_HTTP_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "server/metrics/metrics.h"
+
+struct mg_context;
+
+namespace lora {
+
+class MetricsHttpServer {
+ public:
+  // `listen`: "HOST:PORT" with a numeric IPv4 host ("127.0.0.1:9090", "0.0.0.0:0"), or
+  // ":PORT" / "PORT" for every interface; a bracketed IPv6 host ("[::1]:0") only where
+  // civetweb was built with IPv6 (Debian 12's was not). Port 0 picks a free port.
+  // InvalidArgument for a malformed address, Unavailable when it cannot be bound.
+  static absl::StatusOr<std::unique_ptr<MetricsHttpServer>> Create(const MetricsRegistry* registry,
+                                                                   const std::string& listen);
+  ~MetricsHttpServer();
+  MetricsHttpServer(const MetricsHttpServer&) = delete;
+  MetricsHttpServer& operator=(const MetricsHttpServer&) = delete;
+
+  int port() const { return port_; }
+
+ private:
+  MetricsHttpServer() = default;
+
+  mg_context* context_ = nullptr;
+  int port_ = 0;
+  std::string connect_host_;  // how the destructor reaches the listener to wake it
+};
+
+}  // namespace lora
+
+#endif  // LORA_SERVER_METRICS_METRICS_HTTP_H_
