@@ -1,0 +1,252 @@
+#include "server/grpc/job_service.h"
+
+#include <chrono>
+#include <deque>
+#include <mutex>
+
+#include "absl/strings/str_cat.h"
+#include "server/grpc/artifact_reader.h"
+#include "server/grpc/auth.h"
+#include "server/grpc/reactor_lifetime.h"
+#include "server/grpc/status_util.h"
+
+namespace lora::server {
+namespace {
+
+using lora::v1::JobEvent;
+
+double SecondsSince(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+// Replays a job's stored events after `after_sequence`, then follows live ones until the job
+// ends. One write in flight; the queue absorbs bursts.
+class WatchReactor : public grpc::ServerWriteReactor<JobEvent>, public EventSubscriber {
+ public:
+  WatchReactor(JobManager* manager, ThreadPool* pool, const ServiceHooks* hooks, std::string name,
+               int64_t after, absl::Status auth)
+      : manager_(manager), pool_(pool), hooks_(hooks), name_(std::move(name)), after_(after) {
+    if (hooks_->on_watch_streams) hooks_->on_watch_streams(+1);
+    if (!auth.ok()) {
+      FinishOnce(auth);
+      return;
+    }
+    if (after_ < 0) {
+      FinishOnce(absl::InvalidArgumentError("after_sequence: must be >= 0"));
+      return;
+    }
+    life_.Enter();
+    pool_->Schedule([this] {
+      Start();
+      life_.Leave();
+    });
+  }
+
+  void OnEvent(const JobEvent& event) override {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (finished_) return;
+    (loading_ ? live_during_load_ : queue_).push_back(event);
+    MaybeWriteLocked(lock);
+  }
+
+  void OnClose(bool shutdown) override {
+    std::unique_lock<std::mutex> lock(mu_);
+    closed_ = true;
+    shutdown_ = shutdown;
+    if (!loading_) MaybeWriteLocked(lock);
+  }
+
+  void OnWriteDone(bool ok) override {
+    std::unique_lock<std::mutex> lock(mu_);
+    writing_ = false;
+    if (!ok) {
+      lock.unlock();
+      FinishOnce(absl::CancelledError("the watcher went away"));
+      return;
+    }
+    MaybeWriteLocked(lock);
+  }
+
+  void OnCancel() override { FinishOnce(absl::CancelledError("cancelled by the client")); }
+
+  void OnDone() override {
+    if (subscribed_) manager_->Unsubscribe(job_id_, this);
+    if (hooks_->on_watch_streams) hooks_->on_watch_streams(-1);
+    life_.Done();
+  }
+
+ private:
+  void Start() {
+    int64_t last = 0;
+    bool terminal = false;
+    absl::Status s = manager_->Subscribe(name_, this, &last, &terminal);
+    if (!s.ok()) return FinishOnce(s);
+    job_id_ = name_.substr(5);
+    subscribed_ = !terminal;
+    // History (after_, last] from the store, in pages.
+    int64_t cursor = after_;
+    while (cursor < last) {
+      auto page = manager_->ReadEvents(job_id_, cursor, 1000);
+      if (!page.ok()) return FinishOnce(page.status());
+      if (page->empty()) break;
+      std::unique_lock<std::mutex> lock(mu_);
+      for (auto& e : *page) {
+        if (e.sequence() > last) break;
+        cursor = e.sequence();
+        queue_.push_back(std::move(e));
+      }
+      MaybeWriteLocked(lock);
+    }
+    std::unique_lock<std::mutex> lock(mu_);
+    loading_ = false;
+    for (auto& e : live_during_load_) {
+      if (e.sequence() > std::max(cursor, after_)) queue_.push_back(std::move(e));
+    }
+    live_during_load_.clear();
+    if (terminal) closed_ = true;
+    MaybeWriteLocked(lock);
+  }
+
+  // Starts the next write, or finishes when the job is over and everything was sent.
+  void MaybeWriteLocked(std::unique_lock<std::mutex>& lock) {
+    if (writing_ || finished_) return;
+    if (!queue_.empty()) {
+      current_ = std::move(queue_.front());
+      queue_.pop_front();
+      writing_ = true;
+      lock.unlock();
+      StartWrite(&current_);
+      return;
+    }
+    if (closed_ && !loading_) {
+      const bool shutdown = shutdown_;
+      lock.unlock();
+      FinishOnce(shutdown
+                     ? absl::UnavailableError("lorad is shutting down; resume with after_sequence")
+                     : absl::OkStatus());
+    }
+  }
+
+  void FinishOnce(const absl::Status& status) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (finished_) return;
+      finished_ = true;
+    }
+    hooks_->Rpc("WatchJob", ToGrpcStatus(status).error_code(), SecondsSince(start_));
+    Finish(ToGrpcStatus(status));
+  }
+
+  JobManager* manager_;
+  ThreadPool* pool_;
+  const ServiceHooks* hooks_;
+  std::string name_, job_id_;
+  int64_t after_;
+  bool subscribed_ = false;
+  std::mutex mu_;
+  std::deque<JobEvent> queue_, live_during_load_;
+  JobEvent current_;
+  bool loading_ = true, writing_ = false, closed_ = false, shutdown_ = false, finished_ = false;
+  std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
+  ReactorLifetime<WatchReactor> life_{this};
+};
+
+}  // namespace
+
+template <typename Fn>
+grpc::ServerUnaryReactor* JobServiceImpl::Unary(grpc::CallbackServerContext* context,
+                                                const char* method, Fn fn) {
+  auto* reactor = context->DefaultReactor();
+  const auto start = std::chrono::steady_clock::now();
+  absl::Status auth = CheckBearerToken(context, auth_token_);
+  if (!auth.ok()) {
+    hooks_->Rpc(method, ToGrpcStatus(auth).error_code(), 0);
+    reactor->Finish(ToGrpcStatus(auth));
+    return reactor;
+  }
+  pool_->Schedule([this, reactor, method, start, fn = std::move(fn)]() mutable {
+    grpc::Status status = ToGrpcStatus(fn());
+    hooks_->Rpc(method, status.error_code(), SecondsSince(start));
+    reactor->Finish(status);
+  });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* JobServiceImpl::CreateJob(grpc::CallbackServerContext* context,
+                                                    const lora::v1::CreateJobRequest* request,
+                                                    lora::v1::Job* response) {
+  return Unary(context, "CreateJob", [this, request, response]() -> absl::Status {
+    bool created = false;
+    auto job = manager_->CreateJob(request->spec(), request->request_id(), &created);
+    if (!job.ok()) return job.status();
+    *response = std::move(*job);
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* JobServiceImpl::GetJob(grpc::CallbackServerContext* context,
+                                                 const lora::v1::GetJobRequest* request,
+                                                 lora::v1::Job* response) {
+  return Unary(context, "GetJob", [this, request, response]() -> absl::Status {
+    auto job = manager_->GetJob(request->name());
+    if (!job.ok()) return job.status();
+    *response = std::move(*job);
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* JobServiceImpl::ListJobs(grpc::CallbackServerContext* context,
+                                                   const lora::v1::ListJobsRequest* request,
+                                                   lora::v1::ListJobsResponse* response) {
+  return Unary(context, "ListJobs", [this, request, response]() -> absl::Status {
+    auto list = manager_->ListJobs(*request);
+    if (!list.ok()) return list.status();
+    *response = std::move(*list);
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* JobServiceImpl::CancelJob(grpc::CallbackServerContext* context,
+                                                    const lora::v1::CancelJobRequest* request,
+                                                    lora::v1::Job* response) {
+  return Unary(context, "CancelJob", [this, request, response]() -> absl::Status {
+    auto job = manager_->CancelJob(request->name());
+    if (!job.ok()) return job.status();
+    *response = std::move(*job);
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* JobServiceImpl::ListCheckpoints(
+    grpc::CallbackServerContext* context, const lora::v1::ListCheckpointsRequest* request,
+    lora::v1::ListCheckpointsResponse* response) {
+  return Unary(context, "ListCheckpoints", [this, request, response]() -> absl::Status {
+    auto list = manager_->ListCheckpoints(request->name());
+    if (!list.ok()) return list.status();
+    for (auto& c : *list) *response->add_checkpoints() = std::move(c);
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerWriteReactor<JobEvent>* JobServiceImpl::WatchJob(
+    grpc::CallbackServerContext* context, const lora::v1::WatchJobRequest* request) {
+  return new WatchReactor(manager_, pool_, hooks_, request->name(), request->after_sequence(),
+                          CheckBearerToken(context, auth_token_));
+}
+
+grpc::ServerWriteReactor<lora::v1::ArtifactChunk>* JobServiceImpl::DownloadArtifact(
+    grpc::CallbackServerContext* context, const lora::v1::DownloadArtifactRequest* request) {
+  std::string name = request->name(), path = request->path();
+  ArtifactResolver resolve =
+      [this, name, path]() -> absl::StatusOr<std::pair<lora::v1::ArtifactFile, std::string>> {
+    auto file = manager_->GetArtifact(name, path);
+    if (!file.ok()) return file.status();
+    auto where = artifacts_->PathOf(name.substr(5), path);
+    if (!where.ok()) return where.status();
+    return std::make_pair(*file, *where);
+  };
+  return StreamArtifact(pool_, std::move(resolve), request->offset(), hooks_, "DownloadArtifact",
+                        CheckBearerToken(context, auth_token_));
+}
+
+}  // namespace lora::server

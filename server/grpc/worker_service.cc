@@ -1,0 +1,315 @@
+#include "server/grpc/worker_service.h"
+
+#include <chrono>
+#include <deque>
+#include <memory>
+#include <mutex>
+
+#include "absl/strings/str_cat.h"
+#include "server/grpc/artifact_reader.h"
+#include "server/grpc/auth.h"
+#include "server/grpc/reactor_lifetime.h"
+#include "server/grpc/status_util.h"
+
+namespace lora::server {
+namespace {
+
+namespace wv1 = lora::worker::v1;
+
+std::string WorkerIdOf(const grpc::CallbackServerContext* context) {
+  auto it = context->client_metadata().find("lora-worker-id");
+  return it == context->client_metadata().end() ? ""
+                                                : std::string(it->second.data(), it->second.size());
+}
+
+class ConnectReactor;
+
+// The manager's handle on a worker stream; outlives the reactor safely.
+class StreamChannel : public WorkerChannel {
+ public:
+  explicit StreamChannel(ConnectReactor* reactor) : reactor_(reactor) {}
+  void Send(const wv1::ControllerMessage& message) override;
+  void Close() override;
+  void Detach() {
+    std::lock_guard<std::mutex> lock(mu_);
+    reactor_ = nullptr;
+  }
+
+ private:
+  std::mutex mu_;
+  ConnectReactor* reactor_;
+};
+
+class ConnectReactor : public grpc::ServerBidiReactor<wv1::WorkerMessage, wv1::ControllerMessage> {
+ public:
+  ConnectReactor(JobManager* manager, ThreadPool* pool, absl::Status auth)
+      : manager_(manager), pool_(pool), channel_(std::make_shared<StreamChannel>(this)) {
+    if (!auth.ok()) {
+      FinishOnce(auth);
+      return;
+    }
+    StartRead(&in_);
+  }
+
+  void Enqueue(const wv1::ControllerMessage& message) {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (finished_) return;
+    outbox_.push_back(message);
+    WriteNextLocked(lock);
+  }
+
+  void FinishOnce(const absl::Status& status) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (finished_) return;
+      finished_ = true;
+    }
+    Finish(ToGrpcStatus(status));
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      Disconnected();
+      FinishOnce(absl::OkStatus());
+      return;
+    }
+    wv1::WorkerMessage message = std::move(in_);
+    if (!life_.Enter()) return;
+    // Handled on the pool, one message at a time (the next read starts after), in order.
+    pool_->Schedule([this, message = std::move(message)] {
+      absl::Status s = Handle(message);
+      bool finished;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        finished = finished_;
+      }
+      if (!s.ok())
+        FinishOnce(s);
+      else if (!finished)
+        StartRead(&in_);
+      life_.Leave();
+    });
+  }
+
+  void OnWriteDone(bool ok) override {
+    std::unique_lock<std::mutex> lock(mu_);
+    writing_ = false;
+    if (ok) WriteNextLocked(lock);
+  }
+
+  void OnCancel() override {
+    Disconnected();
+    FinishOnce(absl::CancelledError("stream cancelled"));
+  }
+
+  void OnDone() override {
+    channel_->Detach();
+    life_.Done();
+  }
+
+ private:
+  absl::Status Handle(const wv1::WorkerMessage& m) {
+    if (m.has_register_()) {
+      if (!worker_id_.empty())
+        return absl::FailedPreconditionError("register sent twice on one stream");
+      auto ack = manager_->WorkerConnected(m.register_(), channel_);
+      if (!ack.ok()) return ack.status();
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        worker_id_ = m.register_().worker_id();
+      }
+      wv1::ControllerMessage reply;
+      *reply.mutable_ack() = *ack;
+      // The ack must precede any assignment the registration triggered: push it to the front.
+      std::unique_lock<std::mutex> lock(mu_);
+      outbox_.push_front(reply);
+      ready_ = true;
+      WriteNextLocked(lock);
+      return absl::OkStatus();
+    }
+    if (worker_id_.empty())
+      return absl::FailedPreconditionError("the first message must be register");
+    if (m.has_heartbeat()) manager_->OnHeartbeat(worker_id_);
+    if (m.has_event()) manager_->OnRankEvent(worker_id_, m.event());
+    if (m.has_accepted()) manager_->OnRankAccepted(worker_id_, m.accepted());
+    if (m.has_exited()) manager_->OnRankExited(worker_id_, m.exited());
+    if (!m.has_heartbeat()) manager_->OnHeartbeat(worker_id_);  // any message shows it is alive
+    return absl::OkStatus();
+  }
+
+  void Disconnected() {
+    std::string id;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (disconnected_ || worker_id_.empty()) return;
+      disconnected_ = true;
+      id = worker_id_;
+    }
+    if (!life_.Enter()) return;
+    pool_->Schedule([this, id] {
+      manager_->WorkerDisconnected(id, channel_.get());
+      life_.Leave();
+    });
+  }
+
+  void WriteNextLocked(std::unique_lock<std::mutex>& lock) {
+    // Nothing goes out before the RegisterAck (assignments may be queued while registering).
+    if (!ready_ || writing_ || outbox_.empty() || finished_) return;
+    current_ = std::move(outbox_.front());
+    outbox_.pop_front();
+    writing_ = true;
+    lock.unlock();
+    StartWrite(&current_);
+  }
+
+  JobManager* manager_;
+  ThreadPool* pool_;
+  std::shared_ptr<StreamChannel> channel_;
+  wv1::WorkerMessage in_;
+  wv1::ControllerMessage current_;
+  std::mutex mu_;
+  std::deque<wv1::ControllerMessage> outbox_;
+  std::string worker_id_;
+  bool ready_ = false, writing_ = false, finished_ = false, disconnected_ = false;
+  ReactorLifetime<ConnectReactor> life_{this};
+};
+
+void StreamChannel::Send(const wv1::ControllerMessage& message) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (reactor_ != nullptr) reactor_->Enqueue(message);
+}
+
+void StreamChannel::Close() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (reactor_ != nullptr)
+    reactor_->FinishOnce(absl::AbortedError("the controller replaced this stream"));
+}
+
+class UploadReactor : public grpc::ServerReadReactor<wv1::UploadChunk> {
+ public:
+  UploadReactor(JobManager* manager, ArtifactStore* artifacts, ThreadPool* pool,
+                const ServiceHooks* hooks, std::string worker_id, wv1::UploadResult* result,
+                absl::Status auth)
+      : manager_(manager),
+        artifacts_(artifacts),
+        pool_(pool),
+        hooks_(hooks),
+        worker_id_(std::move(worker_id)),
+        result_(result) {
+    if (!auth.ok()) {
+      FinishOnce(auth);
+      return;
+    }
+    StartRead(&in_);
+  }
+
+  void OnReadDone(bool ok) override {
+    wv1::UploadChunk chunk = std::move(in_);
+    if (!life_.Enter()) return;
+    pool_->Schedule([this, ok, chunk = std::move(chunk)] {
+      absl::Status s = ok ? Consume(chunk) : Complete();
+      if (!s.ok())
+        FinishOnce(s);
+      else if (!ok)
+        FinishOnce(absl::OkStatus());
+      else
+        StartRead(&in_);
+      life_.Leave();
+    });
+  }
+  void OnCancel() override { FinishOnce(absl::CancelledError("upload cancelled")); }
+  void OnDone() override { life_.Done(); }
+
+ private:
+  absl::Status Consume(const wv1::UploadChunk& chunk) {
+    if (chunk.has_header()) {
+      if (upload_) return absl::InvalidArgumentError("header: sent twice");
+      header_ = chunk.header();
+      if (worker_id_.empty()) return absl::UnauthenticatedError("missing lora-worker-id metadata");
+      absl::Status owner = manager_->CheckRankOwner(worker_id_, header_.ref());
+      if (!owner.ok()) return owner;
+      auto upload = artifacts_->BeginUpload(header_.ref().job_id(), header_.path(), header_.size(),
+                                            header_.sha256());
+      if (!upload.ok()) return upload.status();
+      upload_ = std::move(*upload);
+      return absl::OkStatus();
+    }
+    if (!upload_) return absl::InvalidArgumentError("the first message must be the header");
+    if (hooks_->on_artifact_bytes_received)
+      hooks_->on_artifact_bytes_received(static_cast<int64_t>(chunk.data().size()));
+    return upload_->Write(chunk.data().data(), chunk.data().size());
+  }
+
+  absl::Status Complete() {
+    if (!upload_) return absl::InvalidArgumentError("no header was sent");
+    absl::Status s = upload_->Finish();
+    if (!s.ok()) return s;
+    lora::v1::ArtifactFile file;
+    file.set_path(header_.path());
+    file.set_size(header_.size());
+    file.set_sha256(header_.sha256());
+    s = manager_->OnArtifactStored(header_, file);
+    if (!s.ok()) return s;
+    result_->set_size(file.size());
+    result_->set_sha256(file.sha256());
+    return absl::OkStatus();
+  }
+
+  void FinishOnce(const absl::Status& status) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (finished_) return;
+      finished_ = true;
+    }
+    hooks_->Rpc("UploadArtifact", ToGrpcStatus(status).error_code(),
+                std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count());
+    Finish(ToGrpcStatus(status));
+  }
+
+  JobManager* manager_;
+  ArtifactStore* artifacts_;
+  ThreadPool* pool_;
+  const ServiceHooks* hooks_;
+  std::string worker_id_;
+  wv1::UploadResult* result_;
+  wv1::UploadChunk in_;
+  wv1::UploadHeader header_;
+  std::unique_ptr<ArtifactUpload> upload_;
+  std::mutex mu_;
+  bool finished_ = false;
+  std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
+  ReactorLifetime<UploadReactor> life_{this};
+};
+
+}  // namespace
+
+grpc::ServerBidiReactor<wv1::WorkerMessage, wv1::ControllerMessage>* WorkerServiceImpl::Connect(
+    grpc::CallbackServerContext* context) {
+  return new ConnectReactor(manager_, pool_, CheckBearerToken(context, token_));
+}
+
+grpc::ServerReadReactor<wv1::UploadChunk>* WorkerServiceImpl::UploadArtifact(
+    grpc::CallbackServerContext* context, wv1::UploadResult* result) {
+  return new UploadReactor(manager_, artifacts_, pool_, hooks_, WorkerIdOf(context), result,
+                           CheckBearerToken(context, token_));
+}
+
+grpc::ServerWriteReactor<lora::v1::ArtifactChunk>* WorkerServiceImpl::FetchArtifact(
+    grpc::CallbackServerContext* context, const wv1::FetchArtifactRequest* request) {
+  std::string worker = WorkerIdOf(context), job = request->job_id(), path = request->path();
+  ArtifactResolver resolve =
+      [this, worker, job,
+       path]() -> absl::StatusOr<std::pair<lora::v1::ArtifactFile, std::string>> {
+    absl::Status owner = manager_->CheckWorkerOnJob(worker, job);
+    if (!owner.ok()) return owner;
+    auto file = manager_->GetArtifact("jobs/" + job, path);
+    if (!file.ok()) return file.status();
+    auto where = artifacts_->PathOf(job, path);
+    if (!where.ok()) return where.status();
+    return std::make_pair(*file, *where);
+  };
+  return StreamArtifact(pool_, std::move(resolve), request->offset(), hooks_, "FetchArtifact",
+                        CheckBearerToken(context, token_));
+}
+
+}  // namespace lora::server

@@ -1,0 +1,45 @@
+// lora.worker.v1.WorkerService over the callback API: the long-lived worker stream (a
+// WorkerChannel for the JobManager), artifact uploads and resume-file fetches. Workers send
+// their id in the "lora-worker-id" metadata on uploads and fetches.
+#ifndef LORA_SERVER_GRPC_WORKER_SERVICE_H_
+#define LORA_SERVER_GRPC_WORKER_SERVICE_H_
+
+#include <string>
+
+#include "lora/worker/v1/worker_service.grpc.pb.h"
+#include "server/core/artifact_store.h"
+#include "server/core/executor.h"
+#include "server/core/job_manager.h"
+#include "server/grpc/service_hooks.h"
+
+namespace lora::server {
+
+class WorkerServiceImpl final : public lora::worker::v1::WorkerService::CallbackService {
+ public:
+  WorkerServiceImpl(JobManager* manager, ArtifactStore* artifacts, ThreadPool* pool,
+                    const ServiceHooks* hooks, std::string worker_token)
+      : manager_(manager),
+        artifacts_(artifacts),
+        pool_(pool),
+        hooks_(hooks),
+        token_(std::move(worker_token)) {}
+
+  grpc::ServerBidiReactor<lora::worker::v1::WorkerMessage, lora::worker::v1::ControllerMessage>*
+  Connect(grpc::CallbackServerContext* context) override;
+  grpc::ServerReadReactor<lora::worker::v1::UploadChunk>* UploadArtifact(
+      grpc::CallbackServerContext* context, lora::worker::v1::UploadResult* result) override;
+  grpc::ServerWriteReactor<lora::v1::ArtifactChunk>* FetchArtifact(
+      grpc::CallbackServerContext* context,
+      const lora::worker::v1::FetchArtifactRequest* request) override;
+
+ private:
+  JobManager* manager_;
+  ArtifactStore* artifacts_;
+  ThreadPool* pool_;
+  const ServiceHooks* hooks_;
+  std::string token_;
+};
+
+}  // namespace lora::server
+
+#endif  // LORA_SERVER_GRPC_WORKER_SERVICE_H_

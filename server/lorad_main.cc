@@ -1,0 +1,243 @@
+// lorad: the controller. Accepts jobs over gRPC (lora.v1.JobService), keeps them in SQLite
+// under --data-dir, schedules them onto lora-worker agents (lora.worker.v1.WorkerService on the
+// same port) and serves Prometheus metrics. See docs/OPERATIONS.md.
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <filesystem>
+#include <iostream>
+#include <thread>
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include "CLI/CLI.hpp"
+#include "absl/strings/str_cat.h"
+#include "common/file_util.h"
+#include "server/core/artifact_store.h"
+#include "server/core/executor.h"
+#include "server/core/job_manager.h"
+#include "server/core/local_workers.h"
+#include "server/grpc/job_service.h"
+#include "server/grpc/worker_service.h"
+#include "server/metrics/metrics.h"
+#include "server/metrics/metrics_http.h"
+#include "server/store/job_store.h"
+
+namespace {
+
+std::atomic<bool> g_stop{false};
+void OnSignal(int) { g_stop = true; }
+
+struct Flags {
+  std::string data_dir;
+  std::string listen = "127.0.0.1:50051";
+  std::string metrics_listen = "127.0.0.1:9464";
+  std::string port_file;
+  int local_workers = 0;
+  std::string lora_worker;
+  int threads_per_rank = 0;
+  int max_attempts = 3;
+  double heartbeat_timeout_s = 15;
+  double cancel_grace_s = 10;
+  double reattach_grace_s = 30;
+  int pool_threads = 8;
+  std::string auth_token;
+  std::string worker_token;
+};
+
+int Fail(const std::string& message) {
+  std::cerr << "lorad: error: " << message << std::endl;
+  return 1;
+}
+
+std::string SiblingBinary(const std::string& name) {
+  std::error_code ec;
+  return (std::filesystem::read_symlink("/proc/self/exe", ec).parent_path() / ".." / "worker" /
+          name)
+      .lexically_normal()
+      .string();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Flags f;
+  f.lora_worker = SiblingBinary("lora-worker");
+  if (const char* t = std::getenv("LORAD_AUTH_TOKEN")) f.auth_token = t;
+  if (const char* t = std::getenv("LORAD_WORKER_TOKEN")) f.worker_token = t;
+  CLI::App app{
+      "lorad: LoRA fine-tuning controller (gRPC JobService + WorkerService, SQLite, metrics)"};
+  app.add_option("--data-dir", f.data_dir, "Directory for lorad.db, artifacts and local workers")
+      ->required();
+  app.add_option("--listen", f.listen, "gRPC address (host:port; port 0 picks a free one)")
+      ->capture_default_str();
+  app.add_option("--metrics-listen", f.metrics_listen,
+                 "Prometheus /metrics address; empty disables")
+      ->capture_default_str();
+  app.add_option("--port-file", f.port_file, "Write the bound gRPC port here once serving");
+  app.add_option("--local-workers", f.local_workers,
+                 "lora-worker children to start on loopback (0 = remote only)")
+      ->capture_default_str();
+  app.add_option("--lora-worker", f.lora_worker, "lora-worker binary for --local-workers")
+      ->capture_default_str();
+  app.add_option("--threads-per-rank", f.threads_per_rank,
+                 "Intra-op threads per local rank (0 = all cores)")
+      ->capture_default_str();
+  app.add_option("--max-attempts", f.max_attempts, "Runs of a job before a lost worker fails it")
+      ->capture_default_str();
+  app.add_option("--heartbeat-timeout", f.heartbeat_timeout_s,
+                 "Seconds without news before a worker is lost")
+      ->capture_default_str();
+  app.add_option("--cancel-grace", f.cancel_grace_s,
+                 "Seconds a cancelled rank gets between SIGTERM and SIGKILL")
+      ->capture_default_str();
+  app.add_option("--reattach-grace", f.reattach_grace_s,
+                 "After a restart, seconds running jobs wait for their workers to reconnect")
+      ->capture_default_str();
+  app.add_option("--pool-threads", f.pool_threads, "Threads for store and file work")
+      ->capture_default_str();
+  app.add_option("--auth-token", f.auth_token,
+                 "Bearer token clients must send (env LORAD_AUTH_TOKEN); empty = none");
+  app.add_option("--worker-token", f.worker_token,
+                 "Bearer token workers must send (env LORAD_WORKER_TOKEN)");
+  CLI11_PARSE(app, argc, argv);
+
+  if (absl::Status s = lora::MakeDirectories(lora::JoinPath(f.data_dir, "artifacts")); !s.ok()) {
+    return Fail(std::string(s.message()));
+  }
+  auto store = lora::server::JobStore::Open({lora::JoinPath(f.data_dir, "lorad.db")});
+  if (!store.ok()) return Fail(std::string(store.status().message()));
+  lora::server::ArtifactStore artifacts(lora::JoinPath(f.data_dir, "artifacts"));
+  lora::server::JobManager::Options mo;
+  mo.max_attempts = f.max_attempts;
+  mo.heartbeat_timeout = absl::Seconds(f.heartbeat_timeout_s);
+  mo.cancel_grace = absl::Seconds(f.cancel_grace_s);
+  mo.reattach_grace = absl::Seconds(f.reattach_grace_s);
+  mo.heartbeat_interval_ms = static_cast<int>(std::max(200.0, f.heartbeat_timeout_s * 1000 / 5));
+  auto manager = lora::server::JobManager::Create(mo, store->get(), &artifacts);
+  if (!manager.ok()) return Fail(std::string(manager.status().message()));
+
+  // Metrics.
+  lora::MetricsRegistry registry;
+  auto rpcs =
+      *registry.AddCounter("lorad_rpc_requests_total",
+                           "gRPC calls handled, by method and status code", {"method", "code"});
+  auto latency = *registry.AddHistogram("lorad_rpc_duration_seconds", "gRPC call latency",
+                                        {"method"}, lora::DefaultLatencyBuckets());
+  auto active =
+      *registry.AddGauge("lorad_active_jobs", "Jobs not yet finished, by state", {"state"});
+  auto workers = *registry.AddGauge("lorad_workers_connected", "Connected lora-worker agents", {});
+  auto slots = *registry.AddGauge("lorad_worker_slots", "Worker rank slots, by use", {"use"});
+  auto watchers = *registry.AddGauge("lorad_watch_streams", "Open WatchJob streams", {});
+  auto sent = *registry.AddCounter("lorad_artifact_bytes_sent_total",
+                                   "Artifact bytes streamed to clients", {});
+  auto received = *registry.AddCounter("lorad_artifact_bytes_received_total",
+                                       "Artifact bytes uploaded by workers", {});
+  (void)registry.AddCallbackGauge("lorad_jobs", "Jobs in the store (all states)",
+                                  [s = store->get()] {
+                                    auto n = s->CountJobs();
+                                    return n.ok() ? static_cast<double>(*n) : 0.0;
+                                  });
+  lora::server::ServiceHooks hooks;
+  hooks.on_rpc = [&](const std::string& method, grpc::StatusCode code, double seconds) {
+    static const char* kNames[] = {"OK",
+                                   "CANCELLED",
+                                   "UNKNOWN",
+                                   "INVALID_ARGUMENT",
+                                   "DEADLINE_EXCEEDED",
+                                   "NOT_FOUND",
+                                   "ALREADY_EXISTS",
+                                   "PERMISSION_DENIED",
+                                   "RESOURCE_EXHAUSTED",
+                                   "FAILED_PRECONDITION",
+                                   "ABORTED",
+                                   "OUT_OF_RANGE",
+                                   "UNIMPLEMENTED",
+                                   "INTERNAL",
+                                   "UNAVAILABLE",
+                                   "DATA_LOSS",
+                                   "UNAUTHENTICATED"};
+    const int c = static_cast<int>(code);
+    rpcs->WithLabels({method, c >= 0 && c <= 16 ? kNames[c] : "UNKNOWN"})->Increment();
+    latency->WithLabels({method})->Observe(seconds);
+  };
+  hooks.on_artifact_bytes_sent = [&](int64_t n) {
+    sent->WithLabels({})->Increment(static_cast<double>(n));
+  };
+  hooks.on_artifact_bytes_received = [&](int64_t n) {
+    received->WithLabels({})->Increment(static_cast<double>(n));
+  };
+  hooks.on_watch_streams = [&](int delta) { watchers->WithLabels({})->Increment(delta); };
+  std::unique_ptr<lora::MetricsHttpServer> metrics_http;
+  if (!f.metrics_listen.empty()) {
+    auto http = lora::MetricsHttpServer::Create(&registry, f.metrics_listen);
+    if (!http.ok()) return Fail(absl::StrCat("--metrics-listen: ", http.status().message()));
+    metrics_http = std::move(*http);
+  }
+
+  // gRPC.
+  lora::server::ThreadPool pool(f.pool_threads);
+  lora::server::JobServiceImpl job_service(manager->get(), &artifacts, &pool, &hooks, f.auth_token);
+  lora::server::WorkerServiceImpl worker_service(manager->get(), &artifacts, &pool, &hooks,
+                                                 f.worker_token);
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(f.listen, grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&job_service);
+  builder.RegisterService(&worker_service);
+  builder.SetMaxReceiveMessageSize(8 << 20);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 5000);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (!server || port == 0) return Fail(absl::StrCat("--listen: cannot listen on ", f.listen));
+  server->GetHealthCheckService()->SetServingStatus(true);
+  const std::string host = f.listen.substr(0, f.listen.rfind(':'));
+  std::cerr << "lorad: serving on " << host << ":" << port
+            << (metrics_http ? absl::StrCat(", metrics on port ", metrics_http->port()) : "")
+            << ", data in " << f.data_dir << std::endl;
+  if (!f.port_file.empty()) (void)lora::WriteFileAtomically(f.port_file, absl::StrCat(port, "\n"));
+
+  struct sigaction sa = {};
+  sa.sa_handler = OnSignal;
+  ::sigaction(SIGTERM, &sa, nullptr);
+  ::sigaction(SIGINT, &sa, nullptr);
+
+  lora::server::LocalWorkersOptions lw;
+  lw.count = f.local_workers;
+  lw.lora_worker = f.lora_worker;
+  lw.controller = absl::StrCat(host == "0.0.0.0" || host.empty() ? "127.0.0.1" : host, ":", port);
+  lw.work_dir = lora::JoinPath(f.data_dir, "workers");
+  lw.token = f.worker_token;
+  lw.threads_per_rank = f.threads_per_rank;
+  lora::server::LocalWorkers local(lw);
+  if (f.local_workers > 0) local.Start();
+
+  while (!g_stop) {
+    (*manager)->Tick();
+    auto stats = (*manager)->Stats();
+    for (int s = lora::v1::QUEUED; s <= lora::v1::CANCELLED; ++s) {
+      auto state = static_cast<lora::v1::JobState>(s);
+      if (lora::server::IsTerminal(state)) continue;
+      active->WithLabels({lora::v1::JobState_Name(state)})
+          ->Set(static_cast<double>(stats.jobs_by_state[state]));
+    }
+    workers->WithLabels({})->Set(static_cast<double>(stats.workers_connected));
+    slots->WithLabels({"busy"})->Set(static_cast<double>(stats.workers_busy_slots));
+    slots->WithLabels({"total"})->Set(static_cast<double>(stats.workers_total_slots));
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  std::cerr << "lorad: shutting down" << std::endl;
+  server->GetHealthCheckService()->SetServingStatus(false);
+  (*manager)->Shutdown();  // watchers get UNAVAILABLE and resume elsewhere by sequence
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  local.Stop();
+  server->Wait();
+  std::cerr << "lorad: stopped" << std::endl;
+  return 0;
+}

@@ -1,0 +1,391 @@
+#include "server/store/job_store.h"
+
+#include <sqlite3.h>
+
+#include <chrono>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+namespace lora::server {
+namespace {
+
+using lora::v1::Job;
+using lora::v1::JobEvent;
+
+constexpr const char* kSchema = R"sql(
+CREATE TABLE IF NOT EXISTS jobs (
+  id TEXT PRIMARY KEY,
+  request_id TEXT,
+  state INTEGER NOT NULL,
+  kind INTEGER NOT NULL,
+  priority INTEGER NOT NULL,
+  create_time_us INTEGER NOT NULL,
+  proto BLOB NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_request_id ON jobs(request_id) WHERE request_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_created ON jobs(create_time_us DESC, id DESC);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
+CREATE TABLE IF NOT EXISTS events (
+  job_id TEXT NOT NULL,
+  sequence INTEGER NOT NULL,
+  proto BLOB NOT NULL,
+  PRIMARY KEY (job_id, sequence)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS checkpoints (
+  job_id TEXT NOT NULL,
+  step INTEGER NOT NULL,
+  proto BLOB NOT NULL,
+  PRIMARY KEY (job_id, step)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS artifacts (
+  job_id TEXT NOT NULL,
+  path TEXT NOT NULL,
+  size INTEGER NOT NULL,
+  sha256 TEXT NOT NULL,
+  step INTEGER NOT NULL,
+  attempt INTEGER NOT NULL,
+  PRIMARY KEY (job_id, path)
+) WITHOUT ROWID;
+)sql";
+
+absl::Status SqlError(sqlite3* db, const std::string& what) {
+  const int code = sqlite3_errcode(db);
+  std::string message = absl::StrCat("sqlite: ", what, ": ", sqlite3_errmsg(db));
+  if (code == SQLITE_FULL) return absl::ResourceExhaustedError(message);
+  if (code == SQLITE_CORRUPT || code == SQLITE_NOTADB) return absl::DataLossError(message);
+  return absl::InternalError(message);
+}
+
+// A prepared statement, finalized on destruction.
+class Statement {
+ public:
+  Statement(sqlite3* db, const char* sql) : db_(db) {
+    ok_ = sqlite3_prepare_v2(db, sql, -1, &stmt_, nullptr) == SQLITE_OK;
+  }
+  ~Statement() { sqlite3_finalize(stmt_); }
+  bool ok() const { return ok_; }
+  Statement& Bind(int i, int64_t v) {
+    sqlite3_bind_int64(stmt_, i, v);
+    return *this;
+  }
+  Statement& Bind(int i, const std::string& v) {
+    sqlite3_bind_text(stmt_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+    return *this;
+  }
+  Statement& BindBlob(int i, const std::string& v) {
+    sqlite3_bind_blob(stmt_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+    return *this;
+  }
+  Statement& BindNull(int i) {
+    sqlite3_bind_null(stmt_, i);
+    return *this;
+  }
+  int Step() { return sqlite3_step(stmt_); }
+  int64_t Int(int col) { return sqlite3_column_int64(stmt_, col); }
+  std::string Text(int col) {
+    const unsigned char* p = sqlite3_column_text(stmt_, col);
+    return p ? std::string(reinterpret_cast<const char*>(p),
+                           static_cast<size_t>(sqlite3_column_bytes(stmt_, col)))
+             : "";
+  }
+  std::string Blob(int col) {
+    const void* p = sqlite3_column_blob(stmt_, col);
+    return p ? std::string(static_cast<const char*>(p),
+                           static_cast<size_t>(sqlite3_column_bytes(stmt_, col)))
+             : "";
+  }
+
+ private:
+  sqlite3* db_;
+  sqlite3_stmt* stmt_ = nullptr;
+  bool ok_ = false;
+};
+
+template <typename Message>
+absl::StatusOr<Message> Parse(const std::string& blob, const char* what) {
+  Message m;
+  if (!m.ParseFromString(blob))
+    return absl::DataLossError(absl::StrCat("store: corrupt ", what, " record"));
+  return m;
+}
+
+absl::Status InsertEvent(sqlite3* db, const std::string& job_id, const JobEvent& e) {
+  Statement s(db, "INSERT INTO events (job_id, sequence, proto) VALUES (?, ?, ?)");
+  if (!s.ok()) return SqlError(db, "prepare event insert");
+  s.Bind(1, job_id).Bind(2, e.sequence()).BindBlob(3, e.SerializeAsString());
+  if (s.Step() != SQLITE_DONE) return SqlError(db, "insert event");
+  return absl::OkStatus();
+}
+
+// Rolls back unless committed.
+class Transaction {
+ public:
+  explicit Transaction(sqlite3* db) : db_(db) {
+    ok_ = sqlite3_exec(db, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr) == SQLITE_OK;
+  }
+  ~Transaction() {
+    if (ok_ && !done_) sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+  }
+  bool ok() const { return ok_; }
+  absl::Status Commit() {
+    done_ = true;
+    if (sqlite3_exec(db_, "COMMIT", nullptr, nullptr, nullptr) != SQLITE_OK)
+      return SqlError(db_, "commit");
+    return absl::OkStatus();
+  }
+
+ private:
+  sqlite3* db_;
+  bool ok_ = false;
+  bool done_ = false;
+};
+
+}  // namespace
+
+bool IsTerminal(lora::v1::JobState s) {
+  return s == lora::v1::SUCCEEDED || s == lora::v1::FAILED || s == lora::v1::CANCELLED;
+}
+
+int64_t ToMicros(const google::protobuf::Timestamp& t) {
+  return t.seconds() * 1000000 + t.nanos() / 1000;
+}
+
+google::protobuf::Timestamp FromMicros(int64_t us) {
+  google::protobuf::Timestamp t;
+  t.set_seconds(us / 1000000);
+  t.set_nanos(static_cast<int32_t>((us % 1000000) * 1000));
+  return t;
+}
+
+int64_t NowMicros() {
+  return std::chrono::duration_cast<std::chrono::microseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(const Options& options) {
+  sqlite3* db = nullptr;
+  if (sqlite3_open_v2(options.path.c_str(), &db,
+                      SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
+                      nullptr) != SQLITE_OK) {
+    absl::Status s = absl::UnavailableError(absl::StrCat(
+        options.path, ": cannot open database: ", db ? sqlite3_errmsg(db) : "out of memory"));
+    sqlite3_close(db);
+    return s;
+  }
+  std::unique_ptr<JobStore> store(new JobStore(db));
+  absl::MutexLock lock(&store->mu_);
+  sqlite3_busy_timeout(db, 5000);
+  for (const char* pragma :
+       {"PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL", "PRAGMA foreign_keys=ON"}) {
+    if (absl::Status s = store->Exec(pragma); !s.ok()) return s;
+  }
+  if (absl::Status s = store->Exec(kSchema); !s.ok()) return s;
+  return store;
+}
+
+JobStore::~JobStore() {
+  absl::MutexLock lock(&mu_);
+  sqlite3_close(db_);
+}
+
+absl::Status JobStore::Exec(const char* sql) {
+  char* error = nullptr;
+  if (sqlite3_exec(db_, sql, nullptr, nullptr, &error) != SQLITE_OK) {
+    absl::Status s =
+        absl::InternalError(absl::StrCat("sqlite: ", error ? error : "error", " in: ", sql));
+    sqlite3_free(error);
+    return s;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status JobStore::InsertJob(const Job& job, const JobEvent& first_event, Job* existing) {
+  absl::MutexLock lock(&mu_);
+  Transaction tx(db_);
+  if (!tx.ok()) return SqlError(db_, "begin");
+  if (!job.request_id().empty()) {
+    Statement find(db_, "SELECT proto FROM jobs WHERE request_id = ?");
+    find.Bind(1, job.request_id());
+    if (find.Step() == SQLITE_ROW) {
+      auto found = Parse<Job>(find.Blob(0), "job");
+      if (!found.ok()) return found.status();
+      if (existing) *existing = *found;
+      return absl::AlreadyExistsError(
+          absl::StrCat("request_id ", job.request_id(), " already created ", found->name()));
+    }
+  }
+  Statement s(db_,
+              "INSERT INTO jobs (id, request_id, state, kind, priority, create_time_us, proto) "
+              "VALUES (?,?,?,?,?,?,?)");
+  if (!s.ok()) return SqlError(db_, "prepare job insert");
+  s.Bind(1, job.id());
+  if (job.request_id().empty())
+    s.BindNull(2);
+  else
+    s.Bind(2, job.request_id());
+  s.Bind(3, job.state())
+      .Bind(4, job.kind())
+      .Bind(5, job.spec().job().priority())
+      .Bind(6, ToMicros(job.create_time()));
+  s.BindBlob(7, job.SerializeAsString());
+  if (s.Step() != SQLITE_DONE) return SqlError(db_, "insert job");
+  if (absl::Status e = InsertEvent(db_, job.id(), first_event); !e.ok()) return e;
+  return tx.Commit();
+}
+
+absl::Status JobStore::UpdateJob(const Job& job, const std::vector<JobEvent>& events) {
+  absl::MutexLock lock(&mu_);
+  Transaction tx(db_);
+  if (!tx.ok()) return SqlError(db_, "begin");
+  Statement s(db_, "UPDATE jobs SET state = ?, proto = ? WHERE id = ?");
+  if (!s.ok()) return SqlError(db_, "prepare job update");
+  s.Bind(1, job.state()).BindBlob(2, job.SerializeAsString()).Bind(3, job.id());
+  if (s.Step() != SQLITE_DONE) return SqlError(db_, "update job");
+  if (sqlite3_changes(db_) != 1)
+    return absl::NotFoundError(absl::StrCat("jobs/", job.id(), " not found"));
+  for (const JobEvent& e : events) {
+    if (absl::Status st = InsertEvent(db_, job.id(), e); !st.ok()) return st;
+  }
+  return tx.Commit();
+}
+
+absl::StatusOr<Job> JobStore::GetJob(const std::string& id) {
+  absl::MutexLock lock(&mu_);
+  Statement s(db_, "SELECT proto FROM jobs WHERE id = ?");
+  s.Bind(1, id);
+  const int rc = s.Step();
+  if (rc == SQLITE_DONE) return absl::NotFoundError(absl::StrCat("jobs/", id, " not found"));
+  if (rc != SQLITE_ROW) return SqlError(db_, "get job");
+  return Parse<Job>(s.Blob(0), "job");
+}
+
+absl::StatusOr<std::vector<Job>> JobStore::ListJobs(const ListJobsQuery& q) {
+  std::string sql = "SELECT proto FROM jobs WHERE 1";
+  if (!q.states.empty()) {
+    std::vector<std::string> v;
+    for (auto st : q.states) v.push_back(std::to_string(static_cast<int>(st)));
+    absl::StrAppend(&sql, " AND state IN (", absl::StrJoin(v, ","), ")");
+  }
+  if (!q.kinds.empty()) {
+    std::vector<std::string> v;
+    for (auto k : q.kinds) v.push_back(std::to_string(static_cast<int>(k)));
+    absl::StrAppend(&sql, " AND kind IN (", absl::StrJoin(v, ","), ")");
+  }
+  if (q.before)
+    absl::StrAppend(&sql, " AND (create_time_us < ? OR (create_time_us = ? AND id < ?))");
+  absl::StrAppend(&sql, " ORDER BY create_time_us DESC, id DESC LIMIT ?");
+  absl::MutexLock lock(&mu_);
+  Statement s(db_, sql.c_str());
+  if (!s.ok()) return SqlError(db_, "prepare list");
+  int i = 1;
+  if (q.before) {
+    s.Bind(i++, q.before->first).Bind(i++, q.before->first).Bind(i++, q.before->second);
+  }
+  s.Bind(i, q.limit);
+  std::vector<Job> out;
+  int rc;
+  while ((rc = s.Step()) == SQLITE_ROW) {
+    auto job = Parse<Job>(s.Blob(0), "job");
+    if (!job.ok()) return job.status();
+    out.push_back(std::move(*job));
+  }
+  if (rc != SQLITE_DONE) return SqlError(db_, "list jobs");
+  return out;
+}
+
+absl::StatusOr<std::vector<Job>> JobStore::ListActiveJobs() {
+  absl::MutexLock lock(&mu_);
+  Statement s(db_,
+              "SELECT proto FROM jobs WHERE state NOT IN (4, 5, 7) ORDER BY create_time_us, id");
+  std::vector<Job> out;
+  int rc;
+  while ((rc = s.Step()) == SQLITE_ROW) {
+    auto job = Parse<Job>(s.Blob(0), "job");
+    if (!job.ok()) return job.status();
+    out.push_back(std::move(*job));
+  }
+  if (rc != SQLITE_DONE) return SqlError(db_, "list active jobs");
+  return out;
+}
+
+absl::StatusOr<std::vector<JobEvent>> JobStore::ReadEvents(const std::string& job_id, int64_t after,
+                                                           int limit) {
+  absl::MutexLock lock(&mu_);
+  Statement s(
+      db_, "SELECT proto FROM events WHERE job_id = ? AND sequence > ? ORDER BY sequence LIMIT ?");
+  s.Bind(1, job_id).Bind(2, after).Bind(3, limit);
+  std::vector<JobEvent> out;
+  int rc;
+  while ((rc = s.Step()) == SQLITE_ROW) {
+    auto e = Parse<JobEvent>(s.Blob(0), "event");
+    if (!e.ok()) return e.status();
+    out.push_back(std::move(*e));
+  }
+  if (rc != SQLITE_DONE) return SqlError(db_, "read events");
+  return out;
+}
+
+absl::Status JobStore::PutCheckpoint(const std::string& job_id, const lora::v1::Checkpoint& c) {
+  absl::MutexLock lock(&mu_);
+  Statement s(db_, "INSERT OR REPLACE INTO checkpoints (job_id, step, proto) VALUES (?, ?, ?)");
+  s.Bind(1, job_id).Bind(2, c.step()).BindBlob(3, c.SerializeAsString());
+  if (s.Step() != SQLITE_DONE) return SqlError(db_, "put checkpoint");
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<lora::v1::Checkpoint>> JobStore::ListCheckpoints(
+    const std::string& job_id) {
+  absl::MutexLock lock(&mu_);
+  Statement s(db_, "SELECT proto FROM checkpoints WHERE job_id = ? ORDER BY step");
+  s.Bind(1, job_id);
+  std::vector<lora::v1::Checkpoint> out;
+  int rc;
+  while ((rc = s.Step()) == SQLITE_ROW) {
+    auto c = Parse<lora::v1::Checkpoint>(s.Blob(0), "checkpoint");
+    if (!c.ok()) return c.status();
+    out.push_back(std::move(*c));
+  }
+  if (rc != SQLITE_DONE) return SqlError(db_, "list checkpoints");
+  return out;
+}
+
+absl::Status JobStore::PutArtifact(const std::string& job_id, const lora::v1::ArtifactFile& f,
+                                   int64_t step, int32_t attempt) {
+  absl::MutexLock lock(&mu_);
+  Statement s(db_,
+              "INSERT OR REPLACE INTO artifacts (job_id, path, size, sha256, step, attempt) VALUES "
+              "(?,?,?,?,?,?)");
+  s.Bind(1, job_id)
+      .Bind(2, f.path())
+      .Bind(3, f.size())
+      .Bind(4, f.sha256())
+      .Bind(5, step)
+      .Bind(6, attempt);
+  if (s.Step() != SQLITE_DONE) return SqlError(db_, "put artifact");
+  return absl::OkStatus();
+}
+
+absl::StatusOr<lora::v1::ArtifactFile> JobStore::GetArtifact(const std::string& job_id,
+                                                             const std::string& path) {
+  absl::MutexLock lock(&mu_);
+  Statement s(db_, "SELECT size, sha256 FROM artifacts WHERE job_id = ? AND path = ?");
+  s.Bind(1, job_id).Bind(2, path);
+  if (s.Step() != SQLITE_ROW)
+    return absl::NotFoundError(absl::StrCat("jobs/", job_id, " has no artifact '", path, "'"));
+  lora::v1::ArtifactFile f;
+  f.set_path(path);
+  f.set_size(s.Int(0));
+  f.set_sha256(s.Text(1));
+  return f;
+}
+
+absl::StatusOr<int64_t> JobStore::CountJobs() {
+  absl::MutexLock lock(&mu_);
+  Statement s(db_, "SELECT COUNT(*) FROM jobs");
+  if (s.Step() != SQLITE_ROW) return SqlError(db_, "count");
+  return s.Int(0);
+}
+
+}  // namespace lora::server

@@ -1,0 +1,90 @@
+// Durable state of lorad in one SQLite file: jobs, their events, checkpoints and artifacts.
+//
+// WAL journal with synchronous=FULL: a call that returned OK survived a crash (an acknowledged
+// CreateJob is never lost). Jobs are stored as lora.v1.Job protos plus indexed columns for the
+// queries the service makes. Thread-safe (one connection behind a mutex; SQLite serializes
+// writers anyway).
+//
+//   LORA_ASSIGN_OR_RETURN(auto store, JobStore::Open({.path = dir + "/lorad.db"}));
+//   LORA_RETURN_IF_ERROR(store->InsertJob(job, first_event, &existing));
+#ifndef LORA_SERVER_STORE_JOB_STORE_H_
+#define LORA_SERVER_STORE_JOB_STORE_H_
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "lora/v1/job.pb.h"
+
+struct sqlite3;
+
+namespace lora::server {
+
+struct ListJobsQuery {
+  std::vector<lora::v1::JobState> states;  // any of (empty = all)
+  std::vector<lora::v1::JobKind> kinds;
+  // Keyset cursor: jobs strictly older than (create_time_us, id) in newest-first order.
+  std::optional<std::pair<int64_t, std::string>> before;
+  int limit = 50;
+};
+
+class JobStore {
+ public:
+  struct Options {
+    std::string path;
+  };
+  static absl::StatusOr<std::unique_ptr<JobStore>> Open(const Options& options);
+  ~JobStore();
+  JobStore(const JobStore&) = delete;
+  JobStore& operator=(const JobStore&) = delete;
+
+  // Inserts `job` (its last_sequence must equal first_event.sequence) with its first event in
+  // one transaction. A job with the same non-empty request_id already there: ALREADY_EXISTS
+  // and `*existing` holds it.
+  absl::Status InsertJob(const lora::v1::Job& job, const lora::v1::JobEvent& first_event,
+                         lora::v1::Job* existing);
+
+  // Replaces the job row and appends `events` (consecutive sequences ending at
+  // job.last_sequence) in one transaction.
+  absl::Status UpdateJob(const lora::v1::Job& job, const std::vector<lora::v1::JobEvent>& events);
+
+  absl::StatusOr<lora::v1::Job> GetJob(const std::string& id);
+  absl::StatusOr<std::vector<lora::v1::Job>> ListJobs(const ListJobsQuery& query);
+  // Jobs not in a terminal state, oldest first (recovery after a restart).
+  absl::StatusOr<std::vector<lora::v1::Job>> ListActiveJobs();
+  absl::StatusOr<std::vector<lora::v1::JobEvent>> ReadEvents(const std::string& job_id,
+                                                             int64_t after_sequence, int limit);
+
+  absl::Status PutCheckpoint(const std::string& job_id, const lora::v1::Checkpoint& checkpoint);
+  absl::StatusOr<std::vector<lora::v1::Checkpoint>> ListCheckpoints(const std::string& job_id);
+
+  absl::Status PutArtifact(const std::string& job_id, const lora::v1::ArtifactFile& file,
+                           int64_t step, int32_t attempt);
+  absl::StatusOr<lora::v1::ArtifactFile> GetArtifact(const std::string& job_id,
+                                                     const std::string& path);
+  absl::StatusOr<int64_t> CountJobs();
+
+ private:
+  explicit JobStore(sqlite3* db) : db_(db) {}
+  absl::Status Exec(const char* sql) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  absl::Mutex mu_;
+  sqlite3* db_ ABSL_GUARDED_BY(mu_);
+};
+
+// True for SUCCEEDED, FAILED and CANCELLED.
+bool IsTerminal(lora::v1::JobState state);
+
+int64_t ToMicros(const google::protobuf::Timestamp& t);
+google::protobuf::Timestamp FromMicros(int64_t us);
+int64_t NowMicros();
+
+}  // namespace lora::server
+
+#endif  // LORA_SERVER_STORE_JOB_STORE_H_
