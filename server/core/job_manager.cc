@@ -889,6 +889,10 @@ void JobManager::Tick() {
 void JobManager::Shutdown() {
   absl::MutexLock lock(&mu_);
   shutdown_ = true;
+  // End worker streams now so the gRPC server does not wait out its shutdown deadline on them.
+  for (auto& [id, w] : workers_) {
+    if (w.channel) w.channel->Close();
+  }
   for (auto& [id, subs] : subscribers_) {
     for (EventSubscriber* sub : subs) sub->OnClose(true);
   }

@@ -41,7 +41,8 @@ lr = 0.005
 [lr_scheduler]
 warmup_steps = 2
 [training]
-steps = )" + std::to_string(steps) + R"(
+steps = )" +
+         std::to_string(steps) + R"(
 seq_len = 64
 local_batch_size = 4
 [dataset]
@@ -68,7 +69,8 @@ std::vector<nlohmann::json> Events(const std::string& path, const std::string& t
 
 std::map<int64_t, double> StepLosses(const std::string& events) {
   std::map<int64_t, double> out;
-  for (const auto& e : Events(events, "step")) out[e["step"].get<int64_t>()] = e["loss"].get<double>();
+  for (const auto& e : Events(events, "step"))
+    out[e["step"].get<int64_t>()] = e["loss"].get<double>();
   return out;
 }
 
@@ -94,7 +96,8 @@ TEST_F(RunTest, LearnsAndEvalReproducesTheReportedLoss) {
   EXPECT_TRUE(fs::exists(dir_.Join("out/final/adapter/adapter_model.safetensors")));
 
   // The exported adapter, loaded by `lora-train eval`, gives the same validation loss.
-  ProcessResult ev = Train({"eval", "--job", spec, "--adapter", dir_.Join("out/final/adapter"), "--json"});
+  ProcessResult ev =
+      Train({"eval", "--job", spec, "--adapter", dir_.Join("out/final/adapter"), "--json"});
   ASSERT_EQ(ev.exit_code, 0) << ev.err;
   const double reproduced = nlohmann::json::parse(ev.out)["loss"];
   EXPECT_NEAR(reproduced, final_loss, 1e-6 * final_loss);
@@ -102,7 +105,8 @@ TEST_F(RunTest, LearnsAndEvalReproducesTheReportedLoss) {
   // Step events carry every documented field; losses fall.
   auto steps = Events(dir_.Join("out/events.jsonl"), "step");
   ASSERT_EQ(steps.size(), 40u);
-  for (const char* key : {"step", "loss", "grad_norm", "lr", "tokens_per_second", "elapsed_seconds", "eta_seconds", "time"}) {
+  for (const char* key : {"step", "loss", "grad_norm", "lr", "tokens_per_second", "elapsed_seconds",
+                          "eta_seconds", "time"}) {
     EXPECT_TRUE(steps[5].contains(key)) << key;
   }
   EXPECT_EQ(Events(dir_.Join("out/events.jsonl"), "finished").size(), 1u);
@@ -111,7 +115,10 @@ TEST_F(RunTest, LearnsAndEvalReproducesTheReportedLoss) {
 
 TEST_F(RunTest, CheckpointsAreCompleteAndVerifiable) {
   std::string spec = WriteSpec("job.toml", TinySpec(7));
-  ASSERT_EQ(Train({"run", "--job", spec, "--out", dir_.Join("out"), "--quiet", "--set", "checkpoint.keep_latest=2"}).exit_code, 0);
+  ASSERT_EQ(Train({"run", "--job", spec, "--out", dir_.Join("out"), "--quiet", "--set",
+                   "checkpoint.keep_latest=2"})
+                .exit_code,
+            0);
   // Steps 3, 6 and 7 were written; keep_latest = 2 leaves 6 and 7.
   EXPECT_FALSE(fs::exists(dir_.Join("out/checkpoints/step-00000003")));
   EXPECT_TRUE(fs::exists(dir_.Join("out/checkpoints/step-00000006/manifest.json")));
@@ -119,7 +126,8 @@ TEST_F(RunTest, CheckpointsAreCompleteAndVerifiable) {
   ASSERT_EQ(ckpts.size(), 3u);
   const auto& last = ckpts.back();
   EXPECT_EQ(last["step"], 7);
-  EXPECT_EQ(last["sha256"], Sha256Hex(testing::ReadFile(last["path"].get<std::string>() + "/manifest.json")));
+  EXPECT_EQ(last["sha256"],
+            Sha256Hex(testing::ReadFile(last["path"].get<std::string>() + "/manifest.json")));
   for (const auto& f : last["files"]) {
     auto digest = Sha256File(last["path"].get<std::string>() + "/" + f["path"].get<std::string>());
     ASSERT_TRUE(digest.ok());
@@ -136,19 +144,22 @@ TEST_F(RunTest, CheckpointsAreCompleteAndVerifiable) {
 // (fp32, dropout on: the RNG state is part of the checkpoint).
 TEST_F(RunTest, ResumeReproducesLossesBitwise) {
   std::string spec = WriteSpec("job.toml", TinySpec(9));
-  std::vector<std::string> sets = {"--set", "training.mixed_precision=none", "--set", "lora.dropout=0.1"};
+  std::vector<std::string> sets = {"--set", "training.mixed_precision=none", "--set",
+                                   "lora.dropout=0.1"};
   std::vector<std::string> full = {"run", "--job", spec, "--out", dir_.Join("full"), "--quiet"};
   full.insert(full.end(), sets.begin(), sets.end());
   ASSERT_EQ(Train(full).exit_code, 0);
   fs::create_directories(dir_.Join("partial/checkpoints"));
-  fs::copy(dir_.Join("full/checkpoints/step-00000003"), dir_.Join("partial/checkpoints/step-00000003"),
-           fs::copy_options::recursive);
-  std::vector<std::string> resume = {"run", "--job", spec, "--out", dir_.Join("partial"), "--resume",
-                                     dir_.Join("partial"), "--quiet"};
+  fs::copy(dir_.Join("full/checkpoints/step-00000003"),
+           dir_.Join("partial/checkpoints/step-00000003"), fs::copy_options::recursive);
+  std::vector<std::string> resume = {
+      "run",    "--job", spec, "--out", dir_.Join("partial"), "--resume", dir_.Join("partial"),
+      "--quiet"};
   resume.insert(resume.end(), sets.begin(), sets.end());
   ProcessResult r = Train(resume);
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  auto a = StepLosses(dir_.Join("full/events.jsonl")), b = StepLosses(dir_.Join("partial/events.jsonl"));
+  auto a = StepLosses(dir_.Join("full/events.jsonl")),
+       b = StepLosses(dir_.Join("partial/events.jsonl"));
   ASSERT_EQ(b.size(), 6u);
   for (const auto& [step, loss] : b) EXPECT_EQ(loss, a[step]) << "step " << step;
   EXPECT_EQ(testing::ReadFile(dir_.Join("full/final/adapter/adapter_model.safetensors")),
@@ -157,8 +168,17 @@ TEST_F(RunTest, ResumeReproducesLossesBitwise) {
 
 TEST_F(RunTest, SigtermCheckpointsThenResumeFinishesIdentically) {
   std::string spec = WriteSpec("job.toml", TinySpec(60));
-  std::vector<std::string> args = {LoraTrain(), "run", "--job", spec, "--out", dir_.Join("a"), "--quiet",
-                                   "--set", "training.seq_len=128", "--set", "training.local_batch_size=8"};
+  std::vector<std::string> args = {LoraTrain(),
+                                   "run",
+                                   "--job",
+                                   spec,
+                                   "--out",
+                                   dir_.Join("a"),
+                                   "--quiet",
+                                   "--set",
+                                   "training.seq_len=128",
+                                   "--set",
+                                   "training.local_batch_size=8"};
   ASSERT_EQ(RunProcess(args, 300).exit_code, 0);
   args[5] = dir_.Join("b");
   testing::ChildProcess child(args, dir_.Join("b.out"), dir_.Join("b.err"));
@@ -179,29 +199,34 @@ TEST_F(RunTest, SigtermCheckpointsThenResumeFinishesIdentically) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto a = StepLosses(dir_.Join("a/events.jsonl")), b = StepLosses(dir_.Join("b/events.jsonl"));
   EXPECT_EQ(b.size(), 60u);
-  for (const auto& [step, loss] : b) EXPECT_EQ(loss, a[step]) << "step " << step << " (stopped at " << stopped_at << ")";
+  for (const auto& [step, loss] : b)
+    EXPECT_EQ(loss, a[step]) << "step " << step << " (stopped at " << stopped_at << ")";
 }
 
 TEST_F(RunTest, ConvertAndMergeJobs) {
-  std::string convert = WriteSpec("convert.toml", "[job]\nkind = \"convert\"\n[model]\nflavor = \"tiny\"\n");
+  std::string convert =
+      WriteSpec("convert.toml", "[job]\nkind = \"convert\"\n[model]\nflavor = \"tiny\"\n");
   ProcessResult c = Train({"run", "--job", convert, "--out", dir_.Join("c"), "--quiet"});
   ASSERT_EQ(c.exit_code, 0) << c.err;
   EXPECT_TRUE(fs::exists(dir_.Join("c/final/adapter/adapter_config.json")));
   auto summary = nlohmann::json::parse(testing::ReadFile(dir_.Join("c/summary.json")));
   EXPECT_EQ(summary["num_wrapped_modules"], 14);
-  std::string merge = WriteSpec("merge.toml", "[job]\nkind = \"merge\"\n[model]\nflavor = \"tiny\"\n[lora]\nadapter = \"" +
-                                                  dir_.Join("c/final/adapter") + "\"\n");
+  std::string merge = WriteSpec(
+      "merge.toml", "[job]\nkind = \"merge\"\n[model]\nflavor = \"tiny\"\n[lora]\nadapter = \"" +
+                        dir_.Join("c/final/adapter") + "\"\n");
   ProcessResult m = Train({"run", "--job", merge, "--out", dir_.Join("m"), "--quiet"});
   ASSERT_EQ(m.exit_code, 0) << m.err;
   EXPECT_TRUE(fs::exists(dir_.Join("m/final/merged/model.safetensors")));
 }
 
 TEST_F(RunTest, BadSpecsFailWithFileLineAndKey) {
-  std::string spec = WriteSpec("bad.toml", "[training]\nsteps = 0\n[dataset]\nname = \"synthetic-arith\"\n");
+  std::string spec =
+      WriteSpec("bad.toml", "[training]\nsteps = 0\n[dataset]\nname = \"synthetic-arith\"\n");
   ProcessResult r = Train({"run", "--job", spec, "--out", dir_.Join("x")});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.err, HasSubstr("bad.toml:2: training.steps: must be >= 1, got 0"));
-  std::string data = WriteSpec("data.toml", "[dataset]\npath = \"" + dir_.Join("missing.jsonl") + "\"\n[model]\nflavor = \"tiny\"\n");
+  std::string data = WriteSpec("data.toml", "[dataset]\npath = \"" + dir_.Join("missing.jsonl") +
+                                                "\"\n[model]\nflavor = \"tiny\"\n");
   ProcessResult d = Train({"run", "--job", data, "--out", dir_.Join("y")});
   EXPECT_EQ(d.exit_code, 1);
   EXPECT_THAT(d.err, HasSubstr("missing.jsonl: cannot open dataset file"));

@@ -20,7 +20,8 @@ ProcessResult RunProcess(const std::vector<std::string>& argv, double timeout_s 
 // A child left running: output goes to files; Wait() reaps it.
 class ChildProcess {
  public:
-  ChildProcess(const std::vector<std::string>& argv, const std::string& stdout_path, const std::string& stderr_path);
+  ChildProcess(const std::vector<std::string>& argv, const std::string& stdout_path,
+               const std::string& stderr_path);
   ~ChildProcess();  // SIGKILLs and reaps a child still running
   int pid() const { return pid_; }
   void Signal(int signo);

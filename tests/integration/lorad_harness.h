@@ -1,0 +1,61 @@
+// Starts a real lorad (and optionally local workers) for integration tests, on 127.0.0.1 with
+// a free port, in a scratch data directory; stops it (and its children) on destruction.
+#ifndef LORA_TESTS_INTEGRATION_LORAD_HARNESS_H_
+#define LORA_TESTS_INTEGRATION_LORAD_HARNESS_H_
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "client/lora_client.h"
+#include "lora/v1/job_spec.pb.h"
+
+namespace lora::testing {
+
+// A port that was free a moment ago (bind to 0, read, release).
+int FreePort();
+
+class Lorad {
+ public:
+  struct Options {
+    std::string data_dir;
+    int local_workers = 1;
+    int port = 0;  // 0 = pick a free one
+    std::vector<std::string> extra_args;
+  };
+  explicit Lorad(Options options);
+  ~Lorad();  // SIGKILL what is left
+
+  // Starts and waits until it serves (false on timeout).
+  bool Start();
+  void Kill(int signo = 9);
+  int WaitExit(double timeout_s);  // exit code, -1 on timeout
+  std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+  int port() const { return port_; }
+  pid_t pid() const { return pid_; }
+  std::unique_ptr<LoraClient> Client(const std::string& token = "");
+  std::string log() const;
+
+ private:
+  Options options_;
+  int port_ = 0;
+  pid_t pid_ = -1;
+  std::string log_path_;
+};
+
+// Pids of processes whose command line contains `needle`.
+std::vector<pid_t> FindProcesses(const std::string& needle);
+
+lora::v1::JobSpec TinyTrainSpec(int steps, int checkpoint_interval = 5, int seq_len = 64);
+
+// Polls GetJob until `pred` holds or the timeout passes; returns the last job seen.
+lora::v1::Job WaitForJob(LoraClient& client, const std::string& name,
+                         const std::function<bool(const lora::v1::Job&)>& pred,
+                         double timeout_s = 120);
+
+}  // namespace lora::testing
+
+#endif  // LORA_TESTS_INTEGRATION_LORAD_HARNESS_H_

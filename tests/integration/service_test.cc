@@ -1,0 +1,436 @@
+// lorad + lora-worker + lora-train as real processes on 127.0.0.1: the whole service path.
+#include <signal.h>
+
+#include <google/protobuf/util/json_util.h>
+#include <atomic>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <thread>
+
+#include <grpcpp/generic/generic_stub.h>
+
+#include "common/sha256.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "tests/integration/lorad_harness.h"
+#include "tests/integration/subprocess.h"
+#include "tests/test_util.h"
+
+namespace lora {
+namespace {
+
+using lora::v1::Job;
+using lora::v1::JobEvent;
+using ::testing::HasSubstr;
+using testing::Lorad;
+using testing::TinyTrainSpec;
+using testing::WaitForJob;
+
+bool Done(const Job& j) {
+  return j.state() == lora::v1::SUCCEEDED || j.state() == lora::v1::FAILED ||
+         j.state() == lora::v1::CANCELLED;
+}
+
+class ServiceTest : public ::testing::Test {
+ protected:
+  std::unique_ptr<Lorad> StartLorad(int local_workers, std::vector<std::string> extra = {},
+                                    int port = 0) {
+    auto l = std::make_unique<Lorad>(
+        Lorad::Options{dir_.Join("data"), local_workers, port, std::move(extra)});
+    EXPECT_TRUE(l->Start()) << l->log();
+    return l;
+  }
+  testing::TempDir dir_;
+};
+
+TEST_F(ServiceTest, SubmitWatchSucceedDownloadAndVerify) {
+  auto lorad = StartLorad(1);
+  auto client = lorad->Client();
+  auto job = client->CreateJob(TinyTrainSpec(12, 4), "submit-1");
+  ASSERT_TRUE(job.ok()) << job.status();
+  EXPECT_THAT(job->name(), ::testing::StartsWith("jobs/"));
+  std::vector<JobEvent> events;
+  absl::Status watched = client->Watch(job->name(), 0, [&](const JobEvent& e) {
+    events.push_back(e);
+    return true;
+  });
+  ASSERT_TRUE(watched.ok()) << watched << lorad->log();
+  Job done = *client->GetJob(job->name());
+  ASSERT_EQ(done.state(), lora::v1::SUCCEEDED) << done.error().message() << lorad->log();
+  // Sequences are 1..n without gaps; the stream covers the whole life of the job.
+  for (size_t i = 0; i < events.size(); ++i)
+    EXPECT_EQ(events[i].sequence(), static_cast<int64_t>(i) + 1);
+  std::vector<lora::v1::JobState> states;
+  int metrics = 0, checkpoints = 0, evals = 0;
+  for (const auto& e : events) {
+    if (e.has_state_change()) states.push_back(e.state_change().to());
+    metrics += e.has_metrics();
+    checkpoints += e.has_checkpoint();
+    evals += e.has_eval();
+  }
+  EXPECT_THAT(states, ::testing::ElementsAre(lora::v1::QUEUED, lora::v1::STARTING,
+                                             lora::v1::RUNNING, lora::v1::SUCCEEDED));
+  EXPECT_EQ(metrics, 12);
+  EXPECT_EQ(checkpoints, 3);
+  EXPECT_GE(evals, 2);
+  EXPECT_EQ(done.progress().step(), 12);
+  EXPECT_EQ(done.latest_checkpoint_step(), 12);
+  auto ckpts = client->ListCheckpoints(job->name());
+  ASSERT_TRUE(ckpts.ok());
+  ASSERT_EQ(ckpts->size(), 3u);
+  EXPECT_EQ(ckpts->back().step(), 12);
+
+  // Download the final adapter, check the digests, and load it with lora-train.
+  ASSERT_FALSE(done.outputs().empty());
+  for (const auto& f : done.outputs()) {
+    const std::string local = dir_.Join("dl/" + f.path());
+    auto d = client->Download(job->name(), f.path(), local);
+    ASSERT_TRUE(d.ok()) << d.status();
+    EXPECT_EQ(d->bytes, f.size());
+    EXPECT_EQ(*Sha256File(local), f.sha256());
+  }
+  const std::string spec_path = dir_.Join("job.json");
+  {
+    std::string json;
+    google::protobuf::util::MessageToJsonString(done.spec(), &json);
+    std::ofstream(spec_path) << json;
+  }
+  auto ev = testing::RunProcess({testing::BinaryPath("worker/lora-train"), "eval", "--job",
+                                 spec_path, "--adapter", dir_.Join("dl/final/adapter"), "--json"});
+  ASSERT_EQ(ev.exit_code, 0) << ev.err;
+  EXPECT_NEAR(nlohmann::json::parse(ev.out)["loss"].get<double>(), done.progress().eval_loss(),
+              1e-6);
+}
+
+TEST_F(ServiceTest, DownloadResumesFromAPartialFile) {
+  auto lorad = StartLorad(1);
+  auto client = lorad->Client();
+  auto job = client->CreateJob(TinyTrainSpec(4, 4), "");
+  ASSERT_TRUE(job.ok());
+  Job done = WaitForJob(*client, job->name(), Done);
+  ASSERT_EQ(done.state(), lora::v1::SUCCEEDED);
+  const lora::v1::ArtifactFile* weights = nullptr;
+  for (const auto& f : done.outputs()) {
+    if (f.path() == "final/adapter/adapter_model.safetensors") weights = &f;
+  }
+  ASSERT_NE(weights, nullptr);
+  const std::string full = dir_.Join("full.safetensors");
+  ASSERT_TRUE(client->Download(job->name(), weights->path(), full).ok());
+  // A partial download (first 1000 bytes) is completed, not restarted.
+  const std::string resumed = dir_.Join("resumed.safetensors");
+  std::ofstream(resumed + ".partial", std::ios::binary) << testing::ReadFile(full).substr(0, 1000);
+  auto d = client->Download(job->name(), weights->path(), resumed);
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->transferred, weights->size() - 1000);
+  EXPECT_EQ(testing::ReadFile(full), testing::ReadFile(resumed));
+  // A corrupt partial is detected by the digest.
+  std::ofstream(dir_.Join("bad.safetensors.partial"), std::ios::binary) << std::string(1000, 'x');
+  auto bad = client->Download(job->name(), weights->path(), dir_.Join("bad.safetensors"));
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kDataLoss);
+  auto missing = client->Download(job->name(), "final/nope.bin", dir_.Join("nope"));
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
+  auto escape = client->Download(job->name(), "../../lorad.db", dir_.Join("x"));
+  EXPECT_EQ(escape.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(ServiceTest, CreateJobIsIdempotentOnRequestId) {
+  auto lorad = StartLorad(0);
+  auto client = lorad->Client();
+  auto a = client->CreateJob(TinyTrainSpec(5), "same-id");
+  auto b = client->CreateJob(TinyTrainSpec(5), "same-id");
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(a->name(), b->name());
+  // Eight clients racing with one id still make one job.
+  std::vector<std::string> names(8);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 8; ++i) {
+    threads.emplace_back([&, i] {
+      auto c = lorad->Client();
+      auto j = c->CreateJob(TinyTrainSpec(5), "raced-id");
+      names[static_cast<size_t>(i)] = j.ok() ? j->name() : "error";
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(std::set<std::string>(names.begin(), names.end()).size(), 1u);
+  EXPECT_NE(names[0], "error");
+  lora::v1::ListJobsRequest all;
+  EXPECT_EQ(client->ListJobs(all)->jobs_size(), 2);
+}
+
+TEST_F(ServiceTest, InvalidRequestsGetCanonicalCodesNamingTheField) {
+  auto lorad = StartLorad(0);
+  auto client = lorad->Client();
+  auto bad_rank = TinyTrainSpec(5);
+  bad_rank.mutable_lora()->set_rank(0);
+  auto r = client->CreateJob(bad_rank, "");
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("lora.rank: must be >= 1"));
+  auto bad_par = TinyTrainSpec(5);
+  bad_par.mutable_parallelism()->set_tensor_parallel_degree(3);
+  bad_par.mutable_resources()->set_world_size(4);
+  r = client->CreateJob(bad_par, "");
+  EXPECT_THAT(std::string(r.status().message()),
+              HasSubstr("parallelism: replicate x tp x pp x cp = 3"));
+  auto no_data = TinyTrainSpec(5);
+  no_data.mutable_dataset()->clear_name();
+  r = client->CreateJob(no_data, "");
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("dataset.path"));
+  EXPECT_EQ(client->GetJob("jobs/doesnotexist").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(client->GetJob("job/x").status().code(), absl::StatusCode::kInvalidArgument);
+  lora::v1::ListJobsRequest bad_page;
+  bad_page.set_page_token("garbage!");
+  EXPECT_EQ(client->ListJobs(bad_page).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(client->ListCheckpoints("jobs/nope").status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(ServiceTest, ListJobsPagesNewestFirstAndFilters) {
+  auto lorad = StartLorad(0);
+  auto client = lorad->Client();
+  std::vector<std::string> created;
+  for (int i = 0; i < 7; ++i) {
+    auto spec = TinyTrainSpec(5);
+    if (i % 2) spec.mutable_job()->set_kind(lora::v1::JOB_KIND_CONVERT);
+    created.push_back(client->CreateJob(spec, "")->name());
+  }
+  lora::v1::ListJobsRequest req;
+  req.set_page_size(3);
+  std::vector<std::string> seen;
+  do {
+    auto page = client->ListJobs(req);
+    ASSERT_TRUE(page.ok());
+    EXPECT_LE(page->jobs_size(), 3);
+    for (const auto& j : page->jobs()) seen.push_back(j.name());
+    req.set_page_token(page->next_page_token());
+  } while (!req.page_token().empty());
+  std::vector<std::string> expected(created.rbegin(), created.rend());
+  EXPECT_EQ(seen, expected);
+  lora::v1::ListJobsRequest converts;
+  converts.add_kinds(lora::v1::JOB_KIND_CONVERT);
+  EXPECT_EQ(client->ListJobs(converts)->jobs_size(), 3);
+  lora::v1::ListJobsRequest running;
+  running.add_states(lora::v1::RUNNING);
+  EXPECT_EQ(client->ListJobs(running)->jobs_size(), 0);
+}
+
+TEST_F(ServiceTest, CancelQueuedAndRunningJobs) {
+  auto lorad = StartLorad(1, {"--cancel-grace", "3"});
+  auto client = lorad->Client();
+  // Occupies the only worker for a long time.
+  auto running = client->CreateJob(TinyTrainSpec(100000, 1000), "");
+  auto queued = client->CreateJob(TinyTrainSpec(5), "");
+  ASSERT_TRUE(running.ok() && queued.ok());
+  Job r =
+      WaitForJob(*client, running->name(), [](const Job& j) { return j.progress().step() >= 2; });
+  ASSERT_EQ(r.state(), lora::v1::RUNNING) << lorad->log();
+  EXPECT_EQ(client->GetJob(queued->name())->state(), lora::v1::QUEUED);
+  auto q = client->CancelJob(queued->name());
+  ASSERT_TRUE(q.ok());
+  EXPECT_EQ(q->state(), lora::v1::CANCELLED);
+  const std::string id = running->id();
+  ASSERT_FALSE(testing::FindProcesses("lora-train run --job").empty());
+  const auto t0 = std::chrono::steady_clock::now();
+  auto c = client->CancelJob(running->name());
+  ASSERT_TRUE(c.ok());
+  EXPECT_TRUE(c->state() == lora::v1::CANCELLING || c->state() == lora::v1::CANCELLED);
+  Job end = WaitForJob(*client, running->name(), Done, 30);
+  EXPECT_EQ(end.state(), lora::v1::CANCELLED) << end.ShortDebugString();
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(8));
+  // The engine process is gone.
+  for (int i = 0; i < 100 && !testing::FindProcesses("jobs/" + id).empty(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_TRUE(testing::FindProcesses("jobs/" + id).empty());
+  EXPECT_EQ(client->CancelJob(running->name()).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(ServiceTest, KilledWorkerIsRetriedFromTheLatestCheckpoint) {
+  auto lorad = StartLorad(1, {"--heartbeat-timeout", "2"});
+  auto client = lorad->Client();
+  auto job = client->CreateJob(TinyTrainSpec(300, 25), "");
+  ASSERT_TRUE(job.ok());
+  Job first = WaitForJob(*client, job->name(),
+                         [](const Job& j) { return j.latest_checkpoint_step() >= 25; });
+  ASSERT_GE(first.latest_checkpoint_step(), 25) << lorad->log();
+  auto workers = testing::FindProcesses("--worker-id local-0");
+  ASSERT_FALSE(workers.empty());
+  for (pid_t p : workers) ::kill(p, SIGKILL);
+  Job done = WaitForJob(*client, job->name(), Done, 180);
+  ASSERT_EQ(done.state(), lora::v1::SUCCEEDED) << done.error().message() << lorad->log();
+  EXPECT_EQ(done.attempt(), 2);
+  // The second attempt started from a checkpoint, not from step 0.
+  std::vector<JobEvent> events;
+  ASSERT_TRUE(client
+                  ->Watch(job->name(), 0,
+                          [&](const JobEvent& e) {
+                            events.push_back(e);
+                            return true;
+                          })
+                  .ok());
+  bool retried = false;
+  int64_t first_step_after_retry = -1;
+  for (const auto& e : events) {
+    if (e.has_state_change() && e.state_change().to() == lora::v1::QUEUED &&
+        e.state_change().from() != 0) {
+      retried = true;
+      EXPECT_THAT(e.state_change().reason(), HasSubstr("resuming from step"));
+    }
+    if (retried && e.has_metrics() && first_step_after_retry < 0)
+      first_step_after_retry = e.metrics().step();
+  }
+  EXPECT_TRUE(retried);
+  EXPECT_GT(first_step_after_retry, 25);
+}
+
+TEST_F(ServiceTest, RestartedLoradLosesNoJobAndWatchersResume) {
+  const int port = testing::FreePort();
+  auto lorad = StartLorad(1, {"--reattach-grace", "3"}, port);
+  auto client = lorad->Client();
+  auto job = client->CreateJob(TinyTrainSpec(400, 25), "survives");
+  auto queued = client->CreateJob(TinyTrainSpec(5), "queued-behind");
+  ASSERT_TRUE(job.ok() && queued.ok());
+  WaitForJob(*client, job->name(), [](const Job& j) { return j.latest_checkpoint_step() >= 25; });
+  // A watcher follows through the restart.
+  std::vector<int64_t> sequences;
+  std::atomic<bool> watch_done{false};
+  absl::Status watch_status;
+  std::thread watcher([&] {
+    auto c = lorad->Client();
+    watch_status = c->Watch(job->name(), 0, [&](const JobEvent& e) {
+      sequences.push_back(e.sequence());
+      return true;
+    });
+    watch_done = true;
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  lorad->Kill(SIGKILL);
+  ASSERT_EQ(lorad->WaitExit(10), 128 + SIGKILL);
+  lorad.reset();
+  auto restarted = StartLorad(1, {"--reattach-grace", "3"}, port);
+  auto c2 = restarted->Client();
+  EXPECT_EQ(c2->GetJob(job->name())->request_id(), "survives");
+  Job done = WaitForJob(*c2, job->name(), Done, 180);
+  EXPECT_EQ(done.state(), lora::v1::SUCCEEDED) << done.error().message() << restarted->log();
+  EXPECT_EQ(WaitForJob(*c2, queued->name(), Done, 120).state(), lora::v1::SUCCEEDED);
+  watcher.join();
+  EXPECT_TRUE(watch_status.ok()) << watch_status;
+  ASSERT_FALSE(sequences.empty());
+  for (size_t i = 0; i < sequences.size(); ++i)
+    EXPECT_EQ(sequences[i], static_cast<int64_t>(i) + 1);
+  EXPECT_EQ(sequences.back(), done.last_sequence());
+}
+
+TEST_F(ServiceTest, RemoteWorkerKeepsItsRankThroughAControllerRestart) {
+  const int port = testing::FreePort();
+  auto lorad = StartLorad(0, {"--reattach-grace", "20"}, port);
+  testing::ChildProcess worker(
+      {testing::BinaryPath("worker/lora-worker"), "--controller", lorad->address(), "--worker-id",
+       "remote-1", "--work-dir", dir_.Join("remote"), "--threads-per-rank", "1"},
+      dir_.Join("worker.out"), dir_.Join("worker.err"));
+  auto client = lorad->Client();
+  auto job = client->CreateJob(TinyTrainSpec(600, 50), "");
+  ASSERT_TRUE(job.ok());
+  WaitForJob(*client, job->name(), [](const Job& j) { return j.progress().step() >= 5; });
+  lorad->Kill(SIGTERM);
+  EXPECT_EQ(lorad->WaitExit(20), 0) << lorad->log();
+  lorad.reset();
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  auto restarted = StartLorad(0, {"--reattach-grace", "20"}, port);
+  auto c2 = restarted->Client();
+  Job done = WaitForJob(*c2, job->name(), Done, 180);
+  EXPECT_EQ(done.state(), lora::v1::SUCCEEDED)
+      << done.error().message() << restarted->log() << testing::ReadFile(dir_.Join("worker.err"));
+  EXPECT_EQ(done.attempt(), 1) << "the running rank should have been re-attached, not restarted";
+  EXPECT_EQ(done.progress().step(), 600);
+  worker.Signal(SIGTERM);
+  EXPECT_EQ(worker.Wait(30), 0);
+}
+
+TEST_F(ServiceTest, ConvertAndMergeJobsProduceArtifacts) {
+  auto lorad = StartLorad(1);
+  auto client = lorad->Client();
+  lora::v1::JobSpec convert;
+  convert.mutable_job()->set_kind(lora::v1::JOB_KIND_CONVERT);
+  convert.mutable_model()->set_flavor("tiny");
+  auto c = client->CreateJob(convert, "");
+  ASSERT_TRUE(c.ok()) << c.status();
+  Job cd = WaitForJob(*client, c->name(), Done);
+  ASSERT_EQ(cd.state(), lora::v1::SUCCEEDED) << cd.error().message() << lorad->log();
+  std::set<std::string> paths;
+  for (const auto& f : cd.outputs()) paths.insert(f.path());
+  EXPECT_TRUE(paths.count("final/adapter/adapter_config.json"));
+  EXPECT_TRUE(paths.count("final/adapter/adapter_model.safetensors"));
+  EXPECT_TRUE(paths.count("summary.json"));
+  // Merge that adapter (downloaded) into the base.
+  for (const auto& f : cd.outputs())
+    ASSERT_TRUE(client->Download(c->name(), f.path(), dir_.Join("c/" + f.path())).ok());
+  lora::v1::JobSpec merge;
+  merge.mutable_job()->set_kind(lora::v1::JOB_KIND_MERGE);
+  merge.mutable_model()->set_flavor("tiny");
+  merge.mutable_lora()->set_adapter(dir_.Join("c/final/adapter"));
+  auto m = client->CreateJob(merge, "");
+  ASSERT_TRUE(m.ok()) << m.status();
+  Job md = WaitForJob(*client, m->name(), Done);
+  ASSERT_EQ(md.state(), lora::v1::SUCCEEDED) << md.error().message();
+  paths.clear();
+  for (const auto& f : md.outputs()) paths.insert(f.path());
+  EXPECT_TRUE(paths.count("final/merged/model.safetensors"));
+  EXPECT_TRUE(paths.count("final/merged/config.json"));
+}
+
+TEST_F(ServiceTest, EngineFailureFailsTheJobWithTheReason) {
+  auto lorad = StartLorad(1);
+  auto client = lorad->Client();
+  auto spec = TinyTrainSpec(5);
+  spec.mutable_dataset()->clear_name();
+  spec.mutable_dataset()->set_path(dir_.Join("missing.jsonl"));
+  auto job = client->CreateJob(spec, "");
+  ASSERT_TRUE(job.ok());
+  Job done = WaitForJob(*client, job->name(), Done);
+  EXPECT_EQ(done.state(), lora::v1::FAILED);
+  EXPECT_THAT(done.error().message(), HasSubstr("missing.jsonl: cannot open dataset file"));
+  EXPECT_EQ(done.attempt(), 1) << "a deterministic failure is not retried";
+}
+
+TEST_F(ServiceTest, TokensAreRequiredWhenConfigured) {
+  auto lorad = StartLorad(0, {"--auth-token", "s3cret"});
+  EXPECT_EQ(lorad->Client()->GetJob("jobs/x").status().code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(lorad->Client("wrong")->GetJob("jobs/x").status().code(),
+            absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(lorad->Client("s3cret")->GetJob("jobs/x").status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(ServiceTest, StandardHealthServiceReportsServing) {
+  auto lorad = StartLorad(0);
+  auto channel = grpc::CreateChannel(lorad->address(), grpc::InsecureChannelCredentials());
+  grpc::GenericStub stub(channel);
+  grpc::ClientContext ctx;
+  grpc::ByteBuffer request;  // HealthCheckRequest{} (service "" = the whole server)
+  grpc::ByteBuffer response;
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  grpc::Status status;
+  grpc::Slice empty;
+  request = grpc::ByteBuffer(&empty, 1);
+  stub.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request, &response,
+                 [&](grpc::Status s) {
+                   std::lock_guard<std::mutex> lock(mu);
+                   status = s;
+                   done = true;
+                   cv.notify_one();
+                 });
+  std::unique_lock<std::mutex> lock(mu);
+  cv.wait_for(lock, std::chrono::seconds(10), [&] { return done; });
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  std::vector<grpc::Slice> slices;
+  response.Dump(&slices);
+  std::string bytes;
+  for (auto& s : slices) bytes += std::string(reinterpret_cast<const char*>(s.begin()), s.size());
+  EXPECT_EQ(bytes, std::string("\x08\x01", 2)) << "HealthCheckResponse{status: SERVING}";
+}
+
+}  // namespace
+}  // namespace lora
