@@ -39,6 +39,14 @@ absl::StatusOr<std::unique_ptr<LoraClient>> LoraClient::Create(const ClientOptio
   return std::unique_ptr<LoraClient>(new LoraClient(options, std::move(channel)));
 }
 
+absl::Status LoraClient::Wrap(const grpc::Status& status) const {
+  if (status.error_code() == grpc::StatusCode::UNAVAILABLE) {
+    return absl::UnavailableError(absl::StrCat("lorad at ", options_.address, " is unreachable (",
+                                               status.error_message(), ")"));
+  }
+  return FromGrpc(status);
+}
+
 LoraClient::LoraClient(const ClientOptions& options, std::shared_ptr<grpc::Channel> channel)
     : options_(options),
       channel_(std::move(channel)),
@@ -63,7 +71,7 @@ absl::StatusOr<lora::v1::Job> LoraClient::CreateJob(const lora::v1::JobSpec& spe
     grpc::Status s = stub_->CreateJob(&ctx, req, &job);
     if (s.ok()) return job;
     if (request_id.empty() || s.error_code() != grpc::StatusCode::UNAVAILABLE || attempt >= 3)
-      return FromGrpc(s);
+      return Wrap(s);
   }
 }
 
@@ -73,7 +81,7 @@ absl::StatusOr<lora::v1::Job> LoraClient::GetJob(const std::string& name) {
   lora::v1::Job job;
   grpc::ClientContext ctx;
   Prepare(&ctx);
-  LORA_RETURN_IF_ERROR(FromGrpc(stub_->GetJob(&ctx, req, &job)));
+  LORA_RETURN_IF_ERROR(Wrap(stub_->GetJob(&ctx, req, &job)));
   return job;
 }
 
@@ -82,7 +90,7 @@ absl::StatusOr<lora::v1::ListJobsResponse> LoraClient::ListJobs(
   lora::v1::ListJobsResponse resp;
   grpc::ClientContext ctx;
   Prepare(&ctx);
-  LORA_RETURN_IF_ERROR(FromGrpc(stub_->ListJobs(&ctx, request, &resp)));
+  LORA_RETURN_IF_ERROR(Wrap(stub_->ListJobs(&ctx, request, &resp)));
   return resp;
 }
 
@@ -92,7 +100,7 @@ absl::StatusOr<lora::v1::Job> LoraClient::CancelJob(const std::string& name) {
   lora::v1::Job job;
   grpc::ClientContext ctx;
   Prepare(&ctx);
-  LORA_RETURN_IF_ERROR(FromGrpc(stub_->CancelJob(&ctx, req, &job)));
+  LORA_RETURN_IF_ERROR(Wrap(stub_->CancelJob(&ctx, req, &job)));
   return job;
 }
 
@@ -103,7 +111,7 @@ absl::StatusOr<std::vector<lora::v1::Checkpoint>> LoraClient::ListCheckpoints(
   lora::v1::ListCheckpointsResponse resp;
   grpc::ClientContext ctx;
   Prepare(&ctx);
-  LORA_RETURN_IF_ERROR(FromGrpc(stub_->ListCheckpoints(&ctx, req, &resp)));
+  LORA_RETURN_IF_ERROR(Wrap(stub_->ListCheckpoints(&ctx, req, &resp)));
   return std::vector<lora::v1::Checkpoint>(resp.checkpoints().begin(), resp.checkpoints().end());
 }
 
@@ -150,8 +158,8 @@ absl::Status LoraClient::Watch(const std::string& name, int64_t after_sequence,
     const bool transient = s.error_code() == grpc::StatusCode::UNAVAILABLE ||
                            s.error_code() == grpc::StatusCode::INTERNAL ||
                            s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
-    if (!transient) return FromGrpc(s);
-    if (std::chrono::steady_clock::now() - unreachable_since > give_up_after) return FromGrpc(s);
+    if (!transient) return Wrap(s);
+    if (std::chrono::steady_clock::now() - unreachable_since > give_up_after) return Wrap(s);
     std::this_thread::sleep_for(std::chrono::milliseconds(300));
   }
 }
@@ -200,7 +208,7 @@ absl::StatusOr<LoraClient::DownloadResult> LoraClient::Download(const std::strin
       continue;
     }
     if (!s.ok()) {
-      if (s.error_code() != grpc::StatusCode::UNAVAILABLE) return FromGrpc(s);
+      if (s.error_code() != grpc::StatusCode::UNAVAILABLE) return Wrap(s);
       std::this_thread::sleep_for(std::chrono::milliseconds(500));
       continue;
     }

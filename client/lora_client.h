@@ -63,6 +63,7 @@ class LoraClient {
  private:
   explicit LoraClient(const ClientOptions& options, std::shared_ptr<grpc::Channel> channel);
   void Prepare(grpc::ClientContext* ctx, bool deadline = true) const;
+  absl::Status Wrap(const grpc::Status& status) const;
 
   ClientOptions options_;
   std::shared_ptr<grpc::Channel> channel_;

@@ -1,0 +1,175 @@
+// loractl: the command line for lorad. `loractl --help`, docs/LORACTL.md.
+#include <signal.h>
+
+#include <cstdlib>
+#include <iostream>
+
+#include "CLI/CLI.hpp"
+#include "client/loractl/commands.h"
+
+namespace {
+
+const char* kVersion = "loractl 0.1.0 (lora.v1 API)";
+
+void OnInterrupt(int) { lora::loractl::g_interrupted = true; }
+
+std::string Env(const char* name, const std::string& fallback) {
+  const char* v = std::getenv(name);
+  return v != nullptr && *v != '\0' ? v : fallback;
+}
+
+// `loractl completion bash`: completes subcommands, flags, and job names from `loractl list`.
+const char* kBashCompletion =
+    R"BASH(# bash completion for loractl; install: loractl completion bash > /etc/bash_completion.d/loractl
+_loractl() {
+  local cur prev words cword
+  _init_completion 2>/dev/null || { cur="${COMP_WORDS[COMP_CWORD]}"; prev="${COMP_WORDS[COMP_CWORD-1]}"; cword=$COMP_CWORD; words=("${COMP_WORDS[@]}"); }
+  local commands="submit get list cancel logs watch checkpoints download convert merge version completion"
+  local globals="--addr --token --tls-ca --tls-cert --tls-key --timeout -o --output --help"
+  if [[ $cword -eq 1 ]]; then COMPREPLY=($(compgen -W "$commands $globals" -- "$cur")); return; fi
+  case "$prev" in
+    -o|--output) COMPREPLY=($(compgen -W "table json yaml" -- "$cur")); return;;
+    --state) COMPREPLY=($(compgen -W "queued starting running succeeded failed cancelling cancelled" -- "$cur")); return;;
+    --kind) COMPREPLY=($(compgen -W "train convert merge" -- "$cur")); return;;
+    --out|--tls-ca|--tls-cert|--tls-key|--model|--adapter) COMPREPLY=($(compgen -f -- "$cur")); return;;
+  esac
+  case "${words[1]}" in
+    submit) COMPREPLY=($(compgen -f -X '!*.toml' -- "$cur") $(compgen -d -- "$cur") $(compgen -W "--set --request-id --watch" -- "$cur"));;
+    get|cancel|logs|watch|checkpoints|download)
+      if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-f --follow --step --latest --final --out" -- "$cur"));
+      else COMPREPLY=($(compgen -W "$(loractl list -o json 2>/dev/null | sed -n 's/.*"name": "jobs\/\([^"]*\)".*/\1/p')" -- "$cur")); fi;;
+    list) COMPREPLY=($(compgen -W "--state --kind --limit" -- "$cur"));;
+    completion) COMPREPLY=($(compgen -W "bash" -- "$cur"));;
+  esac
+}
+complete -F _loractl loractl
+)BASH";
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace lora::loractl;
+  Globals g;
+  g.client.address = Env("LORACTL_ADDR", "127.0.0.1:50051");
+  g.client.token = Env("LORACTL_TOKEN", "");
+  double timeout_s = 30;
+  std::string format = "table";
+
+  CLI::App app{"loractl: submit, follow and fetch LoRA jobs on a lorad controller"};
+  app.set_version_flag("--version", kVersion);
+  app.require_subcommand(1);
+  app.fallthrough();  // global flags may follow the subcommand: `loractl list -o json`
+  app.add_option("--addr", g.client.address, "lorad address (env LORACTL_ADDR)")
+      ->capture_default_str();
+  app.add_option("--token", g.client.token, "Bearer token (env LORACTL_TOKEN)");
+  app.add_option("--tls-ca", g.client.tls_ca, "CA certificate (PEM): use TLS");
+  app.add_option("--tls-cert", g.client.tls_cert, "Client certificate (PEM) for mutual TLS");
+  app.add_option("--tls-key", g.client.tls_key, "Client key (PEM) for mutual TLS");
+  app.add_option("--timeout", timeout_s, "Seconds per request")->capture_default_str();
+  app.add_option("-o,--output", format, "Output: table | json | yaml")
+      ->check(CLI::IsMember({"table", "json", "yaml"}))
+      ->capture_default_str();
+
+  SubmitOptions submit;
+  auto* c_submit = app.add_subcommand("submit", "Validate a job spec (TOML) and submit it");
+  c_submit->add_option("file", submit.file, "Job spec, e.g. configs/llama3_debugmodel_lora.toml")
+      ->required();
+  c_submit->add_option("--set", submit.overrides, "Override a key: section.key=value (repeatable)");
+  c_submit->add_option("--request-id", submit.request_id, "Idempotency key (default: random)");
+  c_submit->add_flag("-w,--watch", submit.watch, "Follow the job; exit with its outcome");
+
+  std::string job;
+  auto* c_get = app.add_subcommand("get", "Show a job");
+  c_get->add_option("job", job, "jobs/ID or ID")->required();
+
+  ListOptions list;
+  auto* c_list = app.add_subcommand("list", "List jobs, newest first");
+  c_list->add_option("--state", list.states, "Only these states (repeatable)");
+  c_list->add_option("--kind", list.kinds, "Only these kinds: train, convert, merge (repeatable)");
+  c_list->add_option("--limit", list.limit, "At most this many")->capture_default_str();
+
+  auto* c_cancel = app.add_subcommand("cancel", "Cancel a job");
+  c_cancel->add_option("job", job, "jobs/ID or ID")->required();
+
+  bool follow = false;
+  auto* c_logs =
+      app.add_subcommand("logs", "Print a job's log lines, state changes, evals and checkpoints");
+  c_logs->add_option("job", job, "jobs/ID or ID")->required();
+  c_logs->add_flag("-f,--follow", follow, "Keep following until the job ends");
+
+  auto* c_watch = app.add_subcommand(
+      "watch", "Follow a job live (progress bar on a terminal); Ctrl-C stops watching");
+  c_watch->add_option("job", job, "jobs/ID or ID")->required();
+
+  auto* c_ckpt = app.add_subcommand("checkpoints", "List a job's checkpoints");
+  c_ckpt->add_option("job", job, "jobs/ID or ID")->required();
+
+  DownloadOptions dl;
+  auto* c_dl = app.add_subcommand(
+      "download", "Download outputs or a checkpoint as a PEFT directory (resumable, verified)");
+  c_dl->add_option("job", dl.job, "jobs/ID or ID")->required();
+  c_dl->add_option("--out", dl.out, "Directory to write")->required();
+  c_dl->add_option("--step", dl.step, "Checkpoint at this step");
+  c_dl->add_flag("--latest", dl.latest, "Latest checkpoint");
+  c_dl->add_flag("--final", dl.final, "Final outputs (default)");
+
+  ConvertOptions conv;
+  auto* c_conv =
+      app.add_subcommand("convert", "Submit a CONVERT job: base model -> initial PEFT adapter");
+  c_conv->add_option("--model", conv.model, "HF checkpoint directory (on the workers) or flavor")
+      ->required();
+  c_conv->add_option("--rank", conv.rank)->capture_default_str();
+  c_conv->add_option("--alpha", conv.alpha)->capture_default_str();
+  c_conv->add_option("--dropout", conv.dropout)->capture_default_str();
+  c_conv->add_option("--target-modules", conv.target_modules, "Comma separated")->delimiter(',');
+  c_conv->add_flag("--rslora", conv.rslora);
+  c_conv->add_option("--init", conv.init)->capture_default_str();
+  c_conv->add_option("--export-dtype", conv.export_dtype)->capture_default_str();
+  c_conv->add_option("--name", conv.name, "Display name");
+  c_conv->add_flag("-w,--watch", conv.watch);
+
+  MergeOptions merge;
+  auto* c_merge = app.add_subcommand(
+      "merge", "Submit a MERGE job: base model + adapter -> merged HF checkpoint");
+  c_merge->add_option("--model", merge.model, "HF checkpoint directory (on the workers) or flavor")
+      ->required();
+  c_merge->add_option("--adapter", merge.adapter, "PEFT adapter directory (on the workers)")
+      ->required();
+  c_merge->add_option("--dtype", merge.dtype, "Output dtype")->capture_default_str();
+  c_merge->add_option("--name", merge.name, "Display name");
+  c_merge->add_flag("-w,--watch", merge.watch);
+
+  app.add_subcommand("version", "Print the version");
+  std::string shell;
+  auto* c_completion = app.add_subcommand("completion", "Print a shell completion script");
+  c_completion->add_option("shell", shell, "bash")->required()->check(CLI::IsMember({"bash"}));
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int code = app.exit(e);
+    return code == 0 ? kOk : kUsage;
+  }
+  g.format = format == "json" ? Format::kJson : format == "yaml" ? Format::kYaml : Format::kTable;
+  g.client.timeout = std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000));
+  struct sigaction sa = {};
+  sa.sa_handler = OnInterrupt;
+  ::sigaction(SIGINT, &sa, nullptr);
+
+  if (c_submit->parsed()) return Submit(g, submit);
+  if (c_get->parsed()) return Get(g, job);
+  if (c_list->parsed()) return List(g, list);
+  if (c_cancel->parsed()) return Cancel(g, job);
+  if (c_logs->parsed()) return Logs(g, job, follow);
+  if (c_watch->parsed()) return Watch(g, job);
+  if (c_ckpt->parsed()) return Checkpoints(g, job);
+  if (c_dl->parsed()) return Download(g, dl);
+  if (c_conv->parsed()) return Convert(g, conv);
+  if (c_merge->parsed()) return Merge(g, merge);
+  if (c_completion->parsed()) {
+    std::cout << kBashCompletion;
+    return kOk;
+  }
+  std::cout << kVersion << std::endl;
+  return kOk;
+}
