@@ -1,5 +1,9 @@
 // lorad + lora-worker + lora-train as real processes on 127.0.0.1: the whole service path.
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <google/protobuf/util/json_util.h>
 #include <atomic>
@@ -430,6 +434,52 @@ TEST_F(ServiceTest, StandardHealthServiceReportsServing) {
   std::string bytes;
   for (auto& s : slices) bytes += std::string(reinterpret_cast<const char*>(s.begin()), s.size());
   EXPECT_EQ(bytes, std::string("\x08\x01", 2)) << "HealthCheckResponse{status: SERVING}";
+}
+
+}  // namespace
+}  // namespace lora
+
+namespace lora {
+namespace {
+
+std::string HttpGet(int port, const std::string& path) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) return "";
+  std::string req = "GET " + path + " HTTP/1.0\r\nHost: localhost\r\n\r\n";
+  (void)!::write(fd, req.data(), req.size());
+  std::string out;
+  char buf[4096];
+  ssize_t n;
+  while ((n = ::read(fd, buf, sizeof(buf))) > 0) out.append(buf, static_cast<size_t>(n));
+  ::close(fd);
+  return out;
+}
+
+TEST_F(ServiceTest, MetricsEndpointPassesPromtool) {
+  auto lorad = StartLorad(1);
+  auto client = lorad->Client();
+  auto job = client->CreateJob(TinyTrainSpec(3, 3), "");
+  ASSERT_TRUE(job.ok());
+  WaitForJob(*client, job->name(), Done);
+  (void)client->GetJob("jobs/none");
+  const std::string log = lorad->log();
+  const size_t at = log.find("metrics on port ");
+  ASSERT_NE(at, std::string::npos) << log;
+  const int port = std::atoi(log.c_str() + at + 16);
+  const std::string response = HttpGet(port, "/metrics");
+  ASSERT_THAT(response, HasSubstr("200 OK"));
+  const std::string body = response.substr(response.find("\r\n\r\n") + 4);
+  EXPECT_THAT(body, HasSubstr("lorad_rpc_requests_total{method=\"CreateJob\",code=\"OK\"} 1"));
+  EXPECT_THAT(body, HasSubstr("lorad_rpc_requests_total{method=\"GetJob\",code=\"NOT_FOUND\"} 1"));
+  EXPECT_THAT(body, HasSubstr("lorad_workers_connected 1"));
+  EXPECT_THAT(body, HasSubstr("lorad_rpc_duration_seconds_bucket{method=\"CreateJob\",le=\"+Inf\"} 1"));
+  std::ofstream(dir_.Join("metrics.txt")) << body;
+  auto check = testing::RunProcess({"/bin/sh", "-c", "promtool check metrics < " + dir_.Join("metrics.txt")});
+  EXPECT_EQ(check.exit_code, 0) << check.out << check.err;
 }
 
 }  // namespace
