@@ -18,7 +18,7 @@ PACKAGES=(
   nlohmann-json3-dev libtoml11-dev libcli11-dev
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev python3 python3-torch python3-numpy
-  prometheus tmux procps
+  prometheus tmux procps python3-yaml
 )
 
 export DEBIAN_FRONTEND=noninteractive
