@@ -1,8 +1,9 @@
 #include "worker/engine/model/activation_checkpoint.h"
 
 #include <ATen/CPUGeneratorImpl.h>
-#include <torch/csrc/autograd/custom_function.h>
+#include <ATen/core/ivalue.h>
 #include <torch/csrc/autograd/autograd.h>
+#include <torch/csrc/autograd/custom_function.h>
 
 namespace lora {
 namespace {
@@ -10,58 +11,66 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// Custom Function inputs must be defined tensors: stand in an empty one for "absent".
-torch::Tensor Present(const torch::Tensor& t) { return t.defined() ? t : torch::empty({0}); }
-torch::Tensor Absent(const torch::Tensor& t) { return t.numel() == 0 ? torch::Tensor() : t; }
+// What the backward needs besides the input: the layer, its attention context (rotary tables,
+// ranges, the context-parallel gather) and the hooks. Kept in a capsule in the autograd context.
+struct Recompute : torch::CustomClassHolder {
+  LlamaDecoderLayerImpl* layer = nullptr;
+  AttentionContext ctx;
+  const LayerHooks* hooks = nullptr;
+  int index = 0;
+  torch::Tensor rng_state;
 
-AttentionContext Rebuild(const torch::Tensor& cos, const torch::Tensor& sin, const torch::Tensor& mask,
-                         const torch::Tensor& rope_cos, const torch::Tensor& rope_sin, const torch::Tensor& lo,
-                         const torch::Tensor& hi) {
-  return AttentionContext{Absent(rope_cos), Absent(rope_sin), Absent(lo), Absent(hi),
-                          Absent(cos), Absent(sin), Absent(mask)};
-}
+  torch::Tensor Run(const torch::Tensor& x) const {
+    if (hooks && hooks->before) hooks->before(index);
+    torch::Tensor out = layer->forward(x, ctx);
+    return out;
+  }
+  void Done() const {
+    if (hooks && hooks->after) hooks->after(index);
+  }
+};
 
 class CheckpointFunction : public torch::autograd::Function<CheckpointFunction> {
  public:
-  static torch::Tensor forward(AutogradContext* ctx, torch::Tensor x, torch::Tensor cos, torch::Tensor sin,
-                               torch::Tensor mask, torch::Tensor rope_cos, torch::Tensor rope_sin, torch::Tensor lo,
-                               torch::Tensor hi, int64_t layer_address) {
-    auto* layer = reinterpret_cast<LlamaDecoderLayerImpl*>(layer_address);
-    at::Generator gen = at::detail::getDefaultCPUGenerator();
-    ctx->saved_data["rng"] = gen.get_state();
-    ctx->saved_data["layer"] = layer_address;
-    ctx->save_for_backward({x, cos, sin, mask, rope_cos, rope_sin, lo, hi});
+  static torch::Tensor forward(AutogradContext* ctx, torch::Tensor x, c10::IValue recompute) {
+    auto r = c10::static_intrusive_pointer_cast<Recompute>(recompute.toCapsule());
+    r->rng_state = at::detail::getDefaultCPUGenerator().get_state();
+    ctx->saved_data["recompute"] = recompute;
+    ctx->save_for_backward({x});
     torch::NoGradGuard no_grad;
-    return layer->forward(x, Rebuild(cos, sin, mask, rope_cos, rope_sin, lo, hi));
+    torch::Tensor out = r->Run(x);
+    r->Done();
+    return out;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    auto saved = ctx->get_saved_variables();
-    auto* layer = reinterpret_cast<LlamaDecoderLayerImpl*>(ctx->saved_data["layer"].toInt());
-    torch::Tensor x = saved[0].detach().requires_grad_(true);
+    auto r = c10::static_intrusive_pointer_cast<Recompute>(ctx->saved_data["recompute"].toCapsule());
+    torch::Tensor x = ctx->get_saved_variables()[0].detach().requires_grad_(true);
     at::Generator gen = at::detail::getDefaultCPUGenerator();
     torch::Tensor current_rng = gen.get_state();
-    gen.set_state(ctx->saved_data["rng"].toTensor());
+    gen.set_state(r->rng_state);  // the same dropout masks as the forward
     torch::Tensor out;
     {
       torch::AutoGradMode enable(true);
-      out = layer->forward(x, Rebuild(saved[1], saved[2], saved[3], saved[4], saved[5], saved[6], saved[7]));
+      out = r->Run(x);
     }
     gen.set_state(current_rng);
     torch::autograd::backward({out}, {grad_outputs[0]});
-    variable_list grads(9);
-    grads[0] = x.grad();
-    return grads;
+    r->Done();
+    return {x.grad(), torch::Tensor()};
   }
 };
 
 }  // namespace
 
 torch::Tensor CheckpointedLayerForward(LlamaDecoderLayerImpl* layer, const torch::Tensor& x,
-                                       const AttentionContext& ctx) {
-  return CheckpointFunction::apply(x, Present(ctx.cos), Present(ctx.sin), Present(ctx.mask), Present(ctx.rope_cos),
-                                   Present(ctx.rope_sin), Present(ctx.lo), Present(ctx.hi),
-                                   reinterpret_cast<int64_t>(layer));
+                                       const AttentionContext& ctx, const LayerHooks* hooks, int layer_index) {
+  auto r = c10::make_intrusive<Recompute>();
+  r->layer = layer;
+  r->ctx = ctx;
+  r->hooks = hooks;
+  r->index = layer_index;
+  return CheckpointFunction::apply(x, c10::IValue::make_capsule(r));
 }
 
 }  // namespace lora

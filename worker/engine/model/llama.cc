@@ -67,19 +67,29 @@ torch::Tensor CausalAttention(const torch::Tensor& q, const torch::Tensor& k,
   return out.view({B, K, rep, T, d}).permute({0, 3, 1, 2, 4}).reshape({B, T, H * d});
 }
 
-torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const AttentionContext& ctx) {
+torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x_in, const AttentionContext& ctx) {
+  const torch::Tensor x = tp_.enter ? tp_.enter(x_in) : x_in;
   const int64_t B = x.size(0), T = x.size(1);
   torch::Tensor q = q_proj(x).view({B, T, num_heads_, head_dim_});
   torch::Tensor k = k_proj(x).view({B, T, num_kv_heads_, head_dim_});
   torch::Tensor v = v_proj(x).view({B, T, num_kv_heads_, head_dim_});
+  torch::Tensor out;
   if (ctx.lo.defined()) {
-    RopeTables rope{ctx.rope_cos, ctx.rope_sin, ctx.rope_cos, ctx.rope_sin};
-    torch::Tensor out = std::get<0>(FusedAttention(q, k, v, rope, ctx.lo, ctx.hi));
-    return o_proj(out.view({B, T, num_heads_ * head_dim_}));
+    if (ctx.gather_kv) {
+      k = ctx.gather_kv(k);
+      v = ctx.gather_kv(v);
+    }
+    const bool own_k = ctx.k_rope_cos.defined();
+    RopeTables rope{ctx.rope_cos, ctx.rope_sin, own_k ? ctx.k_rope_cos : ctx.rope_cos,
+                    own_k ? ctx.k_rope_sin : ctx.rope_sin};
+    out = std::get<0>(FusedAttention(q, k, v, rope, ctx.lo, ctx.hi));
+  } else {
+    q = ApplyRope(q, ctx.cos.to(q.scalar_type()), ctx.sin.to(q.scalar_type()));
+    k = ApplyRope(k, ctx.cos.to(k.scalar_type()), ctx.sin.to(k.scalar_type()));
+    out = CausalAttention(q, k, v, ctx.mask);
   }
-  q = ApplyRope(q, ctx.cos.to(q.scalar_type()), ctx.sin.to(q.scalar_type()));
-  k = ApplyRope(k, ctx.cos.to(k.scalar_type()), ctx.sin.to(k.scalar_type()));
-  return o_proj(CausalAttention(q, k, v, ctx.mask));
+  torch::Tensor y = o_proj(out.reshape({B, T, num_heads_ * head_dim_}));
+  return tp_.exit ? tp_.exit(y) : y;
 }
 
 LlamaMlpImpl::LlamaMlpImpl(const LlamaConfig& c, torch::Dtype dtype) {
@@ -91,8 +101,10 @@ LlamaMlpImpl::LlamaMlpImpl(const LlamaConfig& c, torch::Dtype dtype) {
       "down_proj", Linear(LinearOptions{c.intermediate_size, c.hidden_size, c.mlp_bias, dtype}));
 }
 
-torch::Tensor LlamaMlpImpl::forward(const torch::Tensor& x) {
-  return down_proj(SwiGlu(gate_proj(x), up_proj(x)));
+torch::Tensor LlamaMlpImpl::forward(const torch::Tensor& x_in) {
+  const torch::Tensor x = tp_.enter ? tp_.enter(x_in) : x_in;
+  torch::Tensor y = down_proj(SwiGlu(gate_proj(x), up_proj(x)));
+  return tp_.exit ? tp_.exit(y) : y;
 }
 
 LlamaDecoderLayerImpl::LlamaDecoderLayerImpl(const LlamaConfig& c, torch::Dtype dtype) {
@@ -153,18 +165,30 @@ AttentionContext LlamaModelImpl::MakeAttentionContext(const ForwardInputs& input
   return ctx;
 }
 
-torch::Tensor LlamaModelImpl::forward(const ForwardInputs& inputs) {
-  torch::Tensor h = embed_tokens(inputs.input_ids);
-  AttentionContext ctx = MakeAttentionContext(inputs, h.scalar_type());
+torch::Tensor LlamaModelImpl::Embed(const torch::Tensor& input_ids) { return embed_tokens(input_ids); }
+
+torch::Tensor LlamaModelImpl::RunLayers(torch::Tensor h, const AttentionContext& ctx, int64_t first, int64_t last) {
   const bool checkpoint = activation_checkpointing_ && is_training() && torch::GradMode::is_enabled();
   // Checkpointed layers only get a backward if their input requires grad (the embedding is
   // frozen, so make the first hidden state a graph input).
   if (checkpoint && !h.requires_grad()) h = h.detach().requires_grad_(true);
-  for (const auto& layer : *layers) {
-    auto* decoder = layer->as<LlamaDecoderLayer>();
-    h = checkpoint ? CheckpointedLayerForward(decoder, h, ctx) : decoder->forward(h, ctx);
+  for (int64_t i = first; i < last; ++i) {
+    auto* decoder = layers[static_cast<size_t>(i)]->as<LlamaDecoderLayer>();
+    if (checkpoint) {
+      h = CheckpointedLayerForward(decoder, h, ctx, layer_hooks_.get(), static_cast<int>(i));
+    } else {
+      if (layer_hooks_ && layer_hooks_->before) layer_hooks_->before(static_cast<int>(i));
+      h = decoder->forward(h, ctx);
+      if (layer_hooks_ && layer_hooks_->after) layer_hooks_->after(static_cast<int>(i));
+    }
   }
-  return norm(h);
+  return h;
+}
+
+torch::Tensor LlamaModelImpl::forward(const ForwardInputs& inputs) {
+  torch::Tensor h = Embed(inputs.input_ids);
+  AttentionContext ctx = MakeAttentionContext(inputs, h.scalar_type());
+  return norm(RunLayers(h, ctx, 0, static_cast<int64_t>(layers->size())));
 }
 
 LlamaForCausalLMImpl::LlamaForCausalLMImpl(const LlamaConfig& c, torch::Dtype dtype) : config_(c) {

@@ -17,6 +17,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 
 #include "worker/engine/lora/linear.h"
 #include "common/llama_config.h"
@@ -40,6 +41,24 @@ struct AttentionContext {
   // bool mask, true = may attend: [T, T] or [B, 1, 1, T, T].
   torch::Tensor cos, sin;
   torch::Tensor mask;
+  // Context parallelism: rotary tables of the (gathered) keys when they differ from the
+  // queries', and the all-gather that turns local K/V into the full sequence's.
+  torch::Tensor k_rope_cos, k_rope_sin;
+  std::function<torch::Tensor(const torch::Tensor&)> gather_kv;
+};
+
+// Tensor-parallel entry/exit of a block (Megatron's f and g): identity forward / all-reduce
+// backward on the way in, all-reduce forward / identity backward on the way out.
+struct TensorParallelHooks {
+  std::function<torch::Tensor(const torch::Tensor&)> enter;
+  std::function<torch::Tensor(const torch::Tensor&)> exit;
+};
+
+// Called around a layer's forward and recomputation (FSDP gathers the layer's parameters in
+// `before` and frees them in `after`).
+struct LayerHooks {
+  std::function<void(int layer)> before;
+  std::function<void(int layer)> after;
 };
 
 class RMSNormImpl : public torch::nn::Module {
@@ -70,8 +89,16 @@ class LlamaAttentionImpl : public torch::nn::Module {
 
   Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
 
+  // Tensor parallelism: this rank computes `heads` query heads over `kv_heads` kv heads.
+  void SetLocalHeads(int64_t heads, int64_t kv_heads) {
+    num_heads_ = heads;
+    num_kv_heads_ = kv_heads;
+  }
+  void SetTensorParallel(TensorParallelHooks hooks) { tp_ = std::move(hooks); }
+
  private:
   int64_t num_heads_, num_kv_heads_, head_dim_;
+  TensorParallelHooks tp_;
 };
 TORCH_MODULE(LlamaAttention);
 
@@ -81,6 +108,10 @@ class LlamaMlpImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x);
 
   Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
+  void SetTensorParallel(TensorParallelHooks hooks) { tp_ = std::move(hooks); }
+
+ private:
+  TensorParallelHooks tp_;
 };
 TORCH_MODULE(LlamaMlp);
 
@@ -106,6 +137,12 @@ class LlamaModelImpl : public torch::nn::Module {
   LlamaModelImpl(const LlamaConfig& config, torch::Dtype dtype);
   // Returns the final normed hidden states [B, T, D].
   torch::Tensor forward(const ForwardInputs& inputs);
+  // The pieces of forward, for pipeline stages: token embedding, layers [first, last), final norm.
+  torch::Tensor Embed(const torch::Tensor& input_ids);
+  torch::Tensor RunLayers(torch::Tensor h, const AttentionContext& ctx, int64_t first, int64_t last);
+  // Wraps every layer call (FSDP); with activation checkpointing the hooks also run around
+  // the recomputation.
+  void SetLayerHooks(std::shared_ptr<LayerHooks> hooks) { layer_hooks_ = std::move(hooks); }
 
   AttentionContext MakeAttentionContext(const ForwardInputs& inputs, torch::Dtype dtype) const;
   // Recompute each layer in the backward pass instead of keeping its activations.
@@ -123,6 +160,7 @@ class LlamaModelImpl : public torch::nn::Module {
   torch::Tensor inv_freq_;
   bool activation_checkpointing_ = false;
   bool fused_attention_ = true;
+  std::shared_ptr<LayerHooks> layer_hooks_;
 };
 TORCH_MODULE(LlamaModel);
 

@@ -1,0 +1,106 @@
+// Process groups over c10d (Gloo on CPU), built from torchrun-style environment variables:
+// RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT. Rank 0 hosts the TCPStore every group
+// rendezvouses through. Collectives Gloo lacks (reduce-scatter, bf16 reduction) are built from
+// the ones it has.
+//
+//   LORA_ASSIGN_OR_RETURN(auto ctx, DistContext::Init(shape, {.timeout = std::chrono::seconds(60)}));
+//   ctx->group(Dim::kShard).AllReduceSum(t);
+#ifndef LORA_WORKER_ENGINE_DIST_COMM_H_
+#define LORA_WORKER_ENGINE_DIST_COMM_H_
+
+#include <torch/types.h>
+
+#include <atomic>
+#include <chrono>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "worker/engine/dist/mesh.h"
+
+namespace c10d {
+class ProcessGroup;
+class Store;
+class Work;
+}  // namespace c10d
+
+namespace lora::dist {
+
+// A set of ranks that communicate. Size 1 groups make every collective a no-op.
+class Group {
+ public:
+  Group(c10::intrusive_ptr<c10d::ProcessGroup> pg, int rank, int size, std::chrono::milliseconds timeout,
+        std::vector<int> world_ranks);
+  int rank() const { return rank_; }
+  int size() const { return size_; }
+  const std::vector<int>& world_ranks() const { return world_ranks_; }
+
+  // In place; float tensors of any dtype (bf16 / fp16 are reduced in fp32).
+  void AllReduceSum(torch::Tensor& t);
+  // Concatenation of every rank's `t` along `dim`, in group rank order.
+  torch::Tensor AllGather(const torch::Tensor& t, int64_t dim);
+  // Sum over ranks, then this rank's 1/size slice along `dim` (all-reduce + slice).
+  torch::Tensor ReduceScatterSum(const torch::Tensor& t, int64_t dim);
+  void Broadcast(torch::Tensor& t, int root);
+  // Send is asynchronous: Flush() waits for every pending send (call before reusing buffers).
+  void Send(const torch::Tensor& t, int dst, int tag);
+  void Recv(torch::Tensor& t, int src, int tag);
+  void Flush();
+  void Barrier();
+
+  // Bytes this rank put on the wire (ring cost model for collectives), for the benchmarks.
+  int64_t bytes_sent() const { return bytes_sent_; }
+
+ private:
+  void Wait(c10::intrusive_ptr<c10d::Work> work, const char* what);
+  c10::intrusive_ptr<c10d::ProcessGroup> pg_;
+  int rank_, size_;
+  std::chrono::milliseconds timeout_;
+  std::vector<int> world_ranks_;
+  std::vector<std::pair<c10::intrusive_ptr<c10d::Work>, torch::Tensor>> pending_sends_;
+  int64_t bytes_sent_ = 0;
+};
+
+struct DistOptions {
+  std::chrono::milliseconds timeout{std::chrono::seconds(120)};
+};
+
+class DistContext {
+ public:
+  // Reads RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT; world_size must equal shape.world().
+  static absl::StatusOr<std::unique_ptr<DistContext>> Init(const MeshShape& shape, const DistOptions& options);
+  ~DistContext();
+
+  int rank() const { return rank_; }
+  int world() const { return world_; }
+  const Mesh& mesh() const { return mesh_; }
+  const MeshCoord& coord() const { return coord_; }
+  // The group of this rank varying along `dims` (created on first use; every member must ask
+  // for it in the same order).
+  Group& group(const std::vector<Dim>& dims);
+  Group& world_group();
+  int64_t TotalBytesSent() const;
+
+  // Tells every rank to stop (they exit within a second with `reason`) and exits.
+  [[noreturn]] void Abort(const std::string& reason);
+
+ private:
+  DistContext(int rank, int world, MeshShape shape, DistOptions options, c10::intrusive_ptr<c10d::Store> store);
+  void Watchdog();
+
+  int rank_, world_;
+  Mesh mesh_;
+  MeshCoord coord_;
+  DistOptions options_;
+  c10::intrusive_ptr<c10d::Store> store_;
+  std::map<std::string, std::unique_ptr<Group>> groups_;
+  std::atomic<bool> stop_{false};
+  std::thread watchdog_;
+};
+
+}  // namespace lora::dist
+
+#endif  // LORA_WORKER_ENGINE_DIST_COMM_H_
