@@ -37,23 +37,6 @@ T MostCommon(const std::vector<T>& values) {
   return best;
 }
 
-struct ModuleInfo {
-  std::string name;
-  bool is_linear;
-  bool is_output;
-};
-
-std::vector<ModuleInfo> ListModules(const torch::nn::Module& root) {
-  std::vector<ModuleInfo> out;
-  for (const auto& item : root.named_modules("", /*include_self=*/false)) {
-    const std::string& n = item.key();
-    if (absl::EndsWith(n, "lora_a") || absl::EndsWith(n, "lora_b")) continue;
-    out.push_back({n, item.value()->as<LinearImpl>() != nullptr,
-                   n == "lm_head" || absl::EndsWith(n, ".lm_head")});
-  }
-  return out;
-}
-
 // The set of modules PEFT would adapt given `targets`, as our converter does.
 std::set<std::string> PeftSelection(const std::vector<ModuleInfo>& modules,
                                     const ModuleMatcher& matcher, bool all_linear) {
@@ -85,28 +68,49 @@ absl::StatusOr<ModuleSelector> ParseSelector(const json& j, const std::string& p
   return ConfigError(path, field, "must be a list of module names or a regex string");
 }
 
+struct AdapterFactors {
+  const TensorInfo* a = nullptr;
+  const TensorInfo* b = nullptr;
+};
+
 }  // namespace
+
+std::vector<ModuleInfo> ListModules(const torch::nn::Module& root) {
+  std::vector<ModuleInfo> out;
+  for (const auto& item : root.named_modules("", /*include_self=*/false)) {
+    const std::string& n = item.key();
+    if (absl::EndsWith(n, "lora_a") || absl::EndsWith(n, "lora_b")) continue;
+    out.push_back({n, item.value()->as<LinearImpl>() != nullptr, n == "lm_head" || absl::EndsWith(n, ".lm_head")});
+  }
+  return out;
+}
+
+std::vector<AdapterRecord> AdapterRecords(const torch::nn::Module& root) {
+  std::vector<AdapterRecord> out;
+  for (const auto& [name, linear] : AdaptedLinears(root)) {
+    out.push_back({name, linear->rank(), linear->alpha(), linear->use_rslora(), linear->lora_a->weight,
+                   linear->lora_b->weight});
+  }
+  return out;
+}
 
 std::string PeftTensorKey(const std::string& module_name, char factor) {
   return absl::StrCat(kPeftKeyPrefix, module_name, ".lora_", std::string(1, factor), ".weight");
 }
 
-absl::StatusOr<json> PeftConfigJson(const torch::nn::Module& root, const LoraConfig& config,
-                                    const std::string& base_model_name_or_path) {
-  auto adapted = AdaptedLinears(root);
-  if (adapted.empty())
-    return absl::FailedPreconditionError("the model carries no LoRA adapters to export");
+absl::StatusOr<json> PeftConfigJson(const std::vector<AdapterRecord>& adapted, const std::vector<ModuleInfo>& modules,
+                                    const LoraConfig& config, const std::string& base_model_name_or_path) {
+  if (adapted.empty()) return absl::FailedPreconditionError("the model carries no LoRA adapters to export");
   std::vector<int64_t> ranks;
   std::vector<double> alphas;
   std::set<std::string> adapted_names;
-  bool rslora = adapted.front().second->use_rslora();
-  for (const auto& [name, linear] : adapted) {
-    ranks.push_back(linear->rank());
-    alphas.push_back(linear->alpha());
-    adapted_names.insert(name);
-    if (linear->use_rslora() != rslora) {
-      return absl::FailedPreconditionError(
-          "adapters mix rsLoRA and plain scaling; PEFT cannot express that");
+  bool rslora = adapted.front().use_rslora;
+  for (const AdapterRecord& r : adapted) {
+    ranks.push_back(r.rank);
+    alphas.push_back(r.alpha);
+    adapted_names.insert(r.module);
+    if (r.use_rslora != rslora) {
+      return absl::FailedPreconditionError("adapters mix rsLoRA and plain scaling; PEFT cannot express that");
     }
   }
   // Prefer the user's r / lora_alpha; fall back to the most common values when patterns cannot
@@ -114,17 +118,16 @@ absl::StatusOr<json> PeftConfigJson(const torch::nn::Module& root, const LoraCon
   auto ranks_map = PatternMap<int64_t>::Create(config.rank_pattern, "rank_pattern");
   auto alphas_map = PatternMap<double>::Create(config.alpha_pattern, "alpha_pattern");
   bool user_patterns_exact = ranks_map.ok() && alphas_map.ok();
-  for (const auto& [name, linear] : adapted) {
+  for (const AdapterRecord& r : adapted) {
     if (!user_patterns_exact) break;
-    user_patterns_exact = ranks_map->Lookup(name).value_or(config.rank) == linear->rank() &&
-                          alphas_map->Lookup(name).value_or(config.alpha) == linear->alpha();
+    user_patterns_exact = ranks_map->Lookup(r.module).value_or(config.rank) == r.rank &&
+                          alphas_map->Lookup(r.module).value_or(config.alpha) == r.alpha;
   }
   const int64_t r = user_patterns_exact ? config.rank : MostCommon(ranks);
   const double alpha = user_patterns_exact ? config.alpha : MostCommon(alphas);
 
   // Keep the user's selectors when PEFT would reproduce exactly our modules from them;
   // otherwise (an imported adapter, say) name every module explicitly.
-  std::vector<ModuleInfo> modules = ListModules(root);
   json target_modules, exclude_modules = nullptr;
   auto matcher = ModuleMatcher::Create(config.target_modules, config.exclude_modules);
   if (matcher.ok() &&
@@ -149,11 +152,11 @@ absl::StatusOr<json> PeftConfigJson(const torch::nn::Module& root, const LoraCon
     for (const auto& [k, v] : config.rank_pattern) rank_pattern[k] = v;
     for (const auto& [k, v] : config.alpha_pattern) alpha_pattern[k] = NumberJson(v);
   } else {
-    for (const auto& [name, linear] : adapted) {
+    for (const AdapterRecord& rec : adapted) {
       // A full name is a pattern that matches only that module; escape the dots.
-      std::string key = absl::StrJoin(absl::StrSplit(name, '.'), "\\.");
-      if (linear->rank() != r) rank_pattern[key] = linear->rank();
-      if (linear->alpha() != alpha) alpha_pattern[key] = NumberJson(linear->alpha());
+      std::string key = absl::StrJoin(absl::StrSplit(rec.module, '.'), "\\.");
+      if (rec.rank != r) rank_pattern[key] = rec.rank;
+      if (rec.alpha != alpha) alpha_pattern[key] = NumberJson(rec.alpha);
     }
   }
 
@@ -182,25 +185,33 @@ absl::StatusOr<json> PeftConfigJson(const torch::nn::Module& root, const LoraCon
   return j;
 }
 
-absl::Status WritePeftAdapterFiles(const torch::nn::Module& root, const LoraConfig& config,
-                                   const std::string& dir, const PeftExportOptions& options) {
-  LORA_ASSIGN_OR_RETURN(json config_json,
-                        PeftConfigJson(root, config, options.base_model_name_or_path));
+absl::Status WritePeftAdapterFiles(const std::vector<AdapterRecord>& records, const std::vector<ModuleInfo>& modules,
+                                   const LoraConfig& config, const std::string& dir, const PeftExportOptions& options) {
+  LORA_ASSIGN_OR_RETURN(json config_json, PeftConfigJson(records, modules, config, options.base_model_name_or_path));
   NamedTensors tensors;
-  for (const auto& [name, linear] : AdaptedLinears(root)) {
-    tensors.emplace_back(PeftTensorKey(name, 'A'), linear->lora_a->weight);
-    tensors.emplace_back(PeftTensorKey(name, 'B'), linear->lora_b->weight);
+  for (const AdapterRecord& r : records) {
+    tensors.emplace_back(PeftTensorKey(r.module, 'A'), r.a);
+    tensors.emplace_back(PeftTensorKey(r.module, 'B'), r.b);
   }
-  LORA_RETURN_IF_ERROR(
-      WriteTensors(JoinPath(dir, kPeftWeightsFile), tensors, options.dtype, {{"format", "pt"}}));
+  LORA_RETURN_IF_ERROR(WriteTensors(JoinPath(dir, kPeftWeightsFile), tensors, options.dtype, {{"format", "pt"}}));
   return WriteFileAtomically(JoinPath(dir, kPeftConfigFile), config_json.dump(2) + "\n");
 }
 
-absl::Status ExportPeftAdapter(const torch::nn::Module& root, const LoraConfig& config,
-                               const std::string& dir, const PeftExportOptions& options) {
+absl::Status WritePeftAdapterFiles(const torch::nn::Module& root, const LoraConfig& config, const std::string& dir,
+                                   const PeftExportOptions& options) {
+  return WritePeftAdapterFiles(AdapterRecords(root), ListModules(root), config, dir, options);
+}
+
+absl::Status ExportPeftAdapter(const std::vector<AdapterRecord>& records, const std::vector<ModuleInfo>& modules,
+                               const LoraConfig& config, const std::string& dir, const PeftExportOptions& options) {
   LORA_ASSIGN_OR_RETURN(auto staged, StagedDirectory::Create(dir, {kPeftConfigFile}));
-  LORA_RETURN_IF_ERROR(WritePeftAdapterFiles(root, config, staged->path(), options));
+  LORA_RETURN_IF_ERROR(WritePeftAdapterFiles(records, modules, config, staged->path(), options));
   return staged->Commit();
+}
+
+absl::Status ExportPeftAdapter(const torch::nn::Module& root, const LoraConfig& config, const std::string& dir,
+                               const PeftExportOptions& options) {
+  return ExportPeftAdapter(AdapterRecords(root), ListModules(root), config, dir, options);
 }
 
 absl::StatusOr<PeftConfig> ReadPeftConfig(const std::string& dir) {
@@ -293,31 +304,11 @@ absl::StatusOr<PeftConfig> ReadPeftConfig(const std::string& dir) {
   return out;
 }
 
-absl::StatusOr<ImportedAdapter> ImportPeftAdapter(torch::nn::Module& root, const std::string& dir,
-                                                  torch::Dtype adapter_dtype) {
-  LORA_ASSIGN_OR_RETURN(PeftConfig config, ReadPeftConfig(dir));
-  const std::string weights_path = JoinPath(dir, kPeftWeightsFile);
-  if (!std::filesystem::exists(weights_path)) {
-    if (std::filesystem::exists(JoinPath(dir, "adapter_model.bin"))) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(dir,
-                       ": adapter_model.bin (pickle) is not supported; save the adapter with "
-                       "safe_serialization=True to get adapter_model.safetensors"));
-    }
-    return absl::NotFoundError(absl::StrCat(weights_path, ": missing"));
-  }
-  LORA_ASSIGN_OR_RETURN(auto file, SafetensorsFile::Open(weights_path));
-  LORA_ASSIGN_OR_RETURN(auto ranks,
-                        PatternMap<int64_t>::Create(config.lora.rank_pattern, "rank_pattern"));
-  LORA_ASSIGN_OR_RETURN(auto alphas,
-                        PatternMap<double>::Create(config.lora.alpha_pattern, "alpha_pattern"));
-
-  // Group tensors by module: "<prefix><module>.lora_A[.<adapter name>].weight".
-  struct Factors {
-    const TensorInfo* a = nullptr;
-    const TensorInfo* b = nullptr;
-  };
-  std::map<std::string, Factors> by_module;
+// Groups an adapter file's tensors by module: "<prefix><module>.lora_A[.<adapter name>].weight".
+namespace {
+absl::StatusOr<std::map<std::string, AdapterFactors>> GroupAdapterTensors(const SafetensorsFile* file,
+                                                                          const std::string& weights_path) {
+  std::map<std::string, AdapterFactors> by_module;
   for (const TensorInfo& t : file->tensors()) {
     auto fail = [&](const std::string& why) {
       return absl::InvalidArgumentError(
@@ -339,12 +330,72 @@ absl::StatusOr<ImportedAdapter> ImportPeftAdapter(torch::nn::Module& root, const
       return fail("not a LoRA factor (expected <module>.lora_A.weight or <module>.lora_B.weight)");
     }
     std::string module = absl::StrJoin(parts.begin(), factor_at, ".");
-    Factors& f = by_module[module];
+    AdapterFactors& f = by_module[module];
     (*factor_at == "lora_A" ? f.a : f.b) = &t;
   }
   if (by_module.empty())
     return absl::InvalidArgumentError(absl::StrCat(weights_path, ": holds no LoRA tensors"));
 
+  return by_module;
+}
+
+// Opens adapter_model.safetensors (with a clear message for pickle-only adapters).
+absl::StatusOr<std::unique_ptr<SafetensorsFile>> OpenAdapterWeights(const std::string& dir) {
+  const std::string weights_path = JoinPath(dir, kPeftWeightsFile);
+  if (!std::filesystem::exists(weights_path)) {
+    if (std::filesystem::exists(JoinPath(dir, "adapter_model.bin"))) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          dir, ": adapter_model.bin (pickle) is not supported; save the adapter with safe_serialization=True to get "
+               "adapter_model.safetensors"));
+    }
+    return absl::NotFoundError(absl::StrCat(weights_path, ": missing"));
+  }
+  return SafetensorsFile::Open(weights_path);
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<AdapterRecord>> ReadPeftAdapterRecords(const std::string& dir, PeftConfig* config_out) {
+  LORA_ASSIGN_OR_RETURN(PeftConfig config, ReadPeftConfig(dir));
+  const std::string weights_path = JoinPath(dir, kPeftWeightsFile);
+  LORA_ASSIGN_OR_RETURN(auto file, OpenAdapterWeights(dir));
+  LORA_ASSIGN_OR_RETURN(auto ranks, PatternMap<int64_t>::Create(config.lora.rank_pattern, "rank_pattern"));
+  LORA_ASSIGN_OR_RETURN(auto alphas, PatternMap<double>::Create(config.lora.alpha_pattern, "alpha_pattern"));
+  LORA_ASSIGN_OR_RETURN(auto by_module, GroupAdapterTensors(file.get(), weights_path));
+  std::vector<AdapterRecord> out;
+  for (const auto& [module, f] : by_module) {
+    if (f.a == nullptr || f.b == nullptr || f.a->shape.size() != 2 || f.b->shape.size() != 2 ||
+        f.b->shape[1] != f.a->shape[0]) {
+      return absl::InvalidArgumentError(absl::StrCat(weights_path, ": module '", module, "' has no matching lora_A/lora_B pair"));
+    }
+    AdapterRecord r;
+    r.module = module;
+    r.rank = f.a->shape[0];
+    if (ranks.Lookup(module).value_or(config.lora.rank) != r.rank) {
+      return absl::InvalidArgumentError(absl::StrCat(weights_path, ": module '", module, "': rank ", r.rank,
+                                                     " disagrees with adapter_config.json"));
+    }
+    r.alpha = alphas.Lookup(module).value_or(config.lora.alpha);
+    r.use_rslora = config.lora.use_rslora;
+    LORA_ASSIGN_OR_RETURN(r.a, ReadTensor(*file, *f.a, torch::kFloat32));
+    LORA_ASSIGN_OR_RETURN(r.b, ReadTensor(*file, *f.b, torch::kFloat32));
+    out.push_back(std::move(r));
+  }
+  if (config_out) *config_out = std::move(config);
+  return out;
+}
+
+absl::StatusOr<ImportedAdapter> ImportPeftAdapter(torch::nn::Module& root, const std::string& dir,
+                                                  torch::Dtype adapter_dtype) {
+  LORA_ASSIGN_OR_RETURN(PeftConfig config, ReadPeftConfig(dir));
+  const std::string weights_path = JoinPath(dir, kPeftWeightsFile);
+  LORA_ASSIGN_OR_RETURN(auto file, OpenAdapterWeights(dir));
+  LORA_ASSIGN_OR_RETURN(auto ranks,
+                        PatternMap<int64_t>::Create(config.lora.rank_pattern, "rank_pattern"));
+  LORA_ASSIGN_OR_RETURN(auto alphas,
+                        PatternMap<double>::Create(config.lora.alpha_pattern, "alpha_pattern"));
+
+  LORA_ASSIGN_OR_RETURN(auto by_module, GroupAdapterTensors(file.get(), weights_path));
   // Resolve and check every module before attaching anything.
   std::map<std::string, LinearImpl*> linears;
   for (const auto& item : root.named_modules("", false)) {

@@ -29,6 +29,27 @@ struct PeftExportOptions {
   std::string base_model_name_or_path;
 };
 
+// One module's adapter, independent of how the live model is laid out (a distributed run
+// gathers these from its shards).
+struct AdapterRecord {
+  std::string module;
+  int64_t rank = 0;
+  double alpha = 0;
+  bool use_rslora = false;
+  torch::Tensor a, b;  // [r, in], [out, r]
+};
+
+// Names of every module (with whether it is a Linear, and the output layer), so PEFT's module
+// selection can be checked against the adapted set.
+struct ModuleInfo {
+  std::string name;
+  bool is_linear = false;
+  bool is_output = false;
+};
+
+std::vector<AdapterRecord> AdapterRecords(const torch::nn::Module& root);
+std::vector<ModuleInfo> ListModules(const torch::nn::Module& root);
+
 // The PEFT tensor key of an adapter factor: ("model.layers.0.mlp.up_proj", 'A') ->
 // "base_model.model.model.layers.0.mlp.up_proj.lora_A.weight".
 std::string PeftTensorKey(const std::string& module_name, char factor);
@@ -45,6 +66,10 @@ absl::Status ExportPeftAdapter(const torch::nn::Module& root, const LoraConfig& 
 // Writes adapter_config.json + adapter_model.safetensors into an existing directory.
 absl::Status WritePeftAdapterFiles(const torch::nn::Module& root, const LoraConfig& config,
                                    const std::string& dir, const PeftExportOptions& options);
+absl::Status WritePeftAdapterFiles(const std::vector<AdapterRecord>& records, const std::vector<ModuleInfo>& modules,
+                                   const LoraConfig& config, const std::string& dir, const PeftExportOptions& options);
+absl::Status ExportPeftAdapter(const std::vector<AdapterRecord>& records, const std::vector<ModuleInfo>& modules,
+                               const LoraConfig& config, const std::string& dir, const PeftExportOptions& options);
 
 struct PeftConfig {
   LoraConfig lora;
@@ -58,6 +83,9 @@ struct ImportedAdapter {
   PeftConfig config;
   ConversionReport report;
 };
+
+// Reads an adapter directory as full-size records (fp32), without a model.
+absl::StatusOr<std::vector<AdapterRecord>> ReadPeftAdapterRecords(const std::string& dir, PeftConfig* config = nullptr);
 
 // Attaches (or fills already attached) adapters from `dir` to `root` and freezes the base.
 absl::StatusOr<ImportedAdapter> ImportPeftAdapter(torch::nn::Module& root, const std::string& dir,

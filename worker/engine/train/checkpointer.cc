@@ -74,9 +74,9 @@ absl::StatusOr<CheckpointInfo> SaveTrainingCheckpoint(const std::string& run_dir
   PeftExportOptions peft;
   peft.dtype = torch::kFloat32;  // exact master weights, so resuming is bitwise
   peft.base_model_name_or_path = c.base_model;
-  LORA_RETURN_IF_ERROR(WritePeftAdapterFiles(*c.model, *c.lora, JoinPath(dir, "adapter"), peft));
-  LORA_RETURN_IF_ERROR(WriteTensors(JoinPath(dir, "optimizer.safetensors"), c.optimizer->State(), torch::kFloat32,
-                                    {{"format", "pt"}, {"step", std::to_string(c.optimizer->step_count())}}));
+  LORA_RETURN_IF_ERROR(WritePeftAdapterFiles(c.adapters, c.modules, *c.lora, JoinPath(dir, "adapter"), peft));
+  LORA_RETURN_IF_ERROR(WriteTensors(JoinPath(dir, "optimizer.safetensors"), c.optimizer_state, torch::kFloat32,
+                                    {{"format", "pt"}, {"step", std::to_string(c.optimizer_step)}}));
   LORA_RETURN_IF_ERROR(WriteRngState(JoinPath(dir, "rng_state.safetensors")));
   LORA_RETURN_IF_ERROR(WriteFileAtomically(JoinPath(dir, kTrainerStateFile), c.trainer_state.dump(2) + "\n"));
 
@@ -117,8 +117,7 @@ absl::StatusOr<std::string> FindLatestCheckpoint(const std::string& dir) {
   return absl::NotFoundError(absl::StrCat(dir, ": no complete checkpoint (step-N directory with a manifest)"));
 }
 
-absl::StatusOr<nlohmann::json> RestoreTrainingCheckpoint(const std::string& step_dir, torch::nn::Module& model,
-                                                         AdamW& optimizer) {
+absl::StatusOr<LoadedCheckpoint> LoadTrainingCheckpoint(const std::string& step_dir) {
   LORA_ASSIGN_OR_RETURN(nlohmann::json manifest, ReadJsonFile(JoinPath(step_dir, kManifestFile)));
   if (!manifest.contains("files") || !manifest["files"].is_array()) {
     return absl::DataLossError(absl::StrCat(step_dir, "/manifest.json: missing files list"));
@@ -131,19 +130,44 @@ absl::StatusOr<nlohmann::json> RestoreTrainingCheckpoint(const std::string& step
       return absl::DataLossError(absl::StrCat(path, ": sha256 mismatch (checkpoint corrupt)"));
     }
   }
-  LORA_ASSIGN_OR_RETURN(nlohmann::json state, ReadJsonFile(JoinPath(step_dir, kTrainerStateFile)));
-  auto imported = ImportPeftAdapter(model, JoinPath(step_dir, "adapter"));
-  if (!imported.ok()) return imported.status();
+  LoadedCheckpoint out;
+  LORA_ASSIGN_OR_RETURN(out.trainer_state, ReadJsonFile(JoinPath(step_dir, kTrainerStateFile)));
+  LORA_ASSIGN_OR_RETURN(out.adapters, ReadPeftAdapterRecords(JoinPath(step_dir, "adapter")));
   LORA_ASSIGN_OR_RETURN(auto opt_file, SafetensorsFile::Open(JoinPath(step_dir, "optimizer.safetensors")));
-  NamedTensors moments;
   for (const TensorInfo& t : opt_file->tensors()) {
     LORA_ASSIGN_OR_RETURN(torch::Tensor v, ReadTensor(*opt_file, t, torch::kFloat32));
-    moments.emplace_back(t.name, v);
+    out.optimizer_state.emplace_back(t.name, v);
   }
-  int64_t opt_step = state.value("optimizer_step", state.value("step", int64_t{0}));
-  LORA_RETURN_IF_ERROR(optimizer.LoadState(moments, opt_step));
   LORA_RETURN_IF_ERROR(ReadRngState(JoinPath(step_dir, "rng_state.safetensors")));
-  return state;
+  return out;
+}
+
+absl::Status LoadAdapterRecords(torch::nn::Module& root, const std::vector<AdapterRecord>& records) {
+  std::map<std::string, LinearImpl*> linears;
+  for (const auto& [name, linear] : AdaptedLinears(root)) linears[name] = linear;
+  torch::NoGradGuard no_grad;
+  for (const AdapterRecord& r : records) {
+    auto it = linears.find(r.module);
+    if (it == linears.end()) {
+      return absl::FailedPreconditionError(absl::StrCat("checkpoint adapter for '", r.module, "' has no adapter in the model"));
+    }
+    LinearImpl* l = it->second;
+    if (l->lora_a->weight.sizes() != r.a.sizes() || l->lora_b->weight.sizes() != r.b.sizes()) {
+      return absl::FailedPreconditionError(absl::StrCat("checkpoint adapter for '", r.module, "' has another shape"));
+    }
+    l->lora_a->weight.copy_(r.a);
+    l->lora_b->weight.copy_(r.b);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<nlohmann::json> RestoreTrainingCheckpoint(const std::string& step_dir, torch::nn::Module& model,
+                                                         AdamW& optimizer) {
+  LORA_ASSIGN_OR_RETURN(LoadedCheckpoint c, LoadTrainingCheckpoint(step_dir));
+  LORA_RETURN_IF_ERROR(LoadAdapterRecords(model, c.adapters));
+  const int64_t step = c.trainer_state.value("optimizer_step", c.trainer_state.value("step", int64_t{0}));
+  LORA_RETURN_IF_ERROR(optimizer.LoadState(c.optimizer_state, step));
+  return c.trainer_state;
 }
 
 }  // namespace lora

@@ -19,6 +19,7 @@
 #include "absl/status/statusor.h"
 #include "nlohmann/json.hpp"
 #include "worker/engine/lora/converter.h"
+#include "worker/engine/lora/peft_adapter.h"
 #include "worker/engine/train/adamw.h"
 
 namespace lora {
@@ -35,11 +36,19 @@ struct CheckpointInfo {
 };
 
 struct CheckpointContents {
-  const torch::nn::Module* model = nullptr;
+  std::vector<AdapterRecord> adapters;  // full-size (gathered when the run is sharded)
+  std::vector<ModuleInfo> modules;
   const LoraConfig* lora = nullptr;
   std::string base_model;
-  const AdamW* optimizer = nullptr;
+  NamedTensors optimizer_state;  // AdamW moments of the full-size adapters
+  int64_t optimizer_step = 0;
   nlohmann::json trainer_state;  // must hold "step"
+};
+
+struct LoadedCheckpoint {
+  std::vector<AdapterRecord> adapters;
+  NamedTensors optimizer_state;
+  nlohmann::json trainer_state;
 };
 
 std::string CheckpointDirName(int64_t step);
@@ -52,9 +61,16 @@ absl::StatusOr<CheckpointInfo> SaveTrainingCheckpoint(const std::string& run_dir
 // complete step directory inside it.
 absl::StatusOr<std::string> FindLatestCheckpoint(const std::string& dir);
 
-// Verifies the manifest's digests, then loads adapter weights, optimizer moments and RNG state.
+// Verifies the manifest's digests, reads adapters and optimizer moments (full size), and restores
+// the RNG state.
+absl::StatusOr<LoadedCheckpoint> LoadTrainingCheckpoint(const std::string& step_dir);
+
+// Single process: LoadTrainingCheckpoint into `model` and `optimizer`.
 absl::StatusOr<nlohmann::json> RestoreTrainingCheckpoint(const std::string& step_dir, torch::nn::Module& model,
                                                          AdamW& optimizer);
+
+// Copies records into the adapters of `root` (same modules and shapes).
+absl::Status LoadAdapterRecords(torch::nn::Module& root, const std::vector<AdapterRecord>& records);
 
 }  // namespace lora
 

@@ -177,10 +177,12 @@ absl::StatusOr<TrainResult> RunTraining(const TrainerOptions& options) {
   double last_train_loss = std::nan("");
   auto save_checkpoint = [&](int64_t step) -> absl::Status {
     CheckpointContents c;
-    c.model = model.get();
+    c.adapters = AdapterRecords(*model);
+    c.modules = ListModules(*model);
     c.lora = &prepared.lora;
     c.base_model = prepared.base_source;
-    c.optimizer = &optimizer;
+    c.optimizer_state = optimizer.State();
+    c.optimizer_step = optimizer.step_count();
     c.trainer_state = {{"step", step},
                        {"optimizer_step", optimizer.step_count()},
                        {"tokens", tokens_seen},
