@@ -13,6 +13,7 @@
 #include "common/job_spec/job_spec.h"
 #include "worker/engine/cli/cli_common.h"
 #include "worker/engine/cli/job_file.h"
+#include "worker/engine/dist/dist_trainer.h"
 #include "worker/engine/lora/peft_adapter.h"
 #include "worker/engine/model/hf_checkpoint.h"
 #include "worker/engine/model/tensor_io.h"
@@ -42,7 +43,8 @@ struct RunOptions {
   bool quiet = false;
 };
 
-absl::Status RunConvertJob(const lora::v1::JobSpec& spec, const std::string& out, EventSink& events) {
+absl::Status RunConvertJob(const lora::v1::JobSpec& spec, const std::string& out,
+                           EventSink& events) {
   auto prepared = PrepareModel(spec);
   if (!prepared.ok()) return prepared.status();
   auto dtype = ParseFloatDtype(spec.checkpoint().export_dtype());
@@ -79,7 +81,8 @@ absl::Status RunMergeJob(const lora::v1::JobSpec& spec, const std::string& out, 
   s = SaveHfModel(*prepared->model, (*staged)->path(), save);
   if (s.ok()) s = (*staged)->Commit();
   if (!s.ok()) return s;
-  nlohmann::json summary = {{"merged_modules", prepared->report.modules.size()}, {"outputs", {{"merged", dir}}}};
+  nlohmann::json summary = {{"merged_modules", prepared->report.modules.size()},
+                            {"outputs", {{"merged", dir}}}};
   s = WriteFileAtomically(JoinPath(out, "summary.json"), summary.dump(2) + "\n");
   if (!s.ok()) return s;
   events.Emit("finished", summary, "merged checkpoint written to " + dir);
@@ -94,23 +97,31 @@ int RunJob(const RunOptions& o) {
   auto spec = LoadJobFile(o.job, o.overrides);
   if (!spec.ok()) return ReportError("run", spec.status());
   if (out.empty()) out = JoinPath("runs", spec->job().name().empty() ? "run" : spec->job().name());
-  if (absl::Status s = MakeDirectories(out); !s.ok()) return ReportError("run", s);
-  sink_options.path = o.events_file.empty() ? JoinPath(out, "events.jsonl") : o.events_file;
+  const char* rank_env = std::getenv("RANK");
+  const int my_rank = rank_env ? std::atoi(rank_env) : 0;
+  std::string rank_dir = out;
+  if (spec->resources().world_size() > 1 && my_rank > 0 && o.events_file.empty()) {
+    // Rank 0 owns the output directory (checkpoints, exports); other ranks log beside it.
+    rank_dir = JoinPath(out, absl::StrCat("rank-", my_rank));
+  }
+  if (absl::Status s = MakeDirectories(rank_dir); !s.ok()) return ReportError("run", s);
+  sink_options.path = o.events_file.empty() ? JoinPath(rank_dir, "events.jsonl") : o.events_file;
+  sink_options.human_log = !o.quiet && my_rank == 0;
   EventSink events(sink_options);
   auto fail = [&](const absl::Status& s) {
-    events.Emit("failed", {{"reason", std::string(s.message())}, {"code", absl::StatusCodeToString(s.code())}});
+    events.Emit("failed", {{"reason", std::string(s.message())},
+                           {"code", absl::StatusCodeToString(s.code())}});
     return ReportError("run", s);
   };
-  if (spec->resources().world_size() > 1) {
-    return fail(absl::UnimplementedError("resources.world_size > 1 needs the distributed engine (not built yet)"));
-  }
+  const int world = spec->resources().world_size();
   struct sigaction sa = {};
   sa.sa_handler = OnStopSignal;
   ::sigaction(SIGTERM, &sa, nullptr);
   ::sigaction(SIGINT, &sa, nullptr);
 
   const std::string spec_path = JoinPath(out, "job.toml");
-  if (absl::Status s = WriteFileAtomically(spec_path, JobSpecToToml(*spec)); !s.ok()) return fail(s);
+  if (absl::Status s = WriteFileAtomically(spec_path, JobSpecToToml(*spec)); !s.ok())
+    return fail(s);
   switch (spec->job().kind()) {
     case lora::v1::JOB_KIND_CONVERT:
       if (absl::Status s = RunConvertJob(*spec, out, events); !s.ok()) return fail(s);
@@ -129,7 +140,7 @@ int RunJob(const RunOptions& o) {
   t.stop_requested = &g_stop;
   absl::StatusOr<TrainResult> result;
   try {
-    result = RunTraining(t);
+    result = world > 1 ? dist::RunDistributedTraining(t) : RunTraining(t);
   } catch (const c10::Error& e) {
     result = absl::InternalError(absl::StrCat("LibTorch: ", e.what_without_backtrace()));
   } catch (const std::exception& e) {
@@ -143,12 +154,16 @@ int RunJob(const RunOptions& o) {
 
 void AddRunCommand(CLI::App& app, CommandRunner* runner) {
   auto o = std::make_shared<RunOptions>();
-  CLI::App* cmd = app.add_subcommand("run", "Run a job spec: LoRA training (or a convert / merge job)");
+  CLI::App* cmd =
+      app.add_subcommand("run", "Run a job spec: LoRA training (or a convert / merge job)");
   cmd->add_option("--job", o->job, "Job spec: TOML (.toml) or proto JSON (.json)")->required();
   cmd->add_option("--out", o->out, "Output directory (default runs/<job.name>)");
-  cmd->add_option("--resume", o->resume, "Continue from a checkpoint: run, checkpoints/ or step directory");
-  cmd->add_option("--events-fd", o->events_fd, "Also write JSON-line events to this file descriptor");
-  cmd->add_option("--events-file", o->events_file, "JSON-line events file (default <out>/events.jsonl)");
+  cmd->add_option("--resume", o->resume,
+                  "Continue from a checkpoint: run, checkpoints/ or step directory");
+  cmd->add_option("--events-fd", o->events_fd,
+                  "Also write JSON-line events to this file descriptor");
+  cmd->add_option("--events-file", o->events_file,
+                  "JSON-line events file (default <out>/events.jsonl)");
   cmd->add_option("--set", o->overrides, "Override a spec key: section.key=value (repeatable)");
   cmd->add_flag("--quiet", o->quiet, "No readable log on stderr");
   cmd->callback([o, runner] { *runner = [o] { return RunJob(*o); }; });

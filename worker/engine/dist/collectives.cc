@@ -9,7 +9,9 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-Group* GroupOf(AutogradContext* ctx) { return reinterpret_cast<Group*>(ctx->saved_data["group"].toInt()); }
+Group* GroupOf(AutogradContext* ctx) {
+  return reinterpret_cast<Group*>(ctx->saved_data["group"].toInt());
+}
 
 class CopyToGroupFn : public torch::autograd::Function<CopyToGroupFn> {
  public:
@@ -32,7 +34,9 @@ class ReduceFromGroupFn : public torch::autograd::Function<ReduceFromGroupFn> {
     reinterpret_cast<Group*>(group)->AllReduceSum(out);
     return out;
   }
-  static variable_list backward(AutogradContext*, variable_list g) { return {g[0], torch::Tensor()}; }
+  static variable_list backward(AutogradContext*, variable_list g) {
+    return {g[0], torch::Tensor()};
+  }
 };
 
 // Reorders the gathered [rank0 chunks | rank1 chunks | ...] into sequence order.
@@ -42,7 +46,8 @@ torch::Tensor ToSequenceOrder(const torch::Tensor& gathered, int cp) {
   for (int r = 0; r < cp; ++r) {
     std::vector<int64_t> order = LocalChunkOrder(cp, r);
     for (size_t i = 0; i < order.size(); ++i) {
-      by_position[static_cast<size_t>(order[i])] = gathered.narrow(1, (r * 2 + static_cast<int64_t>(i)) * chunk, chunk);
+      by_position[static_cast<size_t>(order[i])] =
+          gathered.narrow(1, (r * 2 + static_cast<int64_t>(i)) * chunk, chunk);
     }
   }
   return torch::cat(by_position, 1);

@@ -21,7 +21,8 @@ torch::Tensor ReduceFromGroup(const torch::Tensor& x, Group* group);
 // 2cp - 1 - c (so every rank gets the same causal work). These map between the layouts along
 // dim 1 ([B, T, ...]).
 std::vector<int64_t> LocalChunkOrder(int cp, int rank);
-torch::Tensor TakeLocalChunks(const torch::Tensor& full, int cp, int rank);   // [B, T] -> [B, T / cp]
+torch::Tensor TakeLocalChunks(const torch::Tensor& full, int cp,
+                              int rank);  // [B, T] -> [B, T / cp]
 // Differentiable: local [B, T/cp, ...] -> full [B, T, ...] in sequence order.
 torch::Tensor GatherSequence(const torch::Tensor& local, Group* cp_group);
 

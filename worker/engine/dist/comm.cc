@@ -1,9 +1,9 @@
 #include "worker/engine/dist/comm.h"
 
+#include <unistd.h>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
-#include <unistd.h>
 
 #include <cstdlib>
 #include <iostream>
@@ -23,11 +23,23 @@ std::string Env(const char* name, const std::string& fallback = "") {
 
 bool IsReduced(torch::Dtype d) { return d == torch::kFloat32 || d == torch::kFloat64; }
 
+// Gloo moves bytes for gathers and point-to-point, but only knows some dtypes: send 16-bit
+// floats as int16 (bit for bit).
+torch::Tensor AsTransferable(const torch::Tensor& t) {
+  return t.scalar_type() == torch::kBFloat16 || t.scalar_type() == torch::kFloat16
+             ? t.view(torch::kInt16)
+             : t;
+}
+
 }  // namespace
 
-Group::Group(c10::intrusive_ptr<c10d::ProcessGroup> pg, int rank, int size, std::chrono::milliseconds timeout,
-             std::vector<int> world_ranks)
-    : pg_(std::move(pg)), rank_(rank), size_(size), timeout_(timeout), world_ranks_(std::move(world_ranks)) {}
+Group::Group(c10::intrusive_ptr<c10d::ProcessGroup> pg, int rank, int size,
+             std::chrono::milliseconds timeout, std::vector<int> world_ranks)
+    : pg_(std::move(pg)),
+      rank_(rank),
+      size_(size),
+      timeout_(timeout),
+      world_ranks_(std::move(world_ranks)) {}
 
 void Group::Wait(c10::intrusive_ptr<c10d::Work> work, const char* what) {
   try {
@@ -39,7 +51,8 @@ void Group::Wait(c10::intrusive_ptr<c10d::Work> work, const char* what) {
 
 void Group::AllReduceSum(torch::Tensor& t) {
   if (size_ == 1) return;
-  torch::Tensor buf = IsReduced(t.scalar_type()) && t.is_contiguous() ? t : t.to(torch::kFloat32).contiguous();
+  torch::Tensor buf =
+      IsReduced(t.scalar_type()) && t.is_contiguous() ? t : t.to(torch::kFloat32).contiguous();
   std::vector<torch::Tensor> v = {buf};
   bytes_sent_ += 2 * (size_ - 1) * buf.numel() * buf.element_size() / size_;
   Wait(pg_->allreduce(v), "all-reduce");
@@ -48,13 +61,14 @@ void Group::AllReduceSum(torch::Tensor& t) {
 
 torch::Tensor Group::AllGather(const torch::Tensor& t, int64_t dim) {
   if (size_ == 1) return t;
-  torch::Tensor src = t.contiguous();
+  torch::Tensor src = AsTransferable(t.contiguous());
   std::vector<std::vector<torch::Tensor>> out(1);
   for (int i = 0; i < size_; ++i) out[0].push_back(torch::empty_like(src));
   std::vector<torch::Tensor> in = {src};
   bytes_sent_ += (size_ - 1) * src.numel() * src.element_size();
   Wait(pg_->allgather(out, in), "all-gather");
-  return torch::cat(out[0], dim);
+  torch::Tensor cat = torch::cat(out[0], dim);
+  return cat.scalar_type() == t.scalar_type() ? cat : cat.view(t.scalar_type());
 }
 
 torch::Tensor Group::ReduceScatterSum(const torch::Tensor& t, int64_t dim) {
@@ -68,7 +82,7 @@ torch::Tensor Group::ReduceScatterSum(const torch::Tensor& t, int64_t dim) {
 void Group::Broadcast(torch::Tensor& t, int root) {
   if (size_ == 1) return;
   torch::Tensor buf = t.is_contiguous() ? t : t.contiguous();
-  std::vector<torch::Tensor> v = {buf};
+  std::vector<torch::Tensor> v = {AsTransferable(buf)};
   c10d::BroadcastOptions opts;
   opts.rootRank = root;
   if (rank_ == root) bytes_sent_ += (size_ - 1) * buf.numel() * buf.element_size();
@@ -77,14 +91,14 @@ void Group::Broadcast(torch::Tensor& t, int root) {
 }
 
 void Group::Send(const torch::Tensor& t, int dst, int tag) {
-  torch::Tensor buf = t.contiguous();
+  torch::Tensor buf = AsTransferable(t.contiguous());
   std::vector<torch::Tensor> v = {buf};
   bytes_sent_ += buf.numel() * buf.element_size();
   pending_sends_.emplace_back(pg_->send(v, dst, tag), buf);
 }
 
 void Group::Recv(torch::Tensor& t, int src, int tag) {
-  std::vector<torch::Tensor> v = {t};
+  std::vector<torch::Tensor> v = {AsTransferable(t)};
   Wait(pg_->recv(v, src, tag), "receive");
 }
 
@@ -98,17 +112,21 @@ void Group::Barrier() {
   Wait(pg_->barrier(), "barrier");
 }
 
-absl::StatusOr<std::unique_ptr<DistContext>> DistContext::Init(const MeshShape& shape, const DistOptions& options) {
+absl::StatusOr<std::unique_ptr<DistContext>> DistContext::Init(const MeshShape& shape,
+                                                               const DistOptions& options) {
   int rank = 0, world = 1, port = 29500;
-  if (!absl::SimpleAtoi(Env("RANK", "0"), &rank) || !absl::SimpleAtoi(Env("WORLD_SIZE", "1"), &world) ||
+  if (!absl::SimpleAtoi(Env("RANK", "0"), &rank) ||
+      !absl::SimpleAtoi(Env("WORLD_SIZE", "1"), &world) ||
       !absl::SimpleAtoi(Env("MASTER_PORT", "29500"), &port)) {
     return absl::InvalidArgumentError("RANK, WORLD_SIZE and MASTER_PORT must be integers");
   }
   if (world != shape.world()) {
-    return absl::InvalidArgumentError(absl::StrCat("WORLD_SIZE=", world, " but the parallelism in the job spec (",
-                                                   shape.ToString(), ") needs ", shape.world(), " ranks"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("WORLD_SIZE=", world, " but the parallelism in the job spec (",
+                     shape.ToString(), ") needs ", shape.world(), " ranks"));
   }
-  if (rank < 0 || rank >= world) return absl::InvalidArgumentError(absl::StrCat("RANK=", rank, " outside [0, ", world, ")"));
+  if (rank < 0 || rank >= world)
+    return absl::InvalidArgumentError(absl::StrCat("RANK=", rank, " outside [0, ", world, ")"));
   const std::string master = Env("MASTER_ADDR", "127.0.0.1");
   c10::intrusive_ptr<c10d::Store> store;
   try {
@@ -120,8 +138,8 @@ absl::StatusOr<std::unique_ptr<DistContext>> DistContext::Init(const MeshShape& 
     so.timeout = options.timeout;
     store = c10::make_intrusive<c10d::TCPStore>(master, so);
   } catch (const std::exception& e) {
-    return absl::UnavailableError(absl::StrCat("rank ", rank, ": rendezvous with ", master, ":", port,
-                                               " failed: ", e.what()));
+    return absl::UnavailableError(absl::StrCat("rank ", rank, ": rendezvous with ", master, ":",
+                                               port, " failed: ", e.what()));
   }
   auto ctx = std::unique_ptr<DistContext>(new DistContext(rank, world, shape, options, store));
   ctx->watchdog_ = std::thread([c = ctx.get()] { c->Watchdog(); });
@@ -130,11 +148,23 @@ absl::StatusOr<std::unique_ptr<DistContext>> DistContext::Init(const MeshShape& 
 
 DistContext::DistContext(int rank, int world, MeshShape shape, DistOptions options,
                          c10::intrusive_ptr<c10d::Store> store)
-    : rank_(rank), world_(world), mesh_(shape), coord_(mesh_.Coord(rank)), options_(options), store_(std::move(store)) {}
+    : rank_(rank),
+      world_(world),
+      mesh_(shape),
+      coord_(mesh_.Coord(rank)),
+      options_(options),
+      store_(std::move(store)) {}
 
-DistContext::~DistContext() {
-  stop_ = true;
+DistContext::~DistContext() { Shutdown(); }
+
+void DistContext::Shutdown() {
+  if (stop_.exchange(true)) return;
   if (watchdog_.joinable()) watchdog_.join();
+  // Rank 0 hosts the store: nobody may leave while others still use it.
+  try {
+    world_group().Barrier();
+  } catch (...) {
+  }
   groups_.clear();
 }
 
@@ -143,23 +173,28 @@ Group& DistContext::group(const std::vector<Dim>& dims) {
   auto it = groups_.find(name);
   if (it != groups_.end()) return *it->second;
   std::vector<int> members = mesh_.GroupOf(rank_, dims);
-  const int index = static_cast<int>(std::find(members.begin(), members.end(), rank_) - members.begin());
+  const int index =
+      static_cast<int>(std::find(members.begin(), members.end(), rank_) - members.begin());
   c10::intrusive_ptr<c10d::ProcessGroup> pg;
   if (members.size() > 1) {
     auto opts = c10d::ProcessGroupGloo::Options::create(options_.timeout);
-    const std::string host = Env("LORA_GLOO_HOSTNAME", Env("MASTER_ADDR", "127.0.0.1") == "127.0.0.1" ||
-                                                               Env("MASTER_ADDR", "127.0.0.1") == "localhost"
-                                                           ? "127.0.0.1"
-                                                           : "");
+    const std::string host =
+        Env("LORA_GLOO_HOSTNAME", Env("MASTER_ADDR", "127.0.0.1") == "127.0.0.1" ||
+                                          Env("MASTER_ADDR", "127.0.0.1") == "localhost"
+                                      ? "127.0.0.1"
+                                      : "");
     const std::string ifname = Env("GLOO_SOCKET_IFNAME");
-    opts->devices.push_back(!ifname.empty()  ? c10d::ProcessGroupGloo::createDeviceForInterface(ifname)
+    opts->devices.push_back(!ifname.empty()
+                                ? c10d::ProcessGroupGloo::createDeviceForInterface(ifname)
                             : !host.empty() ? c10d::ProcessGroupGloo::createDeviceForHostname(host)
                                             : c10d::ProcessGroupGloo::createDefaultDevice());
     opts->threads = 2;
     auto prefixed = c10::make_intrusive<c10d::PrefixStore>(name, store_);
-    pg = c10::make_intrusive<c10d::ProcessGroupGloo>(prefixed, index, static_cast<int>(members.size()), opts);
+    pg = c10::make_intrusive<c10d::ProcessGroupGloo>(prefixed, index,
+                                                     static_cast<int>(members.size()), opts);
   }
-  auto g = std::make_unique<Group>(pg, index, static_cast<int>(members.size()), options_.timeout, members);
+  auto g = std::make_unique<Group>(pg, index, static_cast<int>(members.size()), options_.timeout,
+                                   members);
   Group& ref = *g;
   groups_[name] = std::move(g);
   return ref;
@@ -189,18 +224,20 @@ void DistContext::Watchdog() {
   // Another rank's failure stops this one within a second, with that rank's reason, instead of
   // leaving it blocked in a collective until the timeout.
   while (!stop_) {
-    for (int i = 0; i < 10 && !stop_; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    for (int i = 0; i < 10 && !stop_; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
     if (stop_) return;
     try {
       if (store_->check({kAbortKey})) {
         std::vector<uint8_t> v = store_->get(kAbortKey);
-        std::cerr << "lora-train: rank " << rank_ << " stopping: " << std::string(v.begin(), v.end()) << std::endl;
+        std::cerr << "lora-train: rank " << rank_
+                  << " stopping: " << std::string(v.begin(), v.end()) << std::endl;
         ::_exit(1);
       }
     } catch (const std::exception& e) {
       if (stop_) return;
-      std::cerr << "lora-train: rank " << rank_ << " lost the rendezvous store on rank 0 (" << e.what()
-                << "); rank 0 is gone" << std::endl;
+      std::cerr << "lora-train: rank " << rank_ << " lost the rendezvous store on rank 0 ("
+                << e.what() << "); rank 0 is gone" << std::endl;
       ::_exit(1);
     }
   }

@@ -3,8 +3,8 @@
 // rendezvouses through. Collectives Gloo lacks (reduce-scatter, bf16 reduction) are built from
 // the ones it has.
 //
-//   LORA_ASSIGN_OR_RETURN(auto ctx, DistContext::Init(shape, {.timeout = std::chrono::seconds(60)}));
-//   ctx->group(Dim::kShard).AllReduceSum(t);
+//   LORA_ASSIGN_OR_RETURN(auto ctx, DistContext::Init(shape, {.timeout =
+//   std::chrono::seconds(60)})); ctx->group(Dim::kShard).AllReduceSum(t);
 #ifndef LORA_WORKER_ENGINE_DIST_COMM_H_
 #define LORA_WORKER_ENGINE_DIST_COMM_H_
 
@@ -32,8 +32,8 @@ namespace lora::dist {
 // A set of ranks that communicate. Size 1 groups make every collective a no-op.
 class Group {
  public:
-  Group(c10::intrusive_ptr<c10d::ProcessGroup> pg, int rank, int size, std::chrono::milliseconds timeout,
-        std::vector<int> world_ranks);
+  Group(c10::intrusive_ptr<c10d::ProcessGroup> pg, int rank, int size,
+        std::chrono::milliseconds timeout, std::vector<int> world_ranks);
   int rank() const { return rank_; }
   int size() const { return size_; }
   const std::vector<int>& world_ranks() const { return world_ranks_; }
@@ -71,7 +71,8 @@ struct DistOptions {
 class DistContext {
  public:
   // Reads RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT; world_size must equal shape.world().
-  static absl::StatusOr<std::unique_ptr<DistContext>> Init(const MeshShape& shape, const DistOptions& options);
+  static absl::StatusOr<std::unique_ptr<DistContext>> Init(const MeshShape& shape,
+                                                           const DistOptions& options);
   ~DistContext();
 
   int rank() const { return rank_; }
@@ -84,11 +85,15 @@ class DistContext {
   Group& world_group();
   int64_t TotalBytesSent() const;
 
+  // Stops the watchdog and waits for every rank (rank 0 hosts the store), then closes groups.
+  void Shutdown();
+
   // Tells every rank to stop (they exit within a second with `reason`) and exits.
   [[noreturn]] void Abort(const std::string& reason);
 
  private:
-  DistContext(int rank, int world, MeshShape shape, DistOptions options, c10::intrusive_ptr<c10d::Store> store);
+  DistContext(int rank, int world, MeshShape shape, DistOptions options,
+              c10::intrusive_ptr<c10d::Store> store);
   void Watchdog();
 
   int rank_, world_;

@@ -8,17 +8,23 @@ namespace lora::dist {
 
 int MeshShape::size(Dim d) const {
   switch (d) {
-    case Dim::kPp: return pp;
-    case Dim::kReplicate: return replicate;
-    case Dim::kShard: return shard;
-    case Dim::kCp: return cp;
-    case Dim::kTp: return tp;
+    case Dim::kPp:
+      return pp;
+    case Dim::kReplicate:
+      return replicate;
+    case Dim::kShard:
+      return shard;
+    case Dim::kCp:
+      return cp;
+    case Dim::kTp:
+      return tp;
   }
   return 1;
 }
 
 std::string MeshShape::ToString() const {
-  return absl::StrCat("pp", pp, " x replicate", replicate, " x shard", shard, " x cp", cp, " x tp", tp);
+  return absl::StrCat("pp", pp, " x replicate", replicate, " x shard", shard, " x cp", cp, " x tp",
+                      tp);
 }
 
 MeshCoord Mesh::Coord(int rank) const {
@@ -33,7 +39,8 @@ MeshCoord Mesh::Coord(int rank) const {
 
 int Mesh::Rank(const MeshCoord& coord) const {
   int rank = 0;
-  for (int d = 0; d < kDims; ++d) rank = rank * shape_.size(static_cast<Dim>(d)) + coord.c[static_cast<size_t>(d)];
+  for (int d = 0; d < kDims; ++d)
+    rank = rank * shape_.size(static_cast<Dim>(d)) + coord.c[static_cast<size_t>(d)];
   return rank;
 }
 
@@ -66,7 +73,8 @@ std::string Mesh::GroupName(int rank, const std::vector<Dim>& dims) const {
   std::string name = "g";
   for (int d = 0; d < kDims; ++d) {
     const bool varies = std::find(dims.begin(), dims.end(), static_cast<Dim>(d)) != dims.end();
-    absl::StrAppend(&name, "/", kNames[d], varies ? std::string("*") : std::to_string(c.c[static_cast<size_t>(d)]));
+    absl::StrAppend(&name, "/", kNames[d],
+                    varies ? std::string("*") : std::to_string(c.c[static_cast<size_t>(d)]));
   }
   return name;
 }

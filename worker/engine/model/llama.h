@@ -19,8 +19,8 @@
 #include <functional>
 #include <memory>
 
-#include "worker/engine/lora/linear.h"
 #include "common/llama_config.h"
+#include "worker/engine/lora/linear.h"
 
 namespace lora {
 
@@ -139,10 +139,12 @@ class LlamaModelImpl : public torch::nn::Module {
   torch::Tensor forward(const ForwardInputs& inputs);
   // The pieces of forward, for pipeline stages: token embedding, layers [first, last), final norm.
   torch::Tensor Embed(const torch::Tensor& input_ids);
-  torch::Tensor RunLayers(torch::Tensor h, const AttentionContext& ctx, int64_t first, int64_t last);
+  torch::Tensor RunLayers(torch::Tensor h, const AttentionContext& ctx, int64_t first,
+                          int64_t last);
   // Wraps every layer call (FSDP); with activation checkpointing the hooks also run around
   // the recomputation.
   void SetLayerHooks(std::shared_ptr<LayerHooks> hooks) { layer_hooks_ = std::move(hooks); }
+  const torch::Tensor& inv_freq() const { return inv_freq_; }
 
   AttentionContext MakeAttentionContext(const ForwardInputs& inputs, torch::Dtype dtype) const;
   // Recompute each layer in the backward pass instead of keeping its activations.
