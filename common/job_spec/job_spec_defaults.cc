@@ -73,6 +73,7 @@ void ApplyJobSpecDefaults(lora::v1::JobSpec* spec) {
   auto* res = spec->mutable_resources();
   if (!res->has_world_size()) res->set_world_size(1);
   if (res->device().empty()) res->set_device("cpu");
+  if (!res->has_collective_timeout_seconds()) res->set_collective_timeout_seconds(300);
 }
 
 }  // namespace lora

@@ -33,7 +33,8 @@ int LineOf(const toml::value& v) { return static_cast<int>(v.location().line());
 
 absl::Status KeyError(const ParseContext& ctx, const toml::value& v, const std::string& path,
                       const std::string& rule) {
-  return absl::InvalidArgumentError(absl::StrCat(ctx.source, ":", LineOf(v), ": ", path, ": ", rule));
+  return absl::InvalidArgumentError(
+      absl::StrCat(ctx.source, ":", LineOf(v), ": ", path, ": ", rule));
 }
 
 const char* TomlTypeName(const toml::value& v) {
@@ -74,24 +75,38 @@ absl::Status SetScalar(const ParseContext& ctx, const toml::value& v, pb::Messag
       const auto t = f->cpp_type();
       if ((t == pb::FieldDescriptor::CPPTYPE_INT32 &&
            (x < std::numeric_limits<int32_t>::min() || x > std::numeric_limits<int32_t>::max())) ||
-          (t == pb::FieldDescriptor::CPPTYPE_UINT32 && (x < 0 || x > std::numeric_limits<uint32_t>::max())) ||
+          (t == pb::FieldDescriptor::CPPTYPE_UINT32 &&
+           (x < 0 || x > std::numeric_limits<uint32_t>::max())) ||
           (t == pb::FieldDescriptor::CPPTYPE_UINT64 && x < 0)) {
         return KeyError(ctx, v, path, absl::StrCat("value ", x, " is out of range"));
       }
-      if (t == pb::FieldDescriptor::CPPTYPE_INT32) rep ? r->AddInt32(msg, f, static_cast<int32_t>(x)) : r->SetInt32(msg, f, static_cast<int32_t>(x));
-      if (t == pb::FieldDescriptor::CPPTYPE_INT64) rep ? r->AddInt64(msg, f, x) : r->SetInt64(msg, f, x);
-      if (t == pb::FieldDescriptor::CPPTYPE_UINT32) rep ? r->AddUInt32(msg, f, static_cast<uint32_t>(x)) : r->SetUInt32(msg, f, static_cast<uint32_t>(x));
-      if (t == pb::FieldDescriptor::CPPTYPE_UINT64) rep ? r->AddUInt64(msg, f, static_cast<uint64_t>(x)) : r->SetUInt64(msg, f, static_cast<uint64_t>(x));
+      if (t == pb::FieldDescriptor::CPPTYPE_INT32)
+        rep ? r->AddInt32(msg, f, static_cast<int32_t>(x))
+            : r->SetInt32(msg, f, static_cast<int32_t>(x));
+      if (t == pb::FieldDescriptor::CPPTYPE_INT64)
+        rep ? r->AddInt64(msg, f, x) : r->SetInt64(msg, f, x);
+      if (t == pb::FieldDescriptor::CPPTYPE_UINT32)
+        rep ? r->AddUInt32(msg, f, static_cast<uint32_t>(x))
+            : r->SetUInt32(msg, f, static_cast<uint32_t>(x));
+      if (t == pb::FieldDescriptor::CPPTYPE_UINT64)
+        rep ? r->AddUInt64(msg, f, static_cast<uint64_t>(x))
+            : r->SetUInt64(msg, f, static_cast<uint64_t>(x));
       return absl::OkStatus();
     }
     case pb::FieldDescriptor::CPPTYPE_DOUBLE:
     case pb::FieldDescriptor::CPPTYPE_FLOAT: {
       double x;
-      if (v.is_floating()) x = v.as_floating();
-      else if (v.is_integer()) x = static_cast<double>(v.as_integer());
-      else return type_error("a number");
-      if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_DOUBLE) rep ? r->AddDouble(msg, f, x) : r->SetDouble(msg, f, x);
-      else rep ? r->AddFloat(msg, f, static_cast<float>(x)) : r->SetFloat(msg, f, static_cast<float>(x));
+      if (v.is_floating())
+        x = v.as_floating();
+      else if (v.is_integer())
+        x = static_cast<double>(v.as_integer());
+      else
+        return type_error("a number");
+      if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_DOUBLE)
+        rep ? r->AddDouble(msg, f, x) : r->SetDouble(msg, f, x);
+      else
+        rep ? r->AddFloat(msg, f, static_cast<float>(x))
+            : r->SetFloat(msg, f, static_cast<float>(x));
       return absl::OkStatus();
     }
     case pb::FieldDescriptor::CPPTYPE_BOOL:
@@ -106,13 +121,16 @@ absl::Status SetScalar(const ParseContext& ctx, const toml::value& v, pb::Messag
       if (!v.is_string()) return type_error("a string");
       const std::string name = v.as_string().str;
       const pb::EnumDescriptor* e = f->enum_type();
-      const pb::EnumValueDescriptor* ev = e->FindValueByName(EnumPrefix(e) + absl::AsciiStrToUpper(name));
+      const pb::EnumValueDescriptor* ev =
+          e->FindValueByName(EnumPrefix(e) + absl::AsciiStrToUpper(name));
       if (ev == nullptr || ev->number() == 0) {
         std::vector<std::string> allowed;
         for (int i = 1; i < e->value_count(); ++i) {
-          allowed.push_back(absl::AsciiStrToLower(e->value(i)->name().substr(EnumPrefix(e).size())));
+          allowed.push_back(
+              absl::AsciiStrToLower(e->value(i)->name().substr(EnumPrefix(e).size())));
         }
-        return KeyError(ctx, v, path, absl::StrCat("'", name, "' is not one of ", absl::StrJoin(allowed, ", ")));
+        return KeyError(ctx, v, path,
+                        absl::StrCat("'", name, "' is not one of ", absl::StrJoin(allowed, ", ")));
       }
       rep ? r->AddEnum(msg, f, ev) : r->SetEnum(msg, f, ev);
       return absl::OkStatus();
@@ -127,7 +145,8 @@ absl::Status SetField(const ParseContext& ctx, const toml::value& v, pb::Message
   const pb::Reflection* r = section->GetReflection();
   ctx.out->lines[path] = LineOf(v);
   if (f->is_map()) {
-    if (!v.is_table()) return KeyError(ctx, v, path, absl::StrCat("expected a table, got ", TomlTypeName(v)));
+    if (!v.is_table())
+      return KeyError(ctx, v, path, absl::StrCat("expected a table, got ", TomlTypeName(v)));
     r->ClearField(section, f);
     std::vector<std::string> keys;
     for (const auto& kv : v.as_table()) keys.push_back(kv.first);
@@ -137,21 +156,24 @@ absl::Status SetField(const ParseContext& ctx, const toml::value& v, pb::Message
       const pb::FieldDescriptor* kf = entry->GetDescriptor()->FindFieldByName("key");
       const pb::FieldDescriptor* vf = entry->GetDescriptor()->FindFieldByName("value");
       entry->GetReflection()->SetString(entry, kf, key);
-      LORA_RETURN_IF_ERROR(SetScalar(ctx, v.as_table().at(key), entry, vf, absl::StrCat(path, ".", key)));
+      LORA_RETURN_IF_ERROR(
+          SetScalar(ctx, v.as_table().at(key), entry, vf, absl::StrCat(path, ".", key)));
     }
     return absl::OkStatus();
   }
   if (f->is_repeated()) {
     if (v.is_string() && f->cpp_type() == pb::FieldDescriptor::CPPTYPE_STRING) {
       // PEFT convention: a string instead of a list is a full-match regex.
-      const pb::FieldDescriptor* regex = section->GetDescriptor()->FindFieldByName(f->name() + kRegexSuffix);
+      const pb::FieldDescriptor* regex =
+          section->GetDescriptor()->FindFieldByName(f->name() + kRegexSuffix);
       if (regex != nullptr) {
         r->ClearField(section, f);
         r->SetString(section, regex, v.as_string().str);
         return absl::OkStatus();
       }
     }
-    if (!v.is_array()) return KeyError(ctx, v, path, absl::StrCat("expected an array, got ", TomlTypeName(v)));
+    if (!v.is_array())
+      return KeyError(ctx, v, path, absl::StrCat("expected an array, got ", TomlTypeName(v)));
     r->ClearField(section, f);
     const auto& arr = v.as_array();
     for (size_t i = 0; i < arr.size(); ++i) {
@@ -159,7 +181,8 @@ absl::Status SetField(const ParseContext& ctx, const toml::value& v, pb::Message
     }
     return absl::OkStatus();
   }
-  if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_MESSAGE) return KeyError(ctx, v, path, "unexpected nested table");
+  if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_MESSAGE)
+    return KeyError(ctx, v, path, "unexpected nested table");
   return SetScalar(ctx, v, section, f, path);
 }
 
@@ -184,10 +207,12 @@ absl::Status FillSpec(const ParseContext& ctx, const toml::value& root, JobSpec*
     const pb::FieldDescriptor* sf = d->FindFieldByName(section_name);
     if (sf == nullptr || sf->cpp_type() != pb::FieldDescriptor::CPPTYPE_MESSAGE) {
       return KeyError(ctx, section_value, section_name,
-                      absl::StrCat("unknown section; expected one of [", absl::StrJoin(FieldNames(d), "], ["), "]"));
+                      absl::StrCat("unknown section; expected one of [",
+                                   absl::StrJoin(FieldNames(d), "], ["), "]"));
     }
     if (!section_value.is_table()) {
-      return KeyError(ctx, section_value, section_name, absl::StrCat("expected a table, got ", TomlTypeName(section_value)));
+      return KeyError(ctx, section_value, section_name,
+                      absl::StrCat("expected a table, got ", TomlTypeName(section_value)));
     }
     ctx.out->lines[section_name] = LineOf(section_value);
     pb::Message* section = r->MutableMessage(spec, sf);
@@ -197,7 +222,8 @@ absl::Status FillSpec(const ParseContext& ctx, const toml::value& root, JobSpec*
       const pb::FieldDescriptor* f = section->GetDescriptor()->FindFieldByName(key);
       if (f == nullptr) {
         return KeyError(ctx, v, path,
-                        absl::StrCat("unknown key; [", section_name, "] takes ", absl::StrJoin(FieldNames(section->GetDescriptor()), ", ")));
+                        absl::StrCat("unknown key; [", section_name, "] takes ",
+                                     absl::StrJoin(FieldNames(section->GetDescriptor()), ", ")));
       }
       LORA_RETURN_IF_ERROR(SetField(ctx, v, section, f, path));
     }
@@ -209,11 +235,21 @@ std::string TomlString(const std::string& s) {
   std::string out = "\"";
   for (unsigned char c : s) {
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\t': out += "\\t"; break;
-      case '\r': out += "\\r"; break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
       default:
         if (c < 0x20 || c == 0x7f) {
           char buf[8];
@@ -250,19 +286,30 @@ std::string ScalarToToml(const pb::Message& msg, const pb::FieldDescriptor* f, i
   const pb::Reflection* r = msg.GetReflection();
   const bool rep = index >= 0;
   switch (f->cpp_type()) {
-    case pb::FieldDescriptor::CPPTYPE_INT32: return absl::StrCat(rep ? r->GetRepeatedInt32(msg, f, index) : r->GetInt32(msg, f));
-    case pb::FieldDescriptor::CPPTYPE_INT64: return absl::StrCat(rep ? r->GetRepeatedInt64(msg, f, index) : r->GetInt64(msg, f));
-    case pb::FieldDescriptor::CPPTYPE_UINT32: return absl::StrCat(rep ? r->GetRepeatedUInt32(msg, f, index) : r->GetUInt32(msg, f));
-    case pb::FieldDescriptor::CPPTYPE_UINT64: return absl::StrCat(rep ? r->GetRepeatedUInt64(msg, f, index) : r->GetUInt64(msg, f));
-    case pb::FieldDescriptor::CPPTYPE_DOUBLE: return TomlDouble(rep ? r->GetRepeatedDouble(msg, f, index) : r->GetDouble(msg, f));
-    case pb::FieldDescriptor::CPPTYPE_FLOAT: return TomlDouble(rep ? r->GetRepeatedFloat(msg, f, index) : r->GetFloat(msg, f));
-    case pb::FieldDescriptor::CPPTYPE_BOOL: return (rep ? r->GetRepeatedBool(msg, f, index) : r->GetBool(msg, f)) ? "true" : "false";
-    case pb::FieldDescriptor::CPPTYPE_STRING: return TomlString(rep ? r->GetRepeatedString(msg, f, index) : r->GetString(msg, f));
+    case pb::FieldDescriptor::CPPTYPE_INT32:
+      return absl::StrCat(rep ? r->GetRepeatedInt32(msg, f, index) : r->GetInt32(msg, f));
+    case pb::FieldDescriptor::CPPTYPE_INT64:
+      return absl::StrCat(rep ? r->GetRepeatedInt64(msg, f, index) : r->GetInt64(msg, f));
+    case pb::FieldDescriptor::CPPTYPE_UINT32:
+      return absl::StrCat(rep ? r->GetRepeatedUInt32(msg, f, index) : r->GetUInt32(msg, f));
+    case pb::FieldDescriptor::CPPTYPE_UINT64:
+      return absl::StrCat(rep ? r->GetRepeatedUInt64(msg, f, index) : r->GetUInt64(msg, f));
+    case pb::FieldDescriptor::CPPTYPE_DOUBLE:
+      return TomlDouble(rep ? r->GetRepeatedDouble(msg, f, index) : r->GetDouble(msg, f));
+    case pb::FieldDescriptor::CPPTYPE_FLOAT:
+      return TomlDouble(rep ? r->GetRepeatedFloat(msg, f, index) : r->GetFloat(msg, f));
+    case pb::FieldDescriptor::CPPTYPE_BOOL:
+      return (rep ? r->GetRepeatedBool(msg, f, index) : r->GetBool(msg, f)) ? "true" : "false";
+    case pb::FieldDescriptor::CPPTYPE_STRING:
+      return TomlString(rep ? r->GetRepeatedString(msg, f, index) : r->GetString(msg, f));
     case pb::FieldDescriptor::CPPTYPE_ENUM: {
-      const pb::EnumValueDescriptor* ev = rep ? r->GetRepeatedEnum(msg, f, index) : r->GetEnum(msg, f);
-      return TomlString(absl::AsciiStrToLower(ev->name().substr(EnumPrefix(f->enum_type()).size())));
+      const pb::EnumValueDescriptor* ev =
+          rep ? r->GetRepeatedEnum(msg, f, index) : r->GetEnum(msg, f);
+      return TomlString(
+          absl::AsciiStrToLower(ev->name().substr(EnumPrefix(f->enum_type()).size())));
     }
-    default: return "\"?\"";
+    default:
+      return "\"?\"";
   }
 }
 
@@ -284,7 +331,8 @@ absl::StatusOr<ParsedJobSpec> ParseJobSpecToml(const std::string& text, const st
   } catch (const std::exception& e) {
     return absl::InvalidArgumentError(absl::StrCat(source, ": invalid TOML: ", e.what()));
   }
-  if (!root.is_table()) return absl::InvalidArgumentError(absl::StrCat(source, ": not a TOML document"));
+  if (!root.is_table())
+    return absl::InvalidArgumentError(absl::StrCat(source, ": not a TOML document"));
   ParseContext ctx{source, &parsed};
   LORA_RETURN_IF_ERROR(FillSpec(ctx, root, &parsed.spec));
   return parsed;
@@ -311,7 +359,8 @@ std::string JobSpecToToml(const JobSpec& spec) {
         const std::string base = key.substr(0, key.size() - strlen(kRegexSuffix));
         const pb::FieldDescriptor* list = section.GetDescriptor()->FindFieldByName(base);
         if (list != nullptr && list->is_repeated()) {
-          if (!r->GetString(section, f).empty()) absl::StrAppend(&body, base, " = ", ScalarToToml(section, f, -1), "\n");
+          if (!r->GetString(section, f).empty())
+            absl::StrAppend(&body, base, " = ", ScalarToToml(section, f, -1), "\n");
           continue;
         }
       }
@@ -348,16 +397,31 @@ absl::Status ApplyOverride(const std::string& assignment, JobSpec* spec) {
   const size_t eq = assignment.find('=');
   const size_t dot = assignment.find('.');
   if (eq == std::string::npos || dot == std::string::npos || dot > eq) {
-    return absl::InvalidArgumentError(absl::StrCat("--set ", assignment, ": expected section.key=value"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--set ", assignment, ": expected section.key=value"));
   }
   const std::string section = std::string(absl::StripAsciiWhitespace(assignment.substr(0, dot)));
-  const std::string key = std::string(absl::StripAsciiWhitespace(assignment.substr(dot + 1, eq - dot - 1)));
+  const std::string key =
+      std::string(absl::StripAsciiWhitespace(assignment.substr(dot + 1, eq - dot - 1)));
   std::string value = std::string(absl::StripAsciiWhitespace(assignment.substr(eq + 1)));
-  // Bare words are strings: --set training.mixed_precision=none.
-  const bool bare = !value.empty() && (absl::ascii_isalpha(value[0]) || value[0] == '/' || value[0] == '.') &&
-                    value != "true" && value != "false" && value != "inf" && value != "nan";
+  // Bare words are strings: --set training.mixed_precision=none. A string field takes any
+  // unquoted value as it is (--set parallelism.pipeline_parallel_schedule=1F1B).
+  const pb::FieldDescriptor* target = nullptr;
+  if (const pb::FieldDescriptor* sf = spec->GetDescriptor()->FindFieldByName(section);
+      sf != nullptr && sf->message_type() != nullptr) {
+    target = sf->message_type()->FindFieldByName(key);
+  }
+  const bool string_field = target != nullptr && !target->is_repeated() &&
+                            (target->cpp_type() == pb::FieldDescriptor::CPPTYPE_STRING ||
+                             target->cpp_type() == pb::FieldDescriptor::CPPTYPE_ENUM);
+  const bool quoted = !value.empty() && (value[0] == '"' || value[0] == '\'');
+  const bool bare =
+      !value.empty() && !quoted &&
+      (string_field || absl::ascii_isalpha(value[0]) || value[0] == '/' || value[0] == '.') &&
+      value != "true" && value != "false" && value != "inf" && value != "nan";
   if (bare) value = TomlString(value);
-  auto parsed = ParseJobSpecToml(absl::StrCat("[", section, "]\n", key, " = ", value, "\n"), "--set " + assignment);
+  auto parsed = ParseJobSpecToml(absl::StrCat("[", section, "]\n", key, " = ", value, "\n"),
+                                 "--set " + assignment);
   if (!parsed.ok()) return parsed.status();
   const pb::FieldDescriptor* sf = spec->GetDescriptor()->FindFieldByName(section);
   pb::Message* dst = spec->GetReflection()->MutableMessage(spec, sf);
@@ -365,7 +429,8 @@ absl::Status ApplyOverride(const std::string& assignment, JobSpec* spec) {
   // Swap every field the override touched (the key, and its _regex sibling or list).
   std::vector<const pb::FieldDescriptor*> fields;
   for (const std::string& name : {key, key + kRegexSuffix}) {
-    if (const pb::FieldDescriptor* f = dst->GetDescriptor()->FindFieldByName(name)) fields.push_back(f);
+    if (const pb::FieldDescriptor* f = dst->GetDescriptor()->FindFieldByName(name))
+      fields.push_back(f);
   }
   dst->GetReflection()->SwapFields(dst, src, fields);
   return absl::OkStatus();

@@ -175,6 +175,9 @@ std::vector<FieldViolation> JobSpecViolations(const JobSpec& spec) {
   c.AtLeast("resources.world_size", world, 1);
   if (world > 4096) c.Fail("resources.world_size", "must be <= 4096");
   c.OneOf("resources.device", spec.resources().device(), {"cpu", "cuda"});
+  c.AtLeast("resources.collective_timeout_seconds", spec.resources().collective_timeout_seconds(), 1);
+  if (spec.resources().collective_timeout_seconds() > 86400)
+    c.Fail("resources.collective_timeout_seconds", "must be <= 86400 (one day)");
   c.AtLeast("parallelism.data_parallel_replicate_degree", p.data_parallel_replicate_degree(), 1);
   c.AtLeast("parallelism.tensor_parallel_degree", p.tensor_parallel_degree(), 1);
   c.AtLeast("parallelism.pipeline_parallel_degree", p.pipeline_parallel_degree(), 1);

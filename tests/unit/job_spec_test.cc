@@ -166,6 +166,11 @@ TEST(JobSpecTest, OverridesReplaceValues) {
   EXPECT_EQ(spec.lora().target_modules_size(), 1);
   EXPECT_TRUE(spec.lora().target_modules_regex().empty());
   EXPECT_EQ(spec.dataset().path(), "data/train.jsonl");
+  // A string field takes an unquoted value that TOML would read as something else.
+  ASSERT_TRUE(ApplyOverride("parallelism.pipeline_parallel_schedule=1F1B", &spec).ok());
+  EXPECT_EQ(spec.parallelism().pipeline_parallel_schedule(), "1F1B");
+  ASSERT_TRUE(ApplyOverride("job.name=\"2024 run\"", &spec).ok());
+  EXPECT_EQ(spec.job().name(), "2024 run");
   EXPECT_THAT(std::string(ApplyOverride("training.stepz=1", &spec).message()), HasSubstr("training.stepz: unknown key"));
   EXPECT_THAT(std::string(ApplyOverride("steps", &spec).message()), HasSubstr("expected section.key=value"));
   EXPECT_THAT(std::string(ApplyOverride("training.steps=abc", &spec).message()), HasSubstr("expected an integer"));

@@ -10,11 +10,15 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 
 namespace lora::dist {
 namespace {
 
 constexpr char kAbortKey[] = "lora/abort";
+constexpr auto kHeartbeatPeriod = std::chrono::milliseconds(500);
+
+std::string HeartbeatKey(int rank) { return absl::StrCat("lora/heartbeat/", rank); }
 
 std::string Env(const char* name, const std::string& fallback = "") {
   const char* v = std::getenv(name);
@@ -42,10 +46,20 @@ Group::Group(c10::intrusive_ptr<c10d::ProcessGroup> pg, int rank, int size,
       world_ranks_(std::move(world_ranks)) {}
 
 void Group::Wait(c10::intrusive_ptr<c10d::Work> work, const char* what) {
+  auto fail = [&](const std::string& detail) {
+    throw std::runtime_error(absl::StrCat(what, " among ranks [", absl::StrJoin(world_ranks_, ", "),
+                                          "] failed (timeout ", timeout_.count() / 1000.0,
+                                          " s; a peer died or hung): ", detail));
+  };
   try {
     work->wait(timeout_);
+  } catch (const c10::Error& e) {
+    std::string detail = e.what_without_backtrace();
+    if (const size_t cut = detail.find("\nException raised from"); cut != std::string::npos)
+      detail.resize(cut);
+    fail(detail);
   } catch (const std::exception& e) {
-    throw std::runtime_error(absl::StrCat(what, " failed (a peer rank died or hung): ", e.what()));
+    fail(e.what());
   }
 }
 
@@ -210,13 +224,37 @@ int64_t DistContext::TotalBytesSent() const {
   return total;
 }
 
+std::vector<int> DistContext::SilentRanks(std::chrono::milliseconds window) {
+  std::vector<int64_t> before(static_cast<size_t>(world_), 0);
+  std::vector<int> silent;
+  try {
+    for (int r = 0; r < world_; ++r)
+      before[static_cast<size_t>(r)] = store_->add(HeartbeatKey(r), 0);
+    std::this_thread::sleep_for(window);
+    for (int r = 0; r < world_; ++r) {
+      if (r != rank_ && store_->add(HeartbeatKey(r), 0) == before[static_cast<size_t>(r)])
+        silent.push_back(r);
+    }
+  } catch (const std::exception&) {
+    silent = {0};  // the store lives in rank 0
+  }
+  return silent;
+}
+
 void DistContext::Abort(const std::string& reason) {
-  const std::string message = absl::StrCat("rank ", rank_, ": ", reason);
+  std::string message = absl::StrCat("rank ", rank_, ": ", reason);
+  // A peer's death shows up here as a socket error or a timeout that does not say which peer;
+  // the heartbeats do.
+  const std::vector<int> silent =
+      world_ > 1 ? SilentRanks(5 * kHeartbeatPeriod) : std::vector<int>{};
+  if (!silent.empty())
+    absl::StrAppend(&message, " [unresponsive: rank ", absl::StrJoin(silent, ", rank "), "]");
   try {
     store_->set(kAbortKey, std::vector<uint8_t>(message.begin(), message.end()));
   } catch (...) {
   }
   std::cerr << "lora-train: aborting: " << message << std::endl;
+  if (options_.on_abort) options_.on_abort(message);
   ::_exit(1);
 }
 
@@ -224,20 +262,23 @@ void DistContext::Watchdog() {
   // Another rank's failure stops this one within a second, with that rank's reason, instead of
   // leaving it blocked in a collective until the timeout.
   while (!stop_) {
-    for (int i = 0; i < 10 && !stop_; ++i)
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    for (int i = 0; i < 5 && !stop_; ++i) std::this_thread::sleep_for(kHeartbeatPeriod / 5);
     if (stop_) return;
     try {
+      store_->add(HeartbeatKey(rank_), 1);
       if (store_->check({kAbortKey})) {
         std::vector<uint8_t> v = store_->get(kAbortKey);
-        std::cerr << "lora-train: rank " << rank_
-                  << " stopping: " << std::string(v.begin(), v.end()) << std::endl;
+        const std::string reason(v.begin(), v.end());
+        std::cerr << "lora-train: rank " << rank_ << " stopping: " << reason << std::endl;
+        if (options_.on_abort) options_.on_abort(reason);
         ::_exit(1);
       }
     } catch (const std::exception& e) {
       if (stop_) return;
-      std::cerr << "lora-train: rank " << rank_ << " lost the rendezvous store on rank 0 ("
-                << e.what() << "); rank 0 is gone" << std::endl;
+      const std::string reason = absl::StrCat(
+          "rank ", rank_, ": lost the rendezvous store on rank 0 (", e.what(), "); rank 0 is gone");
+      std::cerr << "lora-train: " << reason << std::endl;
+      if (options_.on_abort) options_.on_abort(reason);
       ::_exit(1);
     }
   }

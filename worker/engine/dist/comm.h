@@ -12,6 +12,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -65,7 +66,11 @@ class Group {
 };
 
 struct DistOptions {
+  // How long any collective, send or receive may wait for a peer before the job fails.
   std::chrono::milliseconds timeout{std::chrono::seconds(120)};
+  // Called (from any thread) with the reason just before this rank exits on a failure, its
+  // own or another rank's: the last chance to record it.
+  std::function<void(const std::string& reason)> on_abort;
 };
 
 class DistContext {
@@ -88,13 +93,16 @@ class DistContext {
   // Stops the watchdog and waits for every rank (rank 0 hosts the store), then closes groups.
   void Shutdown();
 
-  // Tells every rank to stop (they exit within a second with `reason`) and exits.
+  // Tells every rank to stop (they exit within a second with `reason`, which names any peer
+  // that stopped heartbeating) and exits.
   [[noreturn]] void Abort(const std::string& reason);
 
  private:
   DistContext(int rank, int world, MeshShape shape, DistOptions options,
               c10::intrusive_ptr<c10d::Store> store);
   void Watchdog();
+  // Peers whose heartbeat did not advance within `window` (dead, stopped or partitioned).
+  std::vector<int> SilentRanks(std::chrono::milliseconds window);
 
   int rank_, world_;
   Mesh mesh_;

@@ -480,8 +480,13 @@ absl::StatusOr<TrainResult> RunDistributedTraining(const TrainerOptions& options
                           : static_cast<int>(std::thread::hardware_concurrency());
   at::set_num_threads(std::max(1, threads));
   DistOptions dist_options;
-  if (const char* t = std::getenv("LORA_DIST_TIMEOUT_S"))
-    dist_options.timeout = std::chrono::seconds(std::atoi(t));
+  dist_options.timeout = std::chrono::seconds(spec.resources().collective_timeout_seconds());
+  if (options.events != nullptr) {
+    EventSink* events = options.events;
+    dist_options.on_abort = [events](const std::string& reason) {
+      events->Emit("failed", {{"reason", reason}, {"code", "ABORTED"}}, "failed: " + reason);
+    };
+  }
   auto dist = DistContext::Init(ShapeOf(spec), dist_options);
   if (!dist.ok()) return dist.status();
   absl::StatusOr<TrainResult> result;
