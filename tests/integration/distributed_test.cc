@@ -20,6 +20,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/integration/events_file.h"
 #include "tests/integration/subprocess.h"
 #include "tests/test_util.h"
 
@@ -119,16 +120,7 @@ std::vector<ProcessResult> RunRanks(const std::string& spec, const std::string& 
   return results;
 }
 
-std::vector<nlohmann::json> Events(const std::string& path, const std::string& type) {
-  std::vector<nlohmann::json> out;
-  std::ifstream in(path);
-  std::string line;
-  while (std::getline(in, line)) {
-    auto j = nlohmann::json::parse(line, nullptr, false);
-    if (!j.is_discarded() && j.value("event", "") == type) out.push_back(j);
-  }
-  return out;
-}
+using testing::Events;
 
 std::map<int64_t, double> StepLosses(const std::string& run_dir) {
   std::map<int64_t, double> out;
