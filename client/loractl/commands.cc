@@ -100,6 +100,10 @@ void PrintJob(const lora::v1::Job& job, const Globals& g) {
       {"age", Age(job.create_time())}};
   if (job.error().code() != 0 || !job.error().message().empty())
     rows.push_back({"error", job.error().message()});
+  if (job.ranks_size() > 1) {
+    for (const auto& r : job.ranks())
+      rows.push_back({absl::StrCat("rank ", r.rank()), DescribeRank(r)});
+  }
   for (const auto& f : job.outputs())
     rows.push_back({"output", absl::StrCat(f.path(), " (", f.size(), " bytes)")});
   PrintTable({"FIELD", "VALUE"}, rows);

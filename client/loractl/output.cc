@@ -180,6 +180,48 @@ std::string FormatLoss(double loss) {
   return absl::StrFormat("%.4f", loss);
 }
 
+std::string FormatBytes(int64_t bytes) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double v = static_cast<double>(bytes);
+  int u = 0;
+  while (v >= 1024 && u < 4) {
+    v /= 1024;
+    ++u;
+  }
+  return u == 0 ? absl::StrCat(bytes, " B") : absl::StrFormat("%.1f %s", v, units[u]);
+}
+
+std::string DescribeRank(const lora::v1::RankStatus& r) {
+  std::string state;
+  switch (r.state()) {
+    case lora::v1::RANK_ASSIGNED:
+      state = "assigned";
+      break;
+    case lora::v1::RANK_STARTED:
+      state = "starting";
+      break;
+    case lora::v1::RANK_RUNNING:
+      state = "running";
+      break;
+    case lora::v1::RANK_EXITED:
+      state = r.signal() != 0 ? absl::StrCat("killed by signal ", r.signal())
+                              : absl::StrCat("exited ", r.exit_code());
+      break;
+    default:
+      state = "pending";
+  }
+  std::string line = absl::StrCat(r.worker_id().empty() ? "-" : r.worker_id(), "  ", state);
+  if (r.step() > 0) absl::StrAppend(&line, "  step ", r.step());
+  if (r.has_last_seen_time()) absl::StrAppend(&line, "  seen ", Age(r.last_seen_time()), " ago");
+  if (r.step_seconds() > 0)
+    absl::StrAppend(&line, absl::StrFormat("  %.3f s/step", r.step_seconds()));
+  if (r.peak_rss_bytes() > 0) absl::StrAppend(&line, "  rss ", FormatBytes(r.peak_rss_bytes()));
+  if (r.parameter_bytes() > 0)
+    absl::StrAppend(&line, "  params ", FormatBytes(r.parameter_bytes()));
+  if (r.bytes_sent() > 0) absl::StrAppend(&line, "  sent ", FormatBytes(r.bytes_sent()));
+  return line;
+}
+
 std::string JobName(const std::string& arg) {
   return absl::StartsWith(arg, "jobs/") ? arg : "jobs/" + arg;
 }

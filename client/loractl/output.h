@@ -43,6 +43,9 @@ std::string Age(const google::protobuf::Timestamp& t);  // "5m", "2h", "3d"
 std::string Duration(double seconds);                   // "1:02:03" / "4:05"
 std::string Progress(const lora::v1::Job& job);         // "52%" or "-"
 std::string FormatLoss(double loss);                    // "1.5234" or "-"
+std::string FormatBytes(int64_t bytes);                 // "312.4 MiB"
+// One rank's health on a line: "local-2  running  step 57  seen 1s ago  rss 312.4 MiB ...".
+std::string DescribeRank(const lora::v1::RankStatus& rank);
 // "jobs/abc" from "abc" or "jobs/abc".
 std::string JobName(const std::string& arg);
 

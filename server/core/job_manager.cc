@@ -240,6 +240,8 @@ void JobManager::RetryOrFail(ActiveJob& a, const std::string& reason) {
     const int next = job.attempt() + 1;
     job.set_attempt(next);
     job.clear_workers();
+    job.clear_error();  // the attempt's failure is in the state change's reason
+    job.clear_ranks();
     a.rt = Runtime();
     (void)Transition(
         a, lora::v1::QUEUED,
@@ -588,6 +590,8 @@ void JobManager::OnRankAccepted(const std::string& worker_id, const wv1::RankAcc
   ActiveJob* a = FindRank(accepted.ref(), worker_id);
   if (a == nullptr) return;
   a->rt.ranks[static_cast<size_t>(accepted.ref().rank())].accepted = true;
+  if (accepted.ref().rank() < a->job.ranks_size())
+    a->job.mutable_ranks(accepted.ref().rank())->set_state(lora::v1::RANK_STARTED);
   if (accepted.ref().rank() == 0 && a->rt.master_port == 0) {
     a->rt.master_port = accepted.master_port();
     for (size_t r = 1; r < a->rt.ranks.size(); ++r) SendAssignment(*a, static_cast<int>(r));
@@ -615,6 +619,20 @@ std::vector<JobEvent> JobManager::TranslateEngineEvent(ActiveJob& a, int rank,
     }
     return true;
   };
+  if (rank < a.job.ranks_size()) {
+    lora::v1::RankStatus* status = a.job.mutable_ranks(rank);
+    status->set_state(lora::v1::RANK_RUNNING);
+    *status->mutable_last_seen_time() = FromMicros(NowMicros());
+    if (type == "rank_status" || type == "step") {
+      status->set_step(std::max(status->step(), Int(j, "step")));
+      status->set_step_seconds(Num(j, "step_seconds"));
+    }
+    if (type == "rank_status") {
+      status->set_peak_rss_bytes(Int(j, "peak_rss_bytes"));
+      status->set_parameter_bytes(Int(j, "parameter_bytes"));
+      status->set_bytes_sent(Int(j, "bytes_sent"));
+    }
+  }
   if (type == "step" && rank == 0) {
     JobEvent e;
     lora::v1::StepMetrics* m = e.mutable_metrics();
@@ -684,10 +702,15 @@ std::vector<JobEvent> JobManager::TranslateEngineEvent(ActiveJob& a, int rank,
     }
     out.push_back(e);
   } else if (type == "failed") {
-    a.rt.failure_reason =
-        absl::StrCat(a.rt.ranks.size() > 1 ? absl::StrCat("rank ", rank, ": ") : "",
-                     j.value("reason", "failed"));
-    a.job.mutable_error()->set_code(CodeFromName(j.value("code", "")));
+    // Multi-rank engines name the rank that failed first ("rank 2: ..."), which need not be
+    // the rank reporting it.
+    const std::string reason = j.value("reason", "failed");
+    a.rt.failure_reason = absl::StrCat(a.rt.ranks.size() > 1 && !absl::StartsWith(reason, "rank ")
+                                           ? absl::StrCat("rank ", rank, ": ")
+                                           : "",
+                                       reason);
+    a.rt.failure_code = CodeFromName(j.value("code", ""));
+    a.job.mutable_error()->set_code(a.rt.failure_code);
     a.job.mutable_error()->set_message(a.rt.failure_reason);
     JobEvent e;
     e.mutable_log()->set_level("error");
@@ -742,6 +765,12 @@ void JobManager::OnRankExited(const std::string& worker_id, const wv1::RankExite
   slot.exited = true;
   slot.exit_code = exited.exit_code();
   slot.signal = exited.signal();
+  if (ref.rank() < a->job.ranks_size()) {
+    lora::v1::RankStatus* status = a->job.mutable_ranks(ref.rank());
+    status->set_state(lora::v1::RANK_EXITED);
+    status->set_exit_code(exited.exit_code());
+    status->set_signal(exited.signal());
+  }
   if (!slot.slot_released) {
     slot.slot_released = true;
     auto w = workers_.find(worker_id);
@@ -756,6 +785,11 @@ void JobManager::OnRankExited(const std::string& worker_id, const wv1::RankExite
     RetryOrFail(*a, exited.signal() != 0
                         ? absl::StrCat(who, " was killed by signal ", exited.signal())
                         : absl::StrCat(who, " stopped after a checkpoint"));
+  } else if (a->rt.ranks.size() > 1 &&
+             a->rt.failure_code == static_cast<int>(absl::StatusCode::kUnavailable)) {
+    // A peer died, hung or became unreachable: every rank restarts from the latest checkpoint
+    // (the survivors may report before the lost rank's own exit arrives).
+    RetryOrFail(*a, a->rt.failure_reason);
   } else {
     std::string reason = !a->rt.failure_reason.empty()
                              ? a->rt.failure_reason
@@ -795,6 +829,7 @@ void JobManager::SendAssignment(ActiveJob& a, int rank) {
     if (checkpoints.ok() && !checkpoints->empty()) *as->mutable_resume() = checkpoints->back();
   }
   slot.assigned = true;
+  if (rank < a.job.ranks_size()) a.job.mutable_ranks(rank)->set_state(lora::v1::RANK_ASSIGNED);
   w->second.channel->Send(msg);
 }
 
@@ -827,10 +862,14 @@ void JobManager::Schedule() {
     a->rt = Runtime();
     a->rt.ranks.resize(static_cast<size_t>(n));
     a->job.clear_workers();
+    a->job.clear_ranks();
     for (int r = 0; r < n; ++r) {
       a->rt.ranks[static_cast<size_t>(r)].worker_id = picked[static_cast<size_t>(r)];
       ++workers_[picked[static_cast<size_t>(r)]].used_slots;
       a->job.add_workers(picked[static_cast<size_t>(r)]);
+      lora::v1::RankStatus* status = a->job.add_ranks();
+      status->set_rank(r);
+      status->set_worker_id(picked[static_cast<size_t>(r)]);
     }
     a->rt.master_addr = workers_[picked[0]].address;
     if (!Transition(*a, lora::v1::STARTING,

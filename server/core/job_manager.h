@@ -134,6 +134,7 @@ class JobManager {
     absl::Time cancel_deadline = absl::InfiniteFuture();
     absl::Time reattach_deadline = absl::InfiniteFuture();
     std::string failure_reason;  // from a rank's "failed" event
+    int failure_code = 0;        // its google.rpc.Code
     bool rank0_finished = false;
   };
   struct ActiveJob {

@@ -46,8 +46,11 @@ class LoractlTest : public ::testing::Test {
   }
 
   std::string TinyToml(int steps) {
-    return "[job]\nname = \"cli\"\n[model]\nflavor = \"tiny\"\n[lora]\ntarget_modules = [\"q_proj\", \"lm_head\"]\n"
-           "[training]\nsteps = " + std::to_string(steps) + "\nseq_len = 64\nlocal_batch_size = 4\n"
+    return "[job]\nname = \"cli\"\n[model]\nflavor = \"tiny\"\n[lora]\ntarget_modules = "
+           "[\"q_proj\", \"lm_head\"]\n"
+           "[training]\nsteps = " +
+           std::to_string(steps) +
+           "\nseq_len = 64\nlocal_batch_size = 4\n"
            "[dataset]\nname = \"synthetic-arith\"\nnum_examples = 500\nvalidation_interval = 5\n"
            "[checkpoint]\ninterval = 5\n";
   }
@@ -104,12 +107,15 @@ TEST_F(LoractlTest, SubmitWatchGetListDownload) {
   EXPECT_THAT(dl.out, HasSubstr("sha256 verified"));
   EXPECT_THAT(dl.out, HasSubstr("PEFT adapter: " + dir_->Join("peft")));
   // A loadable PEFT directory: lora-train imports it.
-  ProcessResult ev = testing::RunProcess({testing::BinaryPath("worker/lora-train"), "eval", "--job", spec, "--adapter",
-                                          dir_->Join("peft"), "--json"});
+  ProcessResult ev = testing::RunProcess({testing::BinaryPath("worker/lora-train"), "eval", "--job",
+                                          spec, "--adapter", dir_->Join("peft"), "--json"});
   EXPECT_EQ(ev.exit_code, 0) << ev.err;
   ProcessResult step = Loractl({"download", id, "--step", "5", "--out", dir_->Join("ck5")});
   ASSERT_EQ(step.exit_code, 0) << step.err;
-  EXPECT_EQ(testing::ReadFile(dir_->Join("ck5/resume_state/trainer_state.json")).find("\"step\": 5") != std::string::npos, true);
+  EXPECT_EQ(
+      testing::ReadFile(dir_->Join("ck5/resume_state/trainer_state.json")).find("\"step\": 5") !=
+          std::string::npos,
+      true);
 }
 
 TEST_F(LoractlTest, LocalValidationShowsFileLineAndKey) {
@@ -120,7 +126,8 @@ TEST_F(LoractlTest, LocalValidationShowsFileLineAndKey) {
   ProcessResult unknown = Loractl({"submit", WriteSpec("unknown.toml", "[trainin]\nsteps = 1\n")});
   EXPECT_EQ(unknown.exit_code, 2);
   EXPECT_THAT(unknown.err, HasSubstr("unknown.toml:1: trainin: unknown section"));
-  ProcessResult set = Loractl({"submit", WriteSpec("ok.toml", TinyToml(3)), "--set", "training.steps=zero"});
+  ProcessResult set =
+      Loractl({"submit", WriteSpec("ok.toml", TinyToml(3)), "--set", "training.steps=zero"});
   EXPECT_EQ(set.exit_code, 2);
   EXPECT_THAT(set.err, HasSubstr("training.steps: expected an integer"));
 }
@@ -129,12 +136,14 @@ TEST_F(LoractlTest, ExitCodes) {
   EXPECT_EQ(Loractl({"get", "missing"}).exit_code, 3);
   EXPECT_EQ(Loractl({"frobnicate"}).exit_code, 2);
   EXPECT_EQ(Loractl({"list", "--state", "sleeping"}).exit_code, 2);
-  ProcessResult unreachable = testing::RunProcess({testing::BinaryPath("client/loractl"), "--addr", "127.0.0.1:1", "list"});
+  ProcessResult unreachable =
+      testing::RunProcess({testing::BinaryPath("client/loractl"), "--addr", "127.0.0.1:1", "list"});
   EXPECT_EQ(unreachable.exit_code, 6);
   EXPECT_THAT(unreachable.err, HasSubstr("lorad at 127.0.0.1:1 is unreachable"));
   // A job that fails makes `submit --watch` exit 4.
-  const std::string bad = WriteSpec("fails.toml", "[model]\nflavor = \"tiny\"\n[dataset]\npath = \"" +
-                                                      dir_->Join("none.jsonl") + "\"\n");
+  const std::string bad =
+      WriteSpec("fails.toml", "[model]\nflavor = \"tiny\"\n[dataset]\npath = \"" +
+                                  dir_->Join("none.jsonl") + "\"\n");
   ProcessResult failed = Loractl({"submit", bad, "--watch"});
   EXPECT_EQ(failed.exit_code, 4) << failed.out << failed.err;
   EXPECT_THAT(failed.out, HasSubstr("FAILED: "));
@@ -142,7 +151,8 @@ TEST_F(LoractlTest, ExitCodes) {
   EXPECT_THAT(Loractl({"--version"}).out, HasSubstr("loractl"));
   ProcessResult completion = Loractl({"completion", "bash"});
   EXPECT_THAT(completion.out, HasSubstr("complete -F _loractl loractl"));
-  for (const char* cmd : {"submit", "get", "list", "cancel", "logs", "watch", "checkpoints", "download", "convert", "merge"}) {
+  for (const char* cmd : {"submit", "get", "list", "cancel", "logs", "watch", "checkpoints",
+                          "download", "convert", "merge"}) {
     ProcessResult help = Loractl({cmd, "--help"});
     EXPECT_EQ(help.exit_code, 0) << cmd;
     EXPECT_THAT(help.out, HasSubstr("Usage")) << cmd;
@@ -154,7 +164,8 @@ TEST_F(LoractlTest, CancelledJobExitsFiveAndConvertMergeWork) {
   ASSERT_EQ(submit.exit_code, 0);
   const std::string name = submit.out.substr(0, submit.out.find('\n'));
   auto client = lorad_->Client();
-  testing::WaitForJob(*client, name, [](const lora::v1::Job& j) { return j.state() == lora::v1::RUNNING; });
+  testing::WaitForJob(*client, name,
+                      [](const lora::v1::Job& j) { return j.state() == lora::v1::RUNNING; });
   std::thread canceller([&] {
     std::this_thread::sleep_for(std::chrono::milliseconds(500));
     Loractl({"cancel", name});
@@ -162,16 +173,19 @@ TEST_F(LoractlTest, CancelledJobExitsFiveAndConvertMergeWork) {
   ProcessResult watch = Loractl({"watch", name});
   canceller.join();
   EXPECT_EQ(watch.exit_code, 5) << watch.out;
-  ProcessResult convert = Loractl({"convert", "--model", "tiny", "--rank", "4", "--target-modules", "q_proj,v_proj", "--watch"});
+  ProcessResult convert = Loractl({"convert", "--model", "tiny", "--rank", "4", "--target-modules",
+                                   "q_proj,v_proj", "--watch"});
   ASSERT_EQ(convert.exit_code, 0) << convert.out << convert.err;
   const std::string cname = convert.out.substr(0, convert.out.find('\n'));
   ASSERT_EQ(Loractl({"download", cname, "--out", dir_->Join("conv")}).exit_code, 0);
-  ProcessResult merge = Loractl({"merge", "--model", "tiny", "--adapter", dir_->Join("conv"), "--watch"});
+  ProcessResult merge =
+      Loractl({"merge", "--model", "tiny", "--adapter", dir_->Join("conv"), "--watch"});
   EXPECT_EQ(merge.exit_code, 0) << merge.out << merge.err;
 }
 
 // Runs loractl in a real pseudo-terminal, as a person would, and returns what the terminal saw.
-std::string RunInPty(const std::vector<std::string>& argv, const std::string& addr, double timeout_s) {
+std::string RunInPty(const std::vector<std::string>& argv, const std::string& addr,
+                     double timeout_s) {
   int master = -1;
   winsize ws{};
   ws.ws_col = 160;
@@ -216,13 +230,14 @@ TEST_F(LoractlTest, WatchOnATerminalDrawsALiveProgressBar) {
   ProcessResult submit = Loractl({"submit", WriteSpec("tty.toml", TinyToml(40))});
   ASSERT_EQ(submit.exit_code, 0);
   const std::string name = submit.out.substr(0, submit.out.find('\n'));
-  const std::string screen = RunInPty({testing::BinaryPath("client/loractl"), "watch", name}, lorad_->address(), 120);
-  EXPECT_THAT(screen, HasSubstr("\r\x1b[2K"));                   // the status line is redrawn in place
-  EXPECT_THAT(screen, HasSubstr("█"));                           // progress bar
+  const std::string screen =
+      RunInPty({testing::BinaryPath("client/loractl"), "watch", name}, lorad_->address(), 120);
+  EXPECT_THAT(screen, HasSubstr("\r\x1b[2K"));  // the status line is redrawn in place
+  EXPECT_THAT(screen, HasSubstr("█"));          // progress bar
   EXPECT_THAT(screen, HasSubstr("step 40/40"));
   EXPECT_THAT(screen, HasSubstr("tok/s"));
   EXPECT_THAT(screen, ::testing::ContainsRegex("loss [0-9.]+"));
-  EXPECT_THAT(screen, HasSubstr("▁"));                           // loss sparkline
+  EXPECT_THAT(screen, HasSubstr("▁"));  // loss sparkline
   EXPECT_THAT(screen, HasSubstr(name + " SUCCEEDED"));
   // Step metrics only move the status line: no "step 3/40 loss" event lines on a terminal.
   EXPECT_THAT(screen, ::testing::Not(HasSubstr("step 3/40 loss")));
@@ -231,14 +246,16 @@ TEST_F(LoractlTest, WatchOnATerminalDrawsALiveProgressBar) {
 TEST_F(LoractlTest, CtrlCStopsWatchingNotTheJob) {
   ProcessResult submit = Loractl({"submit", WriteSpec("ctrlc.toml", TinyToml(100000))});
   const std::string name = submit.out.substr(0, submit.out.find('\n'));
-  testing::ChildProcess watch({testing::BinaryPath("client/loractl"), "--addr", lorad_->address(), "watch", name},
-                              dir_->Join("w.out"), dir_->Join("w.err"));
+  testing::ChildProcess watch(
+      {testing::BinaryPath("client/loractl"), "--addr", lorad_->address(), "watch", name},
+      dir_->Join("w.out"), dir_->Join("w.err"));
   std::this_thread::sleep_for(std::chrono::milliseconds(1500));
   watch.Signal(SIGINT);
   EXPECT_EQ(watch.Wait(20), 0);
   EXPECT_THAT(testing::ReadFile(dir_->Join("w.err")), HasSubstr("keeps running"));
   auto job = lorad_->Client()->GetJob(name);
-  EXPECT_TRUE(job->state() == lora::v1::RUNNING || job->state() == lora::v1::STARTING) << job->ShortDebugString();
+  EXPECT_TRUE(job->state() == lora::v1::RUNNING || job->state() == lora::v1::STARTING)
+      << job->ShortDebugString();
   EXPECT_EQ(Loractl({"cancel", name}).exit_code, 0);
 }
 

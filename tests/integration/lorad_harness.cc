@@ -127,6 +127,22 @@ std::vector<pid_t> FindProcesses(const std::string& needle) {
   return out;
 }
 
+std::vector<pid_t> FindRankProcesses(const std::string& job_id, int rank) {
+  std::vector<pid_t> out;
+  for (pid_t pid : FindProcesses("lora-train run")) {
+    std::string env = ReadFile("/proc/" + std::to_string(pid) + "/environ");
+    for (char& c : env) {
+      if (c == '\0') c = '\n';
+    }
+    env = "\n" + env;
+    if (env.find("\nLORA_JOB_ID=" + job_id + "\n") != std::string::npos &&
+        env.find("\nRANK=" + std::to_string(rank) + "\n") != std::string::npos) {
+      out.push_back(pid);
+    }
+  }
+  return out;
+}
+
 lora::v1::JobSpec TinyTrainSpec(int steps, int checkpoint_interval, int seq_len) {
   lora::v1::JobSpec spec;
   spec.mutable_job()->set_name("tiny-test");

@@ -49,6 +49,9 @@ class Lorad {
 // Pids of processes whose command line contains `needle`.
 std::vector<pid_t> FindProcesses(const std::string& needle);
 
+// Pids of the lora-train process running `rank` of job `job_id` (from its environment).
+std::vector<pid_t> FindRankProcesses(const std::string& job_id, int rank);
+
 lora::v1::JobSpec TinyTrainSpec(int steps, int checkpoint_interval = 5, int seq_len = 64);
 
 // Polls GetJob until `pred` holds or the timeout passes; returns the last job seen.

@@ -9,6 +9,7 @@
 #include <atomic>
 #include <filesystem>
 #include <fstream>
+#include <numeric>
 #include <set>
 #include <thread>
 
@@ -288,6 +289,103 @@ TEST_F(ServiceTest, KilledWorkerIsRetriedFromTheLatestCheckpoint) {
   EXPECT_GT(first_step_after_retry, 25);
 }
 
+lora::v1::JobSpec MultiRankSpec(int steps, int checkpoint_interval, int world,
+                                std::initializer_list<std::pair<const char*, int>> degrees) {
+  auto spec = TinyTrainSpec(steps, checkpoint_interval);
+  spec.mutable_training()->set_num_threads(1);
+  spec.mutable_resources()->set_world_size(world);
+  spec.mutable_resources()->set_collective_timeout_seconds(30);
+  auto* par = spec.mutable_parallelism();
+  for (const auto& [name, degree] : degrees) {
+    const auto* field = par->GetDescriptor()->FindFieldByName(name);
+    par->GetReflection()->SetInt32(par, field, degree);
+  }
+  return spec;
+}
+
+TEST_F(ServiceTest, MultiRankJobTrainsAsOneAndReportsEveryRank) {
+  auto lorad = StartLorad(2);
+  auto client = lorad->Client();
+  auto job = client->CreateJob(MultiRankSpec(20, 10, 2, {{"data_parallel_shard_degree", 2}}), "");
+  ASSERT_TRUE(job.ok()) << job.status();
+  Job done = WaitForJob(*client, job->name(), Done, 180);
+  ASSERT_EQ(done.state(), lora::v1::SUCCEEDED) << done.error().message() << lorad->log();
+  EXPECT_EQ(done.workers_size(), 2);
+  // Per-rank health: both ranks reported, reached the last step and exited cleanly.
+  ASSERT_EQ(done.ranks_size(), 2);
+  for (const auto& r : done.ranks()) {
+    EXPECT_EQ(r.state(), lora::v1::RANK_EXITED) << r.rank();
+    EXPECT_EQ(r.exit_code(), 0) << r.rank();
+    EXPECT_EQ(r.step(), 20) << r.rank();
+    EXPECT_GT(r.bytes_sent(), 0) << r.rank();
+    EXPECT_GT(r.parameter_bytes(), 0) << r.rank();
+    EXPECT_TRUE(r.has_last_seen_time()) << r.rank();
+  }
+  EXPECT_NE(done.ranks(0).worker_id(), done.ranks(1).worker_id());
+  // One merged progress stream (rank 0): each step exactly once.
+  std::vector<int64_t> steps;
+  ASSERT_TRUE(client
+                  ->Watch(job->name(), 0,
+                          [&](const JobEvent& e) {
+                            if (e.has_metrics()) steps.push_back(e.metrics().step());
+                            return true;
+                          })
+                  .ok());
+  std::vector<int64_t> expected(20);
+  std::iota(expected.begin(), expected.end(), 1);
+  EXPECT_EQ(steps, expected);
+  // One adapter, uploaded once.
+  int adapters = 0;
+  for (const auto& f : done.outputs())
+    adapters += f.path() == "final/adapter/adapter_model.safetensors";
+  EXPECT_EQ(adapters, 1);
+}
+
+TEST_F(ServiceTest, LosingOneRankRestartsAllRanksFromTheLatestCheckpoint) {
+  auto lorad = StartLorad(4);
+  auto client = lorad->Client();
+  auto job = client->CreateJob(
+      MultiRankSpec(150, 20, 4,
+                    {{"data_parallel_shard_degree", 2}, {"pipeline_parallel_degree", 2}}),
+      "");
+  ASSERT_TRUE(job.ok()) << job.status();
+  Job first = WaitForJob(
+      *client, job->name(), [](const Job& j) { return j.latest_checkpoint_step() >= 20; }, 180);
+  ASSERT_GE(first.latest_checkpoint_step(), 20) << lorad->log();
+  auto victims = testing::FindRankProcesses(job->id(), 2);
+  ASSERT_FALSE(victims.empty());
+  for (pid_t p : victims) ::kill(p, SIGKILL);
+  Job done = WaitForJob(*client, job->name(), Done, 240);
+  ASSERT_EQ(done.state(), lora::v1::SUCCEEDED) << done.error().message() << lorad->log();
+  EXPECT_EQ(done.attempt(), 2);
+  EXPECT_TRUE(done.error().message().empty()) << done.error().message();
+  std::vector<JobEvent> events;
+  ASSERT_TRUE(client
+                  ->Watch(job->name(), 0,
+                          [&](const JobEvent& e) {
+                            events.push_back(e);
+                            return true;
+                          })
+                  .ok());
+  bool retried = false, named = false;
+  int64_t first_step_after_retry = -1;
+  for (const auto& e : events) {
+    if (e.has_log() && e.log().level() == "error" &&
+        e.log().message().find("rank 2") != std::string::npos)
+      named = true;
+    if (e.has_state_change() && e.state_change().to() == lora::v1::QUEUED &&
+        e.state_change().from() != 0) {
+      retried = true;
+      EXPECT_THAT(e.state_change().reason(), HasSubstr("resuming from step"));
+    }
+    if (retried && e.has_metrics() && first_step_after_retry < 0)
+      first_step_after_retry = e.metrics().step();
+  }
+  EXPECT_TRUE(retried);
+  EXPECT_TRUE(named) << "the lost rank is named in the job's log";
+  EXPECT_GT(first_step_after_retry, 20);
+}
+
 TEST_F(ServiceTest, RestartedLoradLosesNoJobAndWatchersResume) {
   const int port = testing::FreePort();
   auto lorad = StartLorad(1, {"--reattach-grace", "3"}, port);
@@ -476,9 +574,11 @@ TEST_F(ServiceTest, MetricsEndpointPassesPromtool) {
   EXPECT_THAT(body, HasSubstr("lorad_rpc_requests_total{method=\"CreateJob\",code=\"OK\"} 1"));
   EXPECT_THAT(body, HasSubstr("lorad_rpc_requests_total{method=\"GetJob\",code=\"NOT_FOUND\"} 1"));
   EXPECT_THAT(body, HasSubstr("lorad_workers_connected 1"));
-  EXPECT_THAT(body, HasSubstr("lorad_rpc_duration_seconds_bucket{method=\"CreateJob\",le=\"+Inf\"} 1"));
+  EXPECT_THAT(body,
+              HasSubstr("lorad_rpc_duration_seconds_bucket{method=\"CreateJob\",le=\"+Inf\"} 1"));
   std::ofstream(dir_.Join("metrics.txt")) << body;
-  auto check = testing::RunProcess({"/bin/sh", "-c", "promtool check metrics < " + dir_.Join("metrics.txt")});
+  auto check = testing::RunProcess(
+      {"/bin/sh", "-c", "promtool check metrics < " + dir_.Join("metrics.txt")});
   EXPECT_EQ(check.exit_code, 0) << check.out << check.err;
 }
 

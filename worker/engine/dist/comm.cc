@@ -27,12 +27,20 @@ std::string Env(const char* name, const std::string& fallback = "") {
 
 bool IsReduced(torch::Dtype d) { return d == torch::kFloat32 || d == torch::kFloat64; }
 
-// Gloo moves bytes for gathers and point-to-point, but only knows some dtypes: send 16-bit
-// floats as int16 (bit for bit).
+// Gloo gathers, broadcasts and point-to-point transfers copy bytes, but only accept some
+// dtypes (no bf16, no int16): move bf16 as fp16, bit for bit (nothing does arithmetic on it).
 torch::Tensor AsTransferable(const torch::Tensor& t) {
-  return t.scalar_type() == torch::kBFloat16 || t.scalar_type() == torch::kFloat16
-             ? t.view(torch::kInt16)
-             : t;
+  return t.scalar_type() == torch::kBFloat16 ? t.view(torch::kFloat16) : t;
+}
+
+// Gloo reports a dead or stuck peer as a closed / reset connection or a timeout; anything
+// else (a bad argument) is this rank's own error and retrying would not help.
+bool IsPeerFailure(const std::string& detail) {
+  for (const char* sign : {"timed out", "Timed out", "onnection", "Read error", "Write error",
+                           "closed", "reset by peer", "Broken pipe", "EOF"}) {
+    if (detail.find(sign) != std::string::npos) return true;
+  }
+  return false;
 }
 
 }  // namespace
@@ -47,9 +55,13 @@ Group::Group(c10::intrusive_ptr<c10d::ProcessGroup> pg, int rank, int size,
 
 void Group::Wait(c10::intrusive_ptr<c10d::Work> work, const char* what) {
   auto fail = [&](const std::string& detail) {
-    throw std::runtime_error(absl::StrCat(what, " among ranks [", absl::StrJoin(world_ranks_, ", "),
-                                          "] failed (timeout ", timeout_.count() / 1000.0,
-                                          " s; a peer died or hung): ", detail));
+    if (!IsPeerFailure(detail)) {
+      throw std::runtime_error(absl::StrCat(
+          what, " among ranks [", absl::StrJoin(world_ranks_, ", "), "] failed: ", detail));
+    }
+    throw CommError(absl::StrCat(what, " among ranks [", absl::StrJoin(world_ranks_, ", "),
+                                 "] failed (timeout ", timeout_.count() / 1000.0, " s; ",
+                                 kCommErrorMarker, "): ", detail));
   };
   try {
     work->wait(timeout_);
@@ -241,20 +253,25 @@ std::vector<int> DistContext::SilentRanks(std::chrono::milliseconds window) {
   return silent;
 }
 
-void DistContext::Abort(const std::string& reason) {
-  std::string message = absl::StrCat("rank ", rank_, ": ", reason);
+void DistContext::Abort(const absl::Status& status) {
+  absl::StatusCode code = status.code();
+  std::string message = absl::StrCat("rank ", rank_, ": ", status.message());
   // A peer's death shows up here as a socket error or a timeout that does not say which peer;
   // the heartbeats do.
   const std::vector<int> silent =
       world_ > 1 ? SilentRanks(5 * kHeartbeatPeriod) : std::vector<int>{};
-  if (!silent.empty())
+  if (!silent.empty()) {
     absl::StrAppend(&message, " [unresponsive: rank ", absl::StrJoin(silent, ", rank "), "]");
+    code = absl::StatusCode::kUnavailable;
+  }
+  // Every rank reports the first failure, with its code: "<code>:<message>".
+  const std::string value = absl::StrCat(static_cast<int>(code), ":", message);
   try {
-    store_->set(kAbortKey, std::vector<uint8_t>(message.begin(), message.end()));
+    store_->set(kAbortKey, std::vector<uint8_t>(value.begin(), value.end()));
   } catch (...) {
   }
   std::cerr << "lora-train: aborting: " << message << std::endl;
-  if (options_.on_abort) options_.on_abort(message);
+  if (options_.on_abort) options_.on_abort(absl::Status(code, message));
   ::_exit(1);
 }
 
@@ -268,9 +285,14 @@ void DistContext::Watchdog() {
       store_->add(HeartbeatKey(rank_), 1);
       if (store_->check({kAbortKey})) {
         std::vector<uint8_t> v = store_->get(kAbortKey);
-        const std::string reason(v.begin(), v.end());
+        const std::string value(v.begin(), v.end());
+        const size_t colon = value.find(':');
+        int code = static_cast<int>(absl::StatusCode::kUnavailable);
+        if (colon != std::string::npos) (void)absl::SimpleAtoi(value.substr(0, colon), &code);
+        const std::string reason = colon == std::string::npos ? value : value.substr(colon + 1);
         std::cerr << "lora-train: rank " << rank_ << " stopping: " << reason << std::endl;
-        if (options_.on_abort) options_.on_abort(reason);
+        if (options_.on_abort)
+          options_.on_abort(absl::Status(static_cast<absl::StatusCode>(code), reason));
         ::_exit(1);
       }
     } catch (const std::exception& e) {
@@ -278,7 +300,7 @@ void DistContext::Watchdog() {
       const std::string reason = absl::StrCat(
           "rank ", rank_, ": lost the rendezvous store on rank 0 (", e.what(), "); rank 0 is gone");
       std::cerr << "lora-train: " << reason << std::endl;
-      if (options_.on_abort) options_.on_abort(reason);
+      if (options_.on_abort) options_.on_abort(absl::UnavailableError(reason));
       ::_exit(1);
     }
   }

@@ -15,6 +15,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -29,6 +30,14 @@ class Work;
 }  // namespace c10d
 
 namespace lora::dist {
+
+// A collective, send or receive that failed: a peer died, hung or became unreachable. The job
+// can be retried from its latest checkpoint (unlike an error in the rank's own work).
+inline constexpr char kCommErrorMarker[] = "a peer died or hung";
+class CommError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
 
 // A set of ranks that communicate. Size 1 groups make every collective a no-op.
 class Group {
@@ -70,7 +79,7 @@ struct DistOptions {
   std::chrono::milliseconds timeout{std::chrono::seconds(120)};
   // Called (from any thread) with the reason just before this rank exits on a failure, its
   // own or another rank's: the last chance to record it.
-  std::function<void(const std::string& reason)> on_abort;
+  std::function<void(const absl::Status& status)> on_abort;
 };
 
 class DistContext {
@@ -95,7 +104,7 @@ class DistContext {
 
   // Tells every rank to stop (they exit within a second with `reason`, which names any peer
   // that stopped heartbeating) and exits.
-  [[noreturn]] void Abort(const std::string& reason);
+  [[noreturn]] void Abort(const absl::Status& status);
 
  private:
   DistContext(int rank, int world, MeshShape shape, DistOptions options,

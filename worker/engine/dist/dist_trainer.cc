@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/file_util.h"
@@ -331,6 +332,7 @@ absl::StatusOr<TrainResult> Train(const TrainerOptions& options, DistContext* di
   const double t_loop = Now();
   int64_t step = start_step;
   bool interrupted = false;
+  double last_status = 0;
   while (step < tcfg.steps()) {
     // Every rank must agree on stopping at the same step (a cancel reaches ranks at different
     // times).
@@ -383,6 +385,17 @@ absl::StatusOr<TrainResult> Train(const TrainerOptions& options, DistContext* di
                    {"bytes_sent", dist->TotalBytesSent()}},
                   absl::StrFormat("step %d/%d  loss %.4f  grad_norm %.3f  lr %.2e  %.0f tok/s",
                                   step, tcfg.steps(), loss, grad_norm, lr, tps));
+    }
+    // Every rank's health, at most every two seconds (and on the first step): the controller
+    // shows it per rank.
+    if (step == start_step + 1 || now - last_status >= 2.0 || step == tcfg.steps()) {
+      last_status = now;
+      events.Emit("rank_status", {{"rank", dist->rank()},
+                                  {"step", step},
+                                  {"step_seconds", step_s},
+                                  {"peak_rss_bytes", PeakRss()},
+                                  {"parameter_bytes", model->ParameterBytes()},
+                                  {"bytes_sent", dist->TotalBytesSent()}});
     }
     const int interval = spec.dataset().validation_interval();
     if (has_validation && ((interval > 0 && step % interval == 0) || step == tcfg.steps()))
@@ -483,8 +496,11 @@ absl::StatusOr<TrainResult> RunDistributedTraining(const TrainerOptions& options
   dist_options.timeout = std::chrono::seconds(spec.resources().collective_timeout_seconds());
   if (options.events != nullptr) {
     EventSink* events = options.events;
-    dist_options.on_abort = [events](const std::string& reason) {
-      events->Emit("failed", {{"reason", reason}, {"code", "ABORTED"}}, "failed: " + reason);
+    dist_options.on_abort = [events](const absl::Status& status) {
+      const std::string reason(status.message());
+      events->Emit("failed",
+                   {{"reason", reason}, {"code", absl::StatusCodeToString(status.code())}},
+                   "failed: " + reason);
     };
   }
   auto dist = DistContext::Init(ShapeOf(spec), dist_options);
@@ -492,12 +508,18 @@ absl::StatusOr<TrainResult> RunDistributedTraining(const TrainerOptions& options
   absl::StatusOr<TrainResult> result;
   try {
     result = Train(options, dist->get());
+  } catch (const CommError& e) {
+    (*dist)->Abort(absl::UnavailableError(e.what()));
   } catch (const c10::Error& e) {
-    (*dist)->Abort(absl::StrCat("LibTorch: ", e.what_without_backtrace()));
+    // A communication failure inside autograd may come back wrapped by the engine.
+    const std::string what = e.what_without_backtrace();
+    (*dist)->Abort(absl::StrContains(what, kCommErrorMarker)
+                       ? absl::UnavailableError(what)
+                       : absl::InternalError(absl::StrCat("LibTorch: ", what)));
   } catch (const std::exception& e) {
-    (*dist)->Abort(e.what());
+    (*dist)->Abort(absl::InternalError(e.what()));
   }
-  if (!result.ok()) (*dist)->Abort(std::string(result.status().message()));
+  if (!result.ok()) (*dist)->Abort(result.status());
   (*dist)->Shutdown();
   return result;
 }
