@@ -18,9 +18,12 @@ using lora::v1::JobSpec;
 
 class Checker {
  public:
-  void Fail(const std::string& field, const std::string& description) { out_.push_back({field, description}); }
+  void Fail(const std::string& field, const std::string& description) {
+    out_.push_back({field, description});
+  }
 
-  void OneOf(const std::string& field, const std::string& value, const std::vector<std::string>& allowed) {
+  void OneOf(const std::string& field, const std::string& value,
+             const std::vector<std::string>& allowed) {
     for (const std::string& a : allowed) {
       if (value == a) return;
     }
@@ -30,7 +33,8 @@ class Checker {
     if (value < min) Fail(field, absl::StrCat("must be >= ", min, ", got ", value));
   }
   void Positive(const std::string& field, double value) {
-    if (!(value > 0) || !std::isfinite(value)) Fail(field, absl::StrCat("must be > 0, got ", value));
+    if (!(value > 0) || !std::isfinite(value))
+      Fail(field, absl::StrCat("must be > 0, got ", value));
   }
   void Regex(const std::string& field, const std::string& pattern) {
     try {
@@ -46,7 +50,8 @@ class Checker {
 };
 
 bool IsFloatDtype(const std::string& s) {
-  return s == "float32" || s == "bfloat16" || s == "float16" || s == "fp32" || s == "bf16" || s == "fp16";
+  return s == "float32" || s == "bfloat16" || s == "float16" || s == "fp32" || s == "bf16" ||
+         s == "fp16";
 }
 
 const std::vector<std::string> kBuiltinDatasets = {"synthetic-arith", "synthetic-text"};
@@ -55,10 +60,14 @@ const std::vector<std::string> kBuiltinDatasets = {"synthetic-arith", "synthetic
 
 std::string JobKindName(lora::v1::JobKind kind) {
   switch (kind) {
-    case lora::v1::JOB_KIND_TRAIN: return "train";
-    case lora::v1::JOB_KIND_CONVERT: return "convert";
-    case lora::v1::JOB_KIND_MERGE: return "merge";
-    default: return "unspecified";
+    case lora::v1::JOB_KIND_TRAIN:
+      return "train";
+    case lora::v1::JOB_KIND_CONVERT:
+      return "convert";
+    case lora::v1::JOB_KIND_MERGE:
+      return "merge";
+    default:
+      return "unspecified";
   }
 }
 
@@ -80,19 +89,23 @@ std::vector<FieldViolation> JobSpecViolations(const JobSpec& spec) {
     c.Fail("model.path", "set either model.flavor or model.path, not both");
   } else if (m.path().empty()) {
     auto flavor = LlamaConfig::FromFlavor(m.flavor());
-    if (flavor.ok()) shape = *flavor;
-    else c.Fail("model.flavor", std::string(flavor.status().message()));
+    if (flavor.ok())
+      shape = *flavor;
+    else
+      c.Fail("model.flavor", std::string(flavor.status().message()));
   }
   if (m.tokenizer() != "byte" && !absl::EndsWith(m.tokenizer(), ".model")) {
     c.Fail("model.tokenizer", "must be \"byte\" or a path to a SentencePiece .model file");
   }
-  if (!m.dtype().empty() && !IsFloatDtype(m.dtype())) c.Fail("model.dtype", "must be float32, bfloat16 or float16");
+  if (!m.dtype().empty() && !IsFloatDtype(m.dtype()))
+    c.Fail("model.dtype", "must be float32, bfloat16 or float16");
 
   // [lora]
   const auto& l = spec.lora();
   c.AtLeast("lora.rank", l.rank(), 1);
   c.Positive("lora.alpha", l.alpha());
-  if (!(l.dropout() >= 0 && l.dropout() < 1)) c.Fail("lora.dropout", absl::StrCat("must be in [0, 1), got ", l.dropout()));
+  if (!(l.dropout() >= 0 && l.dropout() < 1))
+    c.Fail("lora.dropout", absl::StrCat("must be in [0, 1), got ", l.dropout()));
   if (!l.target_modules().empty() && !l.target_modules_regex().empty()) {
     c.Fail("lora.target_modules", "give a list of names or one regex string, not both");
   }
@@ -102,7 +115,8 @@ std::vector<FieldViolation> JobSpecViolations(const JobSpec& spec) {
   if (!l.target_modules_regex().empty() && l.target_modules_regex() != "all-linear") {
     c.Regex("lora.target_modules", l.target_modules_regex());
   }
-  if (!l.exclude_modules_regex().empty()) c.Regex("lora.exclude_modules", l.exclude_modules_regex());
+  if (!l.exclude_modules_regex().empty())
+    c.Regex("lora.exclude_modules", l.exclude_modules_regex());
   c.OneOf("lora.init", l.init(), {"kaiming", "gaussian"});
   for (const auto& [k, v] : l.rank_pattern()) {
     c.AtLeast(absl::StrCat("lora.rank_pattern.", k), v, 1);
@@ -112,25 +126,29 @@ std::vector<FieldViolation> JobSpecViolations(const JobSpec& spec) {
     c.Positive(absl::StrCat("lora.alpha_pattern.", k), v);
     c.Regex(absl::StrCat("lora.alpha_pattern.", k), k);
   }
-  if (kind == lora::v1::JOB_KIND_MERGE && l.adapter().empty()) c.Fail("lora.adapter", "a merge job needs the adapter to merge");
+  if (kind == lora::v1::JOB_KIND_MERGE && l.adapter().empty())
+    c.Fail("lora.adapter", "a merge job needs the adapter to merge");
 
   // [optimizer] [lr_scheduler]
   const auto& o = spec.optimizer();
-  if (absl::AsciiStrToLower(o.name()) != "adamw") c.Fail("optimizer.name", absl::StrCat("'", o.name(), "' is not supported (AdamW)"));
+  if (absl::AsciiStrToLower(o.name()) != "adamw")
+    c.Fail("optimizer.name", absl::StrCat("'", o.name(), "' is not supported (AdamW)"));
   c.Positive("optimizer.lr", o.lr());
   if (!(o.weight_decay() >= 0)) c.Fail("optimizer.weight_decay", "must be >= 0");
   if (o.betas_size() != 2) {
     c.Fail("optimizer.betas", "must be [beta1, beta2]");
   } else {
     for (int i = 0; i < 2; ++i) {
-      if (!(o.betas(i) >= 0 && o.betas(i) < 1)) c.Fail(absl::StrCat("optimizer.betas[", i, "]"), "must be in [0, 1)");
+      if (!(o.betas(i) >= 0 && o.betas(i) < 1))
+        c.Fail(absl::StrCat("optimizer.betas[", i, "]"), "must be in [0, 1)");
     }
   }
   c.Positive("optimizer.eps", o.eps());
   const auto& s = spec.lr_scheduler();
   c.AtLeast("lr_scheduler.warmup_steps", s.warmup_steps(), 0);
   c.OneOf("lr_scheduler.decay_type", s.decay_type(), {"linear", "cosine", "constant"});
-  if (!(s.min_lr_factor() >= 0 && s.min_lr_factor() <= 1)) c.Fail("lr_scheduler.min_lr_factor", "must be in [0, 1]");
+  if (!(s.min_lr_factor() >= 0 && s.min_lr_factor() <= 1))
+    c.Fail("lr_scheduler.min_lr_factor", "must be in [0, 1]");
 
   // [training]
   const auto& t = spec.training();
@@ -145,26 +163,30 @@ std::vector<FieldViolation> JobSpecViolations(const JobSpec& spec) {
     c.Fail("training.mixed_precision", "fp16 needs resources.device = \"cuda\" (use bf16 on CPU)");
   }
   if (t.activation_checkpoint() == "selective") {
-    c.Fail("training.activation_checkpoint", "\"selective\" is not supported; use \"full\" or \"none\"");
+    c.Fail("training.activation_checkpoint",
+           "\"selective\" is not supported; use \"full\" or \"none\"");
   } else {
     c.OneOf("training.activation_checkpoint", t.activation_checkpoint(), {"none", "full"});
   }
   c.AtLeast("training.num_threads", t.num_threads(), 0);
   if (shape && t.seq_len() > shape->max_position_embeddings) {
-    c.Fail("training.seq_len", absl::StrCat("exceeds the model's max_position_embeddings (", shape->max_position_embeddings, ")"));
+    c.Fail("training.seq_len", absl::StrCat("exceeds the model's max_position_embeddings (",
+                                            shape->max_position_embeddings, ")"));
   }
 
   // [dataset]
   const auto& d = spec.dataset();
   if (train) {
     if (d.path().empty() == d.name().empty()) {
-      c.Fail("dataset.path", absl::StrCat("set exactly one of dataset.path (a JSONL file) or dataset.name (",
-                                          absl::StrJoin(kBuiltinDatasets, ", "), ")"));
+      c.Fail("dataset.path",
+             absl::StrCat("set exactly one of dataset.path (a JSONL file) or dataset.name (",
+                          absl::StrJoin(kBuiltinDatasets, ", "), ")"));
     }
     if (!d.name().empty()) c.OneOf("dataset.name", d.name(), kBuiltinDatasets);
   }
   c.OneOf("dataset.format", d.format(), {"text", "prompt_completion", "input_ids"});
-  if (!(d.validation_fraction() >= 0 && d.validation_fraction() < 1)) c.Fail("dataset.validation_fraction", "must be in [0, 1)");
+  if (!(d.validation_fraction() >= 0 && d.validation_fraction() < 1))
+    c.Fail("dataset.validation_fraction", "must be in [0, 1)");
   c.AtLeast("dataset.validation_interval", d.validation_interval(), 0);
   c.AtLeast("dataset.validation_max_batches", d.validation_max_batches(), 0);
   c.AtLeast("dataset.num_examples", d.num_examples(), 1);
@@ -175,7 +197,8 @@ std::vector<FieldViolation> JobSpecViolations(const JobSpec& spec) {
   c.AtLeast("resources.world_size", world, 1);
   if (world > 4096) c.Fail("resources.world_size", "must be <= 4096");
   c.OneOf("resources.device", spec.resources().device(), {"cpu", "cuda"});
-  c.AtLeast("resources.collective_timeout_seconds", spec.resources().collective_timeout_seconds(), 1);
+  c.AtLeast("resources.collective_timeout_seconds", spec.resources().collective_timeout_seconds(),
+            1);
   if (spec.resources().collective_timeout_seconds() > 86400)
     c.Fail("resources.collective_timeout_seconds", "must be <= 86400 (one day)");
   c.AtLeast("parallelism.data_parallel_replicate_degree", p.data_parallel_replicate_degree(), 1);
@@ -183,42 +206,60 @@ std::vector<FieldViolation> JobSpecViolations(const JobSpec& spec) {
   c.AtLeast("parallelism.pipeline_parallel_degree", p.pipeline_parallel_degree(), 1);
   c.AtLeast("parallelism.context_parallel_degree", p.context_parallel_degree(), 1);
   c.AtLeast("parallelism.pipeline_parallel_microbatches", p.pipeline_parallel_microbatches(), 1);
-  if (p.data_parallel_shard_degree() != -1) c.AtLeast("parallelism.data_parallel_shard_degree", p.data_parallel_shard_degree(), 1);
-  c.OneOf("parallelism.pipeline_parallel_schedule", p.pipeline_parallel_schedule(), {"GPipe", "1F1B"});
-  c.OneOf("parallelism.context_parallel_method", p.context_parallel_method(), {"allgather", "ring"});
+  if (p.data_parallel_shard_degree() != -1)
+    c.AtLeast("parallelism.data_parallel_shard_degree", p.data_parallel_shard_degree(), 1);
+  c.OneOf("parallelism.pipeline_parallel_schedule", p.pipeline_parallel_schedule(),
+          {"GPipe", "1F1B"});
+  if (p.context_parallel_method() == "ring") {
+    c.Fail(
+        "parallelism.context_parallel_method",
+        "'ring' is not implemented; context parallelism all-gathers K/V (the Llama 3 choice: "
+        "with grouped-query attention K/V are a fraction of the activations): use \"allgather\"");
+  } else {
+    c.OneOf("parallelism.context_parallel_method", p.context_parallel_method(), {"allgather"});
+  }
   const int64_t others = static_cast<int64_t>(std::max(1, p.data_parallel_replicate_degree())) *
-                         std::max(1, p.tensor_parallel_degree()) * std::max(1, p.pipeline_parallel_degree()) *
+                         std::max(1, p.tensor_parallel_degree()) *
+                         std::max(1, p.pipeline_parallel_degree()) *
                          std::max(1, p.context_parallel_degree());
   if (world >= 1) {
     if (p.data_parallel_shard_degree() == -1) {
       if (world % others != 0) {
-        c.Fail("parallelism", absl::StrCat("replicate x tp x pp x cp = ", others, " does not divide resources.world_size = ", world));
+        c.Fail("parallelism", absl::StrCat("replicate x tp x pp x cp = ", others,
+                                           " does not divide resources.world_size = ", world));
       }
     } else if (others * p.data_parallel_shard_degree() != world) {
-      c.Fail("parallelism", absl::StrCat("replicate x shard x tp x pp x cp = ", others * p.data_parallel_shard_degree(),
+      c.Fail("parallelism", absl::StrCat("replicate x shard x tp x pp x cp = ",
+                                         others * p.data_parallel_shard_degree(),
                                          " but resources.world_size = ", world));
     }
   }
-  if (p.pipeline_parallel_degree() > 1 && t.local_batch_size() % p.pipeline_parallel_microbatches() != 0) {
+  if (p.pipeline_parallel_degree() > 1 &&
+      t.local_batch_size() % p.pipeline_parallel_microbatches() != 0) {
     c.Fail("parallelism.pipeline_parallel_microbatches",
            absl::StrCat("must divide training.local_batch_size (", t.local_batch_size(), ")"));
   }
   if (p.context_parallel_degree() > 1 && t.seq_len() % (2 * p.context_parallel_degree()) != 0) {
-    c.Fail("training.seq_len", absl::StrCat("must be a multiple of 2 x context_parallel_degree (", 2 * p.context_parallel_degree(),
-                                            ") for causal load balancing"));
+    c.Fail("training.seq_len",
+           absl::StrCat("must be a multiple of 2 x context_parallel_degree (",
+                        2 * p.context_parallel_degree(), ") for causal load balancing"));
   }
   if (!p.pipeline_parallel_layers_per_stage().empty()) {
     if (p.pipeline_parallel_layers_per_stage_size() != p.pipeline_parallel_degree()) {
-      c.Fail("parallelism.pipeline_parallel_layers_per_stage", "needs one entry per pipeline stage");
+      c.Fail("parallelism.pipeline_parallel_layers_per_stage",
+             "needs one entry per pipeline stage");
     }
     int64_t total = 0;
     for (int n : p.pipeline_parallel_layers_per_stage()) {
-      if (n < 1) c.Fail("parallelism.pipeline_parallel_layers_per_stage", "every stage needs at least one layer");
+      if (n < 1)
+        c.Fail("parallelism.pipeline_parallel_layers_per_stage",
+               "every stage needs at least one layer");
       total += n;
     }
     if (shape && total != shape->num_hidden_layers) {
       c.Fail("parallelism.pipeline_parallel_layers_per_stage",
-             absl::StrCat("sums to ", total, " but the model has ", shape->num_hidden_layers, " layers"));
+             absl::StrCat("sums to ", total, " but the model has ", shape->num_hidden_layers,
+                          " layers"));
     }
   }
   if (shape) {
@@ -226,11 +267,13 @@ std::vector<FieldViolation> JobSpecViolations(const JobSpec& spec) {
     if (tp > 1 && (shape->num_attention_heads % tp != 0 || shape->num_key_value_heads % tp != 0 ||
                    shape->intermediate_size % tp != 0)) {
       c.Fail("parallelism.tensor_parallel_degree",
-             absl::StrCat(tp, " must divide the heads (", shape->num_attention_heads, "), kv heads (",
-                          shape->num_key_value_heads, ") and intermediate size (", shape->intermediate_size, ")"));
+             absl::StrCat(tp, " must divide the heads (", shape->num_attention_heads,
+                          "), kv heads (", shape->num_key_value_heads, ") and intermediate size (",
+                          shape->intermediate_size, ")"));
     }
     if (p.pipeline_parallel_degree() > shape->num_hidden_layers) {
-      c.Fail("parallelism.pipeline_parallel_degree", absl::StrCat("exceeds the number of layers (", shape->num_hidden_layers, ")"));
+      c.Fail("parallelism.pipeline_parallel_degree",
+             absl::StrCat("exceeds the number of layers (", shape->num_hidden_layers, ")"));
     }
   }
 
@@ -239,11 +282,13 @@ std::vector<FieldViolation> JobSpecViolations(const JobSpec& spec) {
   c.AtLeast("checkpoint.interval", k.interval(), 0);
   c.AtLeast("checkpoint.keep_latest", k.keep_latest(), 0);
   for (const std::string& e : k.export_()) c.OneOf("checkpoint.export", e, {"adapter", "merged"});
-  if (!IsFloatDtype(k.export_dtype())) c.Fail("checkpoint.export_dtype", "must be float32, bfloat16 or float16");
+  if (!IsFloatDtype(k.export_dtype()))
+    c.Fail("checkpoint.export_dtype", "must be float32, bfloat16 or float16");
   return c.Take();
 }
 
-absl::Status ValidateJobSpec(const JobSpec& spec, const ParsedJobSpec* parsed, const std::string& source) {
+absl::Status ValidateJobSpec(const JobSpec& spec, const ParsedJobSpec* parsed,
+                             const std::string& source) {
   std::vector<FieldViolation> violations = JobSpecViolations(spec);
   if (violations.empty()) return absl::OkStatus();
   std::vector<std::string> parts;

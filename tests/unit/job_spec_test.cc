@@ -143,6 +143,10 @@ TEST(JobSpecTest, ParallelDegreesMustMultiplyToWorldSize) {
   EXPECT_THAT(Violations(tp_heads), HasSubstr("parallelism.tensor_parallel_degree: 32 must divide the heads (16)"));
   JobSpec cp = Defaulted("[dataset]\nname='synthetic-arith'\n[training]\nseq_len = 250\n[parallelism]\ncontext_parallel_degree = 4\n[resources]\nworld_size = 4\n");
   EXPECT_THAT(Violations(cp), HasSubstr("training.seq_len: must be a multiple of 2 x context_parallel_degree (8)"));
+  JobSpec ring = Defaulted("[dataset]\nname='synthetic-arith'\n[parallelism]\ncontext_parallel_degree = 2\ncontext_parallel_method = 'ring'\n[resources]\nworld_size = 2\n");
+  EXPECT_THAT(Violations(ring), HasSubstr("parallelism.context_parallel_method: 'ring' is not implemented"));
+  JobSpec timeout = Defaulted("[dataset]\nname='synthetic-arith'\n[resources]\ncollective_timeout_seconds = 0\n");
+  EXPECT_THAT(Violations(timeout), HasSubstr("resources.collective_timeout_seconds"));
 }
 
 TEST(JobSpecTest, ValidationErrorsCarryLinesFromTheFile) {

@@ -61,10 +61,12 @@ class GatherSequenceFn : public torch::autograd::Function<GatherSequenceFn> {
     return ToSequenceOrder(g->AllGather(local, 1), g->size());
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    // Every rank's gradient for the whole sequence, summed and cut back to each rank's chunks:
+    // lay the chunks out in rank order, then reduce-scatter.
     Group* g = GroupOf(ctx);
-    torch::Tensor full = grads[0].contiguous().clone();
-    g->AllReduceSum(full);
-    return {TakeLocalChunks(full, g->size(), g->rank()), torch::Tensor()};
+    std::vector<torch::Tensor> by_rank;
+    for (int r = 0; r < g->size(); ++r) by_rank.push_back(TakeLocalChunks(grads[0], g->size(), r));
+    return {g->ReduceScatterSum(torch::cat(by_rank, 1), 1), torch::Tensor()};
   }
 };
 

@@ -99,10 +99,22 @@ torch::Tensor Group::AllGather(const torch::Tensor& t, int64_t dim) {
 
 torch::Tensor Group::ReduceScatterSum(const torch::Tensor& t, int64_t dim) {
   if (size_ == 1) return t;
-  torch::Tensor sum = t.contiguous().clone();
-  AllReduceSum(sum);
-  const int64_t n = sum.size(dim) / size_;
-  return sum.narrow(dim, rank_ * n, n).contiguous();
+  // Gloo has no reduce-scatter: a ring of sends and receives. In step s, rank r passes its
+  // running sum of chunk (r - s - 1) to r + 1 and adds what r - 1 sends into chunk (r - s - 2);
+  // after size - 1 steps chunk r holds every rank's contribution. Each rank sends
+  // (size - 1) / size of the tensor, half of what an all-reduce would.
+  const int64_t n = t.size(dim) / size_;
+  torch::Tensor acc = t.movedim(dim, 0).to(torch::kFloat32).contiguous().clone();
+  auto chunk = [&](int64_t i) { return acc.narrow(0, ((i % size_) + size_) % size_ * n, n); };
+  const int right = (rank_ + 1) % size_, left = (rank_ + size_ - 1) % size_;
+  torch::Tensor incoming = torch::empty_like(chunk(0));
+  for (int s = 0; s < size_ - 1; ++s) {
+    Send(chunk(rank_ - s - 1), right, kReduceScatterTag);
+    Recv(incoming, left, kReduceScatterTag);
+    chunk(rank_ - s - 2).add_(incoming);
+    Flush();
+  }
+  return chunk(rank_).movedim(0, dim).to(t.scalar_type()).contiguous();
 }
 
 void Group::Broadcast(torch::Tensor& t, int root) {

@@ -52,7 +52,8 @@ class Group {
   void AllReduceSum(torch::Tensor& t);
   // Concatenation of every rank's `t` along `dim`, in group rank order.
   torch::Tensor AllGather(const torch::Tensor& t, int64_t dim);
-  // Sum over ranks, then this rank's 1/size slice along `dim` (all-reduce + slice).
+  // Sum over ranks, then this rank's 1/size slice along `dim` (a ring of send/recv: Gloo has
+  // no reduce-scatter). Reduced in fp32.
   torch::Tensor ReduceScatterSum(const torch::Tensor& t, int64_t dim);
   void Broadcast(torch::Tensor& t, int root);
   // Send is asynchronous: Flush() waits for every pending send (call before reusing buffers).
@@ -65,6 +66,7 @@ class Group {
   int64_t bytes_sent() const { return bytes_sent_; }
 
  private:
+  static constexpr int kReduceScatterTag = 7001;
   void Wait(c10::intrusive_ptr<c10d::Work> work, const char* what);
   c10::intrusive_ptr<c10d::ProcessGroup> pg_;
   int rank_, size_;
