@@ -395,6 +395,7 @@ absl::StatusOr<TrainResult> Train(const TrainerOptions& options, DistContext* di
                                   {"step_seconds", step_s},
                                   {"peak_rss_bytes", PeakRss()},
                                   {"parameter_bytes", model->ParameterBytes()},
+                                  {"peak_parameter_bytes", model->PeakParameterBytes()},
                                   {"bytes_sent", dist->TotalBytesSent()}});
     }
     const int interval = spec.dataset().validation_interval();
@@ -466,6 +467,7 @@ absl::StatusOr<TrainResult> Train(const TrainerOptions& options, DistContext* di
        static_cast<double>((step - start_step) * global_rows * accum * T) / (Now() - t_loop)},
       {"peak_rss_bytes", PeakRss()},
       {"parameter_bytes", model->ParameterBytes()},
+      {"peak_parameter_bytes", model->PeakParameterBytes()},
       {"bytes_sent", dist->TotalBytesSent()},
       {"world_size", dist->world()},
       {"mesh", shape.ToString()},

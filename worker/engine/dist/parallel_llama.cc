@@ -256,6 +256,7 @@ void ParallelLlama::Gather(int layer) {
     torch::Tensor full = shard_->AllGather(s.local, 0).narrow(0, 0, s.numel).view(s.shape);
     SetData(s.param, full);
   }
+  peak_parameter_bytes_ = std::max(peak_parameter_bytes_, ParameterBytes());
 }
 
 void ParallelLlama::Release(int layer) {

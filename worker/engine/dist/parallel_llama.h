@@ -10,6 +10,7 @@
 #ifndef LORA_WORKER_ENGINE_DIST_PARALLEL_LLAMA_H_
 #define LORA_WORKER_ENGINE_DIST_PARALLEL_LLAMA_H_
 
+#include <algorithm>
 #include <map>
 #include <memory>
 #include <string>
@@ -70,8 +71,10 @@ class ParallelLlama {
   NamedTensors ScatterOptimizerState(const NamedTensors& full);
   std::vector<ModuleInfo> Modules() const;
 
-  // Bytes of parameters (base + adapters) this rank holds right now.
+  // Bytes of parameters (base + adapters) this rank holds right now, and the most it held at
+  // once (with a layer's gathered FSDP weights).
   int64_t ParameterBytes() const;
+  int64_t PeakParameterBytes() const { return std::max(peak_parameter_bytes_, ParameterBytes()); }
 
  private:
   enum class Split { kNone, kRows, kCols };  // how a tensor is split over the TP group
@@ -108,8 +111,9 @@ class ParallelLlama {
   std::map<int, std::vector<FsdpShard>> fsdp_;
   std::shared_ptr<LayerHooks> hooks_;
   std::vector<std::string>
-      tp_replicated_;                    // trainable names replicated over TP (norm counted once)
-  std::vector<std::string> tp_partial_;  // the subset whose gradients are partial sums
+      tp_replicated_;  // trainable names replicated over TP (norm counted once)
+  std::vector<std::string> tp_partial_;
+  int64_t peak_parameter_bytes_ = 0;  // the subset whose gradients are partial sums
 };
 
 // Layer ranges per stage, balanced by parameter count (embedding on the first stage, norm and

@@ -26,7 +26,9 @@
 namespace lora {
 namespace {
 
-double Now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+double Now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
 
 int64_t PeakRss() {
   struct rusage usage;
@@ -70,11 +72,12 @@ BatcherOptions ValidationBatcherOptions(const lora::v1::JobSpec& spec) {
 torch::Tensor BatchLossSum(LlamaForCausalLMImpl& model, const Batch& batch) {
   ForwardInputs in{batch.input_ids, batch.position_ids, batch.document_ids};
   torch::Tensor logits = model.forward(in);
-  return at::cross_entropy_loss(logits.to(torch::kFloat32).view({-1, logits.size(-1)}), batch.targets.view({-1}), {},
-                                at::Reduction::Sum, kIgnoreIndex);
+  return at::cross_entropy_loss(logits.to(torch::kFloat32).view({-1, logits.size(-1)}),
+                                batch.targets.view({-1}), {}, at::Reduction::Sum, kIgnoreIndex);
 }
 
-EvalResult EvaluateLoss(LlamaForCausalLMImpl& model, Batcher& data, int64_t rows, int64_t max_batches) {
+EvalResult EvaluateLoss(LlamaForCausalLMImpl& model, Batcher& data, int64_t rows,
+                        int64_t max_batches) {
   const bool was_training = model.is_training();
   model.eval();
   torch::NoGradGuard no_grad;
@@ -94,12 +97,26 @@ EvalResult EvaluateLoss(LlamaForCausalLMImpl& model, Batcher& data, int64_t rows
   return r;
 }
 
+namespace {
+
+// Bytes of every parameter the process holds (frozen base and adapters).
+int64_t ParameterBytes(torch::nn::Module& model) {
+  int64_t total = 0;
+  for (const auto& p : model.parameters())
+    total += p.numel() * static_cast<int64_t>(p.element_size());
+  return total;
+}
+
+}  // namespace
+
 absl::StatusOr<TrainResult> RunTraining(const TrainerOptions& options) {
   const lora::v1::JobSpec& spec = options.spec;
   EventSink& events = *options.events;
   const double t_start = Now();
   const auto& tcfg = spec.training();
-  const int threads = tcfg.num_threads() > 0 ? tcfg.num_threads() : static_cast<int>(std::thread::hardware_concurrency());
+  const int threads = tcfg.num_threads() > 0
+                          ? tcfg.num_threads()
+                          : static_cast<int>(std::thread::hardware_concurrency());
   at::set_num_threads(std::max(1, threads));
   torch::manual_seed(tcfg.seed());  // dropout draws from the default generator
 
@@ -110,14 +127,15 @@ absl::StatusOr<TrainResult> RunTraining(const TrainerOptions& options) {
   const LlamaConfig& mc = model->config();
 
   LORA_ASSIGN_OR_RETURN(auto tokenizer, MakeTokenizer(spec.model().tokenizer()));
-  LORA_ASSIGN_OR_RETURN(std::vector<Example> examples, LoadExamples(spec.dataset(), *tokenizer, mc.vocab_size));
+  LORA_ASSIGN_OR_RETURN(std::vector<Example> examples,
+                        LoadExamples(spec.dataset(), *tokenizer, mc.vocab_size));
   DatasetSplit split = SplitExamples(std::move(examples), spec.dataset().validation_fraction());
   const int64_t n_train_examples = static_cast<int64_t>(split.train.size());
   Batcher train_data(std::move(split.train), TrainBatcherOptions(spec));
   Batcher val_data(std::move(split.validation), ValidationBatcherOptions(spec));
   if (train_data.windows_per_epoch() == 0) {
-    return absl::InvalidArgumentError(absl::StrCat("dataset: the training split is shorter than one sequence of ",
-                                                   tcfg.seq_len(), " tokens"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "dataset: the training split is shorter than one sequence of ", tcfg.seq_len(), " tokens"));
   }
   const bool has_validation = val_data.windows_per_epoch() > 0;
 
@@ -145,21 +163,30 @@ absl::StatusOr<TrainResult> RunTraining(const TrainerOptions& options) {
     events.Log("info", absl::StrCat("resumed from ", ckpt, " at step ", start_step));
   }
 
-  const int64_t B = tcfg.local_batch_size(), accum = tcfg.gradient_accumulation_steps(), T = tcfg.seq_len();
+  const int64_t B = tcfg.local_batch_size(), accum = tcfg.gradient_accumulation_steps(),
+                T = tcfg.seq_len();
   const int64_t rows_per_step = B * accum;
   const double flops_per_token = TrainingFlopsPerToken(mc, T, prepared.report.trainable_parameters);
   const int64_t total_steps = tcfg.steps();
-  events.Emit("started",
-              {{"job", spec.job().name()}, {"total_steps", total_steps}, {"start_step", start_step},
-               {"world_size", 1}, {"rank", 0}, {"base_model", prepared.base_source},
-               {"trainable_parameters", prepared.report.trainable_parameters},
-               {"total_parameters", prepared.report.total_parameters},
-               {"wrapped_modules", prepared.report.modules.size()}, {"train_examples", n_train_examples},
-               {"windows_per_epoch", train_data.windows_per_epoch()}, {"flops_per_token", flops_per_token},
-               {"threads", at::get_num_threads()}},
-              absl::StrFormat("training %s: %d steps from step %d, %d trainable / %d parameters, %d threads",
-                              prepared.base_source, total_steps, start_step, prepared.report.trainable_parameters,
-                              prepared.report.total_parameters, at::get_num_threads()));
+  events.Emit(
+      "started",
+      {{"job", spec.job().name()},
+       {"total_steps", total_steps},
+       {"start_step", start_step},
+       {"world_size", 1},
+       {"rank", 0},
+       {"base_model", prepared.base_source},
+       {"trainable_parameters", prepared.report.trainable_parameters},
+       {"total_parameters", prepared.report.total_parameters},
+       {"wrapped_modules", prepared.report.modules.size()},
+       {"train_examples", n_train_examples},
+       {"windows_per_epoch", train_data.windows_per_epoch()},
+       {"flops_per_token", flops_per_token},
+       {"threads", at::get_num_threads()}},
+      absl::StrFormat(
+          "training %s: %d steps from step %d, %d trainable / %d parameters, %d threads",
+          prepared.base_source, total_steps, start_step, prepared.report.trainable_parameters,
+          prepared.report.total_parameters, at::get_num_threads()));
 
   const int64_t val_rows = B;
   const int64_t val_max = spec.dataset().validation_max_batches();
@@ -192,9 +219,13 @@ absl::StatusOr<TrainResult> RunTraining(const TrainerOptions& options) {
                        {"initial_eval_loss", initial_eval_loss},
                        {"world_size", 1},
                        {"format_version", 1}};
-    LORA_ASSIGN_OR_RETURN(CheckpointInfo info,
-                          SaveTrainingCheckpoint(options.output_dir, c, spec.checkpoint().keep_latest()));
-    last_checkpoint = {{"step", step}, {"path", info.path}, {"bytes", info.bytes}, {"sha256", info.sha256},
+    LORA_ASSIGN_OR_RETURN(
+        CheckpointInfo info,
+        SaveTrainingCheckpoint(options.output_dir, c, spec.checkpoint().keep_latest()));
+    last_checkpoint = {{"step", step},
+                       {"path", info.path},
+                       {"bytes", info.bytes},
+                       {"sha256", info.sha256},
                        {"files", info.files}};
     events.Emit("checkpoint", last_checkpoint,
                 absl::StrFormat("step %d  checkpoint %s (%d bytes)", step, info.path, info.bytes));
@@ -234,14 +265,25 @@ absl::StatusOr<TrainResult> RunTraining(const TrainerOptions& options) {
     const double per_step = (now - t_loop) / static_cast<double>(step - start_step);
     const double eta = per_step * static_cast<double>(total_steps - step);
     const double tps = static_cast<double>(rows_per_step * T) / step_s;
-    events.Emit("step",
-                {{"step", step}, {"total_steps", total_steps}, {"loss", loss}, {"grad_norm", grad_norm}, {"lr", lr},
-                 {"tokens", tokens_seen}, {"tokens_per_second", tps}, {"step_seconds", step_s},
-                 {"elapsed_seconds", elapsed}, {"eta_seconds", eta}, {"target_tokens", batch.num_targets}},
-                absl::StrFormat("step %d/%d  loss %.4f  grad_norm %.3f  lr %.2e  %.0f tok/s  elapsed %s  eta %s", step,
-                                total_steps, loss, grad_norm, lr, tps, Duration(elapsed), Duration(eta)));
+    events.Emit(
+        "step",
+        {{"step", step},
+         {"total_steps", total_steps},
+         {"loss", loss},
+         {"grad_norm", grad_norm},
+         {"lr", lr},
+         {"tokens", tokens_seen},
+         {"tokens_per_second", tps},
+         {"step_seconds", step_s},
+         {"elapsed_seconds", elapsed},
+         {"eta_seconds", eta},
+         {"target_tokens", batch.num_targets}},
+        absl::StrFormat(
+            "step %d/%d  loss %.4f  grad_norm %.3f  lr %.2e  %.0f tok/s  elapsed %s  eta %s", step,
+            total_steps, loss, grad_norm, lr, tps, Duration(elapsed), Duration(eta)));
     const int interval = spec.dataset().validation_interval();
-    if (has_validation && ((interval > 0 && step % interval == 0) || step == total_steps)) evaluate(step);
+    if (has_validation && ((interval > 0 && step % interval == 0) || step == total_steps))
+      evaluate(step);
     const bool stop = options.stop_requested && options.stop_requested->load();
     const int ckpt_interval = spec.checkpoint().interval();
     if ((ckpt_interval > 0 && step % ckpt_interval == 0) || step == total_steps || stop) {
@@ -257,16 +299,18 @@ absl::StatusOr<TrainResult> RunTraining(const TrainerOptions& options) {
   result.step = step;
   result.interrupted = interrupted;
   if (interrupted) {
-    if (last_checkpoint.is_null() || last_checkpoint["step"] != step) LORA_RETURN_IF_ERROR(save_checkpoint(step));
-    events.Log("warning", absl::StrCat("stopped on request after step ", step, "; resume with --resume ",
-                                       options.output_dir));
+    if (last_checkpoint.is_null() || last_checkpoint["step"] != step)
+      LORA_RETURN_IF_ERROR(save_checkpoint(step));
+    events.Log("warning", absl::StrCat("stopped on request after step ", step,
+                                       "; resume with --resume ", options.output_dir));
     return result;
   }
 
   // Final exports.
   const std::string final_dir = JoinPath(options.output_dir, "final");
   LORA_RETURN_IF_ERROR(MakeDirectories(final_dir));
-  LORA_ASSIGN_OR_RETURN(torch::Dtype export_dtype, ParseFloatDtype(spec.checkpoint().export_dtype()));
+  LORA_ASSIGN_OR_RETURN(torch::Dtype export_dtype,
+                        ParseFloatDtype(spec.checkpoint().export_dtype()));
   nlohmann::json outputs = nlohmann::json::object();
   for (const std::string& what : spec.checkpoint().export_()) {
     if (what == "adapter") {
@@ -292,24 +336,28 @@ absl::StatusOr<TrainResult> RunTraining(const TrainerOptions& options) {
     }
   }
   const double wall = Now() - t_start;
-  result.summary = {{"steps", step},
-                    {"tokens", tokens_seen},
-                    {"final_train_loss", last_train_loss},
-                    {"final_eval_loss", last_eval_loss},
-                    {"initial_eval_loss", initial_eval_loss},
-                    {"wall_seconds", wall},
-                    {"train_seconds", Now() - t_loop},
-                    {"tokens_per_second", static_cast<double>((step - start_step) * rows_per_step * T) / (Now() - t_loop)},
-                    {"peak_rss_bytes", PeakRss()},
-                    {"trainable_parameters", prepared.report.trainable_parameters},
-                    {"total_parameters", prepared.report.total_parameters},
-                    {"outputs", outputs},
-                    {"last_checkpoint", last_checkpoint}};
-  LORA_RETURN_IF_ERROR(
-      WriteFileAtomically(JoinPath(options.output_dir, "summary.json"), result.summary.dump(2) + "\n"));
-  events.Emit("finished", result.summary,
-              absl::StrFormat("finished %d steps in %s: train_loss %.4f eval_loss %.4f (from %.4f)", step,
-                              Duration(wall), last_train_loss, last_eval_loss, initial_eval_loss));
+  result.summary = {
+      {"steps", step},
+      {"tokens", tokens_seen},
+      {"final_train_loss", last_train_loss},
+      {"final_eval_loss", last_eval_loss},
+      {"initial_eval_loss", initial_eval_loss},
+      {"wall_seconds", wall},
+      {"train_seconds", Now() - t_loop},
+      {"tokens_per_second",
+       static_cast<double>((step - start_step) * rows_per_step * T) / (Now() - t_loop)},
+      {"peak_rss_bytes", PeakRss()},
+      {"parameter_bytes", ParameterBytes(*model)},
+      {"trainable_parameters", prepared.report.trainable_parameters},
+      {"total_parameters", prepared.report.total_parameters},
+      {"outputs", outputs},
+      {"last_checkpoint", last_checkpoint}};
+  LORA_RETURN_IF_ERROR(WriteFileAtomically(JoinPath(options.output_dir, "summary.json"),
+                                           result.summary.dump(2) + "\n"));
+  events.Emit(
+      "finished", result.summary,
+      absl::StrFormat("finished %d steps in %s: train_loss %.4f eval_loss %.4f (from %.4f)", step,
+                      Duration(wall), last_train_loss, last_eval_loss, initial_eval_loss));
   return result;
 }
 

@@ -1,0 +1,204 @@
+#!/usr/bin/env python3
+"""Distributed lora-train, per parallel layout, against one process at the same global batch.
+
+For each layout: bytes rank 0 sends per step (the engine's counter: bytes each collective puts
+on the wire under the ring cost model) against the analytical minimum of the algorithm, peak
+parameter bytes per rank against the single process, and step time against the single process.
+Ranks are processes on loopback (Gloo); they share this machine's cores, so step-time ratios
+measure overhead, not speed-up.
+
+  bench/dist_bench.py [--build build] [--flavor debugmodel] [--steps 12] [--seq-len 256]
+"""
+import argparse
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+
+FLAVORS = {  # hidden, layers, heads, kv heads, intermediate, vocab
+    "tiny": (64, 2, 4, 2, 128, 2048),
+    "debugmodel": (256, 6, 16, 16, 768, 2048),
+}
+
+LAYOUTS = [  # name, world, degrees, pp schedule
+    ("FSDP 2", 2, {"data_parallel_shard_degree": 2}),
+    ("FSDP 4", 4, {"data_parallel_shard_degree": 4}),
+    ("HSDP 2x2", 4, {"data_parallel_replicate_degree": 2, "data_parallel_shard_degree": 2}),
+    ("PP 2 1F1B", 2, {"pipeline_parallel_degree": 2, "data_parallel_shard_degree": 1}),
+    ("PP 2 GPipe", 2, {"pipeline_parallel_degree": 2, "data_parallel_shard_degree": 1,
+                       "pipeline_parallel_schedule": "GPipe"}),
+    ("CP 2", 2, {"context_parallel_degree": 2, "data_parallel_shard_degree": 1}),
+    ("TP 2", 2, {"tensor_parallel_degree": 2, "data_parallel_shard_degree": 1}),
+    ("FSDP 2 x PP 2", 4, {"data_parallel_shard_degree": 2, "pipeline_parallel_degree": 2}),
+    ("CP 2 x FSDP 2", 4, {"data_parallel_shard_degree": 2, "context_parallel_degree": 2}),
+]
+
+
+def spec_text(flavor, steps, seq_len, rows, threads):
+    return f"""[job]
+name = "dist-bench"
+[model]
+flavor = "{flavor}"
+[lora]
+rank = 8
+[training]
+steps = {steps}
+seq_len = {seq_len}
+local_batch_size = {rows}
+mixed_precision = "bf16"
+num_threads = {threads}
+[dataset]
+name = "synthetic-arith"
+num_examples = 4000
+validation_fraction = 0.0
+[checkpoint]
+interval = 0
+"""
+
+
+def run(binary, spec, out, world, degrees):
+    port = random.randint(20000, 40000)
+    sets = [f"resources.world_size={world}"]
+    for k, v in degrees.items():
+        sets.append(f"parallelism.{k}={v}")
+    args = [binary, "run", "--job", spec, "--out", out, "--quiet"]
+    for s in sets:
+        args += ["--set", s]
+    procs = []
+    for r in range(world):
+        env = dict(os.environ, RANK=str(r), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(port))
+        procs.append(subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.PIPE, text=True))
+    for r, p in enumerate(procs):
+        _, err = p.communicate(timeout=1200)
+        if p.returncode != 0:
+            sys.exit(f"rank {r} failed: {err[-2000:]}")
+    return read_events(os.path.join(out, "events.jsonl")), json.load(
+        open(os.path.join(out, "summary.json")))
+
+
+def read_events(path):
+    return [json.loads(line) for line in open(path) if line.strip()]
+
+
+def per_step(events, key):
+    steps = [e for e in events if e["event"] == "step"]
+    steps = steps[2:]  # warm-up
+    if key == "bytes_sent":
+        deltas = [b[key] - a[key] for a, b in zip(steps, steps[1:])]
+        return statistics.median(deltas)
+    return statistics.median(e[key] for e in steps)
+
+
+def analytical_min(flavor, degrees, rows, seq_len, trainable):
+    """Bytes one rank must send per step for the algorithm this layout runs (ring costs).
+
+    bf16 for gathered weights, activations and K/V; fp32 for every reduction (gradients,
+    TP partial sums), as the engine does.
+    """
+    H, L, heads, kv_heads, inter, vocab = FLAVORS[flavor]
+    kv = H // heads * kv_heads
+    layer_bytes = 2 * (2 * H * H + 2 * H * kv + 3 * H * inter + 2 * H)
+    adapter_bytes = 4 * trainable
+    S = degrees.get("data_parallel_shard_degree", 1)
+    R = degrees.get("data_parallel_replicate_degree", 1)
+    P = degrees.get("pipeline_parallel_degree", 1)
+    C = degrees.get("context_parallel_degree", 1)
+    Tp = degrees.get("tensor_parallel_degree", 1)
+    layers = L / P
+    B, T = rows, seq_len
+    total = 0.0
+    ring = lambda n: (n - 1) / n
+    # FSDP: each owned layer gathered for forward and again for the backward's recomputation.
+    total += 2 * layers * ring(S) * layer_bytes
+    # Adapter gradients: one all-reduce over data- and context-parallel replicas.
+    dp = R * S * C
+    stage_adapters = adapter_bytes / P
+    total += 2 * ring(dp) * stage_adapters
+    # Pipeline: activations forward, their gradients backward, once per stage boundary
+    # (averaged over ranks: the first stage sends the one, the last the other).
+    if P > 1:
+        total += B * T * H * 2 * 2 * (P - 1) / P
+    # Context parallel: per layer, K and V gathered (bf16); their gradients reduce-scattered
+    # (fp32). Recomputation under FSDP gathers again.
+    if C > 1:
+        forward_passes = 2 if S > 1 else 1
+        total += layers * forward_passes * ring(C) * B * T * kv * 2 * 2
+        total += layers * ring(C) * B * T * kv * 2 * 4
+    # Tensor parallel: per layer two all-reduces forward (attention, MLP outputs) and two
+    # backward (their inputs' gradients), fp32; plus the replicated LoRA factors' gradients.
+    if Tp > 1:
+        total += layers * 4 * 2 * ring(Tp) * B * T * H * 4
+        total += 2 * ring(Tp) * adapter_bytes * 0.5
+    return total
+
+
+def fmt_bytes(b):
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(b) < 1024:
+            return f"{b:.1f} {unit}"
+        b /= 1024
+    return f"{b:.1f} TiB"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--build", default="build")
+    ap.add_argument("--flavor", default="debugmodel", choices=sorted(FLAVORS))
+    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--rows", type=int, default=4, help="local batch per data-parallel replica")
+    ap.add_argument("--only", default="", help="comma-separated layout names")
+    a = ap.parse_args()
+    binary = os.path.join(a.build, "worker", "lora-train")
+    cores = os.cpu_count() or 1
+    work = tempfile.mkdtemp(prefix="dist-bench-")
+    singles = {}
+    print(f"flavor {a.flavor}, bf16, seq_len {a.seq_len}, {a.rows} rows per replica, "
+          f"{a.steps} steps, {cores} cores")
+    print("| layout | ranks | bytes/step rank 0 | analytical min | ratio | peak params/rank "
+          "| vs single | step s | vs single |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    try:
+        for name, world, degrees in LAYOUTS:
+            if a.only and name not in a.only.split(","):
+                continue
+            dp = degrees.get("data_parallel_shard_degree", 1) * degrees.get(
+                "data_parallel_replicate_degree", 1)
+            rows = a.rows * dp
+            if rows not in singles:
+                spec = os.path.join(work, f"single-{rows}.toml")
+                open(spec, "w").write(spec_text(a.flavor, a.steps, a.seq_len, rows, cores))
+                ev, summary = run(binary, spec, os.path.join(work, f"single-{rows}"), 1, {})
+                singles[rows] = (per_step(ev, "step_seconds"), summary["parameter_bytes"])
+            single_step, single_params = singles[rows]
+            spec = os.path.join(work, f"{world}.toml")
+            threads = max(1, cores // world)
+            open(spec, "w").write(spec_text(a.flavor, a.steps, a.seq_len, a.rows, threads))
+            out = os.path.join(work, name.replace(" ", "_"))
+            ev, summary = run(binary, spec, out, world, degrees)
+            sent = per_step(ev, "bytes_sent")
+            step_s = per_step(ev, "step_seconds")
+            minimum = analytical_min(a.flavor, degrees, a.rows, a.seq_len,
+                                     summary["trainable_parameters"])
+            peak = max(summary["peak_parameter_bytes"], *[
+                e.get("peak_parameter_bytes", 0)
+                for r in range(1, world)
+                for e in read_events(os.path.join(out, f"rank-{r}", "events.jsonl"))
+                if e["event"] == "rank_status"])
+            print(f"| {name} | {world} | {fmt_bytes(sent)} | {fmt_bytes(minimum)} | "
+                  f"{sent / minimum:.2f} | {fmt_bytes(peak)} | {peak / single_params:.2f} | "
+                  f"{step_s:.3f} | {step_s / single_step:.2f} |", flush=True)
+        print(f"single process: " + ", ".join(
+            f"{r} rows {s:.3f} s/step, params {fmt_bytes(p)}" for r, (s, p) in singles.items()))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
