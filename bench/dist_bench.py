@@ -20,7 +20,7 @@ import sys
 import tempfile
 
 FLAVORS = {  # hidden, layers, heads, kv heads, intermediate, vocab
-    "tiny": (64, 2, 4, 2, 128, 2048),
+    "tiny": (64, 2, 4, 2, 160, 512),
     "debugmodel": (256, 6, 16, 16, 768, 2048),
 }
 
@@ -95,7 +95,7 @@ def per_step(events, key):
     return statistics.median(e[key] for e in steps)
 
 
-def analytical_min(flavor, degrees, rows, seq_len, trainable):
+def analytical_min(flavor, degrees, rows, seq_len, trainable, lora_rank=8):
     """Bytes one rank must send per step for the algorithm this layout runs (ring costs).
 
     bf16 for gathered weights, activations and K/V; fp32 for every reduction (gradients,
@@ -114,11 +114,16 @@ def analytical_min(flavor, degrees, rows, seq_len, trainable):
     B, T = rows, seq_len
     total = 0.0
     ring = lambda n: (n - 1) / n
-    # FSDP: each owned layer gathered for forward and again for the backward's recomputation.
-    total += 2 * layers * ring(S) * layer_bytes
-    # Adapter gradients: one all-reduce over data- and context-parallel replicas.
+    # FSDP: each owned layer gathered for forward and again for the backward's recomputation,
+    # per micro-batch under pipelining; the embedding once per micro-batch on the first stage
+    # (rank 0's), the output projection once per step on the last.
+    M = degrees.get("pipeline_parallel_microbatches", 4) if P > 1 else 1
+    total += 2 * M * layers * ring(S) * layer_bytes
+    total += (M + (1 if P == 1 else 0)) * ring(S) * 2 * vocab * H
+    # Adapter gradients: one all-reduce over data- and context-parallel replicas (this rank's
+    # stage's adapters; under TP the slices it holds).
     dp = R * S * C
-    stage_adapters = adapter_bytes / P
+    stage_adapters = adapter_bytes / P / Tp
     total += 2 * ring(dp) * stage_adapters
     # Pipeline: activations forward, their gradients backward, once per stage boundary
     # (averaged over ranks: the first stage sends the one, the last the other).
@@ -131,10 +136,13 @@ def analytical_min(flavor, degrees, rows, seq_len, trainable):
         total += layers * forward_passes * ring(C) * B * T * kv * 2 * 2
         total += layers * ring(C) * B * T * kv * 2 * 4
     # Tensor parallel: per layer two all-reduces forward (attention, MLP outputs) and two
-    # backward (their inputs' gradients), fp32; plus the replicated LoRA factors' gradients.
+    # backward (their inputs' gradients; none for rank 0's first layer, whose input is the
+    # frozen embedding's output), fp32; plus the replicated LoRA factors' gradients.
     if Tp > 1:
-        total += layers * 4 * 2 * ring(Tp) * B * T * H * 4
-        total += 2 * ring(Tp) * adapter_bytes * 0.5
+        total += (layers * 4 - 1) * 2 * ring(Tp) * B * T * H * 4
+        # Replicated factors inside the layers (lora_a of q/k/v/gate/up, lora_b of o/down) see
+        # only this rank's slice of the other factor: their gradients are summed.
+        total += 2 * ring(Tp) * layers * 7 * lora_rank * H * 4
     return total
 
 

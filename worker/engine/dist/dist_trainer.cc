@@ -270,6 +270,7 @@ absl::StatusOr<TrainResult> Train(const TrainerOptions& options, DistContext* di
       tokens += token_sum(static_cast<double>(model->Localize(rows).num_targets));
       loss += token_sum(runner.Run(rows, 0));
     }
+    model->ReleaseRoot();
     model->model()->train();
     last_eval_loss = tokens > 0 ? loss / tokens : std::nan("");
     if (leader) {

@@ -223,23 +223,28 @@ void ParallelLlama::ApplyTensorParallel() {
 
 void ParallelLlama::ApplyFsdp() {
   const int n = shard_->size();
+  auto shard = [&](int unit, torch::Tensor p) {
+    FsdpShard s;
+    s.param = p;
+    s.shape = p.sizes().vec();
+    s.numel = p.numel();
+    const int64_t chunk = (s.numel + n - 1) / n;
+    torch::Tensor flat = torch::zeros({chunk * n}, p.options());
+    flat.narrow(0, 0, s.numel).copy_(p.detach().reshape({-1}));
+    s.local = flat.narrow(0, shard_->rank() * chunk, chunk).clone();
+    SetData(p, torch::empty({0}, p.options()));
+    fsdp_[unit].push_back(std::move(s));
+  };
   for (int64_t layer = first_; layer < last_; ++layer) {
-    auto& shards = fsdp_[static_cast<int>(layer)];
     for (const auto& item : model_->model->layers[static_cast<size_t>(layer)]->named_parameters()) {
-      if (absl::StrContains(item.key(), "lora_")) continue;
-      torch::Tensor p = item.value();
-      FsdpShard s;
-      s.param = p;
-      s.shape = p.sizes().vec();
-      s.numel = p.numel();
-      const int64_t chunk = (s.numel + n - 1) / n;
-      torch::Tensor flat = torch::zeros({chunk * n}, p.options());
-      flat.narrow(0, 0, s.numel).copy_(p.detach().reshape({-1}));
-      s.local = flat.narrow(0, shard_->rank() * chunk, chunk).clone();
-      SetData(p, torch::empty({0}, p.options()));
-      shards.push_back(std::move(s));
+      if (!absl::StrContains(item.key(), "lora_")) shard(static_cast<int>(layer), item.value());
     }
   }
+  // The embedding and the output projection are sharded too (for small models they are most
+  // of the weights). A tied output projection is the embedding, gathered where either is used.
+  const bool tied = model_->config().tie_word_embeddings;
+  if (first_stage_ || (tied && last_stage_)) shard(kEmbedUnit, model_->model->embed_tokens->weight);
+  if (last_stage_ && !tied) shard(kHeadUnit, model_->lm_head->weight);
   hooks_ = std::make_shared<LayerHooks>();
   hooks_->before = [this](int layer) { Gather(layer); };
   hooks_->after = [this](int layer) { Release(layer); };
@@ -302,10 +307,30 @@ LocalBatch ParallelLlama::Localize(const Batch& rows) {
 }
 
 torch::Tensor ParallelLlama::StageForward(const LocalBatch& batch, const torch::Tensor& hidden_in) {
-  torch::Tensor h = first_stage_ ? model_->model->Embed(batch.input_ids) : hidden_in;
+  const bool tied = model_->config().tie_word_embeddings;
+  torch::Tensor h = hidden_in;
+  if (first_stage_) {
+    // The embedding's backward needs no weights (they are frozen): release at once, unless it
+    // is also the output projection, held for the step.
+    const bool held = head_gathered_ && tied;
+    Gather(kEmbedUnit);
+    h = model_->model->Embed(batch.input_ids);
+    if (!held) Release(kEmbedUnit);
+  }
   h = model_->model->RunLayers(h, batch.ctx, first_, last_);
   if (!last_stage_) return h;
+  // The output projection's backward needs its weight: it stays until ReleaseRoot().
+  if (!head_gathered_) {
+    Gather(tied ? kEmbedUnit : kHeadUnit);
+    head_gathered_ = true;
+  }
   return model_->Logits(model_->model->norm(h));
+}
+
+void ParallelLlama::ReleaseRoot() {
+  if (!head_gathered_) return;
+  Release(model_->config().tie_word_embeddings ? kEmbedUnit : kHeadUnit);
+  head_gathered_ = false;
 }
 
 void ParallelLlama::SyncGradients() {
@@ -332,6 +357,7 @@ void ParallelLlama::SyncGradients() {
       ++i;
     }
   };
+  ReleaseRoot();  // every backward of the step is done
   bucket(trainable_, dp_cp_, nullptr);
   bucket(trainable_, tp_, &tp_partial_);
 }

@@ -58,8 +58,10 @@ class ParallelLlama {
   // Adapter parameters this rank trains (its stage, its tensor-parallel slices).
   const NamedTensors& trainable() const { return trainable_; }
   // After backward: sums gradients over data-parallel and context-parallel replicas, and the
-  // replicated LoRA factors over the tensor-parallel group.
+  // replicated LoRA factors over the tensor-parallel group. Frees gathered FSDP weights.
   void SyncGradients();
+  // Frees the FSDP-gathered output projection (after forward-only passes).
+  void ReleaseRoot();
   // Global L2 norm of the full model's adapter gradients; clips to max_norm when > 0.
   double ClipGradients(double max_norm);
 
@@ -90,6 +92,7 @@ class ParallelLlama {
   absl::Status Setup(const lora::v1::JobSpec& spec);
   void ApplyTensorParallel();
   void ApplyFsdp();
+  static constexpr int kEmbedUnit = -1, kHeadUnit = -2;  // FSDP units besides the layers
   void Gather(int layer);
   void Release(int layer);
   Split SplitOf(const std::string& param_name) const;
@@ -113,7 +116,8 @@ class ParallelLlama {
   std::vector<std::string>
       tp_replicated_;  // trainable names replicated over TP (norm counted once)
   std::vector<std::string> tp_partial_;
-  int64_t peak_parameter_bytes_ = 0;  // the subset whose gradients are partial sums
+  int64_t peak_parameter_bytes_ = 0;
+  bool head_gathered_ = false;  // the subset whose gradients are partial sums
 };
 
 // Layer ranges per stage, balanced by parameter count (embedding on the first stage, norm and
