@@ -169,9 +169,9 @@ def main():
     singles = {}
     print(f"flavor {a.flavor}, bf16, seq_len {a.seq_len}, {a.rows} rows per replica, "
           f"{a.steps} steps, {cores} cores")
-    print("| layout | ranks | bytes/step rank 0 | analytical min | ratio | peak params/rank "
-          "| vs single | step s | vs single |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| layout | ranks | bytes/step rank 0 | analytical min | ratio | resident params "
+          "rank 0 | vs single | peak params/rank | vs single | step s | vs single |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     try:
         for name, world, degrees in LAYOUTS:
             if a.only and name not in a.only.split(","):
@@ -199,8 +199,10 @@ def main():
                 for r in range(1, world)
                 for e in read_events(os.path.join(out, f"rank-{r}", "events.jsonl"))
                 if e["event"] == "rank_status"])
+            resident = summary["parameter_bytes"]
             print(f"| {name} | {world} | {fmt_bytes(sent)} | {fmt_bytes(minimum)} | "
-                  f"{sent / minimum:.2f} | {fmt_bytes(peak)} | {peak / single_params:.2f} | "
+                  f"{sent / minimum:.2f} | {fmt_bytes(resident)} | "
+                  f"{resident / single_params:.2f} | {fmt_bytes(peak)} | {peak / single_params:.2f} | "
                   f"{step_s:.3f} | {step_s / single_step:.2f} |", flush=True)
         print(f"single process: " + ", ".join(
             f"{r} rows {s:.3f} s/step, params {fmt_bytes(p)}" for r, (s, p) in singles.items()))

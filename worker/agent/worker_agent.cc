@@ -490,6 +490,8 @@ void WorkerAgent::RunRank(Key key) {
       {"LOCAL_WORLD_SIZE", "1"},
       {"MASTER_ADDR", a.master_addr().empty() ? "127.0.0.1" : a.master_addr()},
       {"MASTER_PORT", std::to_string(port)},
+      // Gloo binds to the address peers were told to use for this worker.
+      {"LORA_GLOO_HOSTNAME", options_.address},
       {"LORA_JOB_ID", ref.job_id()},
       {"LORA_ATTEMPT", std::to_string(ref.attempt())}};
   const std::string log_path = JoinPath(run_dir, "engine.log");
