@@ -419,7 +419,7 @@ absl::Status ApplyOverride(const std::string& assignment, JobSpec* spec) {
       !value.empty() && !quoted &&
       (string_field || absl::ascii_isalpha(value[0]) || value[0] == '/' || value[0] == '.') &&
       value != "true" && value != "false" && value != "inf" && value != "nan";
-  if (bare) value = TomlString(value);
+  if (bare || (string_field && value.empty())) value = TomlString(value);  // "key=" clears
   auto parsed = ParseJobSpecToml(absl::StrCat("[", section, "]\n", key, " = ", value, "\n"),
                                  "--set " + assignment);
   if (!parsed.ok()) return parsed.status();

@@ -356,6 +356,19 @@ TEST_F(DistributedTest, MismatchedWorldSizeIsAClearError) {
   EXPECT_THAT(r.err, HasSubstr("WORLD_SIZE=3"));
 }
 
+TEST_F(DistributedTest, ARanksOwnErrorKeepsItsCodeAndReason) {
+  const std::string out = scratch_.Join("missing-data");
+  auto results = RunRanks(Spec(), out, 2,
+                          {"parallelism.data_parallel_shard_degree=2",
+                           "dataset.name=", "dataset.path=" + scratch_.Join("nope.jsonl")});
+  for (const auto& r : results) EXPECT_EQ(r.exit_code, 1) << r.err;
+  auto failed = Events(out + "/events.jsonl", "failed");
+  ASSERT_FALSE(failed.empty());
+  EXPECT_THAT(failed.back()["reason"].get<std::string>(), HasSubstr("nope.jsonl"));
+  // Not a lost peer: the controller must not retry it.
+  EXPECT_NE(failed.back()["code"], "UNAVAILABLE");
+}
+
 // Starts `world` FSDP ranks on a long run, waits for the first checkpoint, then signals
 // `victim`. Returns the survivors' exit codes and the seconds they took to exit.
 struct FailureOutcome {

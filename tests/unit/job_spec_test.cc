@@ -175,6 +175,8 @@ TEST(JobSpecTest, OverridesReplaceValues) {
   EXPECT_EQ(spec.parallelism().pipeline_parallel_schedule(), "1F1B");
   ASSERT_TRUE(ApplyOverride("job.name=\"2024 run\"", &spec).ok());
   EXPECT_EQ(spec.job().name(), "2024 run");
+  ASSERT_TRUE(ApplyOverride("job.name=", &spec).ok());
+  EXPECT_EQ(spec.job().name(), "");
   EXPECT_THAT(std::string(ApplyOverride("training.stepz=1", &spec).message()), HasSubstr("training.stepz: unknown key"));
   EXPECT_THAT(std::string(ApplyOverride("steps", &spec).message()), HasSubstr("expected section.key=value"));
   EXPECT_THAT(std::string(ApplyOverride("training.steps=abc", &spec).message()), HasSubstr("expected an integer"));

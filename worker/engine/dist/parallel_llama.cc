@@ -141,6 +141,20 @@ absl::Status ParallelLlama::Setup(const lora::v1::JobSpec& spec) {
   const auto& par = spec.parallelism();
   std::vector<int> per_stage(par.pipeline_parallel_layers_per_stage().begin(),
                              par.pipeline_parallel_layers_per_stage().end());
+  if (pp_->size() > c.num_hidden_layers) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("parallelism.pipeline_parallel_degree: ", pp_->size(),
+                     " stages but the model has ", c.num_hidden_layers, " layers"));
+  }
+  int64_t listed = 0;
+  for (int n : per_stage) listed += n;
+  if (!per_stage.empty() &&
+      (listed != c.num_hidden_layers || static_cast<int>(per_stage.size()) != pp_->size())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("parallelism.pipeline_parallel_layers_per_stage: ", per_stage.size(),
+                     " entries summing to ", listed, " but the model has ", c.num_hidden_layers,
+                     " layers in ", pp_->size(), " stages"));
+  }
   auto stages = StageLayers(c, pp_->size(), per_stage);
   const int stage = pp_->rank();
   first_ = stages[static_cast<size_t>(stage)].first;
