@@ -1,3 +1,5 @@
+#include <filesystem>
+
 #include "common/job_spec/job_spec.h"
 
 #include "gmock/gmock.h"
@@ -7,10 +9,12 @@
 namespace lora {
 namespace {
 
-using ::testing::HasSubstr;
 using lora::v1::JobSpec;
+using ::testing::HasSubstr;
 
-std::string ConfigPath() { return std::string(LORA_SOURCE_DIR) + "/configs/llama3_debugmodel_lora.toml"; }
+std::string ConfigPath() {
+  return std::string(LORA_SOURCE_DIR) + "/configs/llama3_debugmodel_lora.toml";
+}
 
 JobSpec Defaulted(const std::string& toml) {
   auto parsed = ParseJobSpecToml(toml, "t.toml");
@@ -34,6 +38,21 @@ TEST(JobSpecTest, ShippedConfigParsesAndValidates) {
   EXPECT_EQ(spec.dataset().name(), "synthetic-arith");
   EXPECT_EQ(spec.parallelism().data_parallel_shard_degree(), -1);
   EXPECT_GT(parsed->lines.at("training.steps"), 1);
+}
+
+TEST(JobSpecTest, EveryShippedConfigValidates) {
+  int seen = 0;
+  for (const auto& entry :
+       std::filesystem::directory_iterator(std::string(LORA_SOURCE_DIR) + "/configs")) {
+    if (entry.path().extension() != ".toml") continue;
+    ++seen;
+    auto parsed = ReadJobSpecFile(entry.path().string());
+    ASSERT_TRUE(parsed.ok()) << parsed.status();
+    JobSpec spec = parsed->spec;
+    ApplyJobSpecDefaults(&spec);
+    EXPECT_TRUE(ValidateJobSpec(spec).ok()) << entry.path() << ": " << ValidateJobSpec(spec);
+  }
+  EXPECT_GE(seen, 2);
 }
 
 TEST(JobSpecTest, TomlRoundTrip) {
@@ -61,13 +80,15 @@ TEST(JobSpecTest, DefaultsFillEverything) {
   EXPECT_EQ(spec.checkpoint().export__size(), 1);
   EXPECT_EQ(spec.resources().world_size(), 1);
   // Explicit zero survives where the default is not zero.
-  JobSpec zero = Defaulted("[lr_scheduler]\nwarmup_steps = 0\n[training]\nseed = 0\n[dataset]\npack = false\n");
+  JobSpec zero = Defaulted(
+      "[lr_scheduler]\nwarmup_steps = 0\n[training]\nseed = 0\n[dataset]\npack = false\n");
   EXPECT_EQ(zero.lr_scheduler().warmup_steps(), 0);
   EXPECT_EQ(zero.training().seed(), 0u);
   EXPECT_FALSE(zero.dataset().pack());
   // Only a dataset is missing from an empty train spec.
-  EXPECT_EQ(Violations(spec), "dataset.path: set exactly one of dataset.path (a JSONL file) or dataset.name "
-                              "(synthetic-arith, synthetic-text)");
+  EXPECT_EQ(Violations(spec),
+            "dataset.path: set exactly one of dataset.path (a JSONL file) or dataset.name "
+            "(synthetic-arith, synthetic-text)");
 }
 
 TEST(JobSpecTest, ParseErrorsNameLineAndKey) {
@@ -78,13 +99,16 @@ TEST(JobSpecTest, ParseErrorsNameLineAndKey) {
   std::vector<Case> cases = {
       {"[training]\nsteps = 10\nstpes = 5\n", "t.toml:3: training.stpes: unknown key"},
       {"[trainig]\nsteps = 10\n", "t.toml:1: trainig: unknown section"},
-      {"[training]\nsteps = \"ten\"\n", "t.toml:2: training.steps: expected an integer, got a string"},
+      {"[training]\nsteps = \"ten\"\n",
+       "t.toml:2: training.steps: expected an integer, got a string"},
       {"[lora]\nalpha = true\n", "lora.alpha: expected a number, got a boolean"},
       {"[lora]\ntarget_modules = [\"q_proj\", 3]\n", "lora.target_modules[1]: expected a string"},
       {"[job]\nkind = \"finetune\"\n", "job.kind: 'finetune' is not one of train, convert, merge"},
-      {"[training]\nseq_len = 99999999999\n", "training.seq_len: value 99999999999 is out of range"},
+      {"[training]\nseq_len = 99999999999\n",
+       "training.seq_len: value 99999999999 is out of range"},
       {"[training\nsteps = 1\n", "t.toml: invalid TOML"},
-      {"[lora]\nrank_pattern = { down_proj = \"big\" }\n", "lora.rank_pattern.down_proj: expected an integer"},
+      {"[lora]\nrank_pattern = { down_proj = \"big\" }\n",
+       "lora.rank_pattern.down_proj: expected an integer"},
   };
   for (const Case& c : cases) {
     auto parsed = ParseJobSpecToml(c.toml, "t.toml");
@@ -95,7 +119,8 @@ TEST(JobSpecTest, ParseErrorsNameLineAndKey) {
 }
 
 TEST(JobSpecTest, RegexTargetModules) {
-  JobSpec spec = Defaulted("[lora]\ntarget_modules = \".*\\\\.(q|v)_proj\"\n[dataset]\nname = \"synthetic-text\"\n");
+  JobSpec spec = Defaulted(
+      "[lora]\ntarget_modules = \".*\\\\.(q|v)_proj\"\n[dataset]\nname = \"synthetic-text\"\n");
   EXPECT_EQ(spec.lora().target_modules_size(), 0);
   EXPECT_EQ(spec.lora().target_modules_regex(), ".*\\.(q|v)_proj");
   EXPECT_TRUE(ValidateJobSpec(spec).ok());
@@ -122,35 +147,56 @@ export = ["adapter", "onnx"]
 )");
   std::string msg = Violations(spec);
   for (const char* phrase :
-       {"lora.rank: must be >= 1, got 0", "lora.dropout: must be in [0, 1)", "lora.init: 'xavier' is not one of",
-        "optimizer.lr: must be > 0", "optimizer.betas: must be [beta1, beta2]", "training.mixed_precision: 'fp8'",
-        "training.activation_checkpoint: \"selective\" is not supported", "dataset.validation_fraction",
-        "checkpoint.export: 'onnx'"}) {
+       {"lora.rank: must be >= 1, got 0", "lora.dropout: must be in [0, 1)",
+        "lora.init: 'xavier' is not one of", "optimizer.lr: must be > 0",
+        "optimizer.betas: must be [beta1, beta2]", "training.mixed_precision: 'fp8'",
+        "training.activation_checkpoint: \"selective\" is not supported",
+        "dataset.validation_fraction", "checkpoint.export: 'onnx'"}) {
     EXPECT_THAT(msg, HasSubstr(phrase));
   }
 }
 
 TEST(JobSpecTest, ParallelDegreesMustMultiplyToWorldSize) {
-  JobSpec ok = Defaulted("[dataset]\nname='synthetic-arith'\n[parallelism]\ntensor_parallel_degree = 2\n[resources]\nworld_size = 4\n");
+  JobSpec ok = Defaulted(
+      "[dataset]\nname='synthetic-arith'\n[parallelism]\ntensor_parallel_degree = "
+      "2\n[resources]\nworld_size = 4\n");
   EXPECT_TRUE(ValidateJobSpec(ok).ok()) << ValidateJobSpec(ok);
-  JobSpec bad = Defaulted("[dataset]\nname='synthetic-arith'\n[parallelism]\ntensor_parallel_degree = 3\n[resources]\nworld_size = 4\n");
-  EXPECT_THAT(Violations(bad), HasSubstr("parallelism: replicate x tp x pp x cp = 3 does not divide resources.world_size = 4"));
+  JobSpec bad = Defaulted(
+      "[dataset]\nname='synthetic-arith'\n[parallelism]\ntensor_parallel_degree = "
+      "3\n[resources]\nworld_size = 4\n");
+  EXPECT_THAT(
+      Violations(bad),
+      HasSubstr(
+          "parallelism: replicate x tp x pp x cp = 3 does not divide resources.world_size = 4"));
   JobSpec explicit_bad = Defaulted(
-      "[dataset]\nname='synthetic-arith'\n[parallelism]\ndata_parallel_shard_degree = 2\npipeline_parallel_degree = 2\n"
+      "[dataset]\nname='synthetic-arith'\n[parallelism]\ndata_parallel_shard_degree = "
+      "2\npipeline_parallel_degree = 2\n"
       "[resources]\nworld_size = 2\n");
-  EXPECT_THAT(Violations(explicit_bad), HasSubstr("replicate x shard x tp x pp x cp = 4 but resources.world_size = 2"));
-  JobSpec tp_heads = Defaulted("[dataset]\nname='synthetic-arith'\n[parallelism]\ntensor_parallel_degree = 32\n[resources]\nworld_size = 32\n");
-  EXPECT_THAT(Violations(tp_heads), HasSubstr("parallelism.tensor_parallel_degree: 32 must divide the heads (16)"));
-  JobSpec cp = Defaulted("[dataset]\nname='synthetic-arith'\n[training]\nseq_len = 250\n[parallelism]\ncontext_parallel_degree = 4\n[resources]\nworld_size = 4\n");
-  EXPECT_THAT(Violations(cp), HasSubstr("training.seq_len: must be a multiple of 2 x context_parallel_degree (8)"));
-  JobSpec ring = Defaulted("[dataset]\nname='synthetic-arith'\n[parallelism]\ncontext_parallel_degree = 2\ncontext_parallel_method = 'ring'\n[resources]\nworld_size = 2\n");
-  EXPECT_THAT(Violations(ring), HasSubstr("parallelism.context_parallel_method: 'ring' is not implemented"));
-  JobSpec timeout = Defaulted("[dataset]\nname='synthetic-arith'\n[resources]\ncollective_timeout_seconds = 0\n");
+  EXPECT_THAT(Violations(explicit_bad),
+              HasSubstr("replicate x shard x tp x pp x cp = 4 but resources.world_size = 2"));
+  JobSpec tp_heads = Defaulted(
+      "[dataset]\nname='synthetic-arith'\n[parallelism]\ntensor_parallel_degree = "
+      "32\n[resources]\nworld_size = 32\n");
+  EXPECT_THAT(Violations(tp_heads),
+              HasSubstr("parallelism.tensor_parallel_degree: 32 must divide the heads (16)"));
+  JobSpec cp = Defaulted(
+      "[dataset]\nname='synthetic-arith'\n[training]\nseq_len = "
+      "250\n[parallelism]\ncontext_parallel_degree = 4\n[resources]\nworld_size = 4\n");
+  EXPECT_THAT(Violations(cp),
+              HasSubstr("training.seq_len: must be a multiple of 2 x context_parallel_degree (8)"));
+  JobSpec ring = Defaulted(
+      "[dataset]\nname='synthetic-arith'\n[parallelism]\ncontext_parallel_degree = "
+      "2\ncontext_parallel_method = 'ring'\n[resources]\nworld_size = 2\n");
+  EXPECT_THAT(Violations(ring),
+              HasSubstr("parallelism.context_parallel_method: 'ring' is not implemented"));
+  JobSpec timeout =
+      Defaulted("[dataset]\nname='synthetic-arith'\n[resources]\ncollective_timeout_seconds = 0\n");
   EXPECT_THAT(Violations(timeout), HasSubstr("resources.collective_timeout_seconds"));
 }
 
 TEST(JobSpecTest, ValidationErrorsCarryLinesFromTheFile) {
-  auto parsed = ParseJobSpecToml("[dataset]\nname = 'synthetic-arith'\n\n[lora]\nrank = -4\n", "job.toml");
+  auto parsed =
+      ParseJobSpecToml("[dataset]\nname = 'synthetic-arith'\n\n[lora]\nrank = -4\n", "job.toml");
   ASSERT_TRUE(parsed.ok());
   ApplyJobSpecDefaults(&parsed->spec);
   absl::Status s = ValidateJobSpec(parsed->spec, &*parsed, "job.toml");
@@ -177,9 +223,12 @@ TEST(JobSpecTest, OverridesReplaceValues) {
   EXPECT_EQ(spec.job().name(), "2024 run");
   ASSERT_TRUE(ApplyOverride("job.name=", &spec).ok());
   EXPECT_EQ(spec.job().name(), "");
-  EXPECT_THAT(std::string(ApplyOverride("training.stepz=1", &spec).message()), HasSubstr("training.stepz: unknown key"));
-  EXPECT_THAT(std::string(ApplyOverride("steps", &spec).message()), HasSubstr("expected section.key=value"));
-  EXPECT_THAT(std::string(ApplyOverride("training.steps=abc", &spec).message()), HasSubstr("expected an integer"));
+  EXPECT_THAT(std::string(ApplyOverride("training.stepz=1", &spec).message()),
+              HasSubstr("training.stepz: unknown key"));
+  EXPECT_THAT(std::string(ApplyOverride("steps", &spec).message()),
+              HasSubstr("expected section.key=value"));
+  EXPECT_THAT(std::string(ApplyOverride("training.steps=abc", &spec).message()),
+              HasSubstr("expected an integer"));
 }
 
 }  // namespace
