@@ -370,7 +370,8 @@ TEST_F(DistributedTest, ARanksOwnErrorKeepsItsCodeAndReason) {
 }
 
 // Starts `world` FSDP ranks on a long run, waits for the first checkpoint, then signals
-// `victim`. Returns the survivors' exit codes and the seconds they took to exit.
+// `victim` (every rank when -1). Returns the other ranks' exit codes (every rank's when -1) and
+// the seconds they took to exit.
 struct FailureOutcome {
   std::vector<int> exit_codes;
   double seconds = 0;
@@ -405,18 +406,39 @@ FailureOutcome KillOneRank(const std::string& spec, const std::string& out, int 
     return outcome;
   }
   const auto start = std::chrono::steady_clock::now();
-  ranks[static_cast<size_t>(victim)]->Signal(signo);
+  for (int r = 0; r < world; ++r) {
+    if (victim < 0 || r == victim) ranks[static_cast<size_t>(r)]->Signal(signo);
+  }
   for (int r = 0; r < world; ++r) {
     if (r == victim) continue;
     outcome.exit_codes.push_back(ranks[static_cast<size_t>(r)]->Wait(timeout_s + 60));
   }
   outcome.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  ranks[static_cast<size_t>(victim)]->Signal(SIGKILL);
-  ranks[static_cast<size_t>(victim)]->Wait(10);
+  if (victim >= 0) {
+    ranks[static_cast<size_t>(victim)]->Signal(SIGKILL);
+    ranks[static_cast<size_t>(victim)]->Wait(10);
+  }
   auto failed = Events(out + "/events.jsonl", "failed");
   outcome.reason = failed.empty() ? testing::ReadFile(out + ".rank0.err")
                                   : failed.back()["reason"].get<std::string>();
   return outcome;
+}
+
+// What a cancel does: SIGTERM to every rank. They agree on one step, checkpoint it once and
+// exit 75 (stopped after a checkpoint), instead of one rank running ahead into a collective
+// the others never join.
+TEST_F(DistributedTest, SigtermStopsEveryRankAtOneCheckpointedStep) {
+  const std::string out = scratch_.Join("stopped");
+  FailureOutcome o = KillOneRank(Spec(), out, 2, -1, SIGTERM, 60);
+  EXPECT_THAT(o.exit_codes, ::testing::Each(75));
+  EXPECT_LT(o.seconds, 15);
+  auto checkpoints = Events(out + "/events.jsonl", "checkpoint");
+  auto steps = Events(out + "/events.jsonl", "step");
+  ASSERT_FALSE(checkpoints.empty());
+  ASSERT_FALSE(steps.empty());
+  EXPECT_EQ(checkpoints.back()["step"], steps.back()["step"]);
+  EXPECT_TRUE(fs::exists(checkpoints.back()["path"].get<std::string>() + "/manifest.json"));
+  EXPECT_TRUE(Events(out + "/events.jsonl", "failed").empty());
 }
 
 TEST_F(DistributedTest, ARankThatDiesFailsTheJobPromptlyNamingIt) {

@@ -286,7 +286,8 @@ absl::StatusOr<TrainResult> Train(const TrainerOptions& options, DistContext* di
   const bool has_validation = val_data.windows_per_epoch() > 0;
   if (has_validation && start_step == 0) initial_eval_loss = evaluate(0);
 
-  nlohmann::json last_checkpoint;
+  nlohmann::json last_checkpoint;     // rank 0's record of it
+  int64_t last_checkpoint_step = -1;  // known to every rank: checkpoints are collective
   auto save_checkpoint = [&](int64_t step) -> absl::Status {
     CheckpointContents cc;
     cc.adapters = model->GatherAdapters();
@@ -326,6 +327,7 @@ absl::StatusOr<TrainResult> Train(const TrainerOptions& options, DistContext* di
     world.AllReduceSum(ok);
     if (ok.item<double>() > 0)
       return status.ok() ? absl::InternalError("rank 0 failed to write a checkpoint") : status;
+    last_checkpoint_step = step;
     return absl::OkStatus();
   };
 
@@ -420,8 +422,7 @@ absl::StatusOr<TrainResult> Train(const TrainerOptions& options, DistContext* di
   result.step = step;
   result.interrupted = interrupted;
   if (interrupted) {
-    if (last_checkpoint.is_null() || last_checkpoint["step"] != step)
-      LORA_RETURN_IF_ERROR(save_checkpoint(step));
+    if (last_checkpoint_step != step) LORA_RETURN_IF_ERROR(save_checkpoint(step));
     if (leader) events.Log("warning", absl::StrCat("stopped on request after step ", step));
     return result;
   }
