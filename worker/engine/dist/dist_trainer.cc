@@ -335,7 +335,18 @@ absl::StatusOr<TrainResult> Train(const TrainerOptions& options, DistContext* di
   const double t_loop = Now();
   int64_t step = start_step;
   bool interrupted = false;
-  double last_status = 0;
+  // Every rank's health, at most every two seconds, on the first step and at the end: the
+  // controller shows it per rank.
+  double last_status = 0, last_step_seconds = 0;
+  auto emit_status = [&](int64_t at_step) {
+    events.Emit("rank_status", {{"rank", dist->rank()},
+                                {"step", at_step},
+                                {"step_seconds", last_step_seconds},
+                                {"peak_rss_bytes", PeakRss()},
+                                {"parameter_bytes", model->ParameterBytes()},
+                                {"peak_parameter_bytes", model->PeakParameterBytes()},
+                                {"bytes_sent", dist->TotalBytesSent()}});
+  };
   while (step < tcfg.steps()) {
     // Every rank must agree on stopping at the same step (a cancel reaches ranks at different
     // times).
@@ -389,17 +400,10 @@ absl::StatusOr<TrainResult> Train(const TrainerOptions& options, DistContext* di
                   absl::StrFormat("step %d/%d  loss %.4f  grad_norm %.3f  lr %.2e  %.0f tok/s",
                                   step, tcfg.steps(), loss, grad_norm, lr, tps));
     }
-    // Every rank's health, at most every two seconds (and on the first step): the controller
-    // shows it per rank.
-    if (step == start_step + 1 || now - last_status >= 2.0 || step == tcfg.steps()) {
+    last_step_seconds = step_s;
+    if (step == start_step + 1 || now - last_status >= 2.0) {
       last_status = now;
-      events.Emit("rank_status", {{"rank", dist->rank()},
-                                  {"step", step},
-                                  {"step_seconds", step_s},
-                                  {"peak_rss_bytes", PeakRss()},
-                                  {"parameter_bytes", model->ParameterBytes()},
-                                  {"peak_parameter_bytes", model->PeakParameterBytes()},
-                                  {"bytes_sent", dist->TotalBytesSent()}});
+      emit_status(step);
     }
     const int interval = spec.dataset().validation_interval();
     if (has_validation && ((interval > 0 && step % interval == 0) || step == tcfg.steps()))
@@ -418,6 +422,7 @@ absl::StatusOr<TrainResult> Train(const TrainerOptions& options, DistContext* di
     }
   }
 
+  emit_status(step);
   TrainResult result;
   result.step = step;
   result.interrupted = interrupted;
