@@ -32,13 +32,18 @@ LAYOUTS = [  # name, world, degrees, pp schedule
     ("PP 2 GPipe", 2, {"pipeline_parallel_degree": 2, "data_parallel_shard_degree": 1,
                        "pipeline_parallel_schedule": "GPipe"}),
     ("CP 2", 2, {"context_parallel_degree": 2, "data_parallel_shard_degree": 1}),
+    ("CP 2 ring", 2, {"context_parallel_degree": 2, "data_parallel_shard_degree": 1,
+                      "context_parallel_method": "ring"}),
+    ("CP 4", 4, {"context_parallel_degree": 4, "data_parallel_shard_degree": 1}),
+    ("CP 4 ring", 4, {"context_parallel_degree": 4, "data_parallel_shard_degree": 1,
+                      "context_parallel_method": "ring"}),
     ("TP 2", 2, {"tensor_parallel_degree": 2, "data_parallel_shard_degree": 1}),
     ("FSDP 2 x PP 2", 4, {"data_parallel_shard_degree": 2, "pipeline_parallel_degree": 2}),
     ("CP 2 x FSDP 2", 4, {"data_parallel_shard_degree": 2, "context_parallel_degree": 2}),
 ]
 
 
-def spec_text(flavor, steps, seq_len, rows, threads):
+def spec_text(flavor, steps, seq_len, rows, threads, checkpoint="none"):
     return f"""[job]
 name = "dist-bench"
 [model]
@@ -51,6 +56,7 @@ seq_len = {seq_len}
 local_batch_size = {rows}
 mixed_precision = "bf16"
 num_threads = {threads}
+activation_checkpoint = "{checkpoint}"
 [dataset]
 name = "synthetic-arith"
 num_examples = 4000
@@ -129,12 +135,18 @@ def analytical_min(flavor, degrees, rows, seq_len, trainable, lora_rank=8):
     # (averaged over ranks: the first stage sends the one, the last the other).
     if P > 1:
         total += B * T * H * 2 * 2 * (P - 1) / P
-    # Context parallel: per layer, K and V gathered (bf16); their gradients reduce-scattered
-    # (fp32). Recomputation under FSDP gathers again.
+    # Context parallel, all-gather: per layer, K and V gathered (bf16); their gradients
+    # reduce-scattered (fp32). Recomputation under FSDP gathers again. Ring: every forward
+    # passes cp - 1 blocks on; the backward passes cp - 1 blocks and cp fp32 dK/dV
+    # accumulators (the last hop takes each home).
     if C > 1:
         forward_passes = 2 if S > 1 else 1
-        total += layers * forward_passes * ring(C) * B * T * kv * 2 * 2
-        total += layers * ring(C) * B * T * kv * 2 * 4
+        block = B * (T // C) * kv * 2  # K and V elements of one rank's chunks
+        total += layers * forward_passes * (C - 1) * block * 2
+        if degrees.get("context_parallel_method") == "ring":
+            total += layers * ((C - 1) * block * 2 + C * block * 4)
+        else:
+            total += layers * (C - 1) * block * 4
     # Tensor parallel: per layer two all-reduces forward (attention, MLP outputs) and two
     # backward (their inputs' gradients; none for rank 0's first layer, whose input is the
     # frozen embedding's output), fp32; plus the replicated LoRA factors' gradients.
@@ -162,6 +174,7 @@ def main():
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--rows", type=int, default=4, help="local batch per data-parallel replica")
     ap.add_argument("--only", default="", help="comma-separated layout names")
+    ap.add_argument("--activation-checkpoint", default="none", choices=["none", "full"])
     a = ap.parse_args()
     binary = os.path.join(a.build, "worker", "lora-train")
     cores = os.cpu_count() or 1
@@ -170,8 +183,8 @@ def main():
     print(f"flavor {a.flavor}, bf16, seq_len {a.seq_len}, {a.rows} rows per replica, "
           f"{a.steps} steps, {cores} cores")
     print("| layout | ranks | bytes/step rank 0 | analytical min | ratio | resident params "
-          "rank 0 | vs single | peak params/rank | vs single | step s | vs single |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "rank 0 | vs single | peak params/rank | vs single | step s | vs single | peak RSS rank 0 |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     try:
         for name, world, degrees in LAYOUTS:
             if a.only and name not in a.only.split(","):
@@ -181,13 +194,13 @@ def main():
             rows = a.rows * dp
             if rows not in singles:
                 spec = os.path.join(work, f"single-{rows}.toml")
-                open(spec, "w").write(spec_text(a.flavor, a.steps, a.seq_len, rows, cores))
+                open(spec, "w").write(spec_text(a.flavor, a.steps, a.seq_len, rows, cores, a.activation_checkpoint))
                 ev, summary = run(binary, spec, os.path.join(work, f"single-{rows}"), 1, {})
                 singles[rows] = (per_step(ev, "step_seconds"), summary["parameter_bytes"])
             single_step, single_params = singles[rows]
             spec = os.path.join(work, f"{world}.toml")
             threads = max(1, cores // world)
-            open(spec, "w").write(spec_text(a.flavor, a.steps, a.seq_len, a.rows, threads))
+            open(spec, "w").write(spec_text(a.flavor, a.steps, a.seq_len, a.rows, threads, a.activation_checkpoint))
             out = os.path.join(work, name.replace(" ", "_"))
             ev, summary = run(binary, spec, out, world, degrees)
             sent = per_step(ev, "bytes_sent")
@@ -203,7 +216,8 @@ def main():
             print(f"| {name} | {world} | {fmt_bytes(sent)} | {fmt_bytes(minimum)} | "
                   f"{sent / minimum:.2f} | {fmt_bytes(resident)} | "
                   f"{resident / single_params:.2f} | {fmt_bytes(peak)} | {peak / single_params:.2f} | "
-                  f"{step_s:.3f} | {step_s / single_step:.2f} |", flush=True)
+                  f"{step_s:.3f} | {step_s / single_step:.2f} | {fmt_bytes(summary['peak_rss_bytes'])} |",
+                  flush=True)
         print(f"single process: " + ", ".join(
             f"{r} rows {s:.3f} s/step, params {fmt_bytes(p)}" for r, (s, p) in singles.items()))
     finally:

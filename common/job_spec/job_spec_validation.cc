@@ -210,14 +210,8 @@ std::vector<FieldViolation> JobSpecViolations(const JobSpec& spec) {
     c.AtLeast("parallelism.data_parallel_shard_degree", p.data_parallel_shard_degree(), 1);
   c.OneOf("parallelism.pipeline_parallel_schedule", p.pipeline_parallel_schedule(),
           {"GPipe", "1F1B"});
-  if (p.context_parallel_method() == "ring") {
-    c.Fail(
-        "parallelism.context_parallel_method",
-        "'ring' is not implemented; context parallelism all-gathers K/V (the Llama 3 choice: "
-        "with grouped-query attention K/V are a fraction of the activations): use \"allgather\"");
-  } else {
-    c.OneOf("parallelism.context_parallel_method", p.context_parallel_method(), {"allgather"});
-  }
+  c.OneOf("parallelism.context_parallel_method", p.context_parallel_method(),
+          {"allgather", "ring"});
   const int64_t others = static_cast<int64_t>(std::max(1, p.data_parallel_replicate_degree())) *
                          std::max(1, p.tensor_parallel_degree()) *
                          std::max(1, p.pipeline_parallel_degree()) *

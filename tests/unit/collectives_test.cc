@@ -14,6 +14,9 @@
 #include "gtest/gtest.h"
 #include "worker/engine/dist/collectives.h"
 #include "worker/engine/dist/comm.h"
+#include "worker/engine/dist/ring_attention.h"
+#include "worker/engine/model/fused_attention.h"
+#include "worker/engine/model/rope.h"
 
 namespace lora::dist {
 namespace {
@@ -133,6 +136,62 @@ TEST(CollectivesTest, GatherSequenceForwardAndBackwardMatchTheUnsplitSequence) {
     EXPECT_TRUE(torch::allclose(local.grad(), want, 1e-6, 1e-6));
   });
 }
+
+// Max element-wise difference within 1e-5 of the reference's largest magnitude (fp32: the
+// ring sums blocks in another order than one pass over the sequence).
+void ExpectClose(const torch::Tensor& actual, const torch::Tensor& expected, const char* what,
+                 int rank) {
+  const double diff = (actual - expected).abs().max().item<double>();
+  const double scale = expected.abs().max().item<double>();
+  EXPECT_LE(diff, 1e-5 * scale) << what << " on rank " << rank;
+}
+
+// Ring attention against the fused kernel on the whole sequence: outputs and the gradients of
+// q, k and v, with grouped-query heads, packed documents (ranges that start mid-block) and
+// positions that differ from indices. cp = 3 makes blocks travel more than one hop.
+class RingAttentionTest : public ::testing::TestWithParam<int> {};
+
+TEST_P(RingAttentionTest, MatchesFullSequenceAttentionForwardAndBackward) {
+  const int cp = GetParam();
+  const int64_t B = 2, T = 8 * cp, H = 4, K = 2, d = 16;
+  torch::Tensor q = Input(0, {B, T, H, d}), k = Input(1, {B, T, K, d}), v = Input(2, {B, T, K, d});
+  torch::Tensor dout = Input(3, {B, T, H, d});
+  torch::Tensor index = torch::arange(T, torch::kInt64).unsqueeze(0).expand({B, T}).contiguous();
+  // Row 0 packs documents starting at 0, 5 and 13 (positions restart); row 1 is one document.
+  torch::Tensor lo = torch::zeros({B, T}, torch::kInt64);
+  torch::Tensor positions = index.clone();
+  for (int64_t i = 0; i < T; ++i) {
+    const int64_t start = i >= 13 ? 13 : i >= 5 ? 5 : 0;
+    lo[0][i] = start;
+    positions[0][i] = i - start;
+  }
+  torch::Tensor inv_freq =
+      1.0 / torch::pow(10000.0, torch::arange(0, d, 2, torch::kFloat64) / static_cast<double>(d));
+  inv_freq = inv_freq.to(torch::kFloat32);
+  auto [cos, sin] = RopeCosSin(inv_freq, positions, torch::kFloat32);
+  RopeTables rope{cos.squeeze(2), sin.squeeze(2), cos.squeeze(2), sin.squeeze(2)};
+
+  torch::Tensor qf = q.clone().requires_grad_(true), kf = k.clone().requires_grad_(true),
+                vf = v.clone().requires_grad_(true);
+  torch::Tensor want = std::get<0>(FusedAttention(qf, kf, vf, rope, lo, index));
+  (want * dout).sum().backward();
+
+  RunRanks(cp, [&](Group& g) {
+    const int r = g.rank();
+    auto local = [&](const torch::Tensor& t) { return TakeLocalChunks(t, cp, r).contiguous(); };
+    torch::Tensor ql = local(q).requires_grad_(true), kl = local(k).requires_grad_(true),
+                  vl = local(v).requires_grad_(true);
+    RingPlan plan = MakeRingPlan(lo, index, positions, inv_freq, cp, r);
+    torch::Tensor out = RingAttention(ql, kl, vl, plan, &g);
+    ExpectClose(out.detach(), local(want.detach()), "out", r);
+    (out * local(dout)).sum().backward();
+    ExpectClose(ql.grad(), local(qf.grad()), "dq", r);
+    ExpectClose(kl.grad(), local(kf.grad()), "dk", r);
+    ExpectClose(vl.grad(), local(vf.grad()), "dv", r);
+  });
+}
+
+INSTANTIATE_TEST_SUITE_P(ContextParallel, RingAttentionTest, ::testing::Values(2, 3, 4));
 
 }  // namespace
 }  // namespace lora::dist

@@ -187,8 +187,11 @@ TEST(JobSpecTest, ParallelDegreesMustMultiplyToWorldSize) {
   JobSpec ring = Defaulted(
       "[dataset]\nname='synthetic-arith'\n[parallelism]\ncontext_parallel_degree = "
       "2\ncontext_parallel_method = 'ring'\n[resources]\nworld_size = 2\n");
-  EXPECT_THAT(Violations(ring),
-              HasSubstr("parallelism.context_parallel_method: 'ring' is not implemented"));
+  EXPECT_EQ(Violations(ring), "");
+  JobSpec unknown_cp = Defaulted(
+      "[dataset]\nname='synthetic-arith'\n[parallelism]\ncontext_parallel_degree = "
+      "2\ncontext_parallel_method = 'ulysses'\n[resources]\nworld_size = 2\n");
+  EXPECT_THAT(Violations(unknown_cp), HasSubstr("parallelism.context_parallel_method"));
   JobSpec timeout =
       Defaulted("[dataset]\nname='synthetic-arith'\n[resources]\ncollective_timeout_seconds = 0\n");
   EXPECT_THAT(Violations(timeout), HasSubstr("resources.collective_timeout_seconds"));

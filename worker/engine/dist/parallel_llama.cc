@@ -9,6 +9,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "worker/engine/dist/collectives.h"
+#include "worker/engine/dist/ring_attention.h"
 #include "worker/engine/lora/converter.h"
 #include "worker/engine/model/rope.h"
 
@@ -139,6 +140,7 @@ absl::Status ParallelLlama::Setup(const lora::v1::JobSpec& spec) {
 
   const LlamaConfig& c = model_->config();
   const auto& par = spec.parallelism();
+  ring_attention_ = par.context_parallel_method() == "ring";
   std::vector<int> per_stage(par.pipeline_parallel_layers_per_stage().begin(),
                              par.pipeline_parallel_layers_per_stage().end());
   if (pp_->size() > c.num_hidden_layers) {
@@ -310,7 +312,12 @@ LocalBatch ParallelLlama::Localize(const Batch& rows) {
   auto [cos, sin] = RopeCosSin(inv, local_pos, torch::kFloat32);
   out.ctx.rope_cos = cos.squeeze(2).contiguous();
   out.ctx.rope_sin = sin.squeeze(2).contiguous();
-  if (cp > 1) {
+  if (cp > 1 && ring_attention_) {
+    auto plan = std::make_shared<const RingPlan>(MakeRingPlan(lo, index, positions, inv, cp, r));
+    Group* g = cp_;
+    out.ctx.attend = [plan, g](const torch::Tensor& q, const torch::Tensor& k,
+                               const torch::Tensor& v) { return RingAttention(q, k, v, *plan, g); };
+  } else if (cp > 1) {
     auto [kcos, ksin] = RopeCosSin(inv, positions, torch::kFloat32);
     out.ctx.k_rope_cos = kcos.squeeze(2).contiguous();
     out.ctx.k_rope_sin = ksin.squeeze(2).contiguous();

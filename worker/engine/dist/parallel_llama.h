@@ -4,7 +4,7 @@
 //   FSDP / HSDP      each owned layer's frozen base parameters split 1/shard, gathered around
 //                    the layer's forward and its recomputation in backward;
 //   pipeline         layers [first, last) of a stage (balanced by parameter count);
-//   context parallel this rank's two sequence chunks, K/V gathered for attention.
+//   context parallel this rank's two sequence chunks, K/V all-gathered or passed around a ring.
 // Layout-independent views (full adapters, full optimizer moments) are gathered for
 // checkpoints and scattered back on restore, so any layout can resume any other's checkpoint.
 #ifndef LORA_WORKER_ENGINE_DIST_PARALLEL_LLAMA_H_
@@ -117,7 +117,8 @@ class ParallelLlama {
       tp_replicated_;  // trainable names replicated over TP (norm counted once)
   std::vector<std::string> tp_partial_;
   int64_t peak_parameter_bytes_ = 0;
-  bool head_gathered_ = false;  // the subset whose gradients are partial sums
+  bool ring_attention_ = false;  // context parallel K/V by ring instead of all-gather
+  bool head_gathered_ = false;   // the subset whose gradients are partial sums
 };
 
 // Layer ranges per stage, balanced by parameter count (embedding on the first stage, norm and

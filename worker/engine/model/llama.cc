@@ -74,7 +74,9 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x_in, const Atten
   torch::Tensor k = k_proj(x).view({B, T, num_kv_heads_, head_dim_});
   torch::Tensor v = v_proj(x).view({B, T, num_kv_heads_, head_dim_});
   torch::Tensor out;
-  if (ctx.lo.defined()) {
+  if (ctx.attend) {
+    out = ctx.attend(q, k, v);
+  } else if (ctx.lo.defined()) {
     if (ctx.gather_kv) {
       k = ctx.gather_kv(k);
       v = ctx.gather_kv(v);
@@ -130,11 +132,13 @@ LlamaModelImpl::LlamaModelImpl(const LlamaConfig& c, torch::Dtype dtype) : confi
   inv_freq_ = RopeInverseFrequencies(c);
 }
 
-AttentionContext LlamaModelImpl::MakeAttentionContext(const ForwardInputs& inputs, torch::Dtype dtype) const {
+AttentionContext LlamaModelImpl::MakeAttentionContext(const ForwardInputs& inputs,
+                                                      torch::Dtype dtype) const {
   const int64_t B = inputs.input_ids.size(0), T = inputs.input_ids.size(1);
   const auto device = inputs.input_ids.device();
   const auto i64 = torch::TensorOptions().dtype(torch::kInt64).device(device);
-  torch::Tensor positions = inputs.position_ids.defined() ? inputs.position_ids : torch::arange(T, i64);
+  torch::Tensor positions =
+      inputs.position_ids.defined() ? inputs.position_ids : torch::arange(T, i64);
   AttentionContext ctx;
   if (fused_attention_) {
     auto [cos, sin] = RopeCosSin(inv_freq_, positions, torch::kFloat32);
@@ -145,18 +149,21 @@ AttentionContext LlamaModelImpl::MakeAttentionContext(const ForwardInputs& input
     if (inputs.document_ids.defined()) {
       // A token's first visible key is the first token of its document.
       const torch::Tensor& doc = inputs.document_ids;
-      torch::Tensor starts = torch::ones({B, T}, torch::TensorOptions().dtype(torch::kBool).device(device));
+      torch::Tensor starts =
+          torch::ones({B, T}, torch::TensorOptions().dtype(torch::kBool).device(device));
       starts.narrow(1, 1, T - 1).copy_(doc.narrow(1, 1, T - 1).ne(doc.narrow(1, 0, T - 1)));
-      ctx.lo = std::get<0>(torch::cummax(torch::where(starts, index, torch::zeros_like(index)), 1)).contiguous();
+      ctx.lo = std::get<0>(torch::cummax(torch::where(starts, index, torch::zeros_like(index)), 1))
+                   .contiguous();
     } else {
       ctx.lo = torch::zeros({B, T}, i64);
     }
     return ctx;
   }
   std::tie(ctx.cos, ctx.sin) = RopeCosSin(inv_freq_, positions, dtype);
-  torch::Tensor causal = torch::ones({T, T}, torch::TensorOptions().dtype(torch::kBool).device(device)).tril();
+  torch::Tensor causal =
+      torch::ones({T, T}, torch::TensorOptions().dtype(torch::kBool).device(device)).tril();
   if (inputs.document_ids.defined()) {
-    const torch::Tensor& doc = inputs.document_ids;  // [B, T]
+    const torch::Tensor& doc = inputs.document_ids;              // [B, T]
     torch::Tensor same = doc.unsqueeze(2).eq(doc.unsqueeze(1));  // [B, T, T]
     ctx.mask = same.logical_and(causal).view({doc.size(0), 1, 1, T, T});
   } else {
@@ -165,10 +172,14 @@ AttentionContext LlamaModelImpl::MakeAttentionContext(const ForwardInputs& input
   return ctx;
 }
 
-torch::Tensor LlamaModelImpl::Embed(const torch::Tensor& input_ids) { return embed_tokens(input_ids); }
+torch::Tensor LlamaModelImpl::Embed(const torch::Tensor& input_ids) {
+  return embed_tokens(input_ids);
+}
 
-torch::Tensor LlamaModelImpl::RunLayers(torch::Tensor h, const AttentionContext& ctx, int64_t first, int64_t last) {
-  const bool checkpoint = activation_checkpointing_ && is_training() && torch::GradMode::is_enabled();
+torch::Tensor LlamaModelImpl::RunLayers(torch::Tensor h, const AttentionContext& ctx, int64_t first,
+                                        int64_t last) {
+  const bool checkpoint =
+      activation_checkpointing_ && is_training() && torch::GradMode::is_enabled();
   // Checkpointed layers only get a backward if their input requires grad (the embedding is
   // frozen, so make the first hidden state a graph input).
   if (checkpoint && !h.requires_grad()) h = h.detach().requires_grad_(true);

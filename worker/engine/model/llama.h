@@ -45,6 +45,10 @@ struct AttentionContext {
   // queries', and the all-gather that turns local K/V into the full sequence's.
   torch::Tensor k_rope_cos, k_rope_sin;
   std::function<torch::Tensor(const torch::Tensor&)> gather_kv;
+  // Context parallelism by ring: when set, computes attention from the local (un-rotated)
+  // q [B, T, H, d], k and v [B, T, K, d] in place of gather_kv + the fused kernel.
+  std::function<torch::Tensor(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&)>
+      attend;
 };
 
 // Tensor-parallel entry/exit of a block (Megatron's f and g): identity forward / all-reduce
