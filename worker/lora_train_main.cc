@@ -16,6 +16,7 @@ int main(int argc, char** argv) {
   lora::AddMergeCommand(app, &runner);
   lora::AddEvalCommand(app, &runner);
   lora::AddRunCommand(app, &runner);
+  lora::AddVersionCommand(app, &runner);
   auto is_command = [&](const std::string& name) {
     for (const CLI::App* sub : app.get_subcommands({})) {
       if (sub->get_name() == name) return true;

@@ -7,6 +7,7 @@
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
+#include "worker/agent/engine_probe.h"
 #include "worker/agent/worker_agent.h"
 
 namespace {
@@ -41,7 +42,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--address", o.address, "Address other ranks use to reach this worker")
       ->capture_default_str();
-  app.add_option("--device", o.device, "cpu | cuda")->capture_default_str();
+  app.add_option("--device", o.device, "cpu | cuda")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
+      ->capture_default_str();
   app.add_option("--slots", o.slots, "Ranks this worker runs at once")->capture_default_str();
   app.add_option("--threads-per-rank", o.threads_per_rank,
                  "Intra-op threads per rank (0 = all cores)")
@@ -50,6 +53,11 @@ int main(int argc, char** argv) {
   if (const char* t = std::getenv(token_env.c_str())) o.token = t;
   app.add_option("--token", o.token, "Worker bearer token (env LORA_WORKER_TOKEN)");
   CLI11_PARSE(app, argc, argv);
+  // Advertise only what the engine can run: a CPU-only lora-train must not take CUDA jobs.
+  if (absl::Status s = lora::CheckEngineSupportsDevice(o.lora_train, o.device); !s.ok()) {
+    std::cerr << "lora-worker: " << s.message() << std::endl;
+    return 1;
+  }
   if (absl::Status s = lora::MakeDirectories(o.work_dir); !s.ok()) {
     std::cerr << "lora-worker: " << s.message() << std::endl;
     return 1;

@@ -98,6 +98,7 @@ void PrintJob(const lora::v1::Job& job, const Globals& g) {
                                 ? absl::StrCat("step ", job.latest_checkpoint_step())
                                 : "-"},
       {"age", Age(job.create_time())}};
+  if (!job.queue_reason().empty()) rows.push_back({"queued because", job.queue_reason()});
   if (job.error().code() != 0 || !job.error().message().empty())
     rows.push_back({"error", job.error().message()});
   if (job.ranks_size() > 1) {

@@ -178,6 +178,7 @@ absl::Status JobManager::Transition(ActiveJob& a, JobState to, const std::string
   }
   extra.insert(extra.begin(), StateEvent(job, to, reason));
   job.set_state(to);
+  if (to != lora::v1::QUEUED) job.clear_queue_reason();
   const auto now = FromMicros(NowMicros());
   if (to == lora::v1::STARTING && !job.has_start_time()) *job.mutable_start_time() = now;
   if (IsTerminal(to)) *job.mutable_end_time() = now;
@@ -833,6 +834,20 @@ void JobManager::SendAssignment(ActiveJob& a, int rank) {
   w->second.channel->Send(msg);
 }
 
+std::string JobManager::QueueReason(const std::string& device, int ranks, int pool_workers,
+                                    int pool_slots, int free_slots, size_t all_workers) {
+  const std::string slots = absl::StrCat(ranks, " ", device, ranks == 1 ? " slot" : " slots");
+  if (pool_workers == 0) {
+    return absl::StrCat("no connected worker has device ", device, " (", all_workers,
+                        all_workers == 1 ? " worker" : " workers", " connected)");
+  }
+  if (pool_slots < ranks) {
+    return absl::StrCat("needs ", slots, " at once; the connected ", device, " workers have ",
+                        pool_slots, " in all");
+  }
+  return absl::StrCat("waiting for ", slots, " (", free_slots, " free)");
+}
+
 void JobManager::Schedule() {
   if (shutdown_) return;
   std::vector<ActiveJob*> queued;
@@ -845,12 +860,26 @@ void JobManager::Schedule() {
     const int64_t tx = ToMicros(x->job.create_time()), ty = ToMicros(y->job.create_time());
     return tx != ty ? tx < ty : x->job.id() < y->job.id();
   });
+  // The job holding the line of each device pool (cpu, cuda): pools do not share slots, so a
+  // job waiting for a GPU never holds up CPU jobs.
+  std::map<std::string, const ActiveJob*> blocked_by;
+  size_t connected = 0;
+  for (const auto& [id, w] : workers_) connected += w.channel ? 1 : 0;
   for (ActiveJob* a : queued) {
     const int n = std::max(1, a->job.spec().resources().world_size());
+    const std::string& device = a->job.spec().resources().device();
+    if (auto it = blocked_by.find(device); it != blocked_by.end()) {
+      a->job.set_queue_reason(absl::StrCat("behind ", it->second->job.name(), " in the ", device,
+                                           " queue (FIFO within priority)"));
+      continue;
+    }
     std::vector<std::string> picked;
+    int pool_workers = 0, pool_slots = 0;
     for (auto& [id, w] : workers_) {
       if (!w.channel) continue;
-      if (w.capabilities.device() != a->job.spec().resources().device()) continue;
+      if (w.capabilities.device() != device) continue;
+      ++pool_workers;
+      pool_slots += w.capabilities.slots();
       for (int free = w.capabilities.slots() - w.used_slots;
            free > 0 && static_cast<int>(picked.size()) < n; --free) {
         picked.push_back(id);
@@ -858,7 +887,13 @@ void JobManager::Schedule() {
     }
     // Gang: all ranks or none. FIFO within priority: a job that cannot start holds the line,
     // so a large job is never starved by smaller ones behind it.
-    if (static_cast<int>(picked.size()) < n) break;
+    if (static_cast<int>(picked.size()) < n) {
+      blocked_by[device] = a;
+      a->job.set_queue_reason(QueueReason(device, n, pool_workers, pool_slots,
+                                          static_cast<int>(picked.size()), connected));
+      continue;
+    }
+    a->job.clear_queue_reason();
     a->rt = Runtime();
     a->rt.ranks.resize(static_cast<size_t>(n));
     a->job.clear_workers();

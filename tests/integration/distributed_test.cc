@@ -221,6 +221,9 @@ struct Layout {
   int global_rows;  // local_batch_size x data-parallel replicas
 };
 
+// gtest prints parameters in test names and logs; a layout's name says it all.
+void PrintTo(const Layout& layout, std::ostream* os) { *os << layout.name; }
+
 class LayoutTest : public DistributedTest, public ::testing::WithParamInterface<Layout> {};
 
 TEST_P(LayoutTest, MatchesSingleProcessLossesAndAdapters) {

@@ -6,6 +6,9 @@
 #include <fstream>
 #include <thread>
 
+#include <torch/torch.h>
+
+#include "common/safetensors.h"
 #include "common/sha256.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -13,6 +16,7 @@
 #include "tests/integration/events_file.h"
 #include "tests/integration/subprocess.h"
 #include "tests/test_util.h"
+#include "worker/engine/model/tensor_io.h"
 
 namespace lora {
 namespace {
@@ -225,6 +229,58 @@ TEST_F(RunTest, BadSpecsFailWithFileLineAndKey) {
   auto failed = Events(dir_.Join("y/events.jsonl"), "failed");
   ASSERT_EQ(failed.size(), 1u);
   EXPECT_THAT(failed[0]["reason"].get<std::string>(), HasSubstr("missing.jsonl"));
+}
+
+// This build is CPU-only: asking for CUDA is a clear, specific failure, never a silent CPU run.
+TEST_F(RunTest, CudaOnACpuBuildIsRefusedNamingTheField) {
+  std::string spec = WriteSpec("cuda.toml", TinySpec(2, "[resources]\ndevice = \"cuda\"\n"));
+  ProcessResult r = Train({"run", "--job", spec, "--out", dir_.Join("cuda")});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err,
+              HasSubstr("resources.device: 'cuda' but this lora-train was built without CUDA"));
+  auto failed = Events(dir_.Join("cuda/events.jsonl"), "failed");
+  ASSERT_EQ(failed.size(), 1u);
+  EXPECT_EQ(failed[0]["code"], "FAILED_PRECONDITION");
+  EXPECT_TRUE(Events(dir_.Join("cuda/events.jsonl"), "step").empty());
+
+  ProcessResult v = Train({"version", "--json"});
+  ASSERT_EQ(v.exit_code, 0) << v.err;
+  auto caps = nlohmann::json::parse(v.out);
+  EXPECT_EQ(caps["cuda"], false);
+  EXPECT_EQ(caps["devices"], nlohmann::json({"cpu"}));
+}
+
+// The portable kernels (plain LibTorch attention and SwiGLU: what a CUDA build computes with)
+// train the same model as the fused CPU kernels: fp32, per-step losses and final adapters.
+TEST_F(RunTest, PortableKernelsTrainLikeTheFusedKernels) {
+  std::string spec = WriteSpec("fp32.toml", TinySpec(6));
+  const std::vector<std::string> sets = {"--set", "training.mixed_precision=none", "--set",
+                                         "checkpoint.interval=0", "--quiet"};
+  std::vector<std::string> fused = {"run", "--job", spec, "--out", dir_.Join("fused")};
+  std::vector<std::string> portable = {
+      "run", "--job", spec, "--out", dir_.Join("portable"), "--portable-kernels"};
+  fused.insert(fused.end(), sets.begin(), sets.end());
+  portable.insert(portable.end(), sets.begin(), sets.end());
+  ProcessResult a = Train(fused), b = Train(portable);
+  ASSERT_EQ(a.exit_code, 0) << a.err;
+  ASSERT_EQ(b.exit_code, 0) << b.err;
+  auto want = StepLosses(dir_.Join("fused/events.jsonl"));
+  auto got = StepLosses(dir_.Join("portable/events.jsonl"));
+  ASSERT_EQ(want.size(), 6u);
+  ASSERT_EQ(got.size(), want.size());
+  for (const auto& [step, loss] : want) EXPECT_NEAR(got[step], loss, 1e-5 * loss) << step;
+  auto fa = SafetensorsFile::Open(dir_.Join("fused/final/adapter/adapter_model.safetensors"));
+  auto pa = SafetensorsFile::Open(dir_.Join("portable/final/adapter/adapter_model.safetensors"));
+  ASSERT_TRUE(fa.ok() && pa.ok());
+  ASSERT_EQ((*fa)->tensors().size(), (*pa)->tensors().size());
+  for (const TensorInfo& info : (*fa)->tensors()) {
+    const TensorInfo* other = (*pa)->Find(info.name);
+    ASSERT_NE(other, nullptr) << info.name;
+    auto t = ReadTensor(**fa, info, torch::kFloat64), u = ReadTensor(**pa, *other, torch::kFloat64);
+    ASSERT_TRUE(t.ok() && u.ok()) << info.name;
+    const double scale = t->abs().max().item<double>();
+    EXPECT_LE((*t - *u).abs().max().item<double>(), 1e-5 * std::max(scale, 1e-12)) << info.name;
+  }
 }
 
 }  // namespace

@@ -15,6 +15,7 @@
 
 #include <grpcpp/generic/generic_stub.h>
 
+#include "absl/strings/str_cat.h"
 #include "common/sha256.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -30,6 +31,7 @@ using lora::v1::Job;
 using lora::v1::JobEvent;
 using ::testing::HasSubstr;
 using testing::Lorad;
+using testing::ProcessResult;
 using testing::TinyTrainSpec;
 using testing::WaitForJob;
 
@@ -494,6 +496,48 @@ TEST_F(ServiceTest, EngineFailureFailsTheJobWithTheReason) {
   EXPECT_EQ(done.state(), lora::v1::FAILED);
   EXPECT_THAT(done.error().message(), HasSubstr("missing.jsonl: cannot open dataset file"));
   EXPECT_EQ(done.attempt(), 1) << "a deterministic failure is not retried";
+}
+
+// A CPU-only engine cannot serve CUDA: a worker asked to refuses to start, and a CUDA job waits
+// with the reason, without holding up CPU jobs queued behind it.
+TEST_F(ServiceTest, CudaJobsWaitWithAReasonWithoutHoldingUpCpuJobs) {
+  ProcessResult refused =
+      testing::RunProcess({testing::BinaryPath("worker/lora-worker"), "--device", "cuda",
+                           "--controller", "127.0.0.1:1", "--work-dir", dir_.Join("w")},
+                          60);
+  EXPECT_EQ(refused.exit_code, 1);
+  EXPECT_THAT(refused.err, HasSubstr("--device cuda but"));
+  EXPECT_THAT(refused.err, HasSubstr("was built without CUDA"));
+
+  auto lorad = StartLorad(1);
+  auto client = lorad->Client();
+  auto cuda_spec = TinyTrainSpec(5);
+  cuda_spec.mutable_resources()->set_device("cuda");
+  auto cuda_job = client->CreateJob(cuda_spec, "");
+  ASSERT_TRUE(cuda_job.ok()) << cuda_job.status();
+  auto cpu_job = client->CreateJob(TinyTrainSpec(5), "");
+  ASSERT_TRUE(cpu_job.ok());
+  EXPECT_EQ(WaitForJob(*client, cpu_job->name(), Done).state(), lora::v1::SUCCEEDED);
+  Job waiting = *client->GetJob(cuda_job->name());
+  EXPECT_EQ(waiting.state(), lora::v1::QUEUED);
+  EXPECT_EQ(waiting.queue_reason(), "no connected worker has device cuda (1 worker connected)");
+
+  auto wide_spec = TinyTrainSpec(5);
+  wide_spec.mutable_resources()->set_world_size(2);
+  auto wide = client->CreateJob(wide_spec, "");
+  ASSERT_TRUE(wide.ok()) << wide.status();
+  auto behind = client->CreateJob(TinyTrainSpec(5), "");
+  ASSERT_TRUE(behind.ok());
+  EXPECT_EQ(client->GetJob(wide->name())->queue_reason(),
+            "needs 2 cpu slots at once; the connected cpu workers have 1 in all");
+  EXPECT_EQ(client->GetJob(behind->name())->queue_reason(),
+            absl::StrCat("behind ", wide->name(), " in the cpu queue (FIFO within priority)"));
+  for (const auto* j : {&*cuda_job, &*wide, &*behind}) {
+    ASSERT_TRUE(client->CancelJob(j->name()).ok());
+    Job cancelled = WaitForJob(*client, j->name(), Done);
+    EXPECT_EQ(cancelled.state(), lora::v1::CANCELLED);
+    EXPECT_EQ(cancelled.queue_reason(), "");
+  }
 }
 
 TEST_F(ServiceTest, TokensAreRequiredWhenConfigured) {

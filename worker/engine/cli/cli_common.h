@@ -31,6 +31,7 @@ void AddConvertCommand(CLI::App& app, CommandRunner* runner);
 void AddMergeCommand(CLI::App& app, CommandRunner* runner);
 void AddEvalCommand(CLI::App& app, CommandRunner* runner);
 void AddRunCommand(CLI::App& app, CommandRunner* runner);
+void AddVersionCommand(CLI::App& app, CommandRunner* runner);
 
 // Prints "lora-train <command>: error: <message>" to stderr and returns the exit code.
 int ReportError(const std::string& command, const absl::Status& status);

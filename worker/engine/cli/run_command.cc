@@ -17,6 +17,7 @@
 #include "worker/engine/lora/peft_adapter.h"
 #include "worker/engine/model/hf_checkpoint.h"
 #include "worker/engine/model/tensor_io.h"
+#include "worker/engine/train/device.h"
 #include "worker/engine/train/events.h"
 #include "worker/engine/train/model_setup.h"
 #include "worker/engine/train/trainer.h"
@@ -41,6 +42,7 @@ struct RunOptions {
   std::string events_file;
   std::vector<std::string> overrides;
   bool quiet = false;
+  bool portable_kernels = false;
 };
 
 absl::Status RunConvertJob(const lora::v1::JobSpec& spec, const std::string& out,
@@ -133,6 +135,20 @@ int RunJob(const RunOptions& o) {
       break;
   }
   TrainerOptions t;
+  auto device = ResolveTrainingDevice(spec->resources().device());
+  if (!device.ok()) return fail(device.status());
+  if (world > 1 && !device->is_cpu()) {
+    // Never pretend: the multi-rank engine's buffers and process groups are CPU/Gloo only.
+    return fail(absl::UnimplementedError(
+        "resources.device: multi-rank training on CUDA (NCCL process groups) is not "
+        "implemented in this build; run world_size = 1 on CUDA or multi-rank on CPU"));
+  }
+  if (world > 1 && o.portable_kernels) {
+    return fail(absl::InvalidArgumentError(
+        "--portable-kernels applies to single-process training (world_size = 1)"));
+  }
+  t.device = *device;
+  t.fused_kernels = !o.portable_kernels;
   t.spec = *spec;
   t.output_dir = out;
   t.resume_from = o.resume;
@@ -166,6 +182,9 @@ void AddRunCommand(CLI::App& app, CommandRunner* runner) {
                   "JSON-line events file (default <out>/events.jsonl)");
   cmd->add_option("--set", o->overrides, "Override a spec key: section.key=value (repeatable)");
   cmd->add_flag("--quiet", o->quiet, "No readable log on stderr");
+  cmd->add_flag("--portable-kernels", o->portable_kernels,
+                "Attention and SwiGLU as plain LibTorch ops (what CUDA runs) instead of the "
+                "fused CPU kernels; single-process training");
   cmd->callback([o, runner] { *runner = [o] { return RunJob(*o); }; });
 }
 

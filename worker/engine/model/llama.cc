@@ -105,7 +105,8 @@ LlamaMlpImpl::LlamaMlpImpl(const LlamaConfig& c, torch::Dtype dtype) {
 
 torch::Tensor LlamaMlpImpl::forward(const torch::Tensor& x_in) {
   const torch::Tensor x = tp_.enter ? tp_.enter(x_in) : x_in;
-  torch::Tensor y = down_proj(SwiGlu(gate_proj(x), up_proj(x)));
+  torch::Tensor g = gate_proj(x), u = up_proj(x);
+  torch::Tensor y = down_proj(fused_swiglu_ ? SwiGlu(g, u) : SwiGluUnfused(g, u));
   return tp_.exit ? tp_.exit(y) : y;
 }
 
@@ -170,6 +171,11 @@ AttentionContext LlamaModelImpl::MakeAttentionContext(const ForwardInputs& input
     ctx.mask = causal;
   }
   return ctx;
+}
+
+void LlamaModelImpl::set_fused_kernels(bool on) {
+  fused_attention_ = on;
+  for (const auto& layer : *layers) layer->as<LlamaDecoderLayer>()->mlp->set_fused_swiglu(on);
 }
 
 torch::Tensor LlamaModelImpl::Embed(const torch::Tensor& input_ids) {

@@ -113,9 +113,12 @@ class LlamaMlpImpl : public torch::nn::Module {
 
   Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
   void SetTensorParallel(TensorParallelHooks hooks) { tp_ = std::move(hooks); }
+  // The fused CPU SwiGLU kernel (default) or LibTorch's element-wise ops (any device).
+  void set_fused_swiglu(bool on) { fused_swiglu_ = on; }
 
  private:
   TensorParallelHooks tp_;
+  bool fused_swiglu_ = true;
 };
 TORCH_MODULE(LlamaMlp);
 
@@ -156,6 +159,9 @@ class LlamaModelImpl : public torch::nn::Module {
   // The fused CPU attention kernel (default) or the plain matmul/softmax reference.
   void set_fused_attention(bool on) { fused_attention_ = on; }
   bool fused_attention() const { return fused_attention_; }
+  // Both fused CPU kernels (attention, SwiGLU) on, or the portable LibTorch ops that run on any
+  // device (what a CUDA build computes with).
+  void set_fused_kernels(bool on);
 
   TokenEmbedding embed_tokens{nullptr};
   torch::nn::ModuleList layers{nullptr};

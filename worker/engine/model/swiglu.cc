@@ -40,7 +40,8 @@ LORA_MULTIVERSION void ForwardChunk(const float* g, const float* u, float* y, in
   for (int64_t i = 0; i < n; ++i) y[i] = g[i] * Sigmoid(g[i]) * u[i];
 }
 
-LORA_MULTIVERSION void BackwardChunk(const float* g, const float* u, const float* dy, float* dg, float* du, int64_t n) {
+LORA_MULTIVERSION void BackwardChunk(const float* g, const float* u, const float* dy, float* dg,
+                                     float* du, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
     const float s = Sigmoid(g[i]);
     const float silu = g[i] * s;
@@ -61,27 +62,29 @@ void Store(const float* src, int64_t n, T* dst) {
 torch::Tensor Forward(const torch::Tensor& gate, const torch::Tensor& up) {
   torch::Tensor out = torch::empty_like(gate);
   const int64_t n = gate.numel();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, gate.scalar_type(), "SwiGluForward", [&] {
-    const scalar_t* gp = gate.data_ptr<scalar_t>();
-    const scalar_t* up_p = up.data_ptr<scalar_t>();
-    scalar_t* op = out.data_ptr<scalar_t>();
-    at::parallel_for(0, (n + kChunk - 1) / kChunk, 16, [&](int64_t begin, int64_t end) {
-      float g[kChunk], u[kChunk], y[kChunk];
-      for (int64_t c = begin; c < end; ++c) {
-        const int64_t off = c * kChunk, len = std::min(kChunk, n - off);
-        Load(gp + off, len, g);
-        Load(up_p + off, len, u);
-        ForwardChunk(g, u, y, len);
-        Store(y, len, op + off);
-      }
-    });
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kBFloat16, at::kHalf, gate.scalar_type(), "SwiGluForward", [&] {
+        const scalar_t* gp = gate.data_ptr<scalar_t>();
+        const scalar_t* up_p = up.data_ptr<scalar_t>();
+        scalar_t* op = out.data_ptr<scalar_t>();
+        at::parallel_for(0, (n + kChunk - 1) / kChunk, 16, [&](int64_t begin, int64_t end) {
+          float g[kChunk], u[kChunk], y[kChunk];
+          for (int64_t c = begin; c < end; ++c) {
+            const int64_t off = c * kChunk, len = std::min(kChunk, n - off);
+            Load(gp + off, len, g);
+            Load(up_p + off, len, u);
+            ForwardChunk(g, u, y, len);
+            Store(y, len, op + off);
+          }
+        });
+      });
   return out;
 }
 
 class SwiGluFunction : public torch::autograd::Function<SwiGluFunction> {
  public:
-  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, torch::Tensor gate, torch::Tensor up) {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, torch::Tensor gate,
+                               torch::Tensor up) {
     gate = gate.contiguous();
     up = up.contiguous();
     ctx->save_for_backward({gate, up});
@@ -96,25 +99,26 @@ class SwiGluFunction : public torch::autograd::Function<SwiGluFunction> {
     torch::Tensor dy = grads[0].to(gate.scalar_type()).contiguous();
     torch::Tensor dgate = torch::empty_like(gate), dup = torch::empty_like(up);
     const int64_t n = gate.numel();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, gate.scalar_type(), "SwiGluBackward", [&] {
-      const scalar_t* gp = gate.data_ptr<scalar_t>();
-      const scalar_t* up_p = up.data_ptr<scalar_t>();
-      const scalar_t* dyp = dy.data_ptr<scalar_t>();
-      scalar_t* dgp = dgate.data_ptr<scalar_t>();
-      scalar_t* dup_p = dup.data_ptr<scalar_t>();
-      at::parallel_for(0, (n + kChunk - 1) / kChunk, 16, [&](int64_t begin, int64_t end) {
-        float g[kChunk], u[kChunk], d[kChunk], dg[kChunk], du[kChunk];
-        for (int64_t c = begin; c < end; ++c) {
-          const int64_t off = c * kChunk, len = std::min(kChunk, n - off);
-          Load(gp + off, len, g);
-          Load(up_p + off, len, u);
-          Load(dyp + off, len, d);
-          BackwardChunk(g, u, d, dg, du, len);
-          Store(dg, len, dgp + off);
-          Store(du, len, dup_p + off);
-        }
-      });
-    });
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kBFloat16, at::kHalf, gate.scalar_type(), "SwiGluBackward", [&] {
+          const scalar_t* gp = gate.data_ptr<scalar_t>();
+          const scalar_t* up_p = up.data_ptr<scalar_t>();
+          const scalar_t* dyp = dy.data_ptr<scalar_t>();
+          scalar_t* dgp = dgate.data_ptr<scalar_t>();
+          scalar_t* dup_p = dup.data_ptr<scalar_t>();
+          at::parallel_for(0, (n + kChunk - 1) / kChunk, 16, [&](int64_t begin, int64_t end) {
+            float g[kChunk], u[kChunk], d[kChunk], dg[kChunk], du[kChunk];
+            for (int64_t c = begin; c < end; ++c) {
+              const int64_t off = c * kChunk, len = std::min(kChunk, n - off);
+              Load(gp + off, len, g);
+              Load(up_p + off, len, u);
+              Load(dyp + off, len, d);
+              BackwardChunk(g, u, d, dg, du, len);
+              Store(dg, len, dgp + off);
+              Store(du, len, dup_p + off);
+            }
+          });
+        });
     return {dgate, dup};
   }
 };
@@ -122,8 +126,13 @@ class SwiGluFunction : public torch::autograd::Function<SwiGluFunction> {
 }  // namespace
 
 torch::Tensor SwiGlu(const torch::Tensor& gate, const torch::Tensor& up) {
-  TORCH_CHECK(gate.sizes() == up.sizes() && gate.scalar_type() == up.scalar_type(), "SwiGlu: gate/up mismatch");
+  TORCH_CHECK(gate.sizes() == up.sizes() && gate.scalar_type() == up.scalar_type(),
+              "SwiGlu: gate/up mismatch");
   return SwiGluFunction::apply(gate, up);
+}
+
+torch::Tensor SwiGluUnfused(const torch::Tensor& gate, const torch::Tensor& up) {
+  return (at::silu(gate.to(torch::kFloat32)) * up.to(torch::kFloat32)).to(gate.scalar_type());
 }
 
 }  // namespace lora

@@ -11,6 +11,10 @@ namespace lora {
 
 torch::Tensor SwiGlu(const torch::Tensor& gate, const torch::Tensor& up);
 
+// The same function from LibTorch element-wise ops (fp32 math), for devices the fused CPU
+// kernel does not run on.
+torch::Tensor SwiGluUnfused(const torch::Tensor& gate, const torch::Tensor& up);
+
 }  // namespace lora
 
 #endif  // LORA_WORKER_ENGINE_MODEL_SWIGLU_H_

@@ -70,10 +70,15 @@ BatcherOptions ValidationBatcherOptions(const lora::v1::JobSpec& spec) {
 }
 
 torch::Tensor BatchLossSum(LlamaForCausalLMImpl& model, const Batch& batch) {
-  ForwardInputs in{batch.input_ids, batch.position_ids, batch.document_ids};
+  // Batches are built on the CPU; the model may live elsewhere.
+  const torch::Device device = model.model->embed_tokens->weight.device();
+  auto on_device = [&](const torch::Tensor& t) { return t.defined() ? t.to(device) : t; };
+  ForwardInputs in{on_device(batch.input_ids), on_device(batch.position_ids),
+                   on_device(batch.document_ids)};
   torch::Tensor logits = model.forward(in);
   return at::cross_entropy_loss(logits.to(torch::kFloat32).view({-1, logits.size(-1)}),
-                                batch.targets.view({-1}), {}, at::Reduction::Sum, kIgnoreIndex);
+                                on_device(batch.targets).view({-1}), {}, at::Reduction::Sum,
+                                kIgnoreIndex);
 }
 
 EvalResult EvaluateLoss(LlamaForCausalLMImpl& model, Batcher& data, int64_t rows,
@@ -123,6 +128,8 @@ absl::StatusOr<TrainResult> RunTraining(const TrainerOptions& options) {
   LORA_RETURN_IF_ERROR(MakeDirectories(options.output_dir));
   LORA_ASSIGN_OR_RETURN(PreparedModel prepared, PrepareModel(spec));
   LlamaForCausalLM model = prepared.model;
+  if (!options.device.is_cpu()) model->to(options.device);
+  model->model->set_fused_kernels(options.device.is_cpu() && options.fused_kernels);
   model->model->set_activation_checkpointing(tcfg.activation_checkpoint() == "full");
   const LlamaConfig& mc = model->config();
 

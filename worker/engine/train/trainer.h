@@ -27,6 +27,10 @@ struct TrainerOptions {
   std::string resume_from;  // a run, checkpoints/ or step directory; empty = fresh start
   EventSink* events = nullptr;
   const std::atomic<bool>* stop_requested = nullptr;
+  // Where the model and batches live (ResolveTrainingDevice); off the CPU, and on it when
+  // fused_kernels is false, attention and SwiGLU run as portable LibTorch ops.
+  torch::Device device = torch::kCPU;
+  bool fused_kernels = true;
 };
 
 struct TrainResult {
@@ -43,7 +47,8 @@ struct EvalResult {
 };
 
 // Token-weighted mean cross-entropy over `max_batches` batches (0 = all) of `rows` windows.
-EvalResult EvaluateLoss(LlamaForCausalLMImpl& model, Batcher& data, int64_t rows, int64_t max_batches);
+EvalResult EvaluateLoss(LlamaForCausalLMImpl& model, Batcher& data, int64_t rows,
+                        int64_t max_batches);
 
 // Sum of token cross-entropies of one batch (fp32), for the training and eval loops.
 torch::Tensor BatchLossSum(LlamaForCausalLMImpl& model, const Batch& batch);
