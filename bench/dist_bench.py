@@ -39,6 +39,10 @@ LAYOUTS = [  # name, world, degrees, pp schedule
                       "context_parallel_method": "ring"}),
     ("TP 2", 2, {"tensor_parallel_degree": 2, "data_parallel_shard_degree": 1}),
     ("FSDP 2 x PP 2", 4, {"data_parallel_shard_degree": 2, "pipeline_parallel_degree": 2}),
+    ("FSDP 2 x PP 2 reshard", 4, {"data_parallel_shard_degree": 2, "pipeline_parallel_degree": 2,
+                                  "fsdp_reshard_after_forward": "always"}),
+    ("FSDP 2 no reshard", 2, {"data_parallel_shard_degree": 2,
+                              "fsdp_reshard_after_forward": "never"}),
     ("CP 2 x FSDP 2", 4, {"data_parallel_shard_degree": 2, "context_parallel_degree": 2}),
 ]
 
@@ -120,12 +124,15 @@ def analytical_min(flavor, degrees, rows, seq_len, trainable, lora_rank=8):
     B, T = rows, seq_len
     total = 0.0
     ring = lambda n: (n - 1) / n
-    # FSDP: each owned layer gathered for forward and again for the backward's recomputation,
-    # per micro-batch under pipelining; the embedding once per micro-batch on the first stage
-    # (rank 0's), the output projection once per step on the last.
+    # FSDP, resharding after forward: each owned layer gathered for forward and again for the
+    # backward's recomputation, per micro-batch under pipelining; the embedding once per
+    # micro-batch on the first stage (rank 0's), the output projection once per step on the
+    # last. Holding gathered weights for the step (the default under PP): each once per step.
     M = degrees.get("pipeline_parallel_microbatches", 4) if P > 1 else 1
-    total += 2 * M * layers * ring(S) * layer_bytes
-    total += (M + (1 if P == 1 else 0)) * ring(S) * 2 * vocab * H
+    reshard = degrees.get("fsdp_reshard_after_forward", "default")
+    hold = reshard == "never" or (reshard == "default" and P > 1)
+    total += (1 if hold else 2 * M) * layers * ring(S) * layer_bytes
+    total += ((1 if hold else M) + (1 if P == 1 else 0)) * ring(S) * 2 * vocab * H
     # Adapter gradients: one all-reduce over data- and context-parallel replicas (this rank's
     # stage's adapters; under TP the slices it holds).
     dp = R * S * C

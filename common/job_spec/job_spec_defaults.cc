@@ -16,7 +16,8 @@ void ApplyJobSpecDefaults(lora::v1::JobSpec* spec) {
   if (!lora->has_rank()) lora->set_rank(8);
   if (!lora->has_alpha()) lora->set_alpha(16.0);
   if (lora->target_modules().empty() && lora->target_modules_regex().empty()) {
-    for (const char* m : {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}) {
+    for (const char* m :
+         {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}) {
       lora->add_target_modules(m);
     }
   }
@@ -63,6 +64,7 @@ void ApplyJobSpecDefaults(lora::v1::JobSpec* spec) {
   if (!par->has_pipeline_parallel_microbatches()) par->set_pipeline_parallel_microbatches(4);
   if (!par->has_context_parallel_degree()) par->set_context_parallel_degree(1);
   if (par->context_parallel_method().empty()) par->set_context_parallel_method("allgather");
+  if (par->fsdp_reshard_after_forward().empty()) par->set_fsdp_reshard_after_forward("default");
 
   auto* ckpt = spec->mutable_checkpoint();
   if (!ckpt->has_interval()) ckpt->set_interval(5);

@@ -212,6 +212,8 @@ std::vector<FieldViolation> JobSpecViolations(const JobSpec& spec) {
           {"GPipe", "1F1B"});
   c.OneOf("parallelism.context_parallel_method", p.context_parallel_method(),
           {"allgather", "ring"});
+  c.OneOf("parallelism.fsdp_reshard_after_forward", p.fsdp_reshard_after_forward(),
+          {"default", "always", "never"});
   const int64_t others = static_cast<int64_t>(std::max(1, p.data_parallel_replicate_degree())) *
                          std::max(1, p.tensor_parallel_degree()) *
                          std::max(1, p.pipeline_parallel_degree()) *

@@ -299,6 +299,18 @@ INSTANTIATE_TEST_SUITE_P(
             4,
             {"parallelism.data_parallel_shard_degree=2", "parallelism.pipeline_parallel_degree=2"},
             8},
+        // FSDP under PP holds gathered layers for the step by default; the other policy too.
+        Layout{
+            "Fsdp2Pp2ReshardAlways",
+            4,
+            {"parallelism.data_parallel_shard_degree=2", "parallelism.pipeline_parallel_degree=2",
+             "parallelism.fsdp_reshard_after_forward=always"},
+            8},
+        Layout{"Fsdp2ReshardNever",
+               2,
+               {"parallelism.data_parallel_shard_degree=2",
+                "parallelism.fsdp_reshard_after_forward=never"},
+               8},
         Layout{
             "Cp2Fsdp2",
             4,

@@ -192,6 +192,13 @@ TEST(JobSpecTest, ParallelDegreesMustMultiplyToWorldSize) {
       "[dataset]\nname='synthetic-arith'\n[parallelism]\ncontext_parallel_degree = "
       "2\ncontext_parallel_method = 'ulysses'\n[resources]\nworld_size = 2\n");
   EXPECT_THAT(Violations(unknown_cp), HasSubstr("parallelism.context_parallel_method"));
+  JobSpec reshard = Defaulted(
+      "[dataset]\nname='synthetic-arith'\n[parallelism]\nfsdp_reshard_after_forward = "
+      "'sometimes'\n");
+  EXPECT_THAT(Violations(reshard), HasSubstr("parallelism.fsdp_reshard_after_forward"));
+  EXPECT_EQ(
+      Defaulted("[dataset]\nname='synthetic-arith'\n").parallelism().fsdp_reshard_after_forward(),
+      "default");
   JobSpec timeout =
       Defaulted("[dataset]\nname='synthetic-arith'\n[resources]\ncollective_timeout_seconds = 0\n");
   EXPECT_THAT(Violations(timeout), HasSubstr("resources.collective_timeout_seconds"));

@@ -202,6 +202,8 @@ absl::Status ParallelLlama::Setup(const lora::v1::JobSpec& spec) {
     torch::Tensor p = item.value();
     SetData(p, torch::empty({0}, p.options()));
   }
+  const std::string& reshard = par.fsdp_reshard_after_forward();
+  hold_layers_ = reshard == "never" || (reshard == "default" && pp_->size() > 1);
   if (shard_->size() > 1) ApplyFsdp();
   if (spec.training().activation_checkpoint() == "full")
     model_->model->set_activation_checkpointing(true);
@@ -263,16 +265,20 @@ void ParallelLlama::ApplyFsdp() {
   if (last_stage_ && !tied) shard(kHeadUnit, model_->lm_head->weight);
   hooks_ = std::make_shared<LayerHooks>();
   hooks_->before = [this](int layer) { Gather(layer); };
-  hooks_->after = [this](int layer) { Release(layer); };
+  hooks_->after = [this](int layer) {
+    if (!hold_layers_) Release(layer);
+  };
   model_->model->SetLayerHooks(hooks_);
-  // The gathered weights are freed after each use, so the backward recomputes the layer
-  // (the activation-checkpointing path, which calls the hooks around the recomputation).
-  model_->model->set_activation_checkpointing(true);
+  // Weights freed after each use must be gathered again for the backward, which then
+  // recomputes the layer (the activation-checkpointing path calls the hooks around the
+  // recomputation). Held weights need no recomputation: the spec's setting applies.
+  if (!hold_layers_) model_->model->set_activation_checkpointing(true);
 }
 
 void ParallelLlama::Gather(int layer) {
   auto it = fsdp_.find(layer);
   if (it == fsdp_.end()) return;
+  if (hold_layers_ && layer != kHeadUnit && !held_.insert(layer).second) return;  // still held
   for (FsdpShard& s : it->second) {
     torch::Tensor full = shard_->AllGather(s.local, 0).narrow(0, 0, s.numel).view(s.shape);
     SetData(s.param, full);
@@ -333,7 +339,7 @@ torch::Tensor ParallelLlama::StageForward(const LocalBatch& batch, const torch::
   if (first_stage_) {
     // The embedding's backward needs no weights (they are frozen): release at once, unless it
     // is also the output projection, held for the step.
-    const bool held = head_gathered_ && tied;
+    const bool held = (head_gathered_ && tied) || hold_layers_;
     Gather(kEmbedUnit);
     h = model_->model->Embed(batch.input_ids);
     if (!held) Release(kEmbedUnit);
@@ -349,6 +355,8 @@ torch::Tensor ParallelLlama::StageForward(const LocalBatch& batch, const torch::
 }
 
 void ParallelLlama::ReleaseRoot() {
+  for (int layer : held_) Release(layer);
+  held_.clear();
   if (!head_gathered_) return;
   Release(model_->config().tie_word_embeddings ? kEmbedUnit : kHeadUnit);
   head_gathered_ = false;

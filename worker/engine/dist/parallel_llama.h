@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -60,7 +61,7 @@ class ParallelLlama {
   // After backward: sums gradients over data-parallel and context-parallel replicas, and the
   // replicated LoRA factors over the tensor-parallel group. Frees gathered FSDP weights.
   void SyncGradients();
-  // Frees the FSDP-gathered output projection (after forward-only passes).
+  // Frees the FSDP-gathered output projection and held layers (after forward-only passes).
   void ReleaseRoot();
   // Global L2 norm of the full model's adapter gradients; clips to max_norm when > 0.
   double ClipGradients(double max_norm);
@@ -117,8 +118,12 @@ class ParallelLlama {
       tp_replicated_;  // trainable names replicated over TP (norm counted once)
   std::vector<std::string> tp_partial_;
   int64_t peak_parameter_bytes_ = 0;
-  bool ring_attention_ = false;  // context parallel K/V by ring instead of all-gather
-  bool head_gathered_ = false;   // the subset whose gradients are partial sums
+  bool ring_attention_ = false;
+  // FSDP layers stay gathered from their first forward to the end of the step
+  // (fsdp_reshard_after_forward); `held_` lists those gathered now.
+  bool hold_layers_ = false;
+  std::set<int> held_;          // context parallel K/V by ring instead of all-gather
+  bool head_gathered_ = false;  // the subset whose gradients are partial sums
 };
 
 // Layer ranges per stage, balanced by parameter count (embedding on the first stage, norm and
