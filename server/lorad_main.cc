@@ -133,6 +133,11 @@ int main(int argc, char** argv) {
   auto workers = *registry.AddGauge("lorad_workers_connected", "Connected lora-worker agents", {});
   auto slots = *registry.AddGauge("lorad_worker_slots", "Worker rank slots, by use", {"use"});
   auto watchers = *registry.AddGauge("lorad_watch_streams", "Open WatchJob streams", {});
+  auto unschedulable = *registry.AddGauge(
+      "lorad_unschedulable_jobs",
+      "Queued jobs the connected workers cannot run (no worker with the device, or too few "
+      "slots in all), by device",
+      {"device"});
   auto sent = *registry.AddCounter("lorad_artifact_bytes_sent_total",
                                    "Artifact bytes streamed to clients", {});
   auto received = *registry.AddCounter("lorad_artifact_bytes_received_total",
@@ -230,6 +235,10 @@ int main(int argc, char** argv) {
     workers->WithLabels({})->Set(static_cast<double>(stats.workers_connected));
     slots->WithLabels({"busy"})->Set(static_cast<double>(stats.workers_busy_slots));
     slots->WithLabels({"total"})->Set(static_cast<double>(stats.workers_total_slots));
+    for (const char* device : {"cpu", "cuda"}) {
+      unschedulable->WithLabels({device})->Set(
+          static_cast<double>(stats.unschedulable_by_device[device]));
+    }
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
   }
   std::cerr << "lorad: shutting down" << std::endl;

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Static checks of deploy/: every YAML document parses, the Prometheus scrape config is valid,
-# and the Kubernetes objects have the fields the controllers rely on.
+# Static checks of deploy/: every YAML document parses, the Prometheus scrape config and alert
+# rules are valid (the rules' own unit tests pass), and the Kubernetes objects have the fields
+# the controllers rely on.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 /usr/bin/python3 - <<'PY'
@@ -23,4 +24,6 @@ for path in sorted(glob.glob("deploy/**/*.yaml", recursive=True)):
 sys.exit(0 if ok else 1)
 PY
 promtool check config deploy/prometheus/scrape.yaml > /dev/null
+promtool check rules deploy/prometheus/alerts.yaml > /dev/null
+promtool test rules deploy/prometheus/alerts_test.yaml > /dev/null
 echo "deploy/: ok"

@@ -984,6 +984,16 @@ JobManagerStats JobManager::Stats() {
     s.workers_total_slots += w.capabilities.slots();
   }
   for (const auto& [id, subs] : subscribers_) s.watchers += static_cast<int64_t>(subs.size());
+  std::map<std::string, int64_t> slots_by_device;
+  for (const auto& [id, w] : workers_) {
+    if (w.channel) slots_by_device[w.capabilities.device()] += w.capabilities.slots();
+  }
+  for (const auto& [id, a] : active_) {
+    if (a.job.state() != lora::v1::QUEUED) continue;
+    const std::string& device = a.job.spec().resources().device();
+    if (slots_by_device[device] < std::max(1, a.job.spec().resources().world_size()))
+      ++s.unschedulable_by_device[device];
+  }
   return s;
 }
 

@@ -58,6 +58,9 @@ struct JobManagerStats {
   int64_t workers_busy_slots = 0;
   int64_t workers_total_slots = 0;
   int64_t watchers = 0;
+  // Queued jobs the connected workers cannot run however long they wait (no worker has the
+  // job's device, or all of them together have fewer slots than its ranks), by device.
+  std::map<std::string, int64_t> unschedulable_by_device;
 };
 
 class JobManager {

@@ -35,6 +35,9 @@ using testing::ProcessResult;
 using testing::TinyTrainSpec;
 using testing::WaitForJob;
 
+// GET `path` from 127.0.0.1:`port`; the raw HTTP response (defined below).
+std::string HttpGet(int port, const std::string& path);
+
 bool Done(const Job& j) {
   return j.state() == lora::v1::SUCCEEDED || j.state() == lora::v1::FAILED ||
          j.state() == lora::v1::CANCELLED;
@@ -532,6 +535,20 @@ TEST_F(ServiceTest, CudaJobsWaitWithAReasonWithoutHoldingUpCpuJobs) {
             "needs 2 cpu slots at once; the connected cpu workers have 1 in all");
   EXPECT_EQ(client->GetJob(behind->name())->queue_reason(),
             absl::StrCat("behind ", wide->name(), " in the cpu queue (FIFO within priority)"));
+  // Alertable: queued jobs that no amount of waiting will start (the metrics loop runs every
+  // 200 ms).
+  const std::string log = lorad->log();
+  const size_t at = log.find("metrics on port ");
+  ASSERT_NE(at, std::string::npos) << log;
+  const int port = std::atoi(log.c_str() + at + 16);
+  std::string metrics;
+  for (int i = 0; i < 50; ++i) {
+    metrics = HttpGet(port, "/metrics");
+    if (metrics.find("lorad_unschedulable_jobs{device=\"cpu\"} 1") != std::string::npos) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_THAT(metrics, HasSubstr("lorad_unschedulable_jobs{device=\"cuda\"} 1"));
+  EXPECT_THAT(metrics, HasSubstr("lorad_unschedulable_jobs{device=\"cpu\"} 1"));
   for (const auto* j : {&*cuda_job, &*wide, &*behind}) {
     ASSERT_TRUE(client->CancelJob(j->name()).ok());
     Job cancelled = WaitForJob(*client, j->name(), Done);
