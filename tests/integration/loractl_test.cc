@@ -118,6 +118,19 @@ TEST_F(LoractlTest, SubmitWatchGetListDownload) {
       true);
 }
 
+TEST_F(LoractlTest, GetSaysWhyAJobIsQueued) {
+  const std::string spec = WriteSpec("cuda.toml", TinyToml(5) + "[resources]\ndevice = \"cuda\"\n");
+  ProcessResult submit = Loractl({"submit", spec});
+  ASSERT_EQ(submit.exit_code, 0) << submit.err;
+  const std::string name = submit.out.substr(0, submit.out.find('\n'));
+  ProcessResult get = Loractl({"get", name});
+  ASSERT_EQ(get.exit_code, 0) << get.err;
+  EXPECT_THAT(get.out, ::testing::ContainsRegex("state +QUEUED"));
+  EXPECT_THAT(get.out,
+              ::testing::ContainsRegex("queued because +no connected worker has device cuda"));
+  EXPECT_EQ(Loractl({"cancel", name}).exit_code, 0);
+}
+
 TEST_F(LoractlTest, LocalValidationShowsFileLineAndKey) {
   const std::string spec = WriteSpec("bad.toml", TinyToml(10) + "[optimizer]\nlr = -1.0\n");
   ProcessResult r = Loractl({"submit", spec});
