@@ -140,7 +140,15 @@ void Group::Recv(torch::Tensor& t, int src, int tag) {
   Wait(pg_->recv(v, src, tag), "receive");
 }
 
+void Group::PostRecv(torch::Tensor& t, int src, int tag) {
+  TORCH_CHECK(t.is_contiguous(), "PostRecv needs a contiguous buffer");
+  torch::Tensor buf = AsTransferable(t);  // a view of t's storage
+  std::vector<torch::Tensor> v = {buf};
+  pending_recvs_.emplace_back(pg_->recv(v, src, tag), buf);
+}
 void Group::Flush() {
+  for (auto& [work, buf] : pending_recvs_) Wait(work, "receive");
+  pending_recvs_.clear();
   for (auto& [work, buf] : pending_sends_) Wait(work, "send");
   pending_sends_.clear();
 }

@@ -56,8 +56,10 @@ class Group {
   // no reduce-scatter). Reduced in fp32.
   torch::Tensor ReduceScatterSum(const torch::Tensor& t, int64_t dim);
   void Broadcast(torch::Tensor& t, int root);
-  // Send is asynchronous: Flush() waits for every pending send (call before reusing buffers).
+  // Send and PostRecv return at once; Flush() waits for every pending send and posted receive
+  // (call it before reusing a sent buffer or reading a received one). Recv blocks.
   void Send(const torch::Tensor& t, int dst, int tag);
+  void PostRecv(torch::Tensor& t, int src, int tag);
   void Recv(torch::Tensor& t, int src, int tag);
   void Flush();
   void Barrier();
@@ -73,6 +75,7 @@ class Group {
   std::chrono::milliseconds timeout_;
   std::vector<int> world_ranks_;
   std::vector<std::pair<c10::intrusive_ptr<c10d::Work>, torch::Tensor>> pending_sends_;
+  std::vector<std::pair<c10::intrusive_ptr<c10d::Work>, torch::Tensor>> pending_recvs_;
   int64_t bytes_sent_ = 0;
 };
 

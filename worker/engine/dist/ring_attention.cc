@@ -67,14 +67,18 @@ class RingAttentionFn : public torch::autograd::Function<RingAttentionFn> {
     for (int step = 0; step < ring.cp; ++step) {
       const int owner = ring.OwnerAt(step);
       const bool more = step + 1 < ring.cp;
-      if (more) ring.group->Send(block, ring.next, kForwardBlockTag);
+      // The next block streams in while this one is computed.
+      torch::Tensor incoming;
+      if (more) {
+        incoming = torch::empty_like(block);
+        ring.group->Send(block, ring.next, kForwardBlockTag);
+        ring.group->PostRecv(incoming, ring.prev, kForwardBlockTag);
+      }
       auto [o, l] =
           FusedAttentionForward(q, block[0], block[1], BlockRope(q_cos, q_sin, k_cos, k_sin, owner),
                                 block_lo[owner], block_hi[owner]);
       Merge(acc, lse, o, l);
       if (more) {
-        torch::Tensor incoming = torch::empty_like(block);
-        ring.group->Recv(incoming, ring.prev, kForwardBlockTag);
         ring.group->Flush();
         block = incoming;
       }
@@ -100,7 +104,14 @@ class RingAttentionFn : public torch::autograd::Function<RingAttentionFn> {
     for (int step = 0; step < ring.cp; ++step) {
       const int owner = ring.OwnerAt(step);
       const bool more = step + 1 < ring.cp;
-      if (more) ring.group->Send(block, ring.next, kBackwardBlockTag);
+      torch::Tensor incoming;
+      if (more) {
+        incoming = torch::empty_like(block);
+        ring.group->Send(block, ring.next, kBackwardBlockTag);
+        ring.group->PostRecv(incoming, ring.prev, kBackwardBlockTag);
+      }
+      torch::Tensor incoming_grad = torch::empty_like(grad);
+      ring.group->PostRecv(incoming_grad, ring.prev, kBackwardGradTag);
       auto [dq_s, dk_s, dv_s] = FusedAttentionBackward(dout, q, block[0], block[1],
                                                        BlockRope(s[3], s[4], s[5], s[6], owner),
                                                        s[7][owner], s[8][owner], lse, delta);
@@ -109,14 +120,8 @@ class RingAttentionFn : public torch::autograd::Function<RingAttentionFn> {
       grad[1].add_(dv_s.to(torch::kFloat32));
       // The accumulator follows its block; after the last step it goes home to its owner.
       ring.group->Send(grad, ring.next, kBackwardGradTag);
-      if (more) {
-        torch::Tensor incoming = torch::empty_like(block);
-        ring.group->Recv(incoming, ring.prev, kBackwardBlockTag);
-        block = incoming;
-      }
-      torch::Tensor incoming_grad = torch::empty_like(grad);
-      ring.group->Recv(incoming_grad, ring.prev, kBackwardGradTag);
       ring.group->Flush();
+      if (more) block = incoming;
       grad = incoming_grad;
     }
     variable_list result(10);  // one per forward input
