@@ -281,7 +281,10 @@ absl::StatusOr<std::vector<Job>> JobStore::ListJobs(const ListJobsQuery& q) {
   if (!s.ok()) return SqlError(db_, "prepare list");
   int i = 1;
   if (q.before) {
-    s.Bind(i++, q.before->first).Bind(i++, q.before->first).Bind(i++, q.before->second);
+    s.Bind(1, q.before->first);
+    s.Bind(2, q.before->first);
+    s.Bind(3, q.before->second);
+    i = 4;
   }
   s.Bind(i, q.limit);
   std::vector<Job> out;

@@ -67,7 +67,9 @@ TEST(StageLayersTest, BalancesParameterCountsAndHonoursOverrides) {
     EXPECT_EQ(split.back().second, 6);
     for (size_t s = 0; s < split.size(); ++s) {
       EXPECT_LT(split[s].first, split[s].second);
-      if (s > 0) EXPECT_EQ(split[s].first, split[s - 1].second);
+      if (s > 0) {
+        EXPECT_EQ(split[s].first, split[s - 1].second);
+      }
     }
   }
   // A large vocabulary makes the end stages lighter in layers.
