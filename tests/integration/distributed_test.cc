@@ -318,29 +318,48 @@ INSTANTIATE_TEST_SUITE_P(
             8}),
     [](const ::testing::TestParamInfo<Layout>& info) { return std::string(info.param.name); });
 
-// bf16 base weights and activations (the default precision): FSDP moves bf16 shards, TP sums
-// bf16 partial products in fp32. Rounding differs from one process, so the bound is looser.
-TEST_F(DistributedTest, Bf16FsdpTimesTpMatchesSingleProcessWithinBf16Rounding) {
-  constexpr double kBf16Tolerance = 5e-4;
-  const std::string single = scratch_.Join("single-bf16");
-  ProcessResult r = testing::RunProcess(
-      RunArgs(Spec(), single, 1, {"training.local_batch_size=8", "training.mixed_precision=bf16"}),
-      120);
-  ASSERT_EQ(r.exit_code, 0) << r.err;
-  const std::string out = scratch_.Join("fsdp-tp-bf16");
-  for (const auto& rank :
-       RunRanks(Spec(), out, 4,
-                {"training.mixed_precision=bf16", "parallelism.data_parallel_shard_degree=2",
-                 "parallelism.tensor_parallel_degree=2"}))
-    ASSERT_EQ(rank.exit_code, 0) << rank.err;
-  ExpectSameLosses(StepLosses(single), StepLosses(out), kBf16Tolerance);
-  // Element-wise bounds make no sense here: Adam's first updates are nearly sign(gradient), so
-  // rounding-level differences in near-zero gradient entries flip whole updates. As a whole the
-  // adapters agree.
-  const double distance = RelativeDistance(single + "/final/adapter/adapter_model.safetensors",
-                                           out + "/final/adapter/adapter_model.safetensors");
-  EXPECT_LT(distance, 0.05);
-  std::cout << "bf16 FSDP 2 x TP 2 adapters: relative L2 distance " << distance << std::endl;
+// bf16 base weights and activations (the default precision) against one bf16 process on the
+// same global batch. Rounding differs, so the bounds are looser than fp32's.
+class Bf16Test : public DistributedTest {
+ protected:
+  void ExpectMatchesSingleProcess(const std::string& name, int world, int global_rows,
+                                  std::vector<std::string> sets) {
+    constexpr double kBf16Tolerance = 5e-4;
+    const std::string single = scratch_.Join("single-bf16");
+    ProcessResult r =
+        testing::RunProcess(RunArgs(Spec(), single, 1,
+                                    {"training.local_batch_size=" + std::to_string(global_rows),
+                                     "training.mixed_precision=bf16"}),
+                            120);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    const std::string out = scratch_.Join(name);
+    sets.push_back("training.mixed_precision=bf16");
+    for (const auto& rank : RunRanks(Spec(), out, world, sets))
+      ASSERT_EQ(rank.exit_code, 0) << rank.err;
+    ExpectSameLosses(StepLosses(single), StepLosses(out), kBf16Tolerance);
+    // Element-wise bounds make no sense here: Adam's first updates are nearly sign(gradient),
+    // so rounding-level differences in near-zero gradient entries flip whole updates. As a
+    // whole the adapters agree.
+    const double distance = RelativeDistance(single + "/final/adapter/adapter_model.safetensors",
+                                             out + "/final/adapter/adapter_model.safetensors");
+    EXPECT_LT(distance, 0.05);
+    std::cout << "bf16 " << name << " adapters: relative L2 distance " << distance << std::endl;
+  }
+};
+
+// FSDP moves bf16 shards, TP sums bf16 partial products in fp32.
+TEST_F(Bf16Test, FsdpTimesTpMatchesSingleProcessWithinBf16Rounding) {
+  ExpectMatchesSingleProcess(
+      "fsdp2-tp2", 4, 8,
+      {"parallelism.data_parallel_shard_degree=2", "parallelism.tensor_parallel_degree=2"});
+}
+
+// Ring attention sends bf16 K/V blocks (as fp16 bits over Gloo) and merges partial outputs.
+TEST_F(Bf16Test, CpRingMatchesSingleProcessWithinBf16Rounding) {
+  ExpectMatchesSingleProcess(
+      "cp2-ring", 2, 4,
+      {"parallelism.context_parallel_degree=2", "parallelism.context_parallel_method=ring",
+       "parallelism.data_parallel_shard_degree=1"});
 }
 
 TEST_F(DistributedTest, CheckpointResumesUnderAnotherLayout) {
