@@ -54,7 +54,8 @@ double TimeRead(const std::string& path, bool to_fp32, std::vector<torch::Tensor
     if (reuse != nullptr && i < reuse->size()) {
       dst = (*reuse)[i];
     } else {
-      dst = torch::empty(info.shape, torch::TensorOptions().dtype(to_fp32 ? torch::kFloat32 : *dtype));
+      dst = torch::empty(info.shape,
+                         torch::TensorOptions().dtype(to_fp32 ? torch::kFloat32 : *dtype));
       lora::AdviseHugePages(dst);  // as LoadStateDict does
       if (reuse != nullptr) reuse->push_back(dst);
     }
@@ -125,7 +126,8 @@ int main(int argc, char** argv) {
     cold_native = std::min(cold_native, TimeRead(path, false, &native_dst));
   }
   const double mb = bytes / 1e6;
-  std::cout << absl::StrFormat("file: %s (%.1f MB of tensor data), best of %d, warm page cache\n", path, mb, repeat);
+  std::cout << absl::StrFormat("file: %s (%.1f MB of tensor data), best of %d, warm page cache\n",
+                               path, mb, repeat);
   std::cout << absl::StrFormat("%-32s %10s %10s %8s\n", "method", "seconds", "MB/s", "vs cat");
   auto row = [&](const char* name, double s) {
     std::cout << absl::StrFormat("%-32s %10.3f %10.0f %8.2f\n", name, s, mb / s, best_cat / s);

@@ -15,9 +15,9 @@
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_format.h"
+#include "common/sha256.h"
 #include "tests/integration/lorad_harness.h"
 #include "tests/integration/subprocess.h"
-#include "common/sha256.h"
 #include "tests/test_util.h"
 
 namespace lora {
@@ -30,7 +30,8 @@ double Ms(Clock::duration d) { return std::chrono::duration<double, std::milli>(
 double Percentile(std::vector<double> v, double p) {
   if (v.empty()) return 0;
   std::sort(v.begin(), v.end());
-  return v[std::min(v.size() - 1, static_cast<size_t>(p * static_cast<double>(v.size() - 1) + 0.5))];
+  return v[std::min(v.size() - 1,
+                    static_cast<size_t>(p * static_cast<double>(v.size() - 1) + 0.5))];
 }
 
 int64_t RssKb(pid_t pid, const char* field) {
@@ -42,12 +43,16 @@ int64_t RssKb(pid_t pid, const char* field) {
   return 0;
 }
 
-double WallSeconds(const google::protobuf::Timestamp& t) { return static_cast<double>(t.seconds()) + t.nanos() * 1e-9; }
+double WallSeconds(const google::protobuf::Timestamp& t) {
+  return static_cast<double>(t.seconds()) + t.nanos() * 1e-9;
+}
 double NowWall() {
   return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
-void Row(const std::string& what, const std::string& value) { std::cout << absl::StrFormat("%-58s %s\n", what, value); }
+void Row(const std::string& what, const std::string& value) {
+  std::cout << absl::StrFormat("%-58s %s\n", what, value);
+}
 
 void CreateJobs(testing::TempDir& dir, int jobs, int clients) {
   testing::Lorad lorad({dir.Join("create"), 0, 0, {}});
@@ -75,8 +80,8 @@ void CreateJobs(testing::TempDir& dir, int jobs, int clients) {
   std::vector<double> all;
   for (auto& v : latencies) all.insert(all.end(), v.begin(), v.end());
   Row(absl::StrFormat("CreateJob, %d jobs, %d concurrent clients (fsync each)", jobs, clients),
-      absl::StrFormat("%.0f jobs/s; p50 %.2f ms, p99 %.2f ms; %d errors", jobs / seconds, Percentile(all, 0.5),
-                      Percentile(all, 0.99), errors.load()));
+      absl::StrFormat("%.0f jobs/s; p50 %.2f ms, p99 %.2f ms; %d errors", jobs / seconds,
+                      Percentile(all, 0.5), Percentile(all, 0.99), errors.load()));
 }
 
 void SubmitToFirstStep(testing::TempDir& dir) {
@@ -115,16 +120,17 @@ void ManyWatchers(testing::TempDir& dir, int watchers) {
   for (int w = 0; w < watchers; ++w) {
     threads.emplace_back([&, w] {
       bool counted = false;
-      (void)clients[static_cast<size_t>(w)]->Watch(job->name(), 0, [&](const lora::v1::JobEvent& e) {
-        if (!counted) {
-          counted = true;
-          ++connected;
-        }
-        // Live events only (history replay is not delivery latency).
-        const double delay = (NowWall() - WallSeconds(e.time())) * 1000;
-        if (e.has_metrics()) delays[static_cast<size_t>(w)].push_back(delay);
-        return true;
-      });
+      (void)clients[static_cast<size_t>(w)]->Watch(
+          job->name(), 0, [&](const lora::v1::JobEvent& e) {
+            if (!counted) {
+              counted = true;
+              ++connected;
+            }
+            // Live events only (history replay is not delivery latency).
+            const double delay = (NowWall() - WallSeconds(e.time())) * 1000;
+            if (e.has_metrics()) delays[static_cast<size_t>(w)].push_back(delay);
+            return true;
+          });
     });
   }
   int64_t peak = 0;
@@ -141,8 +147,8 @@ void ManyWatchers(testing::TempDir& dir, int watchers) {
     all.insert(all.end(), v.begin() + std::min<size_t>(v.size(), 20), v.end());
   }
   Row(absl::StrFormat("%d WatchJob streams on one job (%d step events each)", watchers, 400),
-      absl::StrFormat("delivery p50 %.1f ms, p99 %.1f ms, max %.1f ms", Percentile(all, 0.5), Percentile(all, 0.99),
-                      Percentile(all, 1.0)));
+      absl::StrFormat("delivery p50 %.1f ms, p99 %.1f ms, max %.1f ms", Percentile(all, 0.5),
+                      Percentile(all, 0.99), Percentile(all, 1.0)));
   Row("lorad RSS: idle -> peak with the watchers",
       absl::StrFormat("%.1f MiB -> %.1f MiB (VmHWM %.1f MiB)", rss_before / 1024.0, peak / 1024.0,
                       RssKb(lorad.pid(), "VmHWM:") / 1024.0));
@@ -157,9 +163,12 @@ void Downloads(testing::TempDir& dir) {
   spec.mutable_model()->set_flavor("llama3.2-1b");
   spec.mutable_lora()->set_rank(64);
   auto job = client->CreateJob(spec, "");
-  auto done = testing::WaitForJob(*client, job->name(), [](const lora::v1::Job& j) {
-    return j.state() == lora::v1::SUCCEEDED || j.state() == lora::v1::FAILED;
-  }, 600);
+  auto done = testing::WaitForJob(
+      *client, job->name(),
+      [](const lora::v1::Job& j) {
+        return j.state() == lora::v1::SUCCEEDED || j.state() == lora::v1::FAILED;
+      },
+      600);
   const lora::v1::ArtifactFile* big = nullptr;
   for (const auto& f : done.outputs()) {
     if (!big || f.size() > big->size()) big = &f;
@@ -183,8 +192,8 @@ void Downloads(testing::TempDir& dir) {
   }
   const double mb = static_cast<double>(big->size()) / 1e6;
   Row(absl::StrFormat("artifact download, %.0f MB adapter (sha256 verified)", mb),
-      absl::StrFormat("%.0f MB/s vs local read + sha256 %.0f MB/s (%.2fx)", mb / best_dl, mb / best_local,
-                      best_local / best_dl));
+      absl::StrFormat("%.0f MB/s vs local read + sha256 %.0f MB/s (%.2fx)", mb / best_dl,
+                      mb / best_local, best_local / best_dl));
 }
 
 }  // namespace

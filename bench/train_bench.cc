@@ -9,9 +9,9 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/autocast_mode.h>
-#include <torch/csrc/autograd/profiler_legacy.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
+#include <torch/csrc/autograd/profiler_legacy.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -33,7 +33,9 @@
 namespace lora {
 namespace {
 
-double Now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+double Now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
 
 double MatmulGflops(torch::Dtype dtype) {
   torch::Tensor a = torch::randn({2048, 2048}).to(dtype), b = torch::randn({2048, 2048}).to(dtype);
@@ -86,7 +88,8 @@ int RunRow(const RowOptions& o) {
   Batch batch;
   batch.input_ids = ids.narrow(1, 0, o.seq_len).contiguous();
   batch.targets = ids.narrow(1, 1, o.seq_len).contiguous();
-  batch.position_ids = torch::arange(o.seq_len).unsqueeze(0).expand({o.batch, o.seq_len}).contiguous();
+  batch.position_ids =
+      torch::arange(o.seq_len).unsqueeze(0).expand({o.batch, o.seq_len}).contiguous();
   batch.num_targets = o.batch * o.seq_len;
   if (full && bf16) {
     at::autocast::set_cpu_enabled(true);
@@ -114,7 +117,10 @@ int RunRow(const RowOptions& o) {
   const double tps = static_cast<double>(o.batch * o.seq_len) / step_s;
   struct rusage usage;
   ::getrusage(RUSAGE_SELF, &usage);
-  nlohmann::json j = {{"row", o.row}, {"dtype", o.dtype}, {"step_seconds", step_s}, {"tokens_per_second", tps},
+  nlohmann::json j = {{"row", o.row},
+                      {"dtype", o.dtype},
+                      {"step_seconds", step_s},
+                      {"tokens_per_second", tps},
                       {"flops_per_token", TrainingFlopsPerToken(c, o.seq_len, lora_params, full)},
                       {"peak_rss_bytes", static_cast<int64_t>(usage.ru_maxrss) * 1024},
                       {"threads", at::get_num_threads()}};
@@ -146,12 +152,16 @@ nlohmann::json RunChild(const std::vector<std::string>& argv) {
 
 int RunTable(const RowOptions& base) {
   at::set_num_threads(static_cast<int>(std::thread::hardware_concurrency()));
-  const double peak_fp32 = MatmulGflops(torch::kFloat32), peak_bf16 = MatmulGflops(torch::kBFloat16);
-  std::cout << absl::StrFormat("matmul 2048x2048: fp32 %.0f GFLOP/s, bf16 %.0f GFLOP/s (%d threads)\n", peak_fp32,
-                               peak_bf16, at::get_num_threads());
-  std::cout << absl::StrFormat("%s LoRA r8 (7 projections), seq %d, batch %d, %d steps after %d warmup (median)\n\n",
-                               base.flavor, base.seq_len, base.batch, base.steps, base.warmup);
-  std::cout << absl::StrFormat("%-28s %10s %10s %8s %10s\n", "row", "tok/s", "step_ms", "MFU", "peak_RSS");
+  const double peak_fp32 = MatmulGflops(torch::kFloat32),
+               peak_bf16 = MatmulGflops(torch::kBFloat16);
+  std::cout << absl::StrFormat(
+      "matmul 2048x2048: fp32 %.0f GFLOP/s, bf16 %.0f GFLOP/s (%d threads)\n", peak_fp32, peak_bf16,
+      at::get_num_threads());
+  std::cout << absl::StrFormat(
+      "%s LoRA r8 (7 projections), seq %d, batch %d, %d steps after %d warmup (median)\n\n",
+      base.flavor, base.seq_len, base.batch, base.steps, base.warmup);
+  std::cout << absl::StrFormat("%-28s %10s %10s %8s %10s\n", "row", "tok/s", "step_ms", "MFU",
+                               "peak_RSS");
   const std::string self = "/proc/self/exe";
   char exe[4096];
   ssize_t n = ::readlink(self.c_str(), exe, sizeof(exe) - 1);
@@ -159,43 +169,50 @@ int RunTable(const RowOptions& base) {
   std::map<std::string, double> tps;
   for (const char* dtype : {"fp32", "bf16"}) {
     for (const char* row : {"lora", "full"}) {
-      auto j = RunChild({exe, "--row", row, "--dtype", dtype, "--steps", std::to_string(base.steps), "--warmup",
-                         std::to_string(base.warmup), "--seq-len", std::to_string(base.seq_len), "--batch",
-                         std::to_string(base.batch), "--flavor", base.flavor});
+      auto j = RunChild({exe, "--row", row, "--dtype", dtype, "--steps", std::to_string(base.steps),
+                         "--warmup", std::to_string(base.warmup), "--seq-len",
+                         std::to_string(base.seq_len), "--batch", std::to_string(base.batch),
+                         "--flavor", base.flavor});
       if (j.is_null()) continue;
       const double peak = std::string(dtype) == "bf16" ? peak_bf16 : peak_fp32;
-      const double mfu = j["tokens_per_second"].get<double>() * j["flops_per_token"].get<double>() / (peak * 1e9);
+      const double mfu =
+          j["tokens_per_second"].get<double>() * j["flops_per_token"].get<double>() / (peak * 1e9);
       tps[std::string(row) + dtype] = j["tokens_per_second"];
-      std::cout << absl::StrFormat("%-28s %10.0f %10.1f %7.1f%% %9.0fM\n",
-                                   absl::StrCat("lora-train ", row == std::string("lora") ? "LoRA" : "full FT", " ", dtype),
-                                   j["tokens_per_second"].get<double>(), 1000 * j["step_seconds"].get<double>(),
-                                   100 * mfu, j["peak_rss_bytes"].get<double>() / 1048576);
+      std::cout << absl::StrFormat(
+          "%-28s %10.0f %10.1f %7.1f%% %9.0fM\n",
+          absl::StrCat("lora-train ", row == std::string("lora") ? "LoRA" : "full FT", " ", dtype),
+          j["tokens_per_second"].get<double>(), 1000 * j["step_seconds"].get<double>(), 100 * mfu,
+          j["peak_rss_bytes"].get<double>() / 1048576);
     }
     // PyTorch eager, best of its default threading and one thread per core.
     std::string script = std::string(LORA_SOURCE_DIR) + "/bench/python/eager_lora_train.py";
     double best = 0;
     nlohmann::json best_j;
     for (const char* threads : {"0", "2"}) {
-      auto j = RunChild({"/usr/bin/python3", script, "--dtype", dtype, "--steps", std::to_string(base.steps), "--warmup",
-                         std::to_string(base.warmup), "--seq-len", std::to_string(base.seq_len), "--batch",
+      auto j = RunChild({"/usr/bin/python3", script, "--dtype", dtype, "--steps",
+                         std::to_string(base.steps), "--warmup", std::to_string(base.warmup),
+                         "--seq-len", std::to_string(base.seq_len), "--batch",
                          std::to_string(base.batch), "--threads", threads});
-      if (!j.is_null() && j["tokens_per_second"].get<double>() > best) best = j["tokens_per_second"], best_j = j;
+      if (!j.is_null() && j["tokens_per_second"].get<double>() > best)
+        best = j["tokens_per_second"], best_j = j;
     }
     if (best > 0) {
       const double peak = std::string(dtype) == "bf16" ? peak_bf16 : peak_fp32;
       LlamaConfig c = *LlamaConfig::FromFlavor(base.flavor);
       const double mfu = best * TrainingFlopsPerToken(c, base.seq_len, 245760) / (peak * 1e9);
       tps[std::string("python") + dtype] = best;
-      std::cout << absl::StrFormat("%-28s %10.0f %10.1f %7.1f%% %10s\n",
-                                   absl::StrCat("PyTorch eager LoRA ", dtype, " (", best_j["threads"].get<int>(), "t)"),
-                                   best, 1000 * best_j["step_seconds"].get<double>(), 100 * mfu, "-");
+      std::cout << absl::StrFormat(
+          "%-28s %10.0f %10.1f %7.1f%% %10s\n",
+          absl::StrCat("PyTorch eager LoRA ", dtype, " (", best_j["threads"].get<int>(), "t)"),
+          best, 1000 * best_j["step_seconds"].get<double>(), 100 * mfu, "-");
     }
   }
   std::cout << "\nratios (same run):\n";
   for (const char* dtype : {"fp32", "bf16"}) {
     const std::string d = dtype;
     if (tps.count("lora" + d) && tps.count("python" + d)) {
-      std::cout << absl::StrFormat("  lora-train / PyTorch eager, %s: %.2fx\n", dtype, tps["lora" + d] / tps["python" + d]);
+      std::cout << absl::StrFormat("  lora-train / PyTorch eager, %s: %.2fx\n", dtype,
+                                   tps["lora" + d] / tps["python" + d]);
     }
     if (tps.count("lora" + d) && tps.count("full" + d)) {
       std::cout << absl::StrFormat("  LoRA / full fine-tuning step time, %s: %.2fx faster\n", dtype,

@@ -37,20 +37,23 @@ TEST(TokenizerTest, ByteTokenizerRoundTripsUtf8) {
 TEST(ExamplesTest, FormatsAndLossMasks) {
   testing::TempDir dir;
   ByteTokenizer tok;
-  std::ofstream(dir.Join("pc.jsonl")) << R"({"prompt": "ab", "completion": "cd"})" << "\n\n";
+  std::ofstream(dir.Join("pc.jsonl")) << R"({"prompt": "ab", "completion": "cd"})"
+                                      << "\n\n";
   auto pc = LoadExamples(FileDataset(dir.Join("pc.jsonl"), "prompt_completion"), tok, 300);
   ASSERT_TRUE(pc.ok()) << pc.status();
   ASSERT_EQ(pc->size(), 1u);
   EXPECT_THAT((*pc)[0].tokens, ElementsAre(256, 'a', 'b', 'c', 'd', 257));
   EXPECT_THAT((*pc)[0].target, ElementsAre(0, 0, 0, 1, 1, 1));
 
-  std::ofstream(dir.Join("t.jsonl")) << R"({"text": "hi"})" << "\n";
+  std::ofstream(dir.Join("t.jsonl")) << R"({"text": "hi"})"
+                                     << "\n";
   auto text = LoadExamples(FileDataset(dir.Join("t.jsonl"), "text"), tok, 300);
   ASSERT_TRUE(text.ok());
   EXPECT_THAT((*text)[0].tokens, ElementsAre(256, 'h', 'i', 257));
   EXPECT_THAT((*text)[0].target, ElementsAre(0, 1, 1, 1));  // BOS is never predicted
 
-  std::ofstream(dir.Join("ids.jsonl")) << R"({"input_ids": [5, 6, 7]})" << "\n";
+  std::ofstream(dir.Join("ids.jsonl")) << R"({"input_ids": [5, 6, 7]})"
+                                       << "\n";
   auto ids = LoadExamples(FileDataset(dir.Join("ids.jsonl"), "input_ids"), tok, 300);
   ASSERT_TRUE(ids.ok());
   EXPECT_THAT((*ids)[0].tokens, ElementsAre(5, 6, 7));
@@ -68,7 +71,8 @@ TEST(ExamplesTest, MalformedLinesNameFileAndLine) {
       {"{\"text\": \"ok\"}\n{\"text\": 5}\n", "text", "bad.jsonl:2: \"text\" must be a string"},
       {"{\"text\": \"ok\"}\n{oops\n", "text", "bad.jsonl:2: invalid JSON"},
       {"{\"prompt\": \"a\"}\n", "prompt_completion", "bad.jsonl:1: missing \"completion\""},
-      {"{\"input_ids\": [1, 999]}\n", "input_ids", "bad.jsonl:1: token id 999 is outside the model's vocabulary"},
+      {"{\"input_ids\": [1, 999]}\n", "input_ids",
+       "bad.jsonl:1: token id 999 is outside the model's vocabulary"},
       {"[1, 2]\n", "text", "bad.jsonl:1: expected a JSON object"},
       {"\n\n", "text", "dataset has no examples"},
   };
@@ -104,7 +108,8 @@ TEST(ExamplesTest, SplitIsDeterministicAndDisjoint) {
   DatasetSplit a = SplitExamples(examples, 0.1), b = SplitExamples(examples, 0.1);
   EXPECT_EQ(a.validation.size(), 10u);
   EXPECT_EQ(a.train.size(), 90u);
-  for (size_t i = 0; i < a.validation.size(); ++i) EXPECT_EQ(a.validation[i].tokens, b.validation[i].tokens);
+  for (size_t i = 0; i < a.validation.size(); ++i)
+    EXPECT_EQ(a.validation[i].tokens, b.validation[i].tokens);
   EXPECT_EQ(SplitExamples(examples, 0.0).validation.size(), 0u);
   EXPECT_EQ(SplitExamples({examples[0], examples[1]}, 0.001).validation.size(), 1u);
 }
@@ -116,10 +121,13 @@ Example Ex(std::vector<int64_t> tokens, std::vector<uint8_t> target = {}) {
 
 TEST(BatcherTest, PackingMasksDocumentBoundaries) {
   // Two documents: [1 2 3] and [4 5 6 7], window of 6 tokens (+1 target).
-  Batcher b({Ex({1, 2, 3}), Ex({4, 5, 6, 7}, {0, 0, 1, 1})}, {.seq_len = 6, .pack = true, .seed = 0, .shuffle = false});
+  Batcher b({Ex({1, 2, 3}), Ex({4, 5, 6, 7}, {0, 0, 1, 1})},
+            {.seq_len = 6, .pack = true, .seed = 0, .shuffle = false});
   EXPECT_EQ(b.windows_per_epoch(), 1);
   Batch batch = b.MakeBatch(0, 1);
-  auto row = [](const torch::Tensor& t) { return std::vector<int64_t>(t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + t.numel()); };
+  auto row = [](const torch::Tensor& t) {
+    return std::vector<int64_t>(t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + t.numel());
+  };
   EXPECT_THAT(row(batch.input_ids), ElementsAre(1, 2, 3, 4, 5, 6));
   // 3 -> 4 crosses documents; 4 -> 5 has target 0 (prompt); 5 -> 6 and 6 -> 7 count.
   EXPECT_THAT(row(batch.targets), ElementsAre(2, 3, -100, -100, 6, 7));
@@ -147,12 +155,15 @@ TEST(BatcherTest, StreamIsAFunctionOfPosition) {
 }
 
 TEST(BatcherTest, UnpackedRowsArePaddedAndTruncated) {
-  Batcher b({Ex({1, 2, 3}), Ex({4, 5, 6, 7, 8, 9})}, {.seq_len = 4, .pack = false, .seed = 0, .shuffle = false});
+  Batcher b({Ex({1, 2, 3}), Ex({4, 5, 6, 7, 8, 9})},
+            {.seq_len = 4, .pack = false, .seed = 0, .shuffle = false});
   EXPECT_EQ(b.windows_per_epoch(), 2);
   Batch batch = b.MakeBatch(0, 2);
   EXPECT_FALSE(batch.document_ids.defined());
-  EXPECT_TRUE(torch::equal(batch.input_ids, torch::tensor({1, 2, 3, 0, 4, 5, 6, 7}, torch::kInt64).view({2, 4})));
-  EXPECT_TRUE(torch::equal(batch.targets, torch::tensor({2, 3, -100, -100, 5, 6, 7, 8}, torch::kInt64).view({2, 4})));
+  EXPECT_TRUE(torch::equal(batch.input_ids,
+                           torch::tensor({1, 2, 3, 0, 4, 5, 6, 7}, torch::kInt64).view({2, 4})));
+  EXPECT_TRUE(torch::equal(
+      batch.targets, torch::tensor({2, 3, -100, -100, 5, 6, 7, 8}, torch::kInt64).view({2, 4})));
   EXPECT_EQ(batch.Slice(1, 1).num_targets, 4);
 }
 
@@ -168,11 +179,14 @@ TEST(TokenizerTest, SentencePieceModelLoadsAndRoundTrips) {
   testing::TempDir dir;
   {
     std::ofstream corpus(dir.Join("corpus.txt"));
-    for (int i = 0; i < 200; ++i) corpus << "the quick brown fox " << i << " jumps over the lazy dog\n";
+    for (int i = 0; i < 200; ++i)
+      corpus << "the quick brown fox " << i << " jumps over the lazy dog\n";
   }
-  std::string cmd = "spm_train --input=" + dir.Join("corpus.txt") + " --model_prefix=" + dir.Join("sp") +
+  std::string cmd = "spm_train --input=" + dir.Join("corpus.txt") +
+                    " --model_prefix=" + dir.Join("sp") +
                     " --vocab_size=60 --model_type=bpe > /dev/null 2>&1";
-  ASSERT_EQ(std::system(cmd.c_str()), 0) << "spm_train failed (is the sentencepiece package installed?)";
+  ASSERT_EQ(std::system(cmd.c_str()), 0)
+      << "spm_train failed (is the sentencepiece package installed?)";
   auto tok = MakeTokenizer(dir.Join("sp.model"));
   ASSERT_TRUE(tok.ok()) << tok.status();
   EXPECT_EQ((*tok)->vocab_size(), 60);
@@ -183,7 +197,8 @@ TEST(TokenizerTest, SentencePieceModelLoadsAndRoundTrips) {
   std::ofstream(dir.Join("bad.model")) << "not a model";
   auto bad = MakeTokenizer(dir.Join("bad.model"));
   EXPECT_FALSE(bad.ok());
-  EXPECT_THAT(std::string(bad.status().message()), HasSubstr("model.tokenizer: cannot load SentencePiece model"));
+  EXPECT_THAT(std::string(bad.status().message()),
+              HasSubstr("model.tokenizer: cannot load SentencePiece model"));
 }
 
 }  // namespace

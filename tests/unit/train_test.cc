@@ -17,7 +17,8 @@ TEST(AdamWTest, MatchesLibTorchAdamW) {
   torch::Tensor w0 = torch::randn({5, 3});
   torch::Tensor a = w0.clone().requires_grad_(true), b = w0.clone().requires_grad_(true);
   AdamW ours({{"w", a}}, {.beta1 = 0.8, .beta2 = 0.95, .eps = 1e-6, .weight_decay = 0.1});
-  torch::optim::AdamW theirs({b}, torch::optim::AdamWOptions(0.01).betas({0.8, 0.95}).eps(1e-6).weight_decay(0.1));
+  torch::optim::AdamW theirs(
+      {b}, torch::optim::AdamWOptions(0.01).betas({0.8, 0.95}).eps(1e-6).weight_decay(0.1));
   for (int step = 0; step < 5; ++step) {
     torch::Tensor g = torch::randn({5, 3});
     a.mutable_grad() = g.clone();
@@ -48,7 +49,8 @@ TEST(AdamWTest, StateRoundTripsExactly) {
 }
 
 TEST(AdamWTest, ClipGradNorm) {
-  torch::Tensor a = torch::zeros({2}).requires_grad_(true), b = torch::zeros({1}).requires_grad_(true);
+  torch::Tensor a = torch::zeros({2}).requires_grad_(true),
+                b = torch::zeros({1}).requires_grad_(true);
   a.mutable_grad() = torch::tensor({3.0f, 0.0f});
   b.mutable_grad() = torch::tensor({4.0f});
   NamedTensors params = {{"a", a}, {"b", b}};
@@ -80,7 +82,8 @@ TEST(FlopsTest, DebugModelPerToken) {
 }
 
 // Gradients of every adapter after one backward pass of `model` on `batch`.
-std::map<std::string, torch::Tensor> AdapterGrads(LlamaForCausalLM& model, const Batch& batch, int accum) {
+std::map<std::string, torch::Tensor> AdapterGrads(LlamaForCausalLM& model, const Batch& batch,
+                                                  int accum) {
   model->zero_grad();
   const double denom = static_cast<double>(batch.num_targets);
   const int64_t rows = batch.input_ids.size(0) / accum;
@@ -124,7 +127,8 @@ TEST_F(TrainStepTest, GradientAccumulationEqualsOneBigBatch) {
   auto one = AdapterGrads(model_, batch_, 1);
   auto four = AdapterGrads(model_, batch_, 4);
   for (const auto& [name, g] : one) {
-    EXPECT_TRUE(torch::allclose(g, four[name], 1e-4, 1e-7)) << name << " " << (g - four[name]).abs().max();
+    EXPECT_TRUE(torch::allclose(g, four[name], 1e-4, 1e-7))
+        << name << " " << (g - four[name]).abs().max();
   }
 }
 

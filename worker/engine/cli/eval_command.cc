@@ -10,12 +10,12 @@
 #include "worker/engine/cli/job_file.h"
 #include "worker/engine/data/batcher.h"
 #include "worker/engine/data/examples.h"
-#include "worker/engine/data/tokenizer.h"
-#include "worker/engine/train/model_setup.h"
-#include "worker/engine/train/trainer.h"
 #include "worker/engine/data/jsonl.h"
+#include "worker/engine/data/tokenizer.h"
 #include "worker/engine/lora/peft_adapter.h"
 #include "worker/engine/model/tensor_io.h"
+#include "worker/engine/train/model_setup.h"
+#include "worker/engine/train/trainer.h"
 
 namespace lora {
 namespace {
@@ -58,7 +58,8 @@ int RunJobEval(const EvalOptions& o) {
   auto spec = LoadJobFile(o.job, o.overrides);
   if (!spec.ok()) return ReportError("eval", spec.status());
   if (!o.model.empty()) {
-    return ReportError("eval", absl::InvalidArgumentError("--model: with --job the model comes from the spec"));
+    return ReportError(
+        "eval", absl::InvalidArgumentError("--model: with --job the model comes from the spec"));
   }
   lora::v1::JobSpec s = *spec;
   if (!o.adapter.empty()) s.mutable_lora()->set_adapter(o.adapter);
@@ -71,17 +72,22 @@ int RunJobEval(const EvalOptions& o) {
   DatasetSplit split = SplitExamples(std::move(*examples), s.dataset().validation_fraction());
   Batcher val(std::move(split.validation), ValidationBatcherOptions(s));
   if (val.windows_per_epoch() == 0) {
-    return ReportError("eval", absl::InvalidArgumentError("dataset: the spec's validation split is empty"));
+    return ReportError("eval",
+                       absl::InvalidArgumentError("dataset: the spec's validation split is empty"));
   }
   EvalResult r = EvaluateLoss(*prepared->model, val, s.training().local_batch_size(),
                               s.dataset().validation_max_batches());
   if (o.json) {
-    std::cout << nlohmann::json{{"loss", r.loss}, {"perplexity", std::exp(r.loss)}, {"tokens", r.tokens},
-                                {"seconds", clock.Seconds()}}.dump()
+    std::cout << nlohmann::json{{"loss", r.loss},
+                                {"perplexity", std::exp(r.loss)},
+                                {"tokens", r.tokens},
+                                {"seconds", clock.Seconds()}}
+                     .dump()
               << std::endl;
   } else {
-    std::cout << absl::StrFormat("eval loss %.6f (perplexity %.3f) over %d validation tokens, %.2fs\n", r.loss,
-                                 std::exp(r.loss), r.tokens, clock.Seconds());
+    std::cout << absl::StrFormat(
+        "eval loss %.6f (perplexity %.3f) over %d validation tokens, %.2fs\n", r.loss,
+        std::exp(r.loss), r.tokens, clock.Seconds());
   }
   return kExitOk;
 }
@@ -89,7 +95,8 @@ int RunJobEval(const EvalOptions& o) {
 int RunEval(const EvalOptions& o) {
   if (!o.job.empty()) return RunJobEval(o);
   if (o.model.empty() || o.dataset.empty()) {
-    return ReportError("eval", absl::InvalidArgumentError("--model and --dataset are required (or give --job)"));
+    return ReportError(
+        "eval", absl::InvalidArgumentError("--model and --dataset are required (or give --job)"));
   }
   ConfigureThreads();
   Stopwatch clock;
@@ -169,7 +176,8 @@ void AddEvalCommand(CLI::App& app, CommandRunner* runner) {
   cmd->add_option("--model", o->model, "Hugging Face checkpoint directory or flavor name");
   cmd->add_option("--adapter", o->adapter, "PEFT adapter directory to apply");
   cmd->add_option("--dataset", o->dataset, "JSONL file of {\"input_ids\": [...]} lines");
-  cmd->add_option("--job", o->job, "Score the validation split of this job spec (model and data from the spec)");
+  cmd->add_option("--job", o->job,
+                  "Score the validation split of this job spec (model and data from the spec)");
   cmd->add_option("--set", o->overrides, "Override a spec key: section.key=value (repeatable)");
   cmd->add_option("--seq-len", o->seq_len, "Context window; longer sequences are scored in windows")
       ->capture_default_str();

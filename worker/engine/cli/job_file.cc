@@ -9,12 +9,14 @@
 
 namespace lora {
 
-absl::StatusOr<lora::v1::JobSpec> LoadJobFile(const std::string& path, const std::vector<std::string>& overrides) {
+absl::StatusOr<lora::v1::JobSpec> LoadJobFile(const std::string& path,
+                                              const std::vector<std::string>& overrides) {
   ParsedJobSpec parsed;
   if (absl::EndsWith(path, ".json")) {
     LORA_ASSIGN_OR_RETURN(std::string text, ReadFileToString(path));
     auto status = google::protobuf::util::JsonStringToMessage(text, &parsed.spec);
-    if (!status.ok()) return absl::InvalidArgumentError(absl::StrCat(path, ": ", status.ToString()));
+    if (!status.ok())
+      return absl::InvalidArgumentError(absl::StrCat(path, ": ", status.ToString()));
   } else {
     LORA_ASSIGN_OR_RETURN(parsed, ReadJobSpecFile(path));
   }

@@ -11,7 +11,8 @@
 
 namespace lora {
 
-absl::StatusOr<lora::v1::JobSpec> LoadJobFile(const std::string& path, const std::vector<std::string>& overrides);
+absl::StatusOr<lora::v1::JobSpec> LoadJobFile(const std::string& path,
+                                              const std::vector<std::string>& overrides);
 
 }  // namespace lora
 

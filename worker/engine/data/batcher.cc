@@ -55,7 +55,8 @@ void Batcher::LoadEpoch(int64_t epoch) {
   }
 }
 
-void Batcher::FillRow(int64_t w, int64_t* ids, int64_t* targets, int64_t* positions, int64_t* docs) const {
+void Batcher::FillRow(int64_t w, int64_t* ids, int64_t* targets, int64_t* positions,
+                      int64_t* docs) const {
   const int64_t T = options_.seq_len;
   if (options_.pack) {
     const int64_t start = w * T;
@@ -77,7 +78,9 @@ void Batcher::FillRow(int64_t w, int64_t* ids, int64_t* targets, int64_t* positi
   for (int64_t t = 0; t < T; ++t) {
     ids[t] = t < n ? e.tokens[static_cast<size_t>(t)] : 0;
     positions[t] = t;
-    targets[t] = (t + 1 < n && e.target[static_cast<size_t>(t + 1)]) ? e.tokens[static_cast<size_t>(t + 1)] : kIgnoreIndex;
+    targets[t] = (t + 1 < n && e.target[static_cast<size_t>(t + 1)])
+                     ? e.tokens[static_cast<size_t>(t + 1)]
+                     : kIgnoreIndex;
   }
 }
 
@@ -92,8 +95,9 @@ Batch Batcher::MakeBatch(int64_t first_window, int64_t rows) {
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t global = first_window + r;
     LoadEpoch(global / windows_per_epoch_);
-    FillRow(global % windows_per_epoch_, b.input_ids[r].data_ptr<int64_t>(), b.targets[r].data_ptr<int64_t>(),
-            b.position_ids[r].data_ptr<int64_t>(), docs[r].data_ptr<int64_t>());
+    FillRow(global % windows_per_epoch_, b.input_ids[r].data_ptr<int64_t>(),
+            b.targets[r].data_ptr<int64_t>(), b.position_ids[r].data_ptr<int64_t>(),
+            docs[r].data_ptr<int64_t>());
   }
   if (options_.pack) b.document_ids = docs;
   b.num_targets = b.targets.ne(kIgnoreIndex).sum().item<int64_t>();

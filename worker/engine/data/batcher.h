@@ -52,7 +52,8 @@ class Batcher {
 
  private:
   void LoadEpoch(int64_t epoch);
-  void FillRow(int64_t window_in_epoch, int64_t* ids, int64_t* targets, int64_t* positions, int64_t* docs) const;
+  void FillRow(int64_t window_in_epoch, int64_t* ids, int64_t* targets, int64_t* positions,
+               int64_t* docs) const;
 
   std::vector<Example> examples_;
   BatcherOptions options_;

@@ -31,8 +31,6 @@ std::unique_ptr<Model> Load(const std::string& path, std::string* error);
 // The plugin's one entry point (extern "C" so dlsym finds it).
 extern "C" lora::spm::Model* lora_spm_load(const char* path, std::string* error);
 
-namespace lora::spm {
-
-}  // namespace lora::spm
+namespace lora::spm {}  // namespace lora::spm
 
 #endif  // LORA_WORKER_ENGINE_DATA_SENTENCEPIECE_BACKEND_H_

@@ -25,7 +25,8 @@ LoadFn FindPlugin(std::string* error) {
   if (const char* env = std::getenv("LORA_SENTENCEPIECE_PLUGIN")) candidates.push_back(env);
   std::error_code ec;
   auto exe_dir = std::filesystem::read_symlink("/proc/self/exe", ec).parent_path();
-  for (const char* rel : {"liblora_sentencepiece.so", "lib/liblora_sentencepiece.so", "../lib/liblora_sentencepiece.so"}) {
+  for (const char* rel : {"liblora_sentencepiece.so", "lib/liblora_sentencepiece.so",
+                          "../lib/liblora_sentencepiece.so"}) {
     candidates.push_back((exe_dir / rel).string());
   }
   for (const std::string& path : candidates) {
@@ -38,7 +39,8 @@ LoadFn FindPlugin(std::string* error) {
     fn = reinterpret_cast<LoadFn>(::dlsym(handle, "lora_spm_load"));
     if (fn != nullptr) return fn;
   }
-  if (load_error.empty()) load_error = "liblora_sentencepiece.so not found next to the binary or in ../lib";
+  if (load_error.empty())
+    load_error = "liblora_sentencepiece.so not found next to the binary or in ../lib";
   *error = load_error;
   return nullptr;
 }

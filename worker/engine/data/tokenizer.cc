@@ -52,7 +52,8 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> MakeTokenizer(const std::string& spec
   std::string error;
   std::unique_ptr<spm::Model> model = spm::Load(spec, &error);
   if (model == nullptr) {
-    return absl::InvalidArgumentError(absl::StrCat("model.tokenizer: cannot load SentencePiece model ", spec, ": ", error));
+    return absl::InvalidArgumentError(
+        absl::StrCat("model.tokenizer: cannot load SentencePiece model ", spec, ": ", error));
   }
   return std::unique_ptr<Tokenizer>(new SentencePieceTokenizer(std::move(model)));
 }

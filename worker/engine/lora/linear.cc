@@ -39,7 +39,8 @@ torch::Tensor LinearImpl::forward(const torch::Tensor& x) {
   // kernels forward or backward).
   torch::Tensor ha = at::linear(h, a);
   const int64_t out = y.size(-1);
-  torch::Tensor fused = at::addmm(y.reshape({-1, out}), ha.reshape({-1, ha.size(-1)}), b.t(), 1.0, scale_);
+  torch::Tensor fused =
+      at::addmm(y.reshape({-1, out}), ha.reshape({-1, ha.size(-1)}), b.t(), 1.0, scale_);
   return fused.view(y.sizes());
 }
 

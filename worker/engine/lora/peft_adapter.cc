@@ -80,7 +80,8 @@ std::vector<ModuleInfo> ListModules(const torch::nn::Module& root) {
   for (const auto& item : root.named_modules("", /*include_self=*/false)) {
     const std::string& n = item.key();
     if (absl::EndsWith(n, "lora_a") || absl::EndsWith(n, "lora_b")) continue;
-    out.push_back({n, item.value()->as<LinearImpl>() != nullptr, n == "lm_head" || absl::EndsWith(n, ".lm_head")});
+    out.push_back({n, item.value()->as<LinearImpl>() != nullptr,
+                   n == "lm_head" || absl::EndsWith(n, ".lm_head")});
   }
   return out;
 }
@@ -88,8 +89,8 @@ std::vector<ModuleInfo> ListModules(const torch::nn::Module& root) {
 std::vector<AdapterRecord> AdapterRecords(const torch::nn::Module& root) {
   std::vector<AdapterRecord> out;
   for (const auto& [name, linear] : AdaptedLinears(root)) {
-    out.push_back({name, linear->rank(), linear->alpha(), linear->use_rslora(), linear->lora_a->weight,
-                   linear->lora_b->weight});
+    out.push_back({name, linear->rank(), linear->alpha(), linear->use_rslora(),
+                   linear->lora_a->weight, linear->lora_b->weight});
   }
   return out;
 }
@@ -98,9 +99,12 @@ std::string PeftTensorKey(const std::string& module_name, char factor) {
   return absl::StrCat(kPeftKeyPrefix, module_name, ".lora_", std::string(1, factor), ".weight");
 }
 
-absl::StatusOr<json> PeftConfigJson(const std::vector<AdapterRecord>& adapted, const std::vector<ModuleInfo>& modules,
-                                    const LoraConfig& config, const std::string& base_model_name_or_path) {
-  if (adapted.empty()) return absl::FailedPreconditionError("the model carries no LoRA adapters to export");
+absl::StatusOr<json> PeftConfigJson(const std::vector<AdapterRecord>& adapted,
+                                    const std::vector<ModuleInfo>& modules,
+                                    const LoraConfig& config,
+                                    const std::string& base_model_name_or_path) {
+  if (adapted.empty())
+    return absl::FailedPreconditionError("the model carries no LoRA adapters to export");
   std::vector<int64_t> ranks;
   std::vector<double> alphas;
   std::set<std::string> adapted_names;
@@ -110,7 +114,8 @@ absl::StatusOr<json> PeftConfigJson(const std::vector<AdapterRecord>& adapted, c
     alphas.push_back(r.alpha);
     adapted_names.insert(r.module);
     if (r.use_rslora != rslora) {
-      return absl::FailedPreconditionError("adapters mix rsLoRA and plain scaling; PEFT cannot express that");
+      return absl::FailedPreconditionError(
+          "adapters mix rsLoRA and plain scaling; PEFT cannot express that");
     }
   }
   // Prefer the user's r / lora_alpha; fall back to the most common values when patterns cannot
@@ -185,32 +190,36 @@ absl::StatusOr<json> PeftConfigJson(const std::vector<AdapterRecord>& adapted, c
   return j;
 }
 
-absl::Status WritePeftAdapterFiles(const std::vector<AdapterRecord>& records, const std::vector<ModuleInfo>& modules,
-                                   const LoraConfig& config, const std::string& dir, const PeftExportOptions& options) {
-  LORA_ASSIGN_OR_RETURN(json config_json, PeftConfigJson(records, modules, config, options.base_model_name_or_path));
+absl::Status WritePeftAdapterFiles(const std::vector<AdapterRecord>& records,
+                                   const std::vector<ModuleInfo>& modules, const LoraConfig& config,
+                                   const std::string& dir, const PeftExportOptions& options) {
+  LORA_ASSIGN_OR_RETURN(json config_json,
+                        PeftConfigJson(records, modules, config, options.base_model_name_or_path));
   NamedTensors tensors;
   for (const AdapterRecord& r : records) {
     tensors.emplace_back(PeftTensorKey(r.module, 'A'), r.a);
     tensors.emplace_back(PeftTensorKey(r.module, 'B'), r.b);
   }
-  LORA_RETURN_IF_ERROR(WriteTensors(JoinPath(dir, kPeftWeightsFile), tensors, options.dtype, {{"format", "pt"}}));
+  LORA_RETURN_IF_ERROR(
+      WriteTensors(JoinPath(dir, kPeftWeightsFile), tensors, options.dtype, {{"format", "pt"}}));
   return WriteFileAtomically(JoinPath(dir, kPeftConfigFile), config_json.dump(2) + "\n");
 }
 
-absl::Status WritePeftAdapterFiles(const torch::nn::Module& root, const LoraConfig& config, const std::string& dir,
-                                   const PeftExportOptions& options) {
+absl::Status WritePeftAdapterFiles(const torch::nn::Module& root, const LoraConfig& config,
+                                   const std::string& dir, const PeftExportOptions& options) {
   return WritePeftAdapterFiles(AdapterRecords(root), ListModules(root), config, dir, options);
 }
 
-absl::Status ExportPeftAdapter(const std::vector<AdapterRecord>& records, const std::vector<ModuleInfo>& modules,
-                               const LoraConfig& config, const std::string& dir, const PeftExportOptions& options) {
+absl::Status ExportPeftAdapter(const std::vector<AdapterRecord>& records,
+                               const std::vector<ModuleInfo>& modules, const LoraConfig& config,
+                               const std::string& dir, const PeftExportOptions& options) {
   LORA_ASSIGN_OR_RETURN(auto staged, StagedDirectory::Create(dir, {kPeftConfigFile}));
   LORA_RETURN_IF_ERROR(WritePeftAdapterFiles(records, modules, config, staged->path(), options));
   return staged->Commit();
 }
 
-absl::Status ExportPeftAdapter(const torch::nn::Module& root, const LoraConfig& config, const std::string& dir,
-                               const PeftExportOptions& options) {
+absl::Status ExportPeftAdapter(const torch::nn::Module& root, const LoraConfig& config,
+                               const std::string& dir, const PeftExportOptions& options) {
   return ExportPeftAdapter(AdapterRecords(root), ListModules(root), config, dir, options);
 }
 
@@ -306,8 +315,8 @@ absl::StatusOr<PeftConfig> ReadPeftConfig(const std::string& dir) {
 
 // Groups an adapter file's tensors by module: "<prefix><module>.lora_A[.<adapter name>].weight".
 namespace {
-absl::StatusOr<std::map<std::string, AdapterFactors>> GroupAdapterTensors(const SafetensorsFile* file,
-                                                                          const std::string& weights_path) {
+absl::StatusOr<std::map<std::string, AdapterFactors>> GroupAdapterTensors(
+    const SafetensorsFile* file, const std::string& weights_path) {
   std::map<std::string, AdapterFactors> by_module;
   for (const TensorInfo& t : file->tensors()) {
     auto fail = [&](const std::string& why) {
@@ -344,9 +353,11 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> OpenAdapterWeights(const std::s
   const std::string weights_path = JoinPath(dir, kPeftWeightsFile);
   if (!std::filesystem::exists(weights_path)) {
     if (std::filesystem::exists(JoinPath(dir, "adapter_model.bin"))) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          dir, ": adapter_model.bin (pickle) is not supported; save the adapter with safe_serialization=True to get "
-               "adapter_model.safetensors"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(dir,
+                       ": adapter_model.bin (pickle) is not supported; save the adapter with "
+                       "safe_serialization=True to get "
+                       "adapter_model.safetensors"));
     }
     return absl::NotFoundError(absl::StrCat(weights_path, ": missing"));
   }
@@ -355,24 +366,29 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> OpenAdapterWeights(const std::s
 
 }  // namespace
 
-absl::StatusOr<std::vector<AdapterRecord>> ReadPeftAdapterRecords(const std::string& dir, PeftConfig* config_out) {
+absl::StatusOr<std::vector<AdapterRecord>> ReadPeftAdapterRecords(const std::string& dir,
+                                                                  PeftConfig* config_out) {
   LORA_ASSIGN_OR_RETURN(PeftConfig config, ReadPeftConfig(dir));
   const std::string weights_path = JoinPath(dir, kPeftWeightsFile);
   LORA_ASSIGN_OR_RETURN(auto file, OpenAdapterWeights(dir));
-  LORA_ASSIGN_OR_RETURN(auto ranks, PatternMap<int64_t>::Create(config.lora.rank_pattern, "rank_pattern"));
-  LORA_ASSIGN_OR_RETURN(auto alphas, PatternMap<double>::Create(config.lora.alpha_pattern, "alpha_pattern"));
+  LORA_ASSIGN_OR_RETURN(auto ranks,
+                        PatternMap<int64_t>::Create(config.lora.rank_pattern, "rank_pattern"));
+  LORA_ASSIGN_OR_RETURN(auto alphas,
+                        PatternMap<double>::Create(config.lora.alpha_pattern, "alpha_pattern"));
   LORA_ASSIGN_OR_RETURN(auto by_module, GroupAdapterTensors(file.get(), weights_path));
   std::vector<AdapterRecord> out;
   for (const auto& [module, f] : by_module) {
     if (f.a == nullptr || f.b == nullptr || f.a->shape.size() != 2 || f.b->shape.size() != 2 ||
         f.b->shape[1] != f.a->shape[0]) {
-      return absl::InvalidArgumentError(absl::StrCat(weights_path, ": module '", module, "' has no matching lora_A/lora_B pair"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(weights_path, ": module '", module, "' has no matching lora_A/lora_B pair"));
     }
     AdapterRecord r;
     r.module = module;
     r.rank = f.a->shape[0];
     if (ranks.Lookup(module).value_or(config.lora.rank) != r.rank) {
-      return absl::InvalidArgumentError(absl::StrCat(weights_path, ": module '", module, "': rank ", r.rank,
+      return absl::InvalidArgumentError(absl::StrCat(weights_path, ": module '", module, "': rank ",
+                                                     r.rank,
                                                      " disagrees with adapter_config.json"));
     }
     r.alpha = alphas.Lookup(module).value_or(config.lora.alpha);

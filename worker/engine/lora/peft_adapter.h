@@ -66,10 +66,12 @@ absl::Status ExportPeftAdapter(const torch::nn::Module& root, const LoraConfig& 
 // Writes adapter_config.json + adapter_model.safetensors into an existing directory.
 absl::Status WritePeftAdapterFiles(const torch::nn::Module& root, const LoraConfig& config,
                                    const std::string& dir, const PeftExportOptions& options);
-absl::Status WritePeftAdapterFiles(const std::vector<AdapterRecord>& records, const std::vector<ModuleInfo>& modules,
-                                   const LoraConfig& config, const std::string& dir, const PeftExportOptions& options);
-absl::Status ExportPeftAdapter(const std::vector<AdapterRecord>& records, const std::vector<ModuleInfo>& modules,
-                               const LoraConfig& config, const std::string& dir, const PeftExportOptions& options);
+absl::Status WritePeftAdapterFiles(const std::vector<AdapterRecord>& records,
+                                   const std::vector<ModuleInfo>& modules, const LoraConfig& config,
+                                   const std::string& dir, const PeftExportOptions& options);
+absl::Status ExportPeftAdapter(const std::vector<AdapterRecord>& records,
+                               const std::vector<ModuleInfo>& modules, const LoraConfig& config,
+                               const std::string& dir, const PeftExportOptions& options);
 
 struct PeftConfig {
   LoraConfig lora;
@@ -85,7 +87,8 @@ struct ImportedAdapter {
 };
 
 // Reads an adapter directory as full-size records (fp32), without a model.
-absl::StatusOr<std::vector<AdapterRecord>> ReadPeftAdapterRecords(const std::string& dir, PeftConfig* config = nullptr);
+absl::StatusOr<std::vector<AdapterRecord>> ReadPeftAdapterRecords(const std::string& dir,
+                                                                  PeftConfig* config = nullptr);
 
 // Attaches (or fills already attached) adapters from `dir` to `root` and freezes the base.
 absl::StatusOr<ImportedAdapter> ImportPeftAdapter(torch::nn::Module& root, const std::string& dir,

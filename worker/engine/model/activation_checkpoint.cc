@@ -44,7 +44,8 @@ class CheckpointFunction : public torch::autograd::Function<CheckpointFunction> 
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    auto r = c10::static_intrusive_pointer_cast<Recompute>(ctx->saved_data["recompute"].toCapsule());
+    auto r =
+        c10::static_intrusive_pointer_cast<Recompute>(ctx->saved_data["recompute"].toCapsule());
     torch::Tensor x = ctx->get_saved_variables()[0].detach().requires_grad_(true);
     at::Generator gen = at::detail::getDefaultCPUGenerator();
     torch::Tensor current_rng = gen.get_state();
@@ -64,7 +65,8 @@ class CheckpointFunction : public torch::autograd::Function<CheckpointFunction> 
 }  // namespace
 
 torch::Tensor CheckpointedLayerForward(LlamaDecoderLayerImpl* layer, const torch::Tensor& x,
-                                       const AttentionContext& ctx, const LayerHooks* hooks, int layer_index) {
+                                       const AttentionContext& ctx, const LayerHooks* hooks,
+                                       int layer_index) {
   auto r = c10::make_intrusive<Recompute>();
   r->layer = layer;
   r->ctx = ctx;

@@ -13,8 +13,8 @@ namespace lora {
 
 // `hooks` (may be null) run around the forward and around the recomputation in backward.
 torch::Tensor CheckpointedLayerForward(LlamaDecoderLayerImpl* layer, const torch::Tensor& x,
-                                       const AttentionContext& ctx, const LayerHooks* hooks = nullptr,
-                                       int layer_index = 0);
+                                       const AttentionContext& ctx,
+                                       const LayerHooks* hooks = nullptr, int layer_index = 0);
 
 }  // namespace lora
 

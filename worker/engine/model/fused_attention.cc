@@ -49,7 +49,8 @@ constexpr int64_t kBlock = 16;
 inline int64_t RoundUp(int64_t n) { return (n + kBlock - 1) / kBlock * kBlock; }
 
 // s[j] = sum_c q[c] * kt[c * ld + j] for j in [0, RoundUp(n)); kt must be readable that far.
-LORA_MULTIVERSION void RowScores(const float* q, const float* kt, int64_t ld, int64_t d, int64_t n, float* s) {
+LORA_MULTIVERSION void RowScores(const float* q, const float* kt, int64_t ld, int64_t d, int64_t n,
+                                 float* s) {
   for (int64_t j0 = 0; j0 < n; j0 += kBlock) {
     float acc[kBlock] = {};
     for (int64_t c = 0; c < d; ++c) {
@@ -62,7 +63,8 @@ LORA_MULTIVERSION void RowScores(const float* q, const float* kt, int64_t ld, in
 }
 
 // out[c] = sum_j p[j] * rows[j * d + c]; d is a multiple of kBlock.
-LORA_MULTIVERSION void WeightedRowSum(const float* p, const float* rows, int64_t d, int64_t n, float* out) {
+LORA_MULTIVERSION void WeightedRowSum(const float* p, const float* rows, int64_t d, int64_t n,
+                                      float* out) {
   for (int64_t c0 = 0; c0 < d; c0 += kBlock) {
     float acc[kBlock] = {};
     for (int64_t j = 0; j < n; ++j) {
@@ -80,7 +82,8 @@ constexpr int64_t kRows = 4;
 
 // RowScores for kRows query rows at once (rows of q are d apart, of s ld apart): each key
 // block is loaded once for all of them.
-LORA_MULTIVERSION void BlockRowScores(const float* q, const float* kt, int64_t ld, int64_t d, int64_t n, float* s) {
+LORA_MULTIVERSION void BlockRowScores(const float* q, const float* kt, int64_t ld, int64_t d,
+                                      int64_t n, float* s) {
   for (int64_t j0 = 0; j0 < n; j0 += kBlock) {
     float acc0[kBlock] = {}, acc1[kBlock] = {}, acc2[kBlock] = {}, acc3[kBlock] = {};
     for (int64_t c = 0; c < d; ++c) {
@@ -103,11 +106,13 @@ LORA_MULTIVERSION void BlockRowScores(const float* q, const float* kt, int64_t l
 }
 
 // rows[j * d + c] += sum_r w[r][j] * x[r][c] (w rows ld apart, x rows d apart).
-LORA_MULTIVERSION void BlockRankUpdate(const float* w, int64_t ld, const float* x, int64_t d, int64_t n, float* rows) {
+LORA_MULTIVERSION void BlockRankUpdate(const float* w, int64_t ld, const float* x, int64_t d,
+                                       int64_t n, float* rows) {
   for (int64_t j = 0; j < n; ++j) {
     float* row = rows + j * d;
     const float w0 = w[j], w1 = w[ld + j], w2 = w[2 * ld + j], w3 = w[3 * ld + j];
-    for (int64_t c = 0; c < d; ++c) row[c] += w0 * x[c] + w1 * x[d + c] + w2 * x[2 * d + c] + w3 * x[3 * d + c];
+    for (int64_t c = 0; c < d; ++c)
+      row[c] += w0 * x[c] + w1 * x[d + c] + w2 * x[2 * d + c] + w3 * x[3 * d + c];
   }
 }
 
@@ -139,7 +144,8 @@ LORA_MULTIVERSION float ExpShiftSum(float* s, float shift, int64_t n) {
   return out;
 }
 
-LORA_MULTIVERSION void SoftmaxGrad(const float* p, const float* dp, float delta, int64_t n, float* ds) {
+LORA_MULTIVERSION void SoftmaxGrad(const float* p, const float* dp, float delta, int64_t n,
+                                   float* ds) {
   for (int64_t j = 0; j < n; ++j) ds[j] = p[j] * (dp[j] - delta);
 }
 
@@ -186,8 +192,12 @@ struct RopeView {
     sin = s.data_ptr<float>();
     batch_stride = c.size(0) == 1 ? 0 : T * d;
   }
-  const float* Cos(int64_t b, int64_t t) const { return cos ? cos + b * batch_stride + t * d : nullptr; }
-  const float* Sin(int64_t b, int64_t t) const { return sin ? sin + b * batch_stride + t * d : nullptr; }
+  const float* Cos(int64_t b, int64_t t) const {
+    return cos ? cos + b * batch_stride + t * d : nullptr;
+  }
+  const float* Sin(int64_t b, int64_t t) const {
+    return sin ? sin + b * batch_stride + t * d : nullptr;
+  }
 };
 
 torch::Tensor Fp32Contiguous(const torch::Tensor& t) {
@@ -205,8 +215,9 @@ void StoreRow(const float* src, int64_t d, T* dst) {
 }
 
 template <typename T>
-void ForwardImpl(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const RopeTables& rope,
-                 const torch::Tensor& lo, const torch::Tensor& hi, torch::Tensor& out, torch::Tensor& lse) {
+void ForwardImpl(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                 const RopeTables& rope, const torch::Tensor& lo, const torch::Tensor& hi,
+                 torch::Tensor& out, torch::Tensor& lse) {
   const Dims m = GetDims(q, k);
   const float scale = 1.0f / std::sqrt(static_cast<float>(m.d));
   const T* qp = q.data_ptr<T>();
@@ -233,7 +244,8 @@ void ForwardImpl(const torch::Tensor& q, const torch::Tensor& k, const torch::Te
           const int64_t off = ((b * m.Tk + j) * m.K + kvh) * m.d;
           LoadRow(kp + off, m.d, row.data());
           Rotate(row.data(), krope.Cos(b, j), krope.Sin(b, j), m.d, rot.data());
-          for (int64_t c = 0; c < m.d; ++c) kt[static_cast<size_t>(c * ld + j)] = rot[static_cast<size_t>(c)];
+          for (int64_t c = 0; c < m.d; ++c)
+            kt[static_cast<size_t>(c * ld + j)] = rot[static_cast<size_t>(c)];
           LoadRow(vp + off, m.d, vf.data() + j * m.d);
         }
       }
@@ -246,7 +258,8 @@ void ForwardImpl(const torch::Tensor& q, const torch::Tensor& k, const torch::Te
           const int64_t i = i0 + r;
           first[r] = i < m.Tq ? std::max<int64_t>(lop[b * m.Tq + i], 0) : 0;
           last[r] = i < m.Tq ? std::min<int64_t>(hip[b * m.Tq + i], m.Tk - 1) : -1;
-          if (last[r] >= first[r]) ufirst = std::min(ufirst, first[r]), ulast = std::max(ulast, last[r]);
+          if (last[r] >= first[r])
+            ufirst = std::min(ufirst, first[r]), ulast = std::max(ulast, last[r]);
         }
         const int64_t un = ulast - ufirst + 1;
         for (int64_t r = 0; r < kRows; ++r) {
@@ -287,9 +300,10 @@ void ForwardImpl(const torch::Tensor& q, const torch::Tensor& k, const torch::Te
 }
 
 template <typename T>
-void BackwardImpl(const torch::Tensor& dout, const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                  const RopeTables& rope, const torch::Tensor& lo, const torch::Tensor& hi, const torch::Tensor& lse,
-                  const torch::Tensor& delta, torch::Tensor& dq, torch::Tensor& dk, torch::Tensor& dv) {
+void BackwardImpl(const torch::Tensor& dout, const torch::Tensor& q, const torch::Tensor& k,
+                  const torch::Tensor& v, const RopeTables& rope, const torch::Tensor& lo,
+                  const torch::Tensor& hi, const torch::Tensor& lse, const torch::Tensor& delta,
+                  torch::Tensor& dq, torch::Tensor& dk, torch::Tensor& dv) {
   const Dims m = GetDims(q, k);
   const float scale = 1.0f / std::sqrt(static_cast<float>(m.d));
   const T* qp = q.data_ptr<T>();
@@ -311,8 +325,10 @@ void BackwardImpl(const torch::Tensor& dout, const torch::Tensor& q, const torch
     const size_t tk = static_cast<size_t>(m.Tk * m.d);
     const int64_t ld = RoundUp(m.Tk) + kBlock;
     std::vector<float> kr(tk), dk_acc(tk), dv_acc(tk);
-    std::vector<float> kt(static_cast<size_t>(m.d * ld), 0.0f), vt(static_cast<size_t>(m.d * ld), 0.0f);
-    std::vector<float> row(static_cast<size_t>(m.d)), qsc(static_cast<size_t>(kRows * m.d)), g(static_cast<size_t>(kRows * m.d));
+    std::vector<float> kt(static_cast<size_t>(m.d * ld), 0.0f),
+        vt(static_cast<size_t>(m.d * ld), 0.0f);
+    std::vector<float> row(static_cast<size_t>(m.d)), qsc(static_cast<size_t>(kRows * m.d)),
+        g(static_cast<size_t>(kRows * m.d));
     std::vector<float> dqr(static_cast<size_t>(m.d)), tmp(static_cast<size_t>(m.d));
     std::vector<float> p(static_cast<size_t>(kRows * ld)), dp(static_cast<size_t>(kRows * ld));
     for (int64_t task = begin; task < end; ++task) {
@@ -338,7 +354,8 @@ void BackwardImpl(const torch::Tensor& dout, const torch::Tensor& q, const torch
             const int64_t i = i0 + r;
             first[r] = i < m.Tq ? std::max<int64_t>(lop[b * m.Tq + i], 0) : 0;
             last[r] = i < m.Tq ? std::min<int64_t>(hip[b * m.Tq + i], m.Tk - 1) : -1;
-            if (last[r] >= first[r]) ufirst = std::min(ufirst, first[r]), ulast = std::max(ulast, last[r]);
+            if (last[r] >= first[r])
+              ufirst = std::min(ufirst, first[r]), ulast = std::max(ulast, last[r]);
           }
           const int64_t un = ulast - ufirst + 1;
           if (un <= 0) {
@@ -408,23 +425,29 @@ void BackwardImpl(const torch::Tensor& dout, const torch::Tensor& q, const torch
   });
 }
 
-void CheckInputs(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& lo,
-                 const torch::Tensor& hi) {
-  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "FusedAttention: q, k, v must be [B, T, heads, d]");
+void CheckInputs(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                 const torch::Tensor& lo, const torch::Tensor& hi) {
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4,
+              "FusedAttention: q, k, v must be [B, T, heads, d]");
   TORCH_CHECK(k.sizes() == v.sizes(), "FusedAttention: k and v shapes differ");
-  TORCH_CHECK(q.size(0) == k.size(0) && q.size(3) == k.size(3), "FusedAttention: batch or head_dim mismatch");
+  TORCH_CHECK(q.size(0) == k.size(0) && q.size(3) == k.size(3),
+              "FusedAttention: batch or head_dim mismatch");
   TORCH_CHECK(q.size(2) % k.size(2) == 0, "FusedAttention: kv heads must divide query heads");
   TORCH_CHECK(q.size(3) % 16 == 0, "FusedAttention: head_dim must be a multiple of 16");
-  TORCH_CHECK(q.scalar_type() == k.scalar_type() && q.scalar_type() == v.scalar_type(), "FusedAttention: dtype mismatch");
-  TORCH_CHECK(lo.scalar_type() == torch::kInt64 && hi.scalar_type() == torch::kInt64, "FusedAttention: lo/hi must be int64");
-  TORCH_CHECK(lo.size(0) == q.size(0) && lo.size(1) == q.size(1), "FusedAttention: lo/hi must be [B, Tq]");
+  TORCH_CHECK(q.scalar_type() == k.scalar_type() && q.scalar_type() == v.scalar_type(),
+              "FusedAttention: dtype mismatch");
+  TORCH_CHECK(lo.scalar_type() == torch::kInt64 && hi.scalar_type() == torch::kInt64,
+              "FusedAttention: lo/hi must be int64");
+  TORCH_CHECK(lo.size(0) == q.size(0) && lo.size(1) == q.size(1),
+              "FusedAttention: lo/hi must be [B, Tq]");
 }
 
 class FusedAttentionFunction : public torch::autograd::Function<FusedAttentionFunction> {
  public:
-  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, torch::Tensor q,
-                                                torch::Tensor k, torch::Tensor v, torch::Tensor q_cos,
-                                                torch::Tensor q_sin, torch::Tensor k_cos, torch::Tensor k_sin,
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx,
+                                                torch::Tensor q, torch::Tensor k, torch::Tensor v,
+                                                torch::Tensor q_cos, torch::Tensor q_sin,
+                                                torch::Tensor k_cos, torch::Tensor k_sin,
                                                 torch::Tensor lo, torch::Tensor hi) {
     RopeTables rope{q_cos, q_sin, k_cos, k_sin};
     auto [out, lse] = FusedAttentionForward(q, k, v, rope, lo, hi);
@@ -437,49 +460,63 @@ class FusedAttentionFunction : public torch::autograd::Function<FusedAttentionFu
                                                  torch::autograd::variable_list grads) {
     auto s = ctx->get_saved_variables();
     torch::Tensor dout = grads[0].contiguous();
-    torch::Tensor delta = (dout.to(torch::kFloat32) * s[9].to(torch::kFloat32)).sum(-1).permute({0, 2, 1}).contiguous();
+    torch::Tensor delta = (dout.to(torch::kFloat32) * s[9].to(torch::kFloat32))
+                              .sum(-1)
+                              .permute({0, 2, 1})
+                              .contiguous();
     RopeTables rope{s[3], s[4], s[5], s[6]};
-    auto [dq, dk, dv] = FusedAttentionBackward(dout, s[0], s[1], s[2], rope, s[7], s[8], s[10], delta);
-    return {dq, dk, dv, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(),
+    auto [dq, dk, dv] =
+        FusedAttentionBackward(dout, s[0], s[1], s[2], rope, s[7], s[8], s[10], delta);
+    return {dq,
+            dk,
+            dv,
+            torch::Tensor(),
+            torch::Tensor(),
+            torch::Tensor(),
+            torch::Tensor(),
+            torch::Tensor(),
             torch::Tensor()};
   }
 };
 
 }  // namespace
 
-std::tuple<torch::Tensor, torch::Tensor> FusedAttentionForward(const torch::Tensor& q_in, const torch::Tensor& k_in,
-                                                               const torch::Tensor& v_in, const RopeTables& rope,
-                                                               const torch::Tensor& lo_in, const torch::Tensor& hi_in) {
+std::tuple<torch::Tensor, torch::Tensor> FusedAttentionForward(
+    const torch::Tensor& q_in, const torch::Tensor& k_in, const torch::Tensor& v_in,
+    const RopeTables& rope, const torch::Tensor& lo_in, const torch::Tensor& hi_in) {
   CheckInputs(q_in, k_in, v_in, lo_in, hi_in);
   torch::Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
   torch::Tensor lo = lo_in.contiguous(), hi = hi_in.contiguous();
   torch::Tensor out = torch::empty_like(q);
-  torch::Tensor lse = torch::empty({q.size(0), q.size(2), q.size(1)}, q.options().dtype(torch::kFloat32));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "FusedAttentionForward",
+  torch::Tensor lse =
+      torch::empty({q.size(0), q.size(2), q.size(1)}, q.options().dtype(torch::kFloat32));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(),
+                                  "FusedAttentionForward",
                                   [&] { ForwardImpl<scalar_t>(q, k, v, rope, lo, hi, out, lse); });
   return {out, lse};
 }
 
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> FusedAttentionBackward(
-    const torch::Tensor& dout_in, const torch::Tensor& q_in, const torch::Tensor& k_in, const torch::Tensor& v_in,
-    const RopeTables& rope, const torch::Tensor& lo_in, const torch::Tensor& hi_in, const torch::Tensor& lse,
-    const torch::Tensor& delta) {
+    const torch::Tensor& dout_in, const torch::Tensor& q_in, const torch::Tensor& k_in,
+    const torch::Tensor& v_in, const RopeTables& rope, const torch::Tensor& lo_in,
+    const torch::Tensor& hi_in, const torch::Tensor& lse, const torch::Tensor& delta) {
   CheckInputs(q_in, k_in, v_in, lo_in, hi_in);
   torch::Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
   torch::Tensor dout = dout_in.to(q.scalar_type()).contiguous();
   torch::Tensor lo = lo_in.contiguous(), hi = hi_in.contiguous();
   torch::Tensor dq = torch::empty_like(q), dk = torch::empty_like(k), dv = torch::empty_like(v);
   torch::Tensor lse_c = lse.contiguous(), delta_c = delta.to(torch::kFloat32).contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "FusedAttentionBackward", [&] {
-    BackwardImpl<scalar_t>(dout, q, k, v, rope, lo, hi, lse_c, delta_c, dq, dk, dv);
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kBFloat16, at::kHalf, q.scalar_type(), "FusedAttentionBackward",
+      [&] { BackwardImpl<scalar_t>(dout, q, k, v, rope, lo, hi, lse_c, delta_c, dq, dk, dv); });
   return {dq, dk, dv};
 }
 
-std::tuple<torch::Tensor, torch::Tensor> FusedAttention(const torch::Tensor& q, const torch::Tensor& k,
-                                                        const torch::Tensor& v, const RopeTables& rope,
-                                                        const torch::Tensor& lo, const torch::Tensor& hi) {
-  auto outs = FusedAttentionFunction::apply(q, k, v, rope.q_cos, rope.q_sin, rope.k_cos, rope.k_sin, lo, hi);
+std::tuple<torch::Tensor, torch::Tensor> FusedAttention(
+    const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const RopeTables& rope,
+    const torch::Tensor& lo, const torch::Tensor& hi) {
+  auto outs = FusedAttentionFunction::apply(q, k, v, rope.q_cos, rope.q_sin, rope.k_cos, rope.k_sin,
+                                            lo, hi);
   return {outs[0], outs[1]};
 }
 

@@ -29,19 +29,19 @@ struct RopeTables {
 
 // Differentiable (autograd Function). Returns out [B, Tq, H, d] in q's dtype and the fp32
 // log-sum-exp of every row, [B, H, Tq] (-inf for a row with no keys).
-std::tuple<torch::Tensor, torch::Tensor> FusedAttention(const torch::Tensor& q, const torch::Tensor& k,
-                                                        const torch::Tensor& v, const RopeTables& rope,
-                                                        const torch::Tensor& lo, const torch::Tensor& hi);
+std::tuple<torch::Tensor, torch::Tensor> FusedAttention(
+    const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const RopeTables& rope,
+    const torch::Tensor& lo, const torch::Tensor& hi);
 
 // The raw kernels (no autograd), exposed for tests and for ring attention.
-std::tuple<torch::Tensor, torch::Tensor> FusedAttentionForward(const torch::Tensor& q, const torch::Tensor& k,
-                                                               const torch::Tensor& v, const RopeTables& rope,
-                                                               const torch::Tensor& lo, const torch::Tensor& hi);
+std::tuple<torch::Tensor, torch::Tensor> FusedAttentionForward(
+    const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const RopeTables& rope,
+    const torch::Tensor& lo, const torch::Tensor& hi);
 // `delta` = rowsum(dout * out) in fp32 [B, H, Tq]; gradients are w.r.t. the un-rotated q and k.
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> FusedAttentionBackward(
-    const torch::Tensor& dout, const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-    const RopeTables& rope, const torch::Tensor& lo, const torch::Tensor& hi, const torch::Tensor& lse,
-    const torch::Tensor& delta);
+    const torch::Tensor& dout, const torch::Tensor& q, const torch::Tensor& k,
+    const torch::Tensor& v, const RopeTables& rope, const torch::Tensor& lo,
+    const torch::Tensor& hi, const torch::Tensor& lse, const torch::Tensor& delta);
 
 }  // namespace lora
 

@@ -13,10 +13,10 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/llama_config.h"
 #include "common/safetensors.h"
 #include "nlohmann/json.hpp"
 #include "worker/engine/model/llama.h"
-#include "common/llama_config.h"
 #include "worker/engine/model/tensor_io.h"
 
 namespace lora {

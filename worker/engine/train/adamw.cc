@@ -9,7 +9,8 @@
 
 namespace lora {
 
-AdamW::AdamW(NamedTensors params, const AdamWOptions& options) : params_(std::move(params)), options_(options) {
+AdamW::AdamW(NamedTensors params, const AdamWOptions& options)
+    : params_(std::move(params)), options_(options) {
   for (const auto& [name, p] : params_) {
     exp_avg_.push_back(torch::zeros_like(p, torch::kFloat32));
     exp_avg_sq_.push_back(torch::zeros_like(p, torch::kFloat32));
@@ -52,10 +53,12 @@ absl::Status AdamW::LoadState(const NamedTensors& state, int64_t step) {
     const std::string b = absl::StrCat("exp_avg_sq.", params_[i].first);
     auto ia = by_name.find(a), ib = by_name.find(b);
     if (ia == by_name.end() || ib == by_name.end()) {
-      return absl::DataLossError(absl::StrCat("optimizer state has no moments for ", params_[i].first));
+      return absl::DataLossError(
+          absl::StrCat("optimizer state has no moments for ", params_[i].first));
     }
     if (ia->second.sizes() != exp_avg_[i].sizes() || ib->second.sizes() != exp_avg_sq_[i].sizes()) {
-      return absl::DataLossError(absl::StrCat("optimizer state for ", params_[i].first, " has the wrong shape"));
+      return absl::DataLossError(
+          absl::StrCat("optimizer state for ", params_[i].first, " has the wrong shape"));
     }
     exp_avg_[i].copy_(ia->second);
     exp_avg_sq_[i].copy_(ib->second);

@@ -29,7 +29,8 @@ std::vector<std::pair<int64_t, std::string>> ListCheckpoints(const std::string& 
   for (const auto& entry : fs::directory_iterator(checkpoints, ec)) {
     std::smatch m;
     const std::string name = entry.path().filename().string();
-    if (entry.is_directory() && std::regex_match(name, m, kName) && fs::exists(entry.path() / kManifestFile)) {
+    if (entry.is_directory() && std::regex_match(name, m, kName) &&
+        fs::exists(entry.path() / kManifestFile)) {
       out.emplace_back(std::stoll(m[1].str()), entry.path().string());
     }
   }
@@ -61,7 +62,8 @@ absl::Status ReadRngState(const std::string& path) {
 
 std::string CheckpointDirName(int64_t step) { return absl::StrFormat("step-%08d", step); }
 
-absl::StatusOr<CheckpointInfo> SaveTrainingCheckpoint(const std::string& run_dir, const CheckpointContents& c,
+absl::StatusOr<CheckpointInfo> SaveTrainingCheckpoint(const std::string& run_dir,
+                                                      const CheckpointContents& c,
                                                       int keep_latest) {
   const int64_t step = c.trainer_state.at("step").get<int64_t>();
   const std::string checkpoints = JoinPath(run_dir, "checkpoints");
@@ -74,17 +76,20 @@ absl::StatusOr<CheckpointInfo> SaveTrainingCheckpoint(const std::string& run_dir
   PeftExportOptions peft;
   peft.dtype = torch::kFloat32;  // exact master weights, so resuming is bitwise
   peft.base_model_name_or_path = c.base_model;
-  LORA_RETURN_IF_ERROR(WritePeftAdapterFiles(c.adapters, c.modules, *c.lora, JoinPath(dir, "adapter"), peft));
-  LORA_RETURN_IF_ERROR(WriteTensors(JoinPath(dir, "optimizer.safetensors"), c.optimizer_state, torch::kFloat32,
-                                    {{"format", "pt"}, {"step", std::to_string(c.optimizer_step)}}));
+  LORA_RETURN_IF_ERROR(
+      WritePeftAdapterFiles(c.adapters, c.modules, *c.lora, JoinPath(dir, "adapter"), peft));
+  LORA_RETURN_IF_ERROR(
+      WriteTensors(JoinPath(dir, "optimizer.safetensors"), c.optimizer_state, torch::kFloat32,
+                   {{"format", "pt"}, {"step", std::to_string(c.optimizer_step)}}));
   LORA_RETURN_IF_ERROR(WriteRngState(JoinPath(dir, "rng_state.safetensors")));
-  LORA_RETURN_IF_ERROR(WriteFileAtomically(JoinPath(dir, kTrainerStateFile), c.trainer_state.dump(2) + "\n"));
+  LORA_RETURN_IF_ERROR(
+      WriteFileAtomically(JoinPath(dir, kTrainerStateFile), c.trainer_state.dump(2) + "\n"));
 
   CheckpointInfo info;
   info.step = step;
   info.path = final_dir;
-  for (const char* rel : {"adapter/adapter_config.json", "adapter/adapter_model.safetensors", "optimizer.safetensors",
-                          "rng_state.safetensors", kTrainerStateFile}) {
+  for (const char* rel : {"adapter/adapter_config.json", "adapter/adapter_model.safetensors",
+                          "optimizer.safetensors", "rng_state.safetensors", kTrainerStateFile}) {
     const std::string path = JoinPath(dir, rel);
     LORA_ASSIGN_OR_RETURN(std::string digest, Sha256File(path));
     const uint64_t size = fs::file_size(path);
@@ -114,7 +119,8 @@ absl::StatusOr<std::string> FindLatestCheckpoint(const std::string& dir) {
     auto all = ListCheckpoints(candidate);
     if (!all.empty()) return all.back().second;
   }
-  return absl::NotFoundError(absl::StrCat(dir, ": no complete checkpoint (step-N directory with a manifest)"));
+  return absl::NotFoundError(
+      absl::StrCat(dir, ": no complete checkpoint (step-N directory with a manifest)"));
 }
 
 absl::StatusOr<LoadedCheckpoint> LoadTrainingCheckpoint(const std::string& step_dir) {
@@ -133,7 +139,8 @@ absl::StatusOr<LoadedCheckpoint> LoadTrainingCheckpoint(const std::string& step_
   LoadedCheckpoint out;
   LORA_ASSIGN_OR_RETURN(out.trainer_state, ReadJsonFile(JoinPath(step_dir, kTrainerStateFile)));
   LORA_ASSIGN_OR_RETURN(out.adapters, ReadPeftAdapterRecords(JoinPath(step_dir, "adapter")));
-  LORA_ASSIGN_OR_RETURN(auto opt_file, SafetensorsFile::Open(JoinPath(step_dir, "optimizer.safetensors")));
+  LORA_ASSIGN_OR_RETURN(auto opt_file,
+                        SafetensorsFile::Open(JoinPath(step_dir, "optimizer.safetensors")));
   for (const TensorInfo& t : opt_file->tensors()) {
     LORA_ASSIGN_OR_RETURN(torch::Tensor v, ReadTensor(*opt_file, t, torch::kFloat32));
     out.optimizer_state.emplace_back(t.name, v);
@@ -142,18 +149,21 @@ absl::StatusOr<LoadedCheckpoint> LoadTrainingCheckpoint(const std::string& step_
   return out;
 }
 
-absl::Status LoadAdapterRecords(torch::nn::Module& root, const std::vector<AdapterRecord>& records) {
+absl::Status LoadAdapterRecords(torch::nn::Module& root,
+                                const std::vector<AdapterRecord>& records) {
   std::map<std::string, LinearImpl*> linears;
   for (const auto& [name, linear] : AdaptedLinears(root)) linears[name] = linear;
   torch::NoGradGuard no_grad;
   for (const AdapterRecord& r : records) {
     auto it = linears.find(r.module);
     if (it == linears.end()) {
-      return absl::FailedPreconditionError(absl::StrCat("checkpoint adapter for '", r.module, "' has no adapter in the model"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("checkpoint adapter for '", r.module, "' has no adapter in the model"));
     }
     LinearImpl* l = it->second;
     if (l->lora_a->weight.sizes() != r.a.sizes() || l->lora_b->weight.sizes() != r.b.sizes()) {
-      return absl::FailedPreconditionError(absl::StrCat("checkpoint adapter for '", r.module, "' has another shape"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("checkpoint adapter for '", r.module, "' has another shape"));
     }
     l->lora_a->weight.copy_(r.a);
     l->lora_b->weight.copy_(r.b);
@@ -161,11 +171,13 @@ absl::Status LoadAdapterRecords(torch::nn::Module& root, const std::vector<Adapt
   return absl::OkStatus();
 }
 
-absl::StatusOr<nlohmann::json> RestoreTrainingCheckpoint(const std::string& step_dir, torch::nn::Module& model,
+absl::StatusOr<nlohmann::json> RestoreTrainingCheckpoint(const std::string& step_dir,
+                                                         torch::nn::Module& model,
                                                          AdamW& optimizer) {
   LORA_ASSIGN_OR_RETURN(LoadedCheckpoint c, LoadTrainingCheckpoint(step_dir));
   LORA_RETURN_IF_ERROR(LoadAdapterRecords(model, c.adapters));
-  const int64_t step = c.trainer_state.value("optimizer_step", c.trainer_state.value("step", int64_t{0}));
+  const int64_t step =
+      c.trainer_state.value("optimizer_step", c.trainer_state.value("step", int64_t{0}));
   LORA_RETURN_IF_ERROR(optimizer.LoadState(c.optimizer_state, step));
   return c.trainer_state;
 }

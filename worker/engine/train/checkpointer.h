@@ -54,7 +54,8 @@ struct LoadedCheckpoint {
 std::string CheckpointDirName(int64_t step);
 
 // Writes <run_dir>/checkpoints/step-N and deletes the oldest beyond keep_latest (0 keeps all).
-absl::StatusOr<CheckpointInfo> SaveTrainingCheckpoint(const std::string& run_dir, const CheckpointContents& contents,
+absl::StatusOr<CheckpointInfo> SaveTrainingCheckpoint(const std::string& run_dir,
+                                                      const CheckpointContents& contents,
                                                       int keep_latest);
 
 // `dir` is a step directory, a checkpoints/ directory or a run directory; returns the newest
@@ -66,7 +67,8 @@ absl::StatusOr<std::string> FindLatestCheckpoint(const std::string& dir);
 absl::StatusOr<LoadedCheckpoint> LoadTrainingCheckpoint(const std::string& step_dir);
 
 // Single process: LoadTrainingCheckpoint into `model` and `optimizer`.
-absl::StatusOr<nlohmann::json> RestoreTrainingCheckpoint(const std::string& step_dir, torch::nn::Module& model,
+absl::StatusOr<nlohmann::json> RestoreTrainingCheckpoint(const std::string& step_dir,
+                                                         torch::nn::Module& model,
                                                          AdamW& optimizer);
 
 // Copies records into the adapters of `root` (same modules and shapes).

@@ -39,7 +39,8 @@ void EventSink::Emit(const std::string& type, nlohmann::json fields, const std::
   fields["event"] = type;
   fields["time"] =
       std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
-  const std::string line = fields.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+  const std::string line =
+      fields.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
   std::lock_guard<std::mutex> lock(mu_);
   if (options_.fd >= 0) WriteAll(options_.fd, line);
   if (file_fd_ >= 0) WriteAll(file_fd_, line);

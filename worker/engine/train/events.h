@@ -18,8 +18,8 @@
 namespace lora {
 
 struct EventSinkOptions {
-  int fd = -1;           // JSON lines to this descriptor (not closed by the sink)
-  std::string path;      // and/or appended to this file
+  int fd = -1;            // JSON lines to this descriptor (not closed by the sink)
+  std::string path;       // and/or appended to this file
   bool human_log = true;  // readable lines on stderr
 };
 

@@ -18,10 +18,12 @@ inline double TrainingFlopsPerToken(const LlamaConfig& c, int64_t seq_len, int64
   const double q = static_cast<double>(c.num_attention_heads * c.head_dim);
   const double kv = static_cast<double>(c.num_key_value_heads * c.head_dim);
   const double d = static_cast<double>(c.hidden_size);
-  const double linear_per_layer = d * q + 2 * d * kv + q * d + 3 * d * static_cast<double>(c.intermediate_size);
+  const double linear_per_layer =
+      d * q + 2 * d * kv + q * d + 3 * d * static_cast<double>(c.intermediate_size);
   const double linear = static_cast<double>(c.num_hidden_layers) * linear_per_layer +
                         d * static_cast<double>(c.vocab_size);  // lm_head (tied or not)
-  const double attention = 12.0 * static_cast<double>(c.num_hidden_layers) * q * static_cast<double>(seq_len);
+  const double attention =
+      12.0 * static_cast<double>(c.num_hidden_layers) * q * static_cast<double>(seq_len);
   const double dense = full_finetune ? 6.0 * linear : 4.0 * linear;
   return dense + 6.0 * static_cast<double>(lora_parameters) + attention;
 }

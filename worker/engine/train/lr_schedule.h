@@ -21,12 +21,15 @@ struct LrSchedule {
 
   double Factor(int64_t step) const {
     // Warmup ramps (step / (warmup + 1)), as torchtitan does, so step 1 never has lr 0.
-    if (step <= warmup_steps) return static_cast<double>(step) / static_cast<double>(warmup_steps + 1);
+    if (step <= warmup_steps)
+      return static_cast<double>(step) / static_cast<double>(warmup_steps + 1);
     if (decay == "constant") return 1.0;
     const int64_t decay_steps = total_steps - warmup_steps;
-    const double progress =
-        decay_steps <= 0 ? 1.0 : static_cast<double>(step - warmup_steps) / static_cast<double>(decay_steps);
-    const double shape = decay == "linear" ? 1.0 - progress : 0.5 * (1.0 + std::cos(M_PI * progress));
+    const double progress = decay_steps <= 0 ? 1.0
+                                             : static_cast<double>(step - warmup_steps) /
+                                                   static_cast<double>(decay_steps);
+    const double shape =
+        decay == "linear" ? 1.0 - progress : 0.5 * (1.0 + std::cos(M_PI * progress));
     return min_lr_factor + (1.0 - min_lr_factor) * shape;
   }
   double At(int64_t step) const { return base_lr * Factor(step); }

@@ -26,7 +26,8 @@ absl::StatusOr<LoraConfig> LoraConfigFromSpec(const lora::v1::LoraSection& s) {
   if (!s.exclude_modules_regex().empty()) {
     c.exclude_modules = ModuleSelector::Regex(s.exclude_modules_regex());
   } else if (!s.exclude_modules().empty()) {
-    c.exclude_modules = ModuleSelector::List({s.exclude_modules().begin(), s.exclude_modules().end()});
+    c.exclude_modules =
+        ModuleSelector::List({s.exclude_modules().begin(), s.exclude_modules().end()});
   }
   // Proto maps have no order; patterns apply in sorted key order (documented).
   std::map<std::string, int32_t> ranks(s.rank_pattern().begin(), s.rank_pattern().end());
@@ -40,7 +41,8 @@ absl::StatusOr<LoraConfig> LoraConfigFromSpec(const lora::v1::LoraSection& s) {
 absl::StatusOr<torch::Dtype> BaseDtype(const lora::v1::JobSpec& spec) {
   if (!spec.model().dtype().empty()) {
     auto d = ParseFloatDtype(spec.model().dtype());
-    if (!d.ok()) return absl::InvalidArgumentError(absl::StrCat("model.dtype: ", d.status().message()));
+    if (!d.ok())
+      return absl::InvalidArgumentError(absl::StrCat("model.dtype: ", d.status().message()));
     return *d;
   }
   const std::string& mp = spec.training().mixed_precision();
@@ -56,7 +58,8 @@ absl::StatusOr<PreparedModel> PrepareModel(const lora::v1::JobSpec& spec) {
   if (!spec.model().path().empty()) {
     auto loaded = LoadHfModel(spec.model().path(), out.base_dtype);
     if (!loaded.ok()) {
-      return absl::Status(loaded.status().code(), absl::StrCat("model.path: ", loaded.status().message()));
+      return absl::Status(loaded.status().code(),
+                          absl::StrCat("model.path: ", loaded.status().message()));
     }
     out.model = *loaded;
     out.base_source = std::filesystem::absolute(spec.model().path()).lexically_normal().string();
@@ -69,7 +72,8 @@ absl::StatusOr<PreparedModel> PrepareModel(const lora::v1::JobSpec& spec) {
   if (!spec.lora().adapter().empty()) {
     auto imported = ImportPeftAdapter(*out.model, spec.lora().adapter());
     if (!imported.ok()) {
-      return absl::Status(imported.status().code(), absl::StrCat("lora.adapter: ", imported.status().message()));
+      return absl::Status(imported.status().code(),
+                          absl::StrCat("lora.adapter: ", imported.status().message()));
     }
     out.report = imported->report;
     out.lora = imported->config.lora;
