@@ -1,7 +1,6 @@
 #include "worker/engine/cli/cli_common.h"
 
 #include <ATen/Parallel.h>
-#include <sys/resource.h>
 
 #include <cstdlib>
 #include <filesystem>
@@ -24,12 +23,6 @@ void ConfigureThreads() {
   if (std::getenv("OMP_NUM_THREADS") != nullptr) return;
   unsigned n = std::thread::hardware_concurrency();
   if (n > 0) at::set_num_threads(static_cast<int>(n));
-}
-
-int64_t PeakRssBytes() {
-  struct rusage usage;
-  ::getrusage(RUSAGE_SELF, &usage);
-  return static_cast<int64_t>(usage.ru_maxrss) * 1024;
 }
 
 std::string HumanBytes(uint64_t bytes) {

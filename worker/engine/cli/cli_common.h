@@ -13,6 +13,7 @@
 #include "CLI/CLI.hpp"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/process_stats.h"
 #include "worker/engine/model/llama.h"
 
 namespace lora {
@@ -39,8 +40,6 @@ int ReportError(const std::string& command, const absl::Status& status);
 // Uses every core for intra-op parallelism unless OMP_NUM_THREADS says otherwise (LibTorch 1.13
 // from Debian defaults to one thread).
 void ConfigureThreads();
-
-int64_t PeakRssBytes();
 
 class Stopwatch {
  public:

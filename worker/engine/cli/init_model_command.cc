@@ -31,13 +31,10 @@ int RunInitModel(const InitModelOptions& o) {
   LlamaForCausalLM model(*config, *dtype);
   InitializeWeights(*model, o.seed);
   double init_s = clock.Lap();
-  auto staged = StagedDirectory::Create(o.out, {"config.json"});
-  if (!staged.ok()) return ReportError("init-model", staged.status());
   SaveOptions save;
   save.dtype = *dtype;
   save.max_shard_bytes = static_cast<uint64_t>(o.max_shard_gb * 1e9);
-  absl::Status s = SaveHfModel(*model, (*staged)->path(), save);
-  if (s.ok()) s = (*staged)->Commit();
+  absl::Status s = SaveHfModelAtomically(*model, o.out, save);
   if (!s.ok()) return ReportError("init-model", s);
   std::cout << absl::StrFormat(
       "wrote %s: flavor %s, %d parameters, %s, seed %d (init %.2fs, save %.2fs, peak RSS %s)\n",

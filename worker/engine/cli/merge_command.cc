@@ -40,13 +40,10 @@ int RunMerge(const MergeOptions& o) {
   auto imported = ImportPeftAdapter(*loaded->model, o.adapter);
   if (!imported.ok()) return ReportError("merge", imported.status());
   MergeAdapters(*loaded->model);
-  auto staged = StagedDirectory::Create(o.out, {"config.json"});
-  if (!staged.ok()) return ReportError("merge", staged.status());
   SaveOptions save;
   save.dtype = *dtype;
   save.max_shard_bytes = static_cast<uint64_t>(o.max_shard_gb * 1e9);
-  absl::Status s = SaveHfModel(*loaded->model, (*staged)->path(), save);
-  if (s.ok()) s = (*staged)->Commit();
+  absl::Status s = SaveHfModelAtomically(*loaded->model, o.out, save);
   if (!s.ok()) return ReportError("merge", s);
   std::cout << absl::StrFormat("merged %d adapted modules into %s (%s) in %.2fs; peak RSS %s\n",
                                imported->report.modules.size(), o.out, FloatDtypeName(*dtype),

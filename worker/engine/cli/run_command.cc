@@ -76,12 +76,9 @@ absl::Status RunMergeJob(const lora::v1::JobSpec& spec, const std::string& out, 
   const std::string dir = JoinPath(out, "final/merged");
   absl::Status s = MakeDirectories(JoinPath(out, "final"));
   if (!s.ok()) return s;
-  auto staged = StagedDirectory::Create(dir, {"config.json"});
-  if (!staged.ok()) return staged.status();
   SaveOptions save;
   save.dtype = *dtype;
-  s = SaveHfModel(*prepared->model, (*staged)->path(), save);
-  if (s.ok()) s = (*staged)->Commit();
+  s = SaveHfModelAtomically(*prepared->model, dir, save);
   if (!s.ok()) return s;
   nlohmann::json summary = {{"merged_modules", prepared->report.modules.size()},
                             {"outputs", {{"merged", dir}}}};

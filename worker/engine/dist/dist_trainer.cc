@@ -2,7 +2,6 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <sys/resource.h>
 
 #include <chrono>
 #include <cmath>
@@ -13,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/file_util.h"
+#include "common/process_stats.h"
 #include "common/status_macros.h"
 #include "worker/engine/data/examples.h"
 #include "worker/engine/data/tokenizer.h"
@@ -31,12 +31,6 @@ namespace {
 
 double Now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-int64_t PeakRss() {
-  struct rusage usage;
-  ::getrusage(RUSAGE_SELF, &usage);
-  return static_cast<int64_t>(usage.ru_maxrss) * 1024;
 }
 
 MeshShape ShapeOf(const lora::v1::JobSpec& spec) {
@@ -172,14 +166,8 @@ absl::StatusOr<TrainResult> Train(const TrainerOptions& options, DistContext* di
     return absl::InvalidArgumentError(absl::StrCat(
         "dataset: the training split is shorter than one sequence of ", tcfg.seq_len(), " tokens"));
   }
-  AdamWOptions adam;
-  adam.beta1 = spec.optimizer().betas(0);
-  adam.beta2 = spec.optimizer().betas(1);
-  adam.eps = spec.optimizer().eps();
-  adam.weight_decay = spec.optimizer().weight_decay();
-  AdamW optimizer(model->trainable(), adam);
-  LrSchedule schedule{spec.optimizer().lr(), spec.lr_scheduler().warmup_steps(), tcfg.steps(),
-                      spec.lr_scheduler().decay_type(), spec.lr_scheduler().min_lr_factor()};
+  AdamW optimizer(model->trainable(), SpecAdamWOptions(spec));
+  const LrSchedule schedule = SpecLrSchedule(spec);
 
   int64_t start_step = 0, tokens_seen = 0;
   double initial_eval_loss = std::nan(""), last_eval_loss = std::nan(""),
@@ -310,14 +298,7 @@ absl::StatusOr<TrainResult> Train(const TrainerOptions& options, DistContext* di
     if (leader) {
       auto info = SaveTrainingCheckpoint(options.output_dir, cc, spec.checkpoint().keep_latest());
       if (info.ok()) {
-        last_checkpoint = {{"step", step},
-                           {"path", info->path},
-                           {"bytes", info->bytes},
-                           {"sha256", info->sha256},
-                           {"files", info->files}};
-        events.Emit(
-            "checkpoint", last_checkpoint,
-            absl::StrFormat("step %d  checkpoint %s (%d bytes)", step, info->path, info->bytes));
+        last_checkpoint = ReportCheckpoint(events, step, *info);
       } else {
         status = info.status();
       }
@@ -342,7 +323,7 @@ absl::StatusOr<TrainResult> Train(const TrainerOptions& options, DistContext* di
     events.Emit("rank_status", {{"rank", dist->rank()},
                                 {"step", at_step},
                                 {"step_seconds", last_step_seconds},
-                                {"peak_rss_bytes", PeakRss()},
+                                {"peak_rss_bytes", PeakRssBytes()},
                                 {"parameter_bytes", model->ParameterBytes()},
                                 {"peak_parameter_bytes", model->PeakParameterBytes()},
                                 {"bytes_sent", dist->TotalBytesSent()}});
@@ -452,11 +433,9 @@ absl::StatusOr<TrainResult> Train(const TrainerOptions& options, DistContext* di
         LORA_RETURN_IF_ERROR(LoadAdapterRecords(*full.model, adapters));
         MergeAdapters(*full.model);
         const std::string dir = JoinPath(final_dir, "merged");
-        LORA_ASSIGN_OR_RETURN(auto staged, StagedDirectory::Create(dir, {"config.json"}));
         SaveOptions save;
         save.dtype = export_dtype;
-        LORA_RETURN_IF_ERROR(SaveHfModel(*full.model, staged->path(), save));
-        LORA_RETURN_IF_ERROR(staged->Commit());
+        LORA_RETURN_IF_ERROR(SaveHfModelAtomically(*full.model, dir, save));
         outputs["merged"] = dir;
       }
     }
@@ -472,7 +451,7 @@ absl::StatusOr<TrainResult> Train(const TrainerOptions& options, DistContext* di
       {"train_seconds", Now() - t_loop},
       {"tokens_per_second",
        static_cast<double>((step - start_step) * global_rows * accum * T) / (Now() - t_loop)},
-      {"peak_rss_bytes", PeakRss()},
+      {"peak_rss_bytes", PeakRssBytes()},
       {"parameter_bytes", model->ParameterBytes()},
       {"peak_parameter_bytes", model->PeakParameterBytes()},
       {"bytes_sent", dist->TotalBytesSent()},

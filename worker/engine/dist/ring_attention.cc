@@ -45,6 +45,14 @@ struct Ring {
         next((g->rank() + 1) % g->size()),
         prev((g->rank() + g->size() - 1) % g->size()) {}
   int OwnerAt(int step) const { return (rank - step + cp) % cp; }
+  // Sends `t` on to the next rank and posts the receive of the previous rank's, returned (valid
+  // after group->Flush()), so the transfer overlaps whatever runs until then.
+  torch::Tensor PassOn(const torch::Tensor& t, int tag) const {
+    torch::Tensor incoming = torch::empty_like(t);
+    group->Send(t, next, tag);
+    group->PostRecv(incoming, prev, tag);
+    return incoming;
+  }
 };
 
 RopeTables BlockRope(const torch::Tensor& q_cos, const torch::Tensor& q_sin,
@@ -68,12 +76,7 @@ class RingAttentionFn : public torch::autograd::Function<RingAttentionFn> {
       const int owner = ring.OwnerAt(step);
       const bool more = step + 1 < ring.cp;
       // The next block streams in while this one is computed.
-      torch::Tensor incoming;
-      if (more) {
-        incoming = torch::empty_like(block);
-        ring.group->Send(block, ring.next, kForwardBlockTag);
-        ring.group->PostRecv(incoming, ring.prev, kForwardBlockTag);
-      }
+      torch::Tensor incoming = more ? ring.PassOn(block, kForwardBlockTag) : torch::Tensor();
       auto [o, l] =
           FusedAttentionForward(q, block[0], block[1], BlockRope(q_cos, q_sin, k_cos, k_sin, owner),
                                 block_lo[owner], block_hi[owner]);
@@ -104,12 +107,8 @@ class RingAttentionFn : public torch::autograd::Function<RingAttentionFn> {
     for (int step = 0; step < ring.cp; ++step) {
       const int owner = ring.OwnerAt(step);
       const bool more = step + 1 < ring.cp;
-      torch::Tensor incoming;
-      if (more) {
-        incoming = torch::empty_like(block);
-        ring.group->Send(block, ring.next, kBackwardBlockTag);
-        ring.group->PostRecv(incoming, ring.prev, kBackwardBlockTag);
-      }
+      torch::Tensor incoming = more ? ring.PassOn(block, kBackwardBlockTag) : torch::Tensor();
+      // This step's accumulator arrives after the previous rank adds to it (below).
       torch::Tensor incoming_grad = torch::empty_like(grad);
       ring.group->PostRecv(incoming_grad, ring.prev, kBackwardGradTag);
       auto [dq_s, dk_s, dv_s] = FusedAttentionBackward(dout, q, block[0], block[1],

@@ -10,36 +10,14 @@
 #include <limits>
 #include <vector>
 
+#include "worker/engine/model/cpu_kernels.h"
+
 namespace lora {
 namespace {
 
-// Row kernels, compiled for AVX-512, AVX2 and baseline x86-64; the loader picks one at start.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define LORA_MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define LORA_MULTIVERSION
-#endif
-
-// exp(x) for a vector, Cephes-style: 2^n * p(r), |relative error| < 2e-7. Plain arithmetic so
-// the compiler vectorizes it.
+// exp(x) for a vector (FastExp in a loop the compiler vectorizes).
 LORA_MULTIVERSION void ExpInPlace(float* x, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) {
-    float v = std::min(std::max(x[i], -87.3f), 88.3f);
-    // Round to nearest by adding and removing 1.5 * 2^23 (no libm call, so it vectorizes).
-    const float t = (v * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-    const float r = v - t * 0.693359375f + t * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    const int32_t bits = (static_cast<int32_t>(t) + 127) << 23;
-    float scale;
-    std::memcpy(&scale, &bits, sizeof(scale));
-    x[i] = p * scale;
-  }
+  for (int64_t i = 0; i < n; ++i) x[i] = FastExp(x[i]);
 }
 
 // Work is done in blocks of 16 floats held in registers (one AVX-512 vector, two AVX2 ones):
@@ -181,6 +159,31 @@ Dims GetDims(const torch::Tensor& q, const torch::Tensor& k) {
   return m;
 }
 
+// Query rows [i0, i0 + kRows) of batch row b: each row's key range clipped to the keys
+// (last < first: none; rows past Tq attend nothing) and their union [ufirst, ufirst + un),
+// which the row block computes on (un <= 0: no row attends anything).
+struct RowBlock {
+  int64_t first[kRows], last[kRows];
+  int64_t ufirst, un;
+};
+
+RowBlock KeyRanges(const int64_t* lo, const int64_t* hi, const Dims& m, int64_t b, int64_t i0) {
+  RowBlock rb;
+  int64_t ufirst = m.Tk, ulast = -1;
+  for (int64_t r = 0; r < kRows; ++r) {
+    const int64_t i = i0 + r;
+    rb.first[r] = i < m.Tq ? std::max<int64_t>(lo[b * m.Tq + i], 0) : 0;
+    rb.last[r] = i < m.Tq ? std::min<int64_t>(hi[b * m.Tq + i], m.Tk - 1) : -1;
+    if (rb.last[r] >= rb.first[r]) {
+      ufirst = std::min(ufirst, rb.first[r]);
+      ulast = std::max(ulast, rb.last[r]);
+    }
+  }
+  rb.ufirst = ufirst;
+  rb.un = ulast - ufirst + 1;
+  return rb;
+}
+
 // Pointer to the rope row of (batch b, position t) or null when rotation is off.
 struct RopeView {
   const float* cos = nullptr;
@@ -252,16 +255,10 @@ void ForwardImpl(const torch::Tensor& q, const torch::Tensor& k, const torch::Te
       for (int64_t i0 = 0; i0 < m.Tq; i0 += kRows) {
         // The block's rows attend overlapping key ranges; work on their union and zero each
         // row's probabilities outside its own range.
-        int64_t ufirst = m.Tk, ulast = -1;
-        int64_t first[kRows], last[kRows];
-        for (int64_t r = 0; r < kRows; ++r) {
-          const int64_t i = i0 + r;
-          first[r] = i < m.Tq ? std::max<int64_t>(lop[b * m.Tq + i], 0) : 0;
-          last[r] = i < m.Tq ? std::min<int64_t>(hip[b * m.Tq + i], m.Tk - 1) : -1;
-          if (last[r] >= first[r])
-            ufirst = std::min(ufirst, first[r]), ulast = std::max(ulast, last[r]);
-        }
-        const int64_t un = ulast - ufirst + 1;
+        const RowBlock rb = KeyRanges(lop, hip, m, b, i0);
+        const int64_t* first = rb.first;
+        const int64_t* last = rb.last;
+        const int64_t ufirst = rb.ufirst, un = rb.un;
         for (int64_t r = 0; r < kRows; ++r) {
           const int64_t i = i0 + r;
           float* pr = s.data() + r * ld;
@@ -348,16 +345,10 @@ void BackwardImpl(const torch::Tensor& dout, const torch::Tensor& q, const torch
       for (int64_t rh = 0; rh < m.rep; ++rh) {
         const int64_t h = kvh * m.rep + rh;
         for (int64_t i0 = 0; i0 < m.Tq; i0 += kRows) {
-          int64_t ufirst = m.Tk, ulast = -1;
-          int64_t first[kRows], last[kRows];
-          for (int64_t r = 0; r < kRows; ++r) {
-            const int64_t i = i0 + r;
-            first[r] = i < m.Tq ? std::max<int64_t>(lop[b * m.Tq + i], 0) : 0;
-            last[r] = i < m.Tq ? std::min<int64_t>(hip[b * m.Tq + i], m.Tk - 1) : -1;
-            if (last[r] >= first[r])
-              ufirst = std::min(ufirst, first[r]), ulast = std::max(ulast, last[r]);
-          }
-          const int64_t un = ulast - ufirst + 1;
+          const RowBlock rb = KeyRanges(lop, hip, m, b, i0);
+          const int64_t* first = rb.first;
+          const int64_t* last = rb.last;
+          const int64_t ufirst = rb.ufirst, un = rb.un;
           if (un <= 0) {
             for (int64_t r = 0; r < kRows && i0 + r < m.Tq; ++r) {
               T* dqrow = dqp + ((b * m.Tq + i0 + r) * m.H + h) * m.d;

@@ -232,4 +232,11 @@ absl::Status SaveHfModel(const LlamaForCausalLMImpl& model, const std::string& d
   return WriteFileAtomically(JoinPath(dir, "model.safetensors.index.json"), index.dump(2) + "\n");
 }
 
+absl::Status SaveHfModelAtomically(const LlamaForCausalLMImpl& model, const std::string& dir,
+                                   const SaveOptions& options) {
+  LORA_ASSIGN_OR_RETURN(auto staged, StagedDirectory::Create(dir, {"config.json"}));
+  LORA_RETURN_IF_ERROR(SaveHfModel(model, staged->path(), options));
+  return staged->Commit();
+}
+
 }  // namespace lora

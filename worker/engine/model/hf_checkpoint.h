@@ -67,6 +67,11 @@ struct SaveOptions {
 absl::Status SaveHfModel(const LlamaForCausalLMImpl& model, const std::string& dir,
                          const SaveOptions& options);
 
+// SaveHfModel into a staging directory swapped in whole (StagedDirectory): readers see the old
+// checkpoint or the new one, never a mix, and a crash leaves no half-written `dir`.
+absl::Status SaveHfModelAtomically(const LlamaForCausalLMImpl& model, const std::string& dir,
+                                   const SaveOptions& options);
+
 }  // namespace lora
 
 #endif  // LORA_WORKER_ENGINE_MODEL_HF_CHECKPOINT_H_

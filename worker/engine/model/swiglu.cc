@@ -7,34 +7,15 @@
 
 #include <cstring>
 
+#include "worker/engine/model/cpu_kernels.h"
+
 namespace lora {
 namespace {
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define LORA_MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define LORA_MULTIVERSION
-#endif
-
 constexpr int64_t kChunk = 1024;
 
-// sigmoid(x) = 1 / (1 + exp(-x)) with a vectorizable exp (same scheme as the attention kernel).
-inline float Sigmoid(float x) {
-  float v = std::min(std::max(-x, -87.3f), 88.3f);
-  const float t = (v * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  const float r = v - t * 0.693359375f + t * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(t) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return 1.0f / (1.0f + p * scale);
-}
+// sigmoid(x) = 1 / (1 + exp(-x)) with the vectorizable exp.
+inline float Sigmoid(float x) { return 1.0f / (1.0f + FastExp(-x)); }
 
 LORA_MULTIVERSION void ForwardChunk(const float* g, const float* u, float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] = g[i] * Sigmoid(g[i]) * u[i];

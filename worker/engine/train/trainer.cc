@@ -2,7 +2,6 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <sys/resource.h>
 
 #include <chrono>
 #include <cmath>
@@ -11,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/file_util.h"
+#include "common/process_stats.h"
 #include "common/status_macros.h"
 #include "worker/engine/data/examples.h"
 #include "worker/engine/data/tokenizer.h"
@@ -28,12 +28,6 @@ namespace {
 
 double Now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-int64_t PeakRss() {
-  struct rusage usage;
-  ::getrusage(RUSAGE_SELF, &usage);
-  return static_cast<int64_t>(usage.ru_maxrss) * 1024;
 }
 
 std::string Duration(double seconds) {
@@ -61,6 +55,32 @@ BatcherOptions TrainBatcherOptions(const lora::v1::JobSpec& spec) {
   o.seed = spec.training().seed();
   o.shuffle = true;
   return o;
+}
+
+AdamWOptions SpecAdamWOptions(const lora::v1::JobSpec& spec) {
+  AdamWOptions adam;
+  adam.beta1 = spec.optimizer().betas(0);
+  adam.beta2 = spec.optimizer().betas(1);
+  adam.eps = spec.optimizer().eps();
+  adam.weight_decay = spec.optimizer().weight_decay();
+  return adam;
+}
+
+LrSchedule SpecLrSchedule(const lora::v1::JobSpec& spec) {
+  return LrSchedule{spec.optimizer().lr(), spec.lr_scheduler().warmup_steps(),
+                    spec.training().steps(), spec.lr_scheduler().decay_type(),
+                    spec.lr_scheduler().min_lr_factor()};
+}
+
+nlohmann::json ReportCheckpoint(EventSink& events, int64_t step, const CheckpointInfo& info) {
+  nlohmann::json record = {{"step", step},
+                           {"path", info.path},
+                           {"bytes", info.bytes},
+                           {"sha256", info.sha256},
+                           {"files", info.files}};
+  events.Emit("checkpoint", record,
+              absl::StrFormat("step %d  checkpoint %s (%d bytes)", step, info.path, info.bytes));
+  return record;
 }
 
 BatcherOptions ValidationBatcherOptions(const lora::v1::JobSpec& spec) {
@@ -147,14 +167,8 @@ absl::StatusOr<TrainResult> RunTraining(const TrainerOptions& options) {
   const bool has_validation = val_data.windows_per_epoch() > 0;
 
   NamedTensors trainable = TrainableParameters(*model);
-  AdamWOptions adam;
-  adam.beta1 = spec.optimizer().betas(0);
-  adam.beta2 = spec.optimizer().betas(1);
-  adam.eps = spec.optimizer().eps();
-  adam.weight_decay = spec.optimizer().weight_decay();
-  AdamW optimizer(trainable, adam);
-  LrSchedule schedule{spec.optimizer().lr(), spec.lr_scheduler().warmup_steps(), tcfg.steps(),
-                      spec.lr_scheduler().decay_type(), spec.lr_scheduler().min_lr_factor()};
+  AdamW optimizer(trainable, SpecAdamWOptions(spec));
+  const LrSchedule schedule = SpecLrSchedule(spec);
 
   int64_t start_step = 0;
   int64_t tokens_seen = 0;
@@ -229,13 +243,7 @@ absl::StatusOr<TrainResult> RunTraining(const TrainerOptions& options) {
     LORA_ASSIGN_OR_RETURN(
         CheckpointInfo info,
         SaveTrainingCheckpoint(options.output_dir, c, spec.checkpoint().keep_latest()));
-    last_checkpoint = {{"step", step},
-                       {"path", info.path},
-                       {"bytes", info.bytes},
-                       {"sha256", info.sha256},
-                       {"files", info.files}};
-    events.Emit("checkpoint", last_checkpoint,
-                absl::StrFormat("step %d  checkpoint %s (%d bytes)", step, info.path, info.bytes));
+    last_checkpoint = ReportCheckpoint(events, step, info);
     return absl::OkStatus();
   };
 
@@ -333,11 +341,9 @@ absl::StatusOr<TrainResult> RunTraining(const TrainerOptions& options) {
     if (what == "merged") {
       const std::string dir = JoinPath(final_dir, "merged");
       MergeAdapters(*model);
-      LORA_ASSIGN_OR_RETURN(auto staged, StagedDirectory::Create(dir, {"config.json"}));
       SaveOptions save;
       save.dtype = export_dtype;
-      LORA_RETURN_IF_ERROR(SaveHfModel(*model, staged->path(), save));
-      LORA_RETURN_IF_ERROR(staged->Commit());
+      LORA_RETURN_IF_ERROR(SaveHfModelAtomically(*model, dir, save));
       UnmergeAdapters(*model);
       outputs["merged"] = dir;
     }
@@ -353,7 +359,7 @@ absl::StatusOr<TrainResult> RunTraining(const TrainerOptions& options) {
       {"train_seconds", Now() - t_loop},
       {"tokens_per_second",
        static_cast<double>((step - start_step) * rows_per_step * T) / (Now() - t_loop)},
-      {"peak_rss_bytes", PeakRss()},
+      {"peak_rss_bytes", PeakRssBytes()},
       {"parameter_bytes", ParameterBytes(*model)},
       {"trainable_parameters", prepared.report.trainable_parameters},
       {"total_parameters", prepared.report.total_parameters},

@@ -17,7 +17,10 @@
 #include "nlohmann/json.hpp"
 #include "worker/engine/data/batcher.h"
 #include "worker/engine/model/llama.h"
+#include "worker/engine/train/adamw.h"
+#include "worker/engine/train/checkpointer.h"
 #include "worker/engine/train/events.h"
+#include "worker/engine/train/lr_schedule.h"
 
 namespace lora {
 
@@ -56,6 +59,14 @@ torch::Tensor BatchLossSum(LlamaForCausalLMImpl& model, const Batch& batch);
 // The validation batcher a spec defines; `examples` from LoadExamples + SplitExamples.
 BatcherOptions ValidationBatcherOptions(const lora::v1::JobSpec& spec);
 BatcherOptions TrainBatcherOptions(const lora::v1::JobSpec& spec);
+
+// The optimizer and schedule a spec defines (shared by the single- and multi-rank trainers).
+AdamWOptions SpecAdamWOptions(const lora::v1::JobSpec& spec);
+LrSchedule SpecLrSchedule(const lora::v1::JobSpec& spec);
+
+// Emits the `checkpoint` event for a written checkpoint and returns its record (the summary's
+// `last_checkpoint`).
+nlohmann::json ReportCheckpoint(EventSink& events, int64_t step, const CheckpointInfo& info);
 
 }  // namespace lora
 
