@@ -78,7 +78,7 @@ void PrintJob(const lora::v1::Job& job, const Globals& g) {
   std::vector<std::vector<std::string>> rows = {
       {"name", job.name()},
       {"display name", job.display_name()},
-      {"kind", KindName(job.kind())},
+      {"kind", JobKindName(job.kind())},
       {"state", StateName(job.state())},
       {"progress", absl::StrCat(Progress(job),
                                 p.total_steps() > 0
@@ -232,9 +232,10 @@ int List(const Globals& g, const ListOptions& o) {
   }
   std::vector<std::vector<std::string>> rows;
   for (const auto& j : jobs) {
-    rows.push_back({j.name(), j.display_name().empty() ? "-" : j.display_name(), KindName(j.kind()),
-                    StateName(j.state()), Progress(j), FormatLoss(j.progress().loss()),
-                    FormatLoss(j.progress().eval_loss()), Age(j.create_time())});
+    rows.push_back({j.name(), j.display_name().empty() ? "-" : j.display_name(),
+                    JobKindName(j.kind()), StateName(j.state()), Progress(j),
+                    FormatLoss(j.progress().loss()), FormatLoss(j.progress().eval_loss()),
+                    Age(j.create_time())});
   }
   PrintTable({"NAME", "DISPLAY NAME", "KIND", "STATE", "PROGRESS", "LOSS", "EVAL LOSS", "AGE"},
              rows);
@@ -363,15 +364,33 @@ int Download(const Globals& g, const DownloadOptions& o) {
   return kOk;
 }
 
-int Convert(const Globals& g, const ConvertOptions& o) {
+namespace {
+
+// A `kind` job named `name` on `model`: a checkpoint directory, else a flavor.
+lora::v1::JobSpec ModelJobSpec(lora::v1::JobKind kind, const std::string& name,
+                               const std::string& model) {
   lora::v1::JobSpec spec;
-  spec.mutable_job()->set_kind(lora::v1::JOB_KIND_CONVERT);
-  spec.mutable_job()->set_name(o.name);
+  spec.mutable_job()->set_kind(kind);
+  spec.mutable_job()->set_name(name);
   std::error_code ec;
-  if (fs::is_directory(o.model, ec))
-    spec.mutable_model()->set_path(o.model);
+  if (fs::is_directory(model, ec))
+    spec.mutable_model()->set_path(model);
   else
-    spec.mutable_model()->set_flavor(o.model);
+    spec.mutable_model()->set_flavor(model);
+  return spec;
+}
+
+// Defaults, local validation (errors name the field), then submission.
+int ValidateAndSubmit(const Globals& g, lora::v1::JobSpec spec, bool watch) {
+  ApplyJobSpecDefaults(&spec);
+  if (absl::Status s = ValidateJobSpec(spec); !s.ok()) return ReportError(s);
+  return SubmitSpec(g, spec, "", watch);
+}
+
+}  // namespace
+
+int Convert(const Globals& g, const ConvertOptions& o) {
+  lora::v1::JobSpec spec = ModelJobSpec(lora::v1::JOB_KIND_CONVERT, o.name, o.model);
   spec.mutable_lora()->set_rank(o.rank);
   spec.mutable_lora()->set_alpha(o.alpha);
   spec.mutable_lora()->set_dropout(o.dropout);
@@ -379,25 +398,14 @@ int Convert(const Globals& g, const ConvertOptions& o) {
   spec.mutable_lora()->set_init(o.init);
   for (const auto& t : o.target_modules) spec.mutable_lora()->add_target_modules(t);
   spec.mutable_checkpoint()->set_export_dtype(o.export_dtype);
-  ApplyJobSpecDefaults(&spec);
-  if (absl::Status s = ValidateJobSpec(spec); !s.ok()) return ReportError(s);
-  return SubmitSpec(g, spec, "", o.watch);
+  return ValidateAndSubmit(g, std::move(spec), o.watch);
 }
 
 int Merge(const Globals& g, const MergeOptions& o) {
-  lora::v1::JobSpec spec;
-  spec.mutable_job()->set_kind(lora::v1::JOB_KIND_MERGE);
-  spec.mutable_job()->set_name(o.name);
-  std::error_code ec;
-  if (fs::is_directory(o.model, ec))
-    spec.mutable_model()->set_path(o.model);
-  else
-    spec.mutable_model()->set_flavor(o.model);
+  lora::v1::JobSpec spec = ModelJobSpec(lora::v1::JOB_KIND_MERGE, o.name, o.model);
   spec.mutable_lora()->set_adapter(o.adapter);
   spec.mutable_checkpoint()->set_export_dtype(o.dtype);
-  ApplyJobSpecDefaults(&spec);
-  if (absl::Status s = ValidateJobSpec(spec); !s.ok()) return ReportError(s);
-  return SubmitSpec(g, spec, "", o.watch);
+  return ValidateAndSubmit(g, std::move(spec), o.watch);
 }
 
 }  // namespace lora::loractl

@@ -138,19 +138,6 @@ void PrintTable(const std::vector<std::string>& header,
 
 std::string StateName(lora::v1::JobState state) { return lora::v1::JobState_Name(state); }
 
-std::string KindName(lora::v1::JobKind kind) {
-  switch (kind) {
-    case lora::v1::JOB_KIND_TRAIN:
-      return "train";
-    case lora::v1::JOB_KIND_CONVERT:
-      return "convert";
-    case lora::v1::JOB_KIND_MERGE:
-      return "merge";
-    default:
-      return "?";
-  }
-}
-
 std::string Age(const google::protobuf::Timestamp& t) {
   const int64_t now = std::chrono::duration_cast<std::chrono::seconds>(
                           std::chrono::system_clock::now().time_since_epoch())

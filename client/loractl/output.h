@@ -38,7 +38,6 @@ void PrintTable(const std::vector<std::string>& header,
                 const std::vector<std::vector<std::string>>& rows);
 
 std::string StateName(lora::v1::JobState state);        // "RUNNING"
-std::string KindName(lora::v1::JobKind kind);           // "train"
 std::string Age(const google::protobuf::Timestamp& t);  // "5m", "2h", "3d"
 std::string Duration(double seconds);                   // "1:02:03" / "4:05"
 std::string Progress(const lora::v1::Job& job);         // "52%" or "-"

@@ -834,16 +834,27 @@ void JobManager::SendAssignment(ActiveJob& a, int rank) {
   w->second.channel->Send(msg);
 }
 
-std::string JobManager::QueueReason(const std::string& device, int ranks, int pool_workers,
-                                    int pool_slots, int free_slots, size_t all_workers) {
-  const std::string slots = absl::StrCat(ranks, " ", device, ranks == 1 ? " slot" : " slots");
-  if (pool_workers == 0) {
-    return absl::StrCat("no connected worker has device ", device, " (", all_workers,
-                        all_workers == 1 ? " worker" : " workers", " connected)");
+std::map<std::string, JobManager::DevicePool> JobManager::ConnectedPools() const {
+  std::map<std::string, DevicePool> pools;
+  for (const auto& [id, w] : workers_) {
+    if (!w.channel) continue;
+    DevicePool& pool = pools[w.capabilities.device()];
+    ++pool.workers;
+    pool.slots += w.capabilities.slots();
   }
-  if (pool_slots < ranks) {
+  return pools;
+}
+
+std::string JobManager::QueueReason(const std::string& device, int ranks, const DevicePool& pool,
+                                    int free_slots, int connected_workers) {
+  const std::string slots = absl::StrCat(ranks, " ", device, ranks == 1 ? " slot" : " slots");
+  if (pool.workers == 0) {
+    return absl::StrCat("no connected worker has device ", device, " (", connected_workers,
+                        connected_workers == 1 ? " worker" : " workers", " connected)");
+  }
+  if (pool.slots < ranks) {
     return absl::StrCat("needs ", slots, " at once; the connected ", device, " workers have ",
-                        pool_slots, " in all");
+                        pool.slots, " in all");
   }
   return absl::StrCat("waiting for ", slots, " (", free_slots, " free)");
 }
@@ -863,8 +874,9 @@ void JobManager::Schedule() {
   // The job holding the line of each device pool (cpu, cuda): pools do not share slots, so a
   // job waiting for a GPU never holds up CPU jobs.
   std::map<std::string, const ActiveJob*> blocked_by;
-  size_t connected = 0;
-  for (const auto& [id, w] : workers_) connected += w.channel ? 1 : 0;
+  std::map<std::string, DevicePool> pools = ConnectedPools();
+  int connected = 0;
+  for (const auto& [device, pool] : pools) connected += pool.workers;
   for (ActiveJob* a : queued) {
     const int n = std::max(1, a->job.spec().resources().world_size());
     const std::string& device = a->job.spec().resources().device();
@@ -874,12 +886,8 @@ void JobManager::Schedule() {
       continue;
     }
     std::vector<std::string> picked;
-    int pool_workers = 0, pool_slots = 0;
     for (auto& [id, w] : workers_) {
-      if (!w.channel) continue;
-      if (w.capabilities.device() != device) continue;
-      ++pool_workers;
-      pool_slots += w.capabilities.slots();
+      if (!w.channel || w.capabilities.device() != device) continue;
       for (int free = w.capabilities.slots() - w.used_slots;
            free > 0 && static_cast<int>(picked.size()) < n; --free) {
         picked.push_back(id);
@@ -889,8 +897,8 @@ void JobManager::Schedule() {
     // so a large job is never starved by smaller ones behind it.
     if (static_cast<int>(picked.size()) < n) {
       blocked_by[device] = a;
-      a->job.set_queue_reason(QueueReason(device, n, pool_workers, pool_slots,
-                                          static_cast<int>(picked.size()), connected));
+      a->job.set_queue_reason(
+          QueueReason(device, n, pools[device], static_cast<int>(picked.size()), connected));
       continue;
     }
     a->job.clear_queue_reason();
@@ -984,14 +992,11 @@ JobManagerStats JobManager::Stats() {
     s.workers_total_slots += w.capabilities.slots();
   }
   for (const auto& [id, subs] : subscribers_) s.watchers += static_cast<int64_t>(subs.size());
-  std::map<std::string, int64_t> slots_by_device;
-  for (const auto& [id, w] : workers_) {
-    if (w.channel) slots_by_device[w.capabilities.device()] += w.capabilities.slots();
-  }
+  std::map<std::string, DevicePool> pools = ConnectedPools();
   for (const auto& [id, a] : active_) {
     if (a.job.state() != lora::v1::QUEUED) continue;
     const std::string& device = a.job.spec().resources().device();
-    if (slots_by_device[device] < std::max(1, a.job.spec().resources().world_size()))
+    if (pools[device].slots < std::max(1, a.job.spec().resources().world_size()))
       ++s.unschedulable_by_device[device];
   }
   return s;

@@ -171,9 +171,15 @@ class JobManager {
   void MaybeComplete(ActiveJob& a) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void WorkerLost(const std::string& worker_id, const std::string& reason)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The connected workers of one device (cpu, cuda): jobs of that device share their slots.
+  struct DevicePool {
+    int workers = 0;
+    int slots = 0;
+  };
+  std::map<std::string, DevicePool> ConnectedPools() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Why a job of `ranks` ranks on `device` cannot start now, for Job.queue_reason.
-  static std::string QueueReason(const std::string& device, int ranks, int pool_workers,
-                                 int pool_slots, int free_slots, size_t all_workers);
+  static std::string QueueReason(const std::string& device, int ranks, const DevicePool& pool,
+                                 int free_slots, int connected_workers);
   void Schedule() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void SendAssignment(ActiveJob& a, int rank) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   ActiveJob* FindRank(const lora::worker::v1::RankRef& ref, const std::string& worker_id)

@@ -110,6 +110,22 @@ absl::StatusOr<Message> Parse(const std::string& blob, const char* what) {
   return m;
 }
 
+// Column 0 of every row `s` yields, parsed as `Message` records named `what`; `query` names
+// the statement in SQL errors.
+template <typename Message>
+absl::StatusOr<std::vector<Message>> ReadRecords(sqlite3* db, Statement& s, const char* what,
+                                                 const char* query) {
+  std::vector<Message> out;
+  int rc;
+  while ((rc = s.Step()) == SQLITE_ROW) {
+    auto m = Parse<Message>(s.Blob(0), what);
+    if (!m.ok()) return m.status();
+    out.push_back(std::move(*m));
+  }
+  if (rc != SQLITE_DONE) return SqlError(db, query);
+  return out;
+}
+
 absl::Status InsertEvent(sqlite3* db, const std::string& job_id, const JobEvent& e) {
   Statement s(db, "INSERT INTO events (job_id, sequence, proto) VALUES (?, ?, ?)");
   if (!s.ok()) return SqlError(db, "prepare event insert");
@@ -287,30 +303,14 @@ absl::StatusOr<std::vector<Job>> JobStore::ListJobs(const ListJobsQuery& q) {
     i = 4;
   }
   s.Bind(i, q.limit);
-  std::vector<Job> out;
-  int rc;
-  while ((rc = s.Step()) == SQLITE_ROW) {
-    auto job = Parse<Job>(s.Blob(0), "job");
-    if (!job.ok()) return job.status();
-    out.push_back(std::move(*job));
-  }
-  if (rc != SQLITE_DONE) return SqlError(db_, "list jobs");
-  return out;
+  return ReadRecords<Job>(db_, s, "job", "list jobs");
 }
 
 absl::StatusOr<std::vector<Job>> JobStore::ListActiveJobs() {
   absl::MutexLock lock(&mu_);
   Statement s(db_,
               "SELECT proto FROM jobs WHERE state NOT IN (4, 5, 7) ORDER BY create_time_us, id");
-  std::vector<Job> out;
-  int rc;
-  while ((rc = s.Step()) == SQLITE_ROW) {
-    auto job = Parse<Job>(s.Blob(0), "job");
-    if (!job.ok()) return job.status();
-    out.push_back(std::move(*job));
-  }
-  if (rc != SQLITE_DONE) return SqlError(db_, "list active jobs");
-  return out;
+  return ReadRecords<Job>(db_, s, "job", "list active jobs");
 }
 
 absl::StatusOr<std::vector<JobEvent>> JobStore::ReadEvents(const std::string& job_id, int64_t after,
@@ -319,15 +319,7 @@ absl::StatusOr<std::vector<JobEvent>> JobStore::ReadEvents(const std::string& jo
   Statement s(
       db_, "SELECT proto FROM events WHERE job_id = ? AND sequence > ? ORDER BY sequence LIMIT ?");
   s.Bind(1, job_id).Bind(2, after).Bind(3, limit);
-  std::vector<JobEvent> out;
-  int rc;
-  while ((rc = s.Step()) == SQLITE_ROW) {
-    auto e = Parse<JobEvent>(s.Blob(0), "event");
-    if (!e.ok()) return e.status();
-    out.push_back(std::move(*e));
-  }
-  if (rc != SQLITE_DONE) return SqlError(db_, "read events");
-  return out;
+  return ReadRecords<JobEvent>(db_, s, "event", "read events");
 }
 
 absl::Status JobStore::PutCheckpoint(const std::string& job_id, const lora::v1::Checkpoint& c) {
@@ -343,15 +335,7 @@ absl::StatusOr<std::vector<lora::v1::Checkpoint>> JobStore::ListCheckpoints(
   absl::MutexLock lock(&mu_);
   Statement s(db_, "SELECT proto FROM checkpoints WHERE job_id = ? ORDER BY step");
   s.Bind(1, job_id);
-  std::vector<lora::v1::Checkpoint> out;
-  int rc;
-  while ((rc = s.Step()) == SQLITE_ROW) {
-    auto c = Parse<lora::v1::Checkpoint>(s.Blob(0), "checkpoint");
-    if (!c.ok()) return c.status();
-    out.push_back(std::move(*c));
-  }
-  if (rc != SQLITE_DONE) return SqlError(db_, "list checkpoints");
-  return out;
+  return ReadRecords<lora::v1::Checkpoint>(db_, s, "checkpoint", "list checkpoints");
 }
 
 absl::Status JobStore::PutArtifact(const std::string& job_id, const lora::v1::ArtifactFile& f,

@@ -38,6 +38,26 @@ using testing::WaitForJob;
 // GET `path` from 127.0.0.1:`port`; the raw HTTP response (defined below).
 std::string HttpGet(int port, const std::string& path);
 
+// Whether a job's event stream shows a retry (re-queued after running; the reason must say
+// where it resumes) and the first step reported after it (-1: none).
+struct Retry {
+  bool happened = false;
+  int64_t first_step_after = -1;
+};
+Retry FindRetry(const std::vector<JobEvent>& events) {
+  Retry r;
+  for (const auto& e : events) {
+    if (e.has_state_change() && e.state_change().to() == lora::v1::QUEUED &&
+        e.state_change().from() != 0) {
+      r.happened = true;
+      EXPECT_THAT(e.state_change().reason(), HasSubstr("resuming from step"));
+    }
+    if (r.happened && e.has_metrics() && r.first_step_after < 0)
+      r.first_step_after = e.metrics().step();
+  }
+  return r;
+}
+
 bool Done(const Job& j) {
   return j.state() == lora::v1::SUCCEEDED || j.state() == lora::v1::FAILED ||
          j.state() == lora::v1::CANCELLED;
@@ -279,19 +299,9 @@ TEST_F(ServiceTest, KilledWorkerIsRetriedFromTheLatestCheckpoint) {
                             return true;
                           })
                   .ok());
-  bool retried = false;
-  int64_t first_step_after_retry = -1;
-  for (const auto& e : events) {
-    if (e.has_state_change() && e.state_change().to() == lora::v1::QUEUED &&
-        e.state_change().from() != 0) {
-      retried = true;
-      EXPECT_THAT(e.state_change().reason(), HasSubstr("resuming from step"));
-    }
-    if (retried && e.has_metrics() && first_step_after_retry < 0)
-      first_step_after_retry = e.metrics().step();
-  }
-  EXPECT_TRUE(retried);
-  EXPECT_GT(first_step_after_retry, 25);
+  const Retry retry = FindRetry(events);
+  EXPECT_TRUE(retry.happened);
+  EXPECT_GT(retry.first_step_after, 25);
 }
 
 lora::v1::JobSpec MultiRankSpec(int steps, int checkpoint_interval, int world,
@@ -372,23 +382,16 @@ TEST_F(ServiceTest, LosingOneRankRestartsAllRanksFromTheLatestCheckpoint) {
                             return true;
                           })
                   .ok());
-  bool retried = false, named = false;
-  int64_t first_step_after_retry = -1;
+  bool named = false;
   for (const auto& e : events) {
     if (e.has_log() && e.log().level() == "error" &&
         e.log().message().find("rank 2") != std::string::npos)
       named = true;
-    if (e.has_state_change() && e.state_change().to() == lora::v1::QUEUED &&
-        e.state_change().from() != 0) {
-      retried = true;
-      EXPECT_THAT(e.state_change().reason(), HasSubstr("resuming from step"));
-    }
-    if (retried && e.has_metrics() && first_step_after_retry < 0)
-      first_step_after_retry = e.metrics().step();
   }
-  EXPECT_TRUE(retried);
+  const Retry retry = FindRetry(events);
+  EXPECT_TRUE(retry.happened);
   EXPECT_TRUE(named) << "the lost rank is named in the job's log";
-  EXPECT_GT(first_step_after_retry, 20);
+  EXPECT_GT(retry.first_step_after, 20);
 }
 
 TEST_F(ServiceTest, RestartedLoradLosesNoJobAndWatchersResume) {
