@@ -12,6 +12,7 @@
 #include "worker/engine/dist/ring_attention.h"
 #include "worker/engine/lora/converter.h"
 #include "worker/engine/model/rope.h"
+#include "worker/engine/train/adamw.h"
 
 namespace lora::dist {
 namespace {
@@ -402,15 +403,7 @@ double ParallelLlama::ClipGradients(double max_norm) {
   }
   torch::Tensor total = torch::tensor({local}, torch::kFloat64);
   dist_->group({Dim::kPp, Dim::kTp}).AllReduceSum(total);
-  const double norm = std::sqrt(total.item<double>());
-  if (max_norm > 0 && norm > max_norm) {
-    const double scale = max_norm / (norm + 1e-6);
-    torch::NoGradGuard no_grad;
-    for (const auto& [name, p] : trainable_) {
-      if (p.grad().defined()) p.grad().mul_(scale);
-    }
-  }
-  return norm;
+  return ClipGradientsToNorm(trainable_, std::sqrt(total.item<double>()), max_norm);
 }
 
 torch::Tensor ParallelLlama::Full(const torch::Tensor& local, const std::string& name, bool owned) {

@@ -76,7 +76,10 @@ double GradSquaredSum(const NamedTensors& params) {
 }
 
 double ClipGradNorm(const NamedTensors& params, double max_norm) {
-  const double norm = std::sqrt(GradSquaredSum(params));
+  return ClipGradientsToNorm(params, std::sqrt(GradSquaredSum(params)), max_norm);
+}
+
+double ClipGradientsToNorm(const NamedTensors& params, double norm, double max_norm) {
   if (max_norm > 0 && norm > max_norm) {
     const double scale = max_norm / (norm + 1e-6);
     torch::NoGradGuard no_grad;

@@ -53,6 +53,10 @@ class AdamW {
 // `max_norm` when max_norm > 0. Returns the norm before clipping.
 double ClipGradNorm(const NamedTensors& params, double max_norm);
 
+// The clipping step alone, for a `norm` computed elsewhere (e.g. summed over ranks): scales
+// the gradients to max_norm when it is exceeded (max_norm <= 0: never). Returns `norm`.
+double ClipGradientsToNorm(const NamedTensors& params, double norm, double max_norm);
+
 // Sum of squared gradient entries, for callers that combine norms across ranks.
 double GradSquaredSum(const NamedTensors& params);
 
