@@ -3,24 +3,32 @@
 //
 //   train_bench                       # the whole table (each row in its own process, for RSS)
 //   train_bench --row lora --dtype bf16 [--steps 20 --warmup 3 --seq-len 256 --batch 8]
+//   train_bench --device cuda --flavor llama3.2-1b --seq-len 2048 --batch 4 --dtypes bf16
 //
-// MFU = achieved FLOP/s (worker/engine/train/flops.h convention) / the 2048x2048 matmul rate
-// this program measures first, per dtype.
+// Rows: lora-train LoRA and full fine-tuning (fused CPU kernels; on the CPU also the portable
+// SDPA path), then the same model and loop in PyTorch eager and under torch.compile.
+// MFU = achieved FLOP/s (worker/engine/train/flops.h convention) / the square matmul rate this
+// program measures first, per dtype, on the same device (2048 on the CPU, 8192 on a GPU).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/autocast_mode.h>
+#include <c10/cuda/CUDACachingAllocator.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <torch/csrc/autograd/profiler_legacy.h>
+#include <torch/cuda.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
 #include <thread>
 
 #include "CLI/CLI.hpp"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 #include "nlohmann/json.hpp"
 #include "worker/engine/cli/runtime_env.h"
 #include "worker/engine/data/batcher.h"
@@ -37,16 +45,24 @@ double Now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-double MatmulGflops(torch::Dtype dtype) {
-  torch::Tensor a = torch::randn({2048, 2048}).to(dtype), b = torch::randn({2048, 2048}).to(dtype);
+void Sync(const torch::Device& device) {
+  if (device.is_cuda()) torch::cuda::synchronize(device.index());
+}
+
+double MatmulGflops(torch::Dtype dtype, const torch::Device& device) {
+  const int64_t n = device.is_cuda() ? 8192 : 2048;
+  const auto opts = torch::TensorOptions().dtype(dtype).device(device);
+  torch::Tensor a = torch::randn({n, n}, opts), b = torch::randn({n, n}, opts);
   torch::mm(a, b);
+  Sync(device);
   double best = 1e30;
   for (int r = 0; r < 5; ++r) {
     double t0 = Now();
     torch::mm(a, b);
+    Sync(device);
     best = std::min(best, Now() - t0);
   }
-  return 2.0 * 2048 * 2048 * 2048 / best / 1e9;
+  return 2.0 * n * n * n / best / 1e9;
 }
 
 struct RowOptions {
@@ -57,6 +73,9 @@ struct RowOptions {
   int64_t seq_len = 256;
   int64_t batch = 8;
   std::string flavor = "debugmodel";
+  std::string device = "cpu";
+  std::string dtypes = "fp32,bf16";  // the table's dtypes
+  bool portable = false;             // SDPA and unfused SwiGLU instead of the fused CPU kernels
   bool checkpointing = false;
   std::string profile;  // chrome-trace file of the measured steps
 };
@@ -70,6 +89,7 @@ int RunRow(const RowOptions& o) {
   // LoRA keeps the frozen base in bf16 (no master copy needed); full fine-tuning needs fp32
   // master weights and runs bf16 through autocast.
   const torch::Dtype base_dtype = (bf16 && !full) ? torch::kBFloat16 : torch::kFloat32;
+  const torch::Device device(o.device);
   LlamaForCausalLM model(c, base_dtype);
   InitializeWeights(*model, 0);
   model->model->set_activation_checkpointing(o.checkpointing);
@@ -83,6 +103,8 @@ int RunRow(const RowOptions& o) {
     if (full) item.value().set_requires_grad(true);
     if (item.value().requires_grad()) trainable.emplace_back(item.key(), item.value());
   }
+  model->to(device);
+  model->model->set_fused_kernels(device.is_cpu() && !o.portable);
   AdamW opt(trainable, {});
   torch::Tensor ids = torch::randint(0, c.vocab_size, {o.batch, o.seq_len + 1});
   Batch batch;
@@ -92,8 +114,8 @@ int RunRow(const RowOptions& o) {
       torch::arange(o.seq_len).unsqueeze(0).expand({o.batch, o.seq_len}).contiguous();
   batch.num_targets = o.batch * o.seq_len;
   if (full && bf16) {
-    at::autocast::set_cpu_enabled(true);
-    at::autocast::set_autocast_cpu_dtype(at::kBFloat16);
+    at::autocast::set_autocast_enabled(device.type(), true);
+    at::autocast::set_autocast_dtype(device.type(), at::kBFloat16);
   }
   model->train();
   std::vector<double> times;
@@ -102,13 +124,18 @@ int RunRow(const RowOptions& o) {
     if (step == o.warmup && !o.profile.empty()) {
       profiler = std::make_unique<torch::autograd::profiler::RecordProfile>(o.profile);
     }
+    if (step == o.warmup && device.is_cuda())
+      c10::cuda::CUDACachingAllocator::resetPeakStats(device.index());
+    Sync(device);
     const double t0 = Now();
     for (auto& [name, p] : trainable) p.mutable_grad() = torch::Tensor();
     torch::Tensor loss = BatchLossSum(*model, batch) / static_cast<double>(batch.num_targets);
     loss.backward();
     ClipGradNorm(trainable, 1.0);
     opt.Step(1e-4);
+    (void)loss.item<double>();  // the step's logged loss: one host sync, as `lora-train run`
     if (full && bf16) at::autocast::clear_cache();
+    Sync(device);
     if (step >= o.warmup) times.push_back(Now() - t0);
   }
   profiler.reset();
@@ -117,12 +144,21 @@ int RunRow(const RowOptions& o) {
   const double tps = static_cast<double>(o.batch * o.seq_len) / step_s;
   struct rusage usage;
   ::getrusage(RUSAGE_SELF, &usage);
+  int64_t peak_gpu = 0;
+  if (device.is_cuda()) {
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
+    peak_gpu =
+        stats.allocated_bytes[static_cast<size_t>(c10::CachingDeviceAllocator::StatType::AGGREGATE)]
+            .peak;
+  }
   nlohmann::json j = {{"row", o.row},
                       {"dtype", o.dtype},
                       {"step_seconds", step_s},
                       {"tokens_per_second", tps},
                       {"flops_per_token", TrainingFlopsPerToken(c, o.seq_len, lora_params, full)},
+                      {"trainable_parameters", lora_params},
                       {"peak_rss_bytes", static_cast<int64_t>(usage.ru_maxrss) * 1024},
+                      {"peak_gpu_bytes", peak_gpu},
                       {"threads", at::get_num_threads()}};
   std::cout << j.dump() << std::endl;
   return 0;
@@ -152,70 +188,105 @@ nlohmann::json RunChild(const std::vector<std::string>& argv) {
 
 int RunTable(const RowOptions& base) {
   at::set_num_threads(static_cast<int>(std::thread::hardware_concurrency()));
-  const double peak_fp32 = MatmulGflops(torch::kFloat32),
-               peak_bf16 = MatmulGflops(torch::kBFloat16);
-  std::cout << absl::StrFormat(
-      "matmul 2048x2048: fp32 %.0f GFLOP/s, bf16 %.0f GFLOP/s (%d threads)\n", peak_fp32, peak_bf16,
-      at::get_num_threads());
+  const torch::Device device(base.device);
+  const bool gpu = device.is_cuda();
+  const double peak_fp32 = MatmulGflops(torch::kFloat32, device),
+               peak_bf16 = MatmulGflops(torch::kBFloat16, device);
+  const int64_t n = gpu ? 8192 : 2048;
+  std::cout << absl::StrFormat("matmul %dx%d on %s: fp32 %.0f GFLOP/s, bf16 %.0f GFLOP/s", n, n,
+                               device.str(), peak_fp32, peak_bf16)
+            << (gpu ? "\n" : absl::StrFormat(" (%d threads)\n", at::get_num_threads()));
   std::cout << absl::StrFormat(
       "%s LoRA r8 (7 projections), seq %d, batch %d, %d steps after %d warmup (median)\n\n",
       base.flavor, base.seq_len, base.batch, base.steps, base.warmup);
-  std::cout << absl::StrFormat("%-28s %10s %10s %8s %10s\n", "row", "tok/s", "step_ms", "MFU",
-                               "peak_RSS");
-  const std::string self = "/proc/self/exe";
+  std::cout << absl::StrFormat("%-34s %10s %10s %8s %10s\n", "row", "tok/s", "step_ms", "MFU",
+                               gpu ? "peak_GPU" : "peak_RSS");
   char exe[4096];
-  ssize_t n = ::readlink(self.c_str(), exe, sizeof(exe) - 1);
-  exe[n > 0 ? n : 0] = '\0';
+  ssize_t len = ::readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+  exe[len > 0 ? len : 0] = '\0';
+  const LlamaConfig c = *LlamaConfig::FromFlavor(base.flavor);
   std::map<std::string, double> tps;
-  for (const char* dtype : {"fp32", "bf16"}) {
-    for (const char* row : {"lora", "full"}) {
-      auto j = RunChild({exe, "--row", row, "--dtype", dtype, "--steps", std::to_string(base.steps),
-                         "--warmup", std::to_string(base.warmup), "--seq-len",
-                         std::to_string(base.seq_len), "--batch", std::to_string(base.batch),
-                         "--flavor", base.flavor});
+  auto print = [&](const std::string& label, const std::string& dtype, const nlohmann::json& j,
+                   double flops_per_token) {
+    const double peak = dtype == "bf16" ? peak_bf16 : peak_fp32;
+    const double t = j["tokens_per_second"].get<double>();
+    const double mem = j.value(gpu ? "peak_gpu_bytes" : "peak_rss_bytes", 0.0);
+    std::cout << absl::StrFormat("%-34s %10.0f %10.1f %7.1f%% %10s\n", label, t,
+                                 1000 * j["step_seconds"].get<double>(),
+                                 100 * t * flops_per_token / (peak * 1e9),
+                                 mem > 0 ? absl::StrFormat("%.0fM", mem / 1048576) : "-");
+  };
+  auto common = [&](std::vector<std::string> argv) {
+    for (const std::string& a :
+         {std::string("--steps"), std::to_string(base.steps), std::string("--warmup"),
+          std::to_string(base.warmup), std::string("--seq-len"), std::to_string(base.seq_len),
+          std::string("--batch"), std::to_string(base.batch), std::string("--flavor"), base.flavor,
+          std::string("--device"), base.device}) {
+      argv.push_back(a);
+    }
+    return argv;
+  };
+  int64_t lora_params = 0;
+  for (const std::string& dtype : std::vector<std::string>(absl::StrSplit(base.dtypes, ','))) {
+    struct Variant {
+      const char* row;
+      bool portable;
+      const char* label;
+    };
+    std::vector<Variant> variants = {{"lora", false, "LoRA"}, {"full", false, "full FT"}};
+    if (!gpu) variants.insert(variants.begin() + 1, {"lora", true, "LoRA, SDPA"});
+    for (const Variant& v : variants) {
+      std::vector<std::string> argv = common({exe, "--row", v.row, "--dtype", dtype});
+      if (v.portable) argv.push_back("--portable-kernels");
+      auto j = RunChild(argv);
       if (j.is_null()) continue;
-      const double peak = std::string(dtype) == "bf16" ? peak_bf16 : peak_fp32;
-      const double mfu =
-          j["tokens_per_second"].get<double>() * j["flops_per_token"].get<double>() / (peak * 1e9);
-      tps[std::string(row) + dtype] = j["tokens_per_second"];
-      std::cout << absl::StrFormat(
-          "%-28s %10.0f %10.1f %7.1f%% %9.0fM\n",
-          absl::StrCat("lora-train ", row == std::string("lora") ? "LoRA" : "full FT", " ", dtype),
-          j["tokens_per_second"].get<double>(), 1000 * j["step_seconds"].get<double>(), 100 * mfu,
-          j["peak_rss_bytes"].get<double>() / 1048576);
+      if (std::string(v.row) == "lora") lora_params = j.value("trainable_parameters", int64_t{0});
+      tps[absl::StrCat(v.row, v.portable ? "-sdpa" : "", dtype)] = j["tokens_per_second"];
+      print(absl::StrCat("lora-train ", v.label, " ", dtype), dtype, j,
+            j["flops_per_token"].get<double>());
     }
-    // PyTorch eager, best of its default threading and one thread per core.
-    std::string script = std::string(LORA_SOURCE_DIR) + "/bench/python/eager_lora_train.py";
-    double best = 0;
-    nlohmann::json best_j;
-    for (const char* threads : {"0", "2"}) {
-      auto j = RunChild({"/usr/bin/python3", script, "--dtype", dtype, "--steps",
-                         std::to_string(base.steps), "--warmup", std::to_string(base.warmup),
-                         "--seq-len", std::to_string(base.seq_len), "--batch",
-                         std::to_string(base.batch), "--threads", threads});
-      if (!j.is_null() && j["tokens_per_second"].get<double>() > best)
-        best = j["tokens_per_second"], best_j = j;
-    }
-    if (best > 0) {
-      const double peak = std::string(dtype) == "bf16" ? peak_bf16 : peak_fp32;
-      LlamaConfig c = *LlamaConfig::FromFlavor(base.flavor);
-      const double mfu = best * TrainingFlopsPerToken(c, base.seq_len, 245760) / (peak * 1e9);
-      tps[std::string("python") + dtype] = best;
-      std::cout << absl::StrFormat(
-          "%-28s %10.0f %10.1f %7.1f%% %10s\n",
-          absl::StrCat("PyTorch eager LoRA ", dtype, " (", best_j["threads"].get<int>(), "t)"),
-          best, 1000 * best_j["step_seconds"].get<double>(), 100 * mfu, "-");
+    // The Python loop: eager (on the CPU the best of its default threading and one thread per
+    // core), then torch.compile.
+    // LORA_PYTHON / LORA_TEST_SOURCE_DIR: another machine's Python and checkout (gpu-check.sh).
+    const char* env_python = std::getenv("LORA_PYTHON");
+    const char* env_source = std::getenv("LORA_TEST_SOURCE_DIR");
+    const std::string python = env_python != nullptr ? env_python : LORA_PYTHON;
+    const std::string script = std::string(env_source != nullptr ? env_source : LORA_SOURCE_DIR) +
+                               "/bench/python/eager_lora_train.py";
+    for (bool compiled : {false, true}) {
+      double best = 0;
+      nlohmann::json best_j;
+      std::vector<const char*> thread_choices =
+          gpu || compiled ? std::vector<const char*>{"0"} : std::vector<const char*>{"0", "2"};
+      for (const char* threads : thread_choices) {
+        std::vector<std::string> argv =
+            common({python, script, "--dtype", dtype, "--threads", threads});
+        if (compiled) argv.push_back("--compile");
+        auto j = RunChild(argv);
+        if (!j.is_null() && j["tokens_per_second"].get<double>() > best)
+          best = j["tokens_per_second"], best_j = j;
+      }
+      if (best <= 0) continue;
+      tps[absl::StrCat(compiled ? "compiled" : "eager", dtype)] = best;
+      print(absl::StrCat("PyTorch ", compiled ? "compile" : "eager", " LoRA ", dtype,
+                         gpu ? "" : absl::StrCat(" (", best_j["threads"].get<int>(), "t)")),
+            dtype, best_j, TrainingFlopsPerToken(c, base.seq_len, lora_params));
     }
   }
   std::cout << "\nratios (same run):\n";
-  for (const char* dtype : {"fp32", "bf16"}) {
-    const std::string d = dtype;
-    if (tps.count("lora" + d) && tps.count("python" + d)) {
-      std::cout << absl::StrFormat("  lora-train / PyTorch eager, %s: %.2fx\n", dtype,
-                                   tps["lora" + d] / tps["python" + d]);
+  for (const std::string& d : std::vector<std::string>(absl::StrSplit(base.dtypes, ','))) {
+    for (const char* other : {"eager", "compiled"}) {
+      if (tps.count("lora" + d) && tps.count(other + d)) {
+        std::cout << absl::StrFormat("  lora-train / PyTorch %s, %s: %.2fx\n", other, d,
+                                     tps["lora" + d] / tps[other + d]);
+      }
+    }
+    if (tps.count("lora" + d) && tps.count("lora-sdpa" + d)) {
+      std::cout << absl::StrFormat("  fused CPU kernels / SDPA path, %s: %.2fx\n", d,
+                                   tps["lora" + d] / tps["lora-sdpa" + d]);
     }
     if (tps.count("lora" + d) && tps.count("full" + d)) {
-      std::cout << absl::StrFormat("  LoRA / full fine-tuning step time, %s: %.2fx faster\n", dtype,
+      std::cout << absl::StrFormat("  LoRA / full fine-tuning step time, %s: %.2fx faster\n", d,
                                    tps["lora" + d] / tps["full" + d]);
     }
   }
@@ -237,6 +308,9 @@ int main(int argc, char** argv) {
   app.add_option("--seq-len", o.seq_len);
   app.add_option("--batch", o.batch);
   app.add_option("--flavor", o.flavor);
+  app.add_option("--device", o.device, "cpu | cuda (cuda:N)");
+  app.add_option("--dtypes", o.dtypes, "The table's dtypes, comma-separated");
+  app.add_flag("--portable-kernels", o.portable, "SDPA and unfused SwiGLU (with --row)");
   app.add_flag("--checkpointing", o.checkpointing, "Full activation checkpointing");
   app.add_option("--profile", o.profile, "Write a chrome trace of the measured steps (with --row)");
   CLI11_PARSE(app, argc, argv);

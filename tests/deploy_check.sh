@@ -4,7 +4,7 @@
 # the controllers rely on.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-/usr/bin/python3 - <<'PY'
+"${LORA_PYTHON:-python3}" - <<'PY'
 import glob, sys, yaml
 ok = True
 for path in sorted(glob.glob("deploy/**/*.yaml", recursive=True)):

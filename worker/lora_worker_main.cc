@@ -45,7 +45,10 @@ int main(int argc, char** argv) {
   app.add_option("--device", o.device, "cpu | cuda")
       ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();
-  app.add_option("--slots", o.slots, "Ranks this worker runs at once")->capture_default_str();
+  CLI::Option* slots_flag =
+      app.add_option("--slots", o.slots,
+                     "Ranks this worker runs at once (cuda: default one per visible GPU)")
+          ->capture_default_str();
   app.add_option("--threads-per-rank", o.threads_per_rank,
                  "Intra-op threads per rank (0 = all cores)")
       ->capture_default_str();
@@ -54,9 +57,29 @@ int main(int argc, char** argv) {
   app.add_option("--token", o.token, "Worker bearer token (env LORA_WORKER_TOKEN)");
   CLI11_PARSE(app, argc, argv);
   // Advertise only what the engine can run: a CPU-only lora-train must not take CUDA jobs.
-  if (absl::Status s = lora::CheckEngineSupportsDevice(o.lora_train, o.device); !s.ok()) {
-    std::cerr << "lora-worker: " << s.message() << std::endl;
+  absl::StatusOr<lora::EngineProbe> probe = lora::CheckEngineSupportsDevice(o.lora_train, o.device);
+  if (!probe.ok()) {
+    std::cerr << "lora-worker: " << probe.status().message() << std::endl;
     return 1;
+  }
+  if (o.device == "cuda") {
+    // One rank per GPU: NCCL refuses two ranks of one communicator on a device.
+    const int gpus = static_cast<int>(probe->gpus.size());
+    if (slots_flag->count() == 0) o.slots = gpus;
+    if (o.slots > gpus) {
+      std::cerr << "lora-worker: --slots " << o.slots << " but lora-train sees " << gpus
+                << " GPU(s): one rank per GPU" << std::endl;
+      return 1;
+    }
+    for (const lora::EngineGpu& g : probe->gpus) {
+      lora::worker::v1::GpuInfo info;
+      info.set_index(g.index);
+      info.set_name(g.name);
+      info.set_memory_bytes(g.total_memory_bytes);
+      o.gpus.push_back(std::move(info));
+      std::cerr << "lora-worker: cuda:" << g.index << " " << g.name << " ("
+                << g.total_memory_bytes / (1 << 20) << " MiB)" << std::endl;
+    }
   }
   if (absl::Status s = lora::MakeDirectories(o.work_dir); !s.ok()) {
     std::cerr << "lora-worker: " << s.message() << std::endl;

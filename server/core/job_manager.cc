@@ -444,6 +444,11 @@ absl::StatusOr<wv1::RegisterAck> JobManager::WorkerConnected(
   w.channel = std::move(channel);
   w.capabilities = reg.capabilities();
   if (w.capabilities.slots() <= 0) w.capabilities.set_slots(1);
+  // One rank per GPU: a cuda worker never gets more ranks than the GPUs it advertised.
+  if (w.capabilities.device() == "cuda" && w.capabilities.gpus_size() > 0 &&
+      w.capabilities.slots() > w.capabilities.gpus_size()) {
+    w.capabilities.set_slots(w.capabilities.gpus_size());
+  }
   w.address = reg.address();
   w.last_seen = absl::Now();
   w.used_slots = 0;
@@ -847,7 +852,10 @@ std::map<std::string, JobManager::DevicePool> JobManager::ConnectedPools() const
 
 std::string JobManager::QueueReason(const std::string& device, int ranks, const DevicePool& pool,
                                     int free_slots, int connected_workers) {
-  const std::string slots = absl::StrCat(ranks, " ", device, ranks == 1 ? " slot" : " slots");
+  // A cuda slot is one GPU (one rank per GPU).
+  const std::string slots = device == "cuda"
+                                ? absl::StrCat(ranks, ranks == 1 ? " GPU" : " GPUs")
+                                : absl::StrCat(ranks, " ", device, ranks == 1 ? " slot" : " slots");
   if (pool.workers == 0) {
     return absl::StrCat("no connected worker has device ", device, " (", connected_workers,
                         connected_workers == 1 ? " worker" : " workers", " connected)");

@@ -25,7 +25,7 @@ ProcessResult Train(std::vector<std::string> args) {
 
 ProcessResult Reference(std::vector<std::string> args) {
   args.insert(args.begin(), testing::SourcePath("tests/python/llama_reference.py"));
-  args.insert(args.begin(), "/usr/bin/python3");
+  args.insert(args.begin(), LORA_PYTHON);
   return RunProcess(args, 240);
 }
 

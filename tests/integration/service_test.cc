@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <google/protobuf/util/json_util.h>
+#include <algorithm>
 #include <atomic>
 #include <filesystem>
 #include <fstream>
@@ -15,6 +16,7 @@
 
 #include <grpcpp/generic/generic_stub.h>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/sha256.h"
 #include "gmock/gmock.h"
@@ -34,6 +36,7 @@ using testing::Lorad;
 using testing::ProcessResult;
 using testing::TinyTrainSpec;
 using testing::WaitForJob;
+namespace fs = std::filesystem;
 
 // GET `path` from 127.0.0.1:`port`; the raw HTTP response (defined below).
 std::string HttpGet(int port, const std::string& path);
@@ -513,7 +516,7 @@ TEST_F(ServiceTest, CudaJobsWaitWithAReasonWithoutHoldingUpCpuJobs) {
                           60);
   EXPECT_EQ(refused.exit_code, 1);
   EXPECT_THAT(refused.err, HasSubstr("--device cuda but"));
-  EXPECT_THAT(refused.err, HasSubstr("was built without CUDA"));
+  EXPECT_THAT(refused.err, HasSubstr("sees no CUDA device"));
 
   auto lorad = StartLorad(1);
   auto client = lorad->Client();
@@ -644,6 +647,75 @@ TEST_F(ServiceTest, MetricsEndpointPassesPromtool) {
   auto check = testing::RunProcess(
       {"/bin/sh", "-c", "promtool check metrics < " + dir_.Join("metrics.txt")});
   EXPECT_EQ(check.exit_code, 0) << check.out << check.err;
+}
+
+// A cuda worker advertises the GPUs its engine sees, runs at most one rank per GPU, and gives
+// each rank its own GPU (LOCAL_RANK); a job wider than the GPUs waits, saying so. The engine is a
+// stand-in script that reports two GPUs (this machine has none) and records each rank's env.
+TEST_F(ServiceTest, CudaWorkerAdvertisesItsGpusAndGivesEachRankItsOwn) {
+  const std::string fake = dir_.Join("fake-lora-train.sh");
+  const std::string record = dir_.Join("ranks.txt");
+  std::ofstream(fake)
+      << "#!/bin/sh\n"
+         "if [ \"$1\" = version ]; then\n"
+         "  echo '{\"version\":\"fake\",\"torch_version\":\"2.11.0\","
+         "\"cuda_compiled\":true,\"cuda_version\":\"13.0\","
+         "\"nccl_version\":\"2.28.9\",\"devices\":[\"cpu\",\"cuda\"],"
+         "\"cuda_devices\":[{\"index\":0,\"name\":\"Fake GPU\","
+         "\"total_memory_bytes\":1073741824},{\"index\":1,\"name\":\"Fake GPU\","
+         "\"total_memory_bytes\":1073741824}]}'\n"
+         "  exit 0\n"
+         "fi\n"
+         "echo \"rank=$RANK local_rank=$LOCAL_RANK local_world=$LOCAL_WORLD_SIZE\" >> "
+      << record << "\nsleep 2\nexit 3\n";
+  fs::permissions(fake, fs::perms::owner_all);
+
+  ProcessResult too_many = testing::RunProcess(
+      {testing::BinaryPath("worker/lora-worker"), "--device", "cuda", "--slots", "3",
+       "--lora-train", fake, "--controller", "127.0.0.1:1", "--work-dir", dir_.Join("w0")},
+      60);
+  EXPECT_EQ(too_many.exit_code, 1);
+  EXPECT_THAT(too_many.err, HasSubstr("--slots 3 but lora-train sees 2 GPU(s)"));
+
+  auto lorad = StartLorad(0);
+  testing::ChildProcess worker(
+      {testing::BinaryPath("worker/lora-worker"), "--controller", lorad->address(), "--worker-id",
+       "gpu-1", "--device", "cuda", "--lora-train", fake, "--work-dir", dir_.Join("w1")},
+      dir_.Join("worker.out"), dir_.Join("worker.err"));
+  auto client = lorad->Client();
+  auto cuda_spec = [](int world) {
+    auto spec = TinyTrainSpec(5);
+    spec.mutable_resources()->set_device("cuda");
+    spec.mutable_resources()->set_world_size(world);
+    spec.mutable_parallelism()->set_data_parallel_shard_degree(world);
+    return spec;
+  };
+  auto wide = client->CreateJob(cuda_spec(3), "");
+  ASSERT_TRUE(wide.ok()) << wide.status();
+  Job waiting = WaitForJob(*client, wide->name(), [](const Job& j) {
+    return absl::StrContains(j.queue_reason(), "needs 3 GPUs");
+  });
+  EXPECT_EQ(waiting.queue_reason(),
+            "needs 3 GPUs at once; the connected cuda workers have 2 in all")
+      << testing::ReadFile(dir_.Join("worker.err"));
+  ASSERT_TRUE(client->CancelJob(wide->name()).ok());
+
+  auto two = client->CreateJob(cuda_spec(2), "");
+  ASSERT_TRUE(two.ok()) << two.status();
+  // Both ranks start on the one worker, each on its own GPU.
+  std::string ranks;
+  for (int i = 0; i < 200; ++i) {
+    ranks = testing::ReadFile(record);
+    if (std::count(ranks.begin(), ranks.end(), '\n') >= 2) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_THAT(ranks, HasSubstr("rank=0 local_rank="));
+  EXPECT_THAT(ranks, HasSubstr("rank=1 local_rank="));
+  EXPECT_THAT(ranks, HasSubstr("local_rank=0 local_world=2"));
+  EXPECT_THAT(ranks, HasSubstr("local_rank=1 local_world=2"));
+  ASSERT_TRUE(client->CancelJob(two->name()).ok());
+  worker.Signal(SIGTERM);
+  EXPECT_EQ(worker.Wait(30), 0);
 }
 
 }  // namespace

@@ -1,5 +1,7 @@
 #include "tests/integration/subprocess.h"
 
+#include <cstdlib>
+
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -69,11 +71,15 @@ std::string ReadFile(const std::string& path) {
   return out;
 }
 
+// LORA_TEST_BINARY_DIR / LORA_TEST_SOURCE_DIR relocate a test binary (scripts/gpu-check.sh runs
+// binaries built on another machine); by default the paths are the build's own.
 std::string BinaryPath(const std::string& relative) {
-  return std::string(LORA_BINARY_DIR) + "/" + relative;
+  const char* dir = std::getenv("LORA_TEST_BINARY_DIR");
+  return std::string(dir != nullptr && *dir != '\0' ? dir : LORA_BINARY_DIR) + "/" + relative;
 }
 std::string SourcePath(const std::string& relative) {
-  return std::string(LORA_SOURCE_DIR) + "/" + relative;
+  const char* dir = std::getenv("LORA_TEST_SOURCE_DIR");
+  return std::string(dir != nullptr && *dir != '\0' ? dir : LORA_SOURCE_DIR) + "/" + relative;
 }
 
 ProcessResult RunProcess(const std::vector<std::string>& argv, double timeout_s,

@@ -1,4 +1,4 @@
-#!/usr/bin/python3
+#!/usr/bin/env python3
 """Independent reference for lora-train, written from shared/reference/FORMATS.md.
 
 Reads Hugging Face Llama checkpoints and PEFT adapters with its own safetensors parser and

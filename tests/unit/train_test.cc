@@ -1,10 +1,12 @@
 #include <torch/torch.h>
 
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "worker/engine/data/batcher.h"
 #include "worker/engine/lora/converter.h"
 #include "worker/engine/model/llama.h"
 #include "worker/engine/train/adamw.h"
+#include "worker/engine/train/device.h"
 #include "worker/engine/train/flops.h"
 #include "worker/engine/train/lr_schedule.h"
 #include "worker/engine/train/trainer.h"
@@ -142,6 +144,27 @@ TEST_F(TrainStepTest, ActivationCheckpointingGivesTheSameGradients) {
     ASSERT_TRUE(recomputed[name].defined()) << name;
     EXPECT_TRUE(torch::allclose(g, recomputed[name], 1e-5, 1e-8)) << name;
   }
+}
+
+// LibTorch's out-of-memory exception (what the CUDA caching allocator throws) becomes
+// RESOURCE_EXHAUSTED naming the knobs; any other LibTorch error stays INTERNAL, without the
+// C++ backtrace.
+TEST(TorchErrorTest, OutOfMemoryIsResourceExhaustedNamingTheKnobs) {
+  const c10::OutOfMemoryError oom({__func__, __FILE__, static_cast<uint32_t>(__LINE__)},
+                                  "CUDA out of memory. Tried to allocate 2.00 GiB");
+  absl::Status s = StatusFromTorchError(oom, torch::Device(torch::kCPU));
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  for (const char* knob :
+       {"training.local_batch_size", "training.gradient_accumulation_steps", "training.seq_len",
+        "training.activation_checkpoint", "parallelism.data_parallel_shard_degree",
+        "Tried to allocate 2.00 GiB"}) {
+    EXPECT_THAT(std::string(s.message()), ::testing::HasSubstr(knob));
+  }
+  const c10::Error other({__func__, __FILE__, static_cast<uint32_t>(__LINE__)}, "shape mismatch");
+  absl::Status t = StatusFromTorchError(other, torch::Device(torch::kCPU));
+  EXPECT_EQ(t.code(), absl::StatusCode::kInternal);
+  EXPECT_THAT(std::string(t.message()), ::testing::HasSubstr("shape mismatch"));
+  EXPECT_THAT(std::string(t.message()), ::testing::Not(::testing::HasSubstr("Exception raised")));
 }
 
 }  // namespace

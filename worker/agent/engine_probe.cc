@@ -53,33 +53,54 @@ absl::StatusOr<EngineProbe> ProbeEngine(const std::string& lora_train) {
   absl::StatusOr<std::string> out = RunVersion(lora_train);
   if (!out.ok()) return out.status();
   nlohmann::json j = nlohmann::json::parse(*out, nullptr, /*allow_exceptions=*/false);
-  if (!j.is_object() || !j.contains("cuda")) {
-    return absl::FailedPreconditionError(
-        absl::StrCat(lora_train, " version --json printed no capabilities: ", *out));
-  }
+  // Every field is required: an engine that omits one is older or broken, and a default would
+  // advertise a device it may not have.
+  auto bad = [&](const char* field) {
+    return absl::FailedPreconditionError(absl::StrCat(lora_train, " version --json: field '", field,
+                                                      "' missing or of the wrong type"));
+  };
+  if (!j.is_object()) return bad("(the whole object)");
   EngineProbe p;
-  p.version = j.value("version", "");
-  p.torch_version = j.value("torch_version", "");
-  p.cuda = j.value("cuda", false);
-  p.cuda_devices = j.value("cuda_devices", 0);
+  for (auto [key, dst] : {std::pair{"version", &p.version},
+                          {"torch_version", &p.torch_version},
+                          {"cuda_version", &p.cuda_version},
+                          {"nccl_version", &p.nccl_version}}) {
+    if (!j.contains(key) || !j[key].is_string()) return bad(key);
+    *dst = j[key].get<std::string>();
+  }
+  if (!j.contains("cuda_compiled") || !j["cuda_compiled"].is_boolean()) return bad("cuda_compiled");
+  p.cuda_compiled = j["cuda_compiled"].get<bool>();
+  if (!j.contains("cuda_devices") || !j["cuda_devices"].is_array()) return bad("cuda_devices");
+  for (const auto& d : j["cuda_devices"]) {
+    if (!d.is_object() || !d.contains("index") || !d["index"].is_number_integer() ||
+        !d.contains("name") || !d["name"].is_string() || !d.contains("total_memory_bytes") ||
+        !d["total_memory_bytes"].is_number_integer()) {
+      return bad("cuda_devices[]");
+    }
+    p.gpus.push_back({d["index"].get<int>(), d["name"].get<std::string>(),
+                      d["total_memory_bytes"].get<int64_t>()});
+  }
   return p;
 }
 
-absl::Status CheckEngineSupportsDevice(const std::string& lora_train, const std::string& device) {
+absl::StatusOr<EngineProbe> CheckEngineSupportsDevice(const std::string& lora_train,
+                                                      const std::string& device) {
   absl::StatusOr<EngineProbe> p = ProbeEngine(lora_train);
   if (!p.ok()) return p.status();
-  if (device != "cuda") return absl::OkStatus();
-  if (!p->cuda) {
+  if (device != "cuda") return p;
+  if (!p->cuda_compiled) {
     return absl::FailedPreconditionError(absl::StrCat(
         "--device cuda but ", lora_train, " (", p->version, ", LibTorch ", p->torch_version,
-        ") was built without CUDA; build lora-train with -DLORA_WITH_CUDA=ON against a CUDA "
-        "LibTorch, or run this worker with --device cpu"));
+        ") was built without CUDA; run this worker with --device cpu"));
   }
-  if (p->cuda_devices == 0) {
+  if (p->gpus.empty()) {
     return absl::FailedPreconditionError(
-        absl::StrCat("--device cuda but ", lora_train, " sees no CUDA device"));
+        absl::StrCat("--device cuda but ", lora_train, " (LibTorch ", p->torch_version, ", CUDA ",
+                     p->cuda_version,
+                     ") sees no CUDA device: check the driver, CUDA_VISIBLE_DEVICES and "
+                     "the pod's nvidia.com/gpu limit, or run this worker with --device cpu"));
   }
-  return absl::OkStatus();
+  return p;
 }
 
 }  // namespace lora

@@ -2,28 +2,40 @@
 // never advertises a device its engine cannot use.
 //
 //   LORA_ASSIGN_OR_RETURN(EngineProbe p, ProbeEngine("/usr/bin/lora-train"));
-//   if (!p.cuda) ...
+//   if (p.gpus.empty()) ...
 #ifndef LORA_WORKER_AGENT_ENGINE_PROBE_H_
 #define LORA_WORKER_AGENT_ENGINE_PROBE_H_
 
+#include <cstdint>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 
 namespace lora {
 
+struct EngineGpu {
+  int index = 0;
+  std::string name;
+  int64_t total_memory_bytes = 0;
+};
+
 struct EngineProbe {
   std::string version;
   std::string torch_version;
-  bool cuda = false;
-  int cuda_devices = 0;
+  std::string cuda_version;
+  std::string nccl_version;
+  bool cuda_compiled = false;
+  std::vector<EngineGpu> gpus;  // visible to the engine now
 };
 
 absl::StatusOr<EngineProbe> ProbeEngine(const std::string& lora_train);
 
 // OK when `device` ("cpu" | "cuda") can run on the engine at `lora_train`; otherwise the reason.
-absl::Status CheckEngineSupportsDevice(const std::string& lora_train, const std::string& device);
+// On success for "cuda", the probe (with the GPUs to advertise).
+absl::StatusOr<EngineProbe> CheckEngineSupportsDevice(const std::string& lora_train,
+                                                      const std::string& device);
 
 }  // namespace lora
 

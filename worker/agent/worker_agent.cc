@@ -5,6 +5,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <iostream>
@@ -169,6 +170,13 @@ void WorkerAgent::FlushLocked() {
   }
 }
 
+int LowestFreeSlot(const std::vector<int>& held, int slots) {
+  for (int i = 0; i < slots; ++i) {
+    if (std::find(held.begin(), held.end(), i) == held.end()) return i;
+  }
+  return -1;
+}
+
 void WorkerAgent::Session() {
   auto context = std::make_unique<grpc::ClientContext>();
   AddMetadata(context.get());
@@ -183,6 +191,7 @@ void WorkerAgent::Session() {
     wv1::Capabilities* caps = r->mutable_capabilities();
     caps->set_device(options_.device);
     caps->set_slots(options_.slots);
+    for (const auto& gpu : options_.gpus) *caps->add_gpus() = gpu;
     caps->set_cpus(static_cast<int>(std::thread::hardware_concurrency()));
     caps->set_memory_bytes(static_cast<int64_t>(::sysconf(_SC_PHYS_PAGES)) *
                            ::sysconf(_SC_PAGESIZE));
@@ -461,8 +470,17 @@ void WorkerAgent::RunRank(Key key) {
   if (absl::Status s = WriteFileAtomically(spec_path, spec_json); !s.ok())
     return fail(std::string(s.message()));
   const int port = ref.rank() == 0 ? ReservePort() : a.master_port();
+  int slot = 0;
   {
     std::lock_guard<std::mutex> lock(mu_);
+    std::vector<int> held;
+    for (const auto& [k, other] : ranks_) {
+      if (other.get() != r && other->device_slot >= 0 && !other->exited)
+        held.push_back(other->device_slot);
+    }
+    // The controller never assigns more ranks than slots; fall back to 0 rather than refuse.
+    slot = std::max(0, LowestFreeSlot(held, options_.slots));
+    r->device_slot = slot;
     wv1::RankAccepted acc;
     *acc.mutable_ref() = ref;
     acc.set_master_port(port);
@@ -486,8 +504,13 @@ void WorkerAgent::RunRank(Key key) {
   std::map<std::string, std::string> env = {
       {"RANK", std::to_string(ref.rank())},
       {"WORLD_SIZE", std::to_string(std::max(1, a.world_size()))},
-      {"LOCAL_RANK", "0"},
-      {"LOCAL_WORLD_SIZE", "1"},
+      // The GPU of this rank's slot (lora-train trains on cuda:LOCAL_RANK).
+      {"LOCAL_RANK",
+       std::to_string(
+           options_.gpus.empty()
+               ? slot
+               : options_.gpus[static_cast<size_t>(slot) % options_.gpus.size()].index())},
+      {"LOCAL_WORLD_SIZE", std::to_string(std::max(1, options_.slots))},
       {"MASTER_ADDR", a.master_addr().empty() ? "127.0.0.1" : a.master_addr()},
       {"MASTER_PORT", std::to_string(port)},
       // Gloo binds to the address peers were told to use for this worker.

@@ -37,9 +37,14 @@ struct WorkerAgentOptions {
   std::string address = "127.0.0.1";  // where other ranks reach this worker
   std::string device = "cpu";
   int slots = 1;
-  std::string token;         // worker bearer token
+  std::vector<lora::worker::v1::GpuInfo> gpus;  // advertised; rank slot i runs on GPU gpus[i]
+  std::string token;                            // worker bearer token
   int threads_per_rank = 0;  // passed to lora-train as training.num_threads (0 = all cores)
 };
+
+// The lowest slot in [0, slots) that no running rank holds, or -1 when all are taken. A rank
+// keeps its slot, and so its GPU, from start to exit.
+int LowestFreeSlot(const std::vector<int>& held, int slots);
 
 class WorkerAgent {
  public:
@@ -60,6 +65,7 @@ class WorkerAgent {
     std::optional<lora::worker::v1::RankExited> exited;
     bool exit_sent = false;
     bool cancel_requested = false;
+    int device_slot = -1;  // which of the worker's slots (GPU) it holds while running
     std::thread runner;
     std::chrono::steady_clock::time_point done_at;
   };

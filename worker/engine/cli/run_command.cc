@@ -135,10 +135,12 @@ int RunJob(const RunOptions& o) {
   auto device = ResolveTrainingDevice(spec->resources().device());
   if (!device.ok()) return fail(device.status());
   if (world > 1 && !device->is_cpu()) {
-    // Never pretend: the multi-rank engine's buffers and process groups are CPU/Gloo only.
+    // Never pretend: the comm layer builds NCCL groups, but the multi-rank engine's shards and
+    // pipeline buffers are allocated on the CPU and have not run on a multi-GPU machine.
     return fail(absl::UnimplementedError(
-        "resources.device: multi-rank training on CUDA (NCCL process groups) is not "
-        "implemented in this build; run world_size = 1 on CUDA or multi-rank on CPU"));
+        "resources.device: multi-rank training on CUDA is not enabled yet (it needs one GPU "
+        "per rank and has not been verified on a multi-GPU machine); run world_size = 1 on "
+        "CUDA or multi-rank on CPU"));
   }
   if (world > 1 && o.portable_kernels) {
     return fail(absl::InvalidArgumentError(
@@ -154,10 +156,9 @@ int RunJob(const RunOptions& o) {
   absl::StatusOr<TrainResult> result;
   try {
     result = world > 1 ? dist::RunDistributedTraining(t) : RunTraining(t);
-  } catch (const c10::Error& e) {
-    result = absl::InternalError(absl::StrCat("LibTorch: ", e.what_without_backtrace()));
   } catch (const std::exception& e) {
-    result = absl::InternalError(e.what());
+    // CUDA out-of-memory becomes RESOURCE_EXHAUSTED with the memory figures and the knobs.
+    result = StatusFromTorchError(e, t.device);
   }
   if (!result.ok()) return fail(result.status());
   return result->interrupted ? kExitInterrupted : kExitOk;

@@ -1,8 +1,10 @@
 #include "worker/engine/dist/comm.h"
 
+#include <c10/cuda/CUDAFunctions.h>
 #include <unistd.h>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
 #include <cstdlib>
@@ -45,7 +47,7 @@ bool IsPeerFailure(const std::string& detail) {
 
 }  // namespace
 
-Group::Group(c10::intrusive_ptr<c10d::ProcessGroup> pg, int rank, int size,
+Group::Group(c10::intrusive_ptr<c10d::Backend> pg, int rank, int size,
              std::chrono::milliseconds timeout, std::vector<int> world_ranks)
     : pg_(std::move(pg)),
       rank_(rank),
@@ -87,19 +89,43 @@ void Group::AllReduceSum(torch::Tensor& t) {
 
 torch::Tensor Group::AllGather(const torch::Tensor& t, int64_t dim) {
   if (size_ == 1) return t;
-  torch::Tensor src = AsTransferable(t.contiguous());
-  std::vector<std::vector<torch::Tensor>> out(1);
-  for (int i = 0; i < size_; ++i) out[0].push_back(torch::empty_like(src));
-  std::vector<torch::Tensor> in = {src};
+  // One contiguous buffer of size x the input's first dimension, filled by the backend in rank
+  // order: already the concatenation along dim 0, no per-rank list and no extra copy.
+  torch::Tensor src = AsTransferable(t.dim() == 0 ? t.reshape({1}) : t.contiguous());
+  std::vector<int64_t> shape = src.sizes().vec();
+  shape[0] *= size_;
+  torch::Tensor out = torch::empty(shape, src.options());
   bytes_sent_ += (size_ - 1) * src.numel() * src.element_size();
-  Wait(pg_->allgather(out, in), "all-gather");
-  torch::Tensor cat = torch::cat(out[0], dim);
-  return cat.scalar_type() == t.scalar_type() ? cat : cat.view(t.scalar_type());
+  Wait(pg_->_allgather_base(out, src), "all-gather");
+  if (out.scalar_type() != t.scalar_type()) out = out.view(t.scalar_type());
+  const int64_t d = dim < 0 ? dim + t.dim() : dim;
+  if (d == 0) return out;
+  // [size * d0, ...] -> [size, d0, ...] -> concatenation along `dim`.
+  std::vector<int64_t> split = t.sizes().vec();
+  split.insert(split.begin(), size_);
+  std::vector<int64_t> joined = t.sizes().vec();
+  joined[static_cast<size_t>(d)] *= size_;
+  return out.view(split).movedim(0, d).reshape(joined);
 }
 
 torch::Tensor Group::ReduceScatterSum(const torch::Tensor& t, int64_t dim) {
   if (size_ == 1) return t;
-  // Gloo has no reduce-scatter: a ring of sends and receives. In step s, rank r passes its
+  const int64_t d = dim < 0 ? dim + t.dim() : dim;
+  // Chunk i of `dim` goes to rank i: make the chunks contiguous along a leading axis.
+  torch::Tensor in = t.to(torch::kFloat32).movedim(d, 0).contiguous();
+  std::vector<int64_t> out_shape = in.sizes().vec();
+  out_shape[0] /= size_;
+  torch::Tensor out = torch::empty(out_shape, in.options());
+  bytes_sent_ += (size_ - 1) * out.numel() * out.element_size();
+  c10d::ReduceScatterOptions opts;
+  opts.reduceOp = c10d::ReduceOp::SUM;
+  Wait(pg_->_reduce_scatter_base(out, in, opts), "reduce-scatter");
+  return out.movedim(0, d).to(t.scalar_type()).contiguous();
+}
+
+torch::Tensor Group::RingReduceScatterSum(const torch::Tensor& t, int64_t dim) {
+  if (size_ == 1) return t;
+  // A ring of sends and receives. In step s, rank r passes its
   // running sum of chunk (r - s - 1) to r + 1 and adds what r - 1 sends into chunk (r - s - 2);
   // after size - 1 steps chunk r holds every rank's contribution. Each rank sends
   // (size - 1) / size of the tensor, half of what an all-reduce would.
@@ -221,8 +247,17 @@ Group& DistContext::group(const std::vector<Dim>& dims) {
   std::vector<int> members = mesh_.GroupOf(rank_, dims);
   const int index =
       static_cast<int>(std::find(members.begin(), members.end(), rank_) - members.begin());
-  c10::intrusive_ptr<c10d::ProcessGroup> pg;
-  if (members.size() > 1) {
+  c10::intrusive_ptr<c10d::Backend> pg;
+  auto prefixed = c10::make_intrusive<c10d::PrefixStore>(name, store_);
+  if (members.size() > 1 && options_.device.is_cuda()) {
+    // NCCL binds a communicator to the current device; one rank per GPU (NCCL refuses two
+    // ranks of one communicator on the same GPU).
+    c10::cuda::set_device(options_.device.index());
+    auto opts = c10::make_intrusive<c10d::ProcessGroupNCCL::Options>();
+    opts->timeout = options_.timeout;
+    pg = c10::make_intrusive<c10d::ProcessGroupNCCL>(prefixed, index,
+                                                     static_cast<int>(members.size()), opts);
+  } else if (members.size() > 1) {
     auto opts = c10d::ProcessGroupGloo::Options::create(options_.timeout);
     const std::string host =
         Env("LORA_GLOO_HOSTNAME", Env("MASTER_ADDR", "127.0.0.1") == "127.0.0.1" ||
@@ -235,7 +270,6 @@ Group& DistContext::group(const std::vector<Dim>& dims) {
                             : !host.empty() ? c10d::ProcessGroupGloo::createDeviceForHostname(host)
                                             : c10d::ProcessGroupGloo::createDefaultDevice());
     opts->threads = 2;
-    auto prefixed = c10::make_intrusive<c10d::PrefixStore>(name, store_);
     pg = c10::make_intrusive<c10d::ProcessGroupGloo>(prefixed, index,
                                                      static_cast<int>(members.size()), opts);
   }

@@ -1,7 +1,8 @@
-// Process groups over c10d (Gloo on CPU), built from torchrun-style environment variables:
-// RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT. Rank 0 hosts the TCPStore every group
-// rendezvouses through. Collectives Gloo lacks (reduce-scatter, bf16 reduction) are built from
-// the ones it has.
+// Process groups over c10d, built from torchrun-style environment variables: RANK, WORLD_SIZE,
+// MASTER_ADDR, MASTER_PORT (and LOCAL_RANK for the GPU). Rank 0 hosts the TCPStore every group
+// rendezvouses through. The backend follows the training device: NCCL when it is a CUDA
+// device (tensors stay on the GPU), Gloo on the CPU. Both have native reduce-scatter and
+// all-gather into one tensor in LibTorch 2.11; reductions run in fp32 whatever the dtype.
 //
 //   LORA_ASSIGN_OR_RETURN(auto ctx, DistContext::Init(shape, {.timeout =
 //   std::chrono::seconds(60)})); ctx->group(Dim::kShard).AllReduceSum(t);
@@ -24,7 +25,7 @@
 #include "worker/engine/dist/mesh.h"
 
 namespace c10d {
-class ProcessGroup;
+class Backend;
 class Store;
 class Work;
 }  // namespace c10d
@@ -42,8 +43,8 @@ class CommError : public std::runtime_error {
 // A set of ranks that communicate. Size 1 groups make every collective a no-op.
 class Group {
  public:
-  Group(c10::intrusive_ptr<c10d::ProcessGroup> pg, int rank, int size,
-        std::chrono::milliseconds timeout, std::vector<int> world_ranks);
+  Group(c10::intrusive_ptr<c10d::Backend> pg, int rank, int size, std::chrono::milliseconds timeout,
+        std::vector<int> world_ranks);
   int rank() const { return rank_; }
   int size() const { return size_; }
   const std::vector<int>& world_ranks() const { return world_ranks_; }
@@ -52,9 +53,12 @@ class Group {
   void AllReduceSum(torch::Tensor& t);
   // Concatenation of every rank's `t` along `dim`, in group rank order.
   torch::Tensor AllGather(const torch::Tensor& t, int64_t dim);
-  // Sum over ranks, then this rank's 1/size slice along `dim` (a ring of send/recv: Gloo has
-  // no reduce-scatter). Reduced in fp32.
+  // Sum over ranks, then this rank's 1/size slice along `dim` (the backend's reduce-scatter).
+  // Reduced in fp32.
   torch::Tensor ReduceScatterSum(const torch::Tensor& t, int64_t dim);
+  // The same result from a ring of sends and receives (what Gloo needed before LibTorch 2.x);
+  // kept to measure the native collective against (bench/collectives_bench).
+  torch::Tensor RingReduceScatterSum(const torch::Tensor& t, int64_t dim);
   void Broadcast(torch::Tensor& t, int root);
   // Send and PostRecv return at once; Flush() waits for every pending send and posted receive
   // (call it before reusing a sent buffer or reading a received one). Recv blocks.
@@ -70,7 +74,7 @@ class Group {
  private:
   static constexpr int kReduceScatterTag = 7001;
   void Wait(c10::intrusive_ptr<c10d::Work> work, const char* what);
-  c10::intrusive_ptr<c10d::ProcessGroup> pg_;
+  c10::intrusive_ptr<c10d::Backend> pg_;
   int rank_, size_;
   std::chrono::milliseconds timeout_;
   std::vector<int> world_ranks_;
@@ -82,6 +86,8 @@ class Group {
 struct DistOptions {
   // How long any collective, send or receive may wait for a peer before the job fails.
   std::chrono::milliseconds timeout{std::chrono::seconds(120)};
+  // Where this rank's tensors live: CUDA selects NCCL groups on that GPU, the CPU Gloo.
+  torch::Device device = torch::kCPU;
   // Called (from any thread) with the reason just before this rank exits on a failure, its
   // own or another rank's: the last chance to record it.
   std::function<void(const absl::Status& status)> on_abort;

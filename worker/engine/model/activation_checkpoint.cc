@@ -1,9 +1,10 @@
 #include "worker/engine/model/activation_checkpoint.h"
 
-#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/core/ivalue.h>
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/custom_function.h>
+
+#include "worker/engine/model/rng_state.h"
 
 namespace lora {
 namespace {
@@ -18,7 +19,7 @@ struct Recompute : torch::CustomClassHolder {
   AttentionContext ctx;
   const LayerHooks* hooks = nullptr;
   int index = 0;
-  torch::Tensor rng_state;
+  RngState rng_state;
 
   torch::Tensor Run(const torch::Tensor& x) const {
     if (hooks && hooks->before) hooks->before(index);
@@ -34,7 +35,7 @@ class CheckpointFunction : public torch::autograd::Function<CheckpointFunction> 
  public:
   static torch::Tensor forward(AutogradContext* ctx, torch::Tensor x, c10::IValue recompute) {
     auto r = c10::static_intrusive_pointer_cast<Recompute>(recompute.toCapsule());
-    r->rng_state = at::detail::getDefaultCPUGenerator().get_state();
+    r->rng_state = CaptureRng(x.device());
     ctx->saved_data["recompute"] = recompute;
     ctx->save_for_backward({x});
     torch::NoGradGuard no_grad;
@@ -47,15 +48,14 @@ class CheckpointFunction : public torch::autograd::Function<CheckpointFunction> 
     auto r =
         c10::static_intrusive_pointer_cast<Recompute>(ctx->saved_data["recompute"].toCapsule());
     torch::Tensor x = ctx->get_saved_variables()[0].detach().requires_grad_(true);
-    at::Generator gen = at::detail::getDefaultCPUGenerator();
-    torch::Tensor current_rng = gen.get_state();
-    gen.set_state(r->rng_state);  // the same dropout masks as the forward
+    const RngState current_rng = CaptureRng(x.device());
+    RestoreRng(r->rng_state);  // the same dropout masks as the forward
     torch::Tensor out;
     {
       torch::AutoGradMode enable(true);
       out = r->Run(x);
     }
-    gen.set_state(current_rng);
+    RestoreRng(current_rng);
     torch::autograd::backward({out}, {grad_outputs[0]});
     r->Done();
     return {x.grad(), torch::Tensor()};

@@ -67,6 +67,20 @@ torch::Tensor CausalAttention(const torch::Tensor& q, const torch::Tensor& k,
   return out.view({B, K, rep, T, d}).permute({0, 3, 1, 2, 4}).reshape({B, T, H * d});
 }
 
+torch::Tensor SdpaAttention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                            const torch::Tensor& document_mask) {
+  const int64_t B = q.size(0), T = q.size(1), H = q.size(2), d = q.size(3);
+  // [B, heads, T, d] views; SDPA's enable_gqa maps query head h to kv head h / (H / K) without
+  // repeating K and V. Plain causal attention takes the flash / memory-efficient kernels on
+  // CUDA (and the flash kernel on the CPU); a packed-document mask needs a kernel with masks.
+  std::optional<torch::Tensor> mask;
+  if (document_mask.defined()) mask = document_mask;
+  torch::Tensor out = at::scaled_dot_product_attention(
+      q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask, /*dropout_p=*/0.0,
+      /*is_causal=*/!document_mask.defined(), /*scale=*/std::nullopt, /*enable_gqa=*/true);
+  return out.transpose(1, 2).reshape({B, T, H * d});
+}
+
 torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x_in, const AttentionContext& ctx) {
   const torch::Tensor x = tp_.enter ? tp_.enter(x_in) : x_in;
   const int64_t B = x.size(0), T = x.size(1);
@@ -88,7 +102,7 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x_in, const Atten
   } else {
     q = ApplyRope(q, ctx.cos.to(q.scalar_type()), ctx.sin.to(q.scalar_type()));
     k = ApplyRope(k, ctx.cos.to(k.scalar_type()), ctx.sin.to(k.scalar_type()));
-    out = CausalAttention(q, k, v, ctx.mask);
+    out = SdpaAttention(q, k, v, ctx.mask);
   }
   torch::Tensor y = o_proj(out.reshape({B, T, num_heads_ * head_dim_}));
   return tp_.exit ? tp_.exit(y) : y;
@@ -161,15 +175,13 @@ AttentionContext LlamaModelImpl::MakeAttentionContext(const ForwardInputs& input
     return ctx;
   }
   std::tie(ctx.cos, ctx.sin) = RopeCosSin(inv_freq_, positions, dtype);
-  torch::Tensor causal =
-      torch::ones({T, T}, torch::TensorOptions().dtype(torch::kBool).device(device)).tril();
   if (inputs.document_ids.defined()) {
+    torch::Tensor causal =
+        torch::ones({T, T}, torch::TensorOptions().dtype(torch::kBool).device(device)).tril();
     const torch::Tensor& doc = inputs.document_ids;              // [B, T]
     torch::Tensor same = doc.unsqueeze(2).eq(doc.unsqueeze(1));  // [B, T, T]
-    ctx.mask = same.logical_and(causal).view({doc.size(0), 1, 1, T, T});
-  } else {
-    ctx.mask = causal;
-  }
+    ctx.mask = same.logical_and(causal).view({doc.size(0), 1, T, T});
+  }  // else undefined: plain causal attention
   return ctx;
 }
 

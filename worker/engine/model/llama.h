@@ -37,8 +37,8 @@ struct AttentionContext {
   // keys it attends, int64 [B, T] each (causal, cut at document starts).
   torch::Tensor rope_cos, rope_sin;
   torch::Tensor lo, hi;
-  // Plain path (reference): tables in the activation dtype [B or 1, T, 1, head_dim] and a
-  // bool mask, true = may attend: [T, T] or [B, 1, 1, T, T].
+  // Portable path (SDPA): tables in the activation dtype [B or 1, T, 1, head_dim]; with packed
+  // documents a bool mask [B, 1, T, T], true = may attend (undefined = plain causal).
   torch::Tensor cos, sin;
   torch::Tensor mask;
   // Context parallelism: rotary tables of the (gathered) keys when they differ from the
@@ -134,7 +134,15 @@ class LlamaDecoderLayerImpl : public torch::nn::Module {
 };
 TORCH_MODULE(LlamaDecoderLayer);
 
-// Plain causal attention over already-rotated q [B, T, H, d], k and v [B, T, K, d] with GQA.
+// Attention through LibTorch's scaled_dot_product_attention over already-rotated q [B, T, H, d],
+// k and v [B, T, K, d] with GQA: causal when document_mask is undefined, else the boolean
+// [B, 1, T, T] mask (causal within each packed document). Returns [B, T, H * d]. This is the
+// portable path (any device); the CPU's fused kernel is the default there.
+torch::Tensor SdpaAttention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                            const torch::Tensor& document_mask);
+
+// Plain causal attention over already-rotated q [B, T, H, d], k and v [B, T, K, d] with GQA,
+// from matmul and softmax: the reference the kernels are tested against.
 // Returns [B, T, H * d].
 torch::Tensor CausalAttention(const torch::Tensor& q, const torch::Tensor& k,
                               const torch::Tensor& v, const torch::Tensor& mask);

@@ -1,6 +1,6 @@
 #include "worker/engine/train/checkpointer.h"
 
-#include <ATen/CPUGeneratorImpl.h>
+#include <torch/cuda.h>
 
 #include <filesystem>
 #include <regex>
@@ -13,6 +13,7 @@
 #include "common/status_macros.h"
 #include "worker/engine/lora/peft_adapter.h"
 #include "worker/engine/model/hf_checkpoint.h"
+#include "worker/engine/model/rng_state.h"
 #include "worker/engine/model/tensor_io.h"
 
 namespace lora {
@@ -38,20 +39,29 @@ std::vector<std::pair<int64_t, std::string>> ListCheckpoints(const std::string& 
   return out;
 }
 
-absl::Status WriteRngState(const std::string& path) {
-  at::Generator gen = at::detail::getDefaultCPUGenerator();
-  torch::Tensor state = gen.get_state();
-  return WriteTensors(path, {{"cpu_generator", state}}, torch::kUInt8, {{"format", "pt"}});
+// The CPU generator always; the GPU's too when training ran on one, so a resumed CUDA run
+// draws the same dropout masks as an uninterrupted one.
+absl::Status WriteRngState(const std::string& path, const torch::Device& device) {
+  const RngState s = CaptureRng(device);
+  std::vector<std::pair<std::string, torch::Tensor>> tensors = {{"cpu_generator", s.cpu}};
+  if (s.cuda.defined()) tensors.emplace_back("cuda_generator", s.cuda);
+  return WriteTensors(path, tensors, torch::kUInt8, {{"format", "pt"}});
 }
 
-absl::Status ReadRngState(const std::string& path) {
+absl::Status ReadRngState(const std::string& path, const torch::Device& device) {
   LORA_ASSIGN_OR_RETURN(auto file, SafetensorsFile::Open(path));
   const TensorInfo* info = file->Find("cpu_generator");
   if (info == nullptr) return absl::DataLossError(absl::StrCat(path, ": no cpu_generator state"));
-  LORA_ASSIGN_OR_RETURN(torch::Tensor state, ReadTensor(*file, *info, torch::kUInt8));
-  at::Generator gen = at::detail::getDefaultCPUGenerator();
+  RngState s;
+  LORA_ASSIGN_OR_RETURN(s.cpu, ReadTensor(*file, *info, torch::kUInt8));
+  // A checkpoint written on a GPU resumes on the CPU with the CPU state alone (the CPU draws
+  // from nothing else); on a GPU, a checkpoint from the CPU leaves the GPU generator seeded.
+  if (const TensorInfo* cuda = file->Find("cuda_generator"); cuda != nullptr && device.is_cuda()) {
+    LORA_ASSIGN_OR_RETURN(s.cuda, ReadTensor(*file, *cuda, torch::kUInt8));
+    s.cuda_device = device.has_index() ? device.index() : 0;
+  }
   try {
-    gen.set_state(state);
+    RestoreRng(s);
   } catch (const std::exception& e) {
     return absl::DataLossError(absl::StrCat(path, ": bad generator state: ", e.what()));
   }
@@ -81,7 +91,7 @@ absl::StatusOr<CheckpointInfo> SaveTrainingCheckpoint(const std::string& run_dir
   LORA_RETURN_IF_ERROR(
       WriteTensors(JoinPath(dir, "optimizer.safetensors"), c.optimizer_state, torch::kFloat32,
                    {{"format", "pt"}, {"step", std::to_string(c.optimizer_step)}}));
-  LORA_RETURN_IF_ERROR(WriteRngState(JoinPath(dir, "rng_state.safetensors")));
+  LORA_RETURN_IF_ERROR(WriteRngState(JoinPath(dir, "rng_state.safetensors"), c.device));
   LORA_RETURN_IF_ERROR(
       WriteFileAtomically(JoinPath(dir, kTrainerStateFile), c.trainer_state.dump(2) + "\n"));
 
@@ -123,7 +133,8 @@ absl::StatusOr<std::string> FindLatestCheckpoint(const std::string& dir) {
       absl::StrCat(dir, ": no complete checkpoint (step-N directory with a manifest)"));
 }
 
-absl::StatusOr<LoadedCheckpoint> LoadTrainingCheckpoint(const std::string& step_dir) {
+absl::StatusOr<LoadedCheckpoint> LoadTrainingCheckpoint(const std::string& step_dir,
+                                                        const torch::Device& device) {
   LORA_ASSIGN_OR_RETURN(nlohmann::json manifest, ReadJsonFile(JoinPath(step_dir, kManifestFile)));
   if (!manifest.contains("files") || !manifest["files"].is_array()) {
     return absl::DataLossError(absl::StrCat(step_dir, "/manifest.json: missing files list"));
@@ -145,7 +156,7 @@ absl::StatusOr<LoadedCheckpoint> LoadTrainingCheckpoint(const std::string& step_
     LORA_ASSIGN_OR_RETURN(torch::Tensor v, ReadTensor(*opt_file, t, torch::kFloat32));
     out.optimizer_state.emplace_back(t.name, v);
   }
-  LORA_RETURN_IF_ERROR(ReadRngState(JoinPath(step_dir, "rng_state.safetensors")));
+  LORA_RETURN_IF_ERROR(ReadRngState(JoinPath(step_dir, "rng_state.safetensors"), device));
   return out;
 }
 
@@ -172,9 +183,9 @@ absl::Status LoadAdapterRecords(torch::nn::Module& root,
 }
 
 absl::StatusOr<nlohmann::json> RestoreTrainingCheckpoint(const std::string& step_dir,
-                                                         torch::nn::Module& model,
-                                                         AdamW& optimizer) {
-  LORA_ASSIGN_OR_RETURN(LoadedCheckpoint c, LoadTrainingCheckpoint(step_dir));
+                                                         torch::nn::Module& model, AdamW& optimizer,
+                                                         const torch::Device& device) {
+  LORA_ASSIGN_OR_RETURN(LoadedCheckpoint c, LoadTrainingCheckpoint(step_dir, device));
   LORA_RETURN_IF_ERROR(LoadAdapterRecords(model, c.adapters));
   const int64_t step =
       c.trainer_state.value("optimizer_step", c.trainer_state.value("step", int64_t{0}));

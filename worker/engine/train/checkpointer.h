@@ -42,7 +42,8 @@ struct CheckpointContents {
   std::string base_model;
   NamedTensors optimizer_state;  // AdamW moments of the full-size adapters
   int64_t optimizer_step = 0;
-  nlohmann::json trainer_state;  // must hold "step"
+  nlohmann::json trainer_state;        // must hold "step"
+  torch::Device device = torch::kCPU;  // where training runs: its GPU's RNG is saved too
 };
 
 struct LoadedCheckpoint {
@@ -63,13 +64,14 @@ absl::StatusOr<CheckpointInfo> SaveTrainingCheckpoint(const std::string& run_dir
 absl::StatusOr<std::string> FindLatestCheckpoint(const std::string& dir);
 
 // Verifies the manifest's digests, reads adapters and optimizer moments (full size), and restores
-// the RNG state.
-absl::StatusOr<LoadedCheckpoint> LoadTrainingCheckpoint(const std::string& step_dir);
+// the RNG state (the GPU generator of `device` too, when it is a CUDA device).
+absl::StatusOr<LoadedCheckpoint> LoadTrainingCheckpoint(const std::string& step_dir,
+                                                        const torch::Device& device = torch::kCPU);
 
 // Single process: LoadTrainingCheckpoint into `model` and `optimizer`.
 absl::StatusOr<nlohmann::json> RestoreTrainingCheckpoint(const std::string& step_dir,
-                                                         torch::nn::Module& model,
-                                                         AdamW& optimizer);
+                                                         torch::nn::Module& model, AdamW& optimizer,
+                                                         const torch::Device& device = torch::kCPU);
 
 // Copies records into the adapters of `root` (same modules and shapes).
 absl::Status LoadAdapterRecords(torch::nn::Module& root, const std::vector<AdapterRecord>& records);

@@ -175,7 +175,8 @@ absl::StatusOr<TrainResult> RunTraining(const TrainerOptions& options) {
   double initial_eval_loss = std::nan("");
   if (!options.resume_from.empty()) {
     LORA_ASSIGN_OR_RETURN(std::string ckpt, FindLatestCheckpoint(options.resume_from));
-    LORA_ASSIGN_OR_RETURN(nlohmann::json state, RestoreTrainingCheckpoint(ckpt, *model, optimizer));
+    LORA_ASSIGN_OR_RETURN(nlohmann::json state,
+                          RestoreTrainingCheckpoint(ckpt, *model, optimizer, options.device));
     start_step = state.value("step", int64_t{0});
     tokens_seen = state.value("tokens", int64_t{0});
     if (state.contains("initial_eval_loss") && state["initial_eval_loss"].is_number()) {
@@ -225,6 +226,7 @@ absl::StatusOr<TrainResult> RunTraining(const TrainerOptions& options) {
   double last_train_loss = std::nan("");
   auto save_checkpoint = [&](int64_t step) -> absl::Status {
     CheckpointContents c;
+    c.device = options.device;
     c.adapters = AdapterRecords(*model);
     c.modules = ListModules(*model);
     c.lora = &prepared.lora;
@@ -262,16 +264,18 @@ absl::StatusOr<TrainResult> RunTraining(const TrainerOptions& options) {
     for (auto& [name, p] : trainable) p.mutable_grad() = torch::Tensor();
     Batch batch = train_data.MakeBatch((step - 1) * rows_per_step, rows_per_step);
     const double denom = static_cast<double>(std::max<int64_t>(1, batch.num_targets));
-    double loss_sum = 0;
+    // The loss stays on the device until the step is logged: no host synchronisation between
+    // micro-batches (the gradient norm for clipping and the logged loss are the step's two).
+    torch::Tensor loss_sum;
     for (int64_t m = 0; m < accum; ++m) {
       Batch micro = accum == 1 ? batch : batch.Slice(m * B, B);
       torch::Tensor loss = BatchLossSum(*model, micro);
       (loss / denom).backward();
-      loss_sum += loss.item<double>();
+      loss_sum = m == 0 ? loss.detach().to(torch::kFloat64) : loss_sum + loss.detach();
     }
     const double grad_norm = ClipGradNorm(trainable, tcfg.max_norm());
     optimizer.Step(lr);
-    const double loss = loss_sum / denom;
+    const double loss = loss_sum.item<double>() / denom;
     last_train_loss = loss;
     tokens_seen += rows_per_step * T;
     const double now = Now();
