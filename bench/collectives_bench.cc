@@ -1,7 +1,8 @@
 // FSDP keeps LoRA adapters replicated and all-reduces their gradients; the alternative shards
-// them: reduce-scatter the gradients (built from Gloo send/recv), update 1/N, all-gather the
-// updated adapters. Both move the same bytes in theory; this measures which is faster here, for
-// the adapter sizes of real jobs, with N ranks as processes on loopback.
+// them: reduce-scatter the gradients, update 1/N, all-gather the updated adapters. Both move the
+// same bytes in theory; this measures which is faster here, for the adapter sizes of real jobs,
+// with N ranks as processes on loopback: the all-reduce, then reduce-scatter + all-gather with
+// Gloo's native reduce-scatter (LibTorch 2.x) and with the send/recv ring LibTorch 1.13 needed.
 //
 //   collectives_bench [--ranks 2,4] [--repeats 20]
 #include <sys/wait.h>
@@ -60,7 +61,7 @@ void RunRank(int rank, int world, uint16_t port, const std::vector<Size>& sizes,
   for (const Size& s : sizes) {
     const int64_t n = (s.elements + world - 1) / world * world;
     torch::Tensor grad = torch::full({n}, 1.0f + rank);
-    std::vector<double> all_reduce, sharded;
+    std::vector<double> all_reduce, sharded, ring;
     for (int i = 0; i < repeats + 2; ++i) {
       g.Barrier();
       auto t0 = std::chrono::steady_clock::now();
@@ -69,14 +70,19 @@ void RunRank(int rank, int world, uint16_t port, const std::vector<Size>& sizes,
       auto t1 = std::chrono::steady_clock::now();
       g.Barrier();
       auto t2 = std::chrono::steady_clock::now();
-      torch::Tensor shard = g.ReduceScatterSum(grad, 0);
+      torch::Tensor shard = g.NativeReduceScatterSum(grad, 0);
       torch::Tensor full = g.AllGather(shard, 0);
       auto t3 = std::chrono::steady_clock::now();
+      g.Barrier();
+      auto t4 = std::chrono::steady_clock::now();
+      torch::Tensor ring_full = g.AllGather(g.RingReduceScatterSum(grad, 0), 0);
+      auto t5 = std::chrono::steady_clock::now();
       if (i >= 2) {
         all_reduce.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
         sharded.push_back(std::chrono::duration<double, std::milli>(t3 - t2).count());
+        ring.push_back(std::chrono::duration<double, std::milli>(t5 - t4).count());
       }
-      if (!torch::equal(a, full)) {
+      if (!torch::equal(a, full) || !torch::equal(a, ring_full)) {
         std::fprintf(stderr, "rank %d: strategies disagree\n", rank);
         std::_Exit(1);
       }
@@ -84,8 +90,10 @@ void RunRank(int rank, int world, uint16_t port, const std::vector<Size>& sizes,
     if (rank == 0) {
       const double mb = static_cast<double>(n) * 4 / 1e6;
       const double wire = 2.0 * (world - 1) / world * mb;
-      std::printf("| %d | %s | %.1f | %.1f | %.2f | %.2f | %.2f |\n", world, s.what, mb, wire,
-                  Median(all_reduce), Median(sharded), Median(sharded) / Median(all_reduce));
+      std::printf("| %d | %s | %.1f | %.1f | %.2f | %.2f (%.2fx) | %.2f (%.2fx) |\n", world, s.what,
+                  mb, wire, Median(all_reduce), Median(sharded),
+                  Median(sharded) / Median(all_reduce), Median(ring),
+                  Median(ring) / Median(all_reduce));
       std::fflush(stdout);
     }
   }
@@ -114,9 +122,8 @@ int main(int argc, char** argv) {
       {"Llama-3.1-8B r16", AdapterElements(32, 4096, 1024, 14336, 16)},
   };
   std::printf(
-      "| ranks | adapters | grad MB | wire MB/rank | all-reduce ms | reduce-scatter + all-gather "
-      "ms "
-      "| ratio |\n|---|---|---|---|---|---|---|\n");
+      "| ranks | adapters | grad MB | wire MB/rank | all-reduce ms | native RS + AG ms (/AR) "
+      "| ring RS + AG ms (/AR) |\n|---|---|---|---|---|---|---|\n");
   std::fflush(stdout);
   for (int world : worlds) {
     const uint16_t port = static_cast<uint16_t>(20000 + (::getpid() * 7 + world) % 20000);

@@ -48,12 +48,14 @@ bool IsPeerFailure(const std::string& detail) {
 }  // namespace
 
 Group::Group(c10::intrusive_ptr<c10d::Backend> pg, int rank, int size,
-             std::chrono::milliseconds timeout, std::vector<int> world_ranks)
+             std::chrono::milliseconds timeout, std::vector<int> world_ranks,
+             bool native_reduce_scatter)
     : pg_(std::move(pg)),
       rank_(rank),
       size_(size),
       timeout_(timeout),
-      world_ranks_(std::move(world_ranks)) {}
+      world_ranks_(std::move(world_ranks)),
+      native_reduce_scatter_(native_reduce_scatter) {}
 
 void Group::Wait(c10::intrusive_ptr<c10d::Work> work, const char* what) {
   auto fail = [&](const std::string& detail) {
@@ -109,6 +111,10 @@ torch::Tensor Group::AllGather(const torch::Tensor& t, int64_t dim) {
 }
 
 torch::Tensor Group::ReduceScatterSum(const torch::Tensor& t, int64_t dim) {
+  return native_reduce_scatter_ ? NativeReduceScatterSum(t, dim) : RingReduceScatterSum(t, dim);
+}
+
+torch::Tensor Group::NativeReduceScatterSum(const torch::Tensor& t, int64_t dim) {
   if (size_ == 1) return t;
   const int64_t d = dim < 0 ? dim + t.dim() : dim;
   // Chunk i of `dim` goes to rank i: make the chunks contiguous along a leading axis.
@@ -274,7 +280,7 @@ Group& DistContext::group(const std::vector<Dim>& dims) {
                                                      static_cast<int>(members.size()), opts);
   }
   auto g = std::make_unique<Group>(pg, index, static_cast<int>(members.size()), options_.timeout,
-                                   members);
+                                   members, /*native_reduce_scatter=*/options_.device.is_cuda());
   Group& ref = *g;
   groups_[name] = std::move(g);
   return ref;

@@ -43,8 +43,9 @@ class CommError : public std::runtime_error {
 // A set of ranks that communicate. Size 1 groups make every collective a no-op.
 class Group {
  public:
+  // native_reduce_scatter: ReduceScatterSum uses the backend's own (NCCL) instead of the ring.
   Group(c10::intrusive_ptr<c10d::Backend> pg, int rank, int size, std::chrono::milliseconds timeout,
-        std::vector<int> world_ranks);
+        std::vector<int> world_ranks, bool native_reduce_scatter = false);
   int rank() const { return rank_; }
   int size() const { return size_; }
   const std::vector<int>& world_ranks() const { return world_ranks_; }
@@ -53,11 +54,13 @@ class Group {
   void AllReduceSum(torch::Tensor& t);
   // Concatenation of every rank's `t` along `dim`, in group rank order.
   torch::Tensor AllGather(const torch::Tensor& t, int64_t dim);
-  // Sum over ranks, then this rank's 1/size slice along `dim` (the backend's reduce-scatter).
-  // Reduced in fp32.
+  // Sum over ranks, then this rank's 1/size slice along `dim`. Reduced in fp32. NCCL's native
+  // reduce-scatter; on Gloo the ring below, which bench/collectives_bench measures 1.1-1.9x
+  // faster than LibTorch 2.11 Gloo's native one.
   torch::Tensor ReduceScatterSum(const torch::Tensor& t, int64_t dim);
-  // The same result from a ring of sends and receives (what Gloo needed before LibTorch 2.x);
-  // kept to measure the native collective against (bench/collectives_bench).
+  // The two ways, for the tests and the bench: the backend's reduce-scatter, and a ring of
+  // sends and receives.
+  torch::Tensor NativeReduceScatterSum(const torch::Tensor& t, int64_t dim);
   torch::Tensor RingReduceScatterSum(const torch::Tensor& t, int64_t dim);
   void Broadcast(torch::Tensor& t, int root);
   // Send and PostRecv return at once; Flush() waits for every pending send and posted receive
@@ -78,6 +81,7 @@ class Group {
   int rank_, size_;
   std::chrono::milliseconds timeout_;
   std::vector<int> world_ranks_;
+  bool native_reduce_scatter_;
   std::vector<std::pair<c10::intrusive_ptr<c10d::Work>, torch::Tensor>> pending_sends_;
   std::vector<std::pair<c10::intrusive_ptr<c10d::Work>, torch::Tensor>> pending_recvs_;
   int64_t bytes_sent_ = 0;

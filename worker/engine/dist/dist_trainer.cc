@@ -482,6 +482,7 @@ absl::StatusOr<TrainResult> RunDistributedTraining(const TrainerOptions& options
   at::set_num_threads(std::max(1, threads));
   DistOptions dist_options;
   dist_options.timeout = std::chrono::seconds(spec.resources().collective_timeout_seconds());
+  dist_options.device = options.device;  // NCCL groups on a GPU, Gloo on the CPU
   if (options.events != nullptr) {
     EventSink* events = options.events;
     dist_options.on_abort = [events](const absl::Status& status) {
