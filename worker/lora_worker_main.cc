@@ -2,6 +2,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <thread>
 
 #include "CLI/CLI.hpp"
@@ -11,12 +12,6 @@
 #include "worker/agent/worker_agent.h"
 
 namespace {
-
-lora::WorkerAgent* g_agent = nullptr;
-
-void OnSignal(int) {
-  if (g_agent != nullptr) g_agent->Stop();
-}
 
 std::string DefaultLoraTrain() {
   std::error_code ec;
@@ -85,12 +80,25 @@ int main(int argc, char** argv) {
     std::cerr << "lora-worker: " << s.message() << std::endl;
     return 1;
   }
+  // SIGTERM/SIGINT are taken by one thread with sigwait, never by a handler: Stop() locks the
+  // agent's mutex, and a handler running on a thread that already held it deadlocked the worker
+  // (seen when a SIGTERM arrived while a cancel was being dispatched). Blocked before any other
+  // thread exists, so every thread inherits the mask; children unblock them before exec.
+  sigset_t stop_signals;
+  ::sigemptyset(&stop_signals);
+  ::sigaddset(&stop_signals, SIGTERM);
+  ::sigaddset(&stop_signals, SIGINT);
+  ::pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
   lora::WorkerAgent agent(o);
-  g_agent = &agent;
-  struct sigaction sa = {};
-  sa.sa_handler = OnSignal;
-  ::sigaction(SIGTERM, &sa, nullptr);
-  ::sigaction(SIGINT, &sa, nullptr);
+  std::atomic<bool> done{false};
+  std::thread signals([&] {
+    const timespec poll = {0, 200 * 1000 * 1000};
+    while (!done) {
+      if (::sigtimedwait(&stop_signals, nullptr, &poll) > 0) agent.Stop();
+    }
+  });
   agent.Run();
+  done = true;
+  signals.join();
   return 0;
 }

@@ -677,6 +677,19 @@ TEST_F(ServiceTest, CudaWorkerAdvertisesItsGpusAndGivesEachRankItsOwn) {
   EXPECT_EQ(too_many.exit_code, 1);
   EXPECT_THAT(too_many.err, HasSubstr("--slots 3 but lora-train sees 2 GPU(s)"));
 
+  // An engine whose answer lacks a field is refused, naming it (a default would advertise GPUs
+  // the engine may not have).
+  const std::string old_engine = dir_.Join("old-lora-train.sh");
+  std::ofstream(old_engine) << "#!/bin/sh\necho '{\"version\":\"0.0.1\",\"torch_version\":"
+                               "\"1.13.1\",\"cuda\":true,\"cuda_devices\":1}'\n";
+  fs::permissions(old_engine, fs::perms::owner_all);
+  ProcessResult old = testing::RunProcess(
+      {testing::BinaryPath("worker/lora-worker"), "--device", "cuda", "--lora-train", old_engine,
+       "--controller", "127.0.0.1:1", "--work-dir", dir_.Join("w0")},
+      60);
+  EXPECT_EQ(old.exit_code, 1);
+  EXPECT_THAT(old.err, HasSubstr("version --json: field 'cuda_version' missing"));
+
   auto lorad = StartLorad(0);
   testing::ChildProcess worker(
       {testing::BinaryPath("worker/lora-worker"), "--controller", lorad->address(), "--worker-id",
@@ -715,7 +728,7 @@ TEST_F(ServiceTest, CudaWorkerAdvertisesItsGpusAndGivesEachRankItsOwn) {
   EXPECT_THAT(ranks, HasSubstr("local_rank=1 local_world=2"));
   ASSERT_TRUE(client->CancelJob(two->name()).ok());
   worker.Signal(SIGTERM);
-  EXPECT_EQ(worker.Wait(30), 0);
+  EXPECT_EQ(worker.Wait(30), 0) << testing::ReadFile(dir_.Join("worker.err"));
 }
 
 }  // namespace

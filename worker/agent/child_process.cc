@@ -57,6 +57,11 @@ absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Spawn(
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (::getppid() != parent) ::_exit(127);  // the parent died before prctl took effect
     ::setpgid(0, 0);
+    // lora-worker blocks SIGTERM/SIGINT in its threads (one thread takes them with sigwait);
+    // the mask survives exec, and lora-train must see SIGTERM.
+    sigset_t none;
+    ::sigemptyset(&none);
+    ::sigprocmask(SIG_SETMASK, &none, nullptr);
     ::dup2(pipe_fds[1], kEventsFd);  // dup2 clears FD_CLOEXEC on the copy
     ::dup2(log_fd, 1);
     ::dup2(log_fd, 2);
