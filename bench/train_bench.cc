@@ -314,9 +314,19 @@ int main(int argc, char** argv) {
   app.add_flag("--checkpointing", o.checkpointing, "Full activation checkpointing");
   app.add_option("--profile", o.profile, "Write a chrome trace of the measured steps (with --row)");
   CLI11_PARSE(app, argc, argv);
-  if (!row.empty()) {
-    o.row = row;
-    return lora::RunRow(o);
+  if (torch::Device(o.device).is_cuda() && !torch::cuda::is_available()) {
+    std::cerr << "train_bench: --device " << o.device << " but no CUDA device is visible"
+              << std::endl;
+    return 2;
   }
-  return lora::RunTable(o);
+  try {
+    if (!row.empty()) {
+      o.row = row;
+      return lora::RunRow(o);
+    }
+    return lora::RunTable(o);
+  } catch (const std::exception& e) {
+    std::cerr << "train_bench: " << e.what() << std::endl;
+    return 1;
+  }
 }

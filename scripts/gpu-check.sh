@@ -8,7 +8,7 @@
 #   4. the training bench on the GPU: debugmodel, then the Llama-3.2-1B shape at seq 2048
 #      (tokens/s, MFU against the bf16 matmul rate of the same run, peak GPU memory; LoRA vs
 #      full fine-tuning; PyTorch eager and torch.compile of the same loop)
-# Everything lands in $OUT (default ./gpu-out). Each step has its own time limit (550 s in all,
+# Everything lands in $OUT (default ./gpu-out). Each step has its own time limit (580 s in all,
 # under the device tool's 600 s per command), so one that
 # hangs cannot eat the others' time.
 #   run: scripts/gpu-check.sh        (carry: out/gpu)
@@ -53,7 +53,7 @@ step() {  # step NAME SECONDS CMD...
 }
 
 step version 30 "$B/worker/lora-train" version
-step gpu_test 180 "$B/tests/gpu_test" --gtest_color=no
+step gpu_test 140 "$B/tests/gpu_test" --gtest_color=no
 step nccl_two_ranks_one_gpu 60 "$PY" - <<'PY'
 # NCCL with two ranks of one communicator on the same GPU: expected to fail ("Duplicate GPU").
 import os, torch, torch.distributed as dist, torch.multiprocessing as mp
@@ -69,9 +69,9 @@ def rank(r):
     dist.destroy_process_group()
 mp.spawn(rank, nprocs=2)
 PY
-step bench_debugmodel 100 "$B/bench/train_bench" --device cuda --flavor debugmodel \
+step bench_debugmodel 70 "$B/bench/train_bench" --device cuda --flavor debugmodel \
   --seq-len 2048 --batch 8 --steps 20 --warmup 5 --dtypes bf16
-step bench_llama1b 180 "$B/bench/train_bench" --device cuda --flavor llama3.2-1b \
+step bench_llama1b 280 "$B/bench/train_bench" --device cuda --flavor llama3.2-1b \
   --seq-len 2048 --batch 4 --steps 10 --warmup 3 --dtypes bf16
 cp "$OUT/summary.txt" "$OUT/summary.final.txt" 2>/dev/null
 echo "results in $OUT"
