@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include <algorithm>
 
 #include <chrono>
 #include <cmath>
@@ -89,7 +90,7 @@ std::vector<std::string> RunArgs(const std::string& spec, const std::string& out
                                    "--set",
                                    "resources.world_size=" + std::to_string(world)};
   for (const std::string& s : sets) {
-    args.push_back("--set");
+    if (s.rfind("--", 0) != 0) args.push_back("--set");  // flags (--portable-kernels) go as is
     args.push_back(s);
   }
   if (!resume.empty()) {
@@ -194,11 +195,13 @@ class DistributedTest : public ::testing::Test {
     dir_ = new testing::TempDir();
     std::ofstream(Spec()) << kSpec;
     for (int rows : {4, 8}) {
-      ProcessResult r =
-          testing::RunProcess(RunArgs(Spec(), Reference(rows), 1,
-                                      {"training.local_batch_size=" + std::to_string(rows)}),
-                              120);
-      ASSERT_EQ(r.exit_code, 0) << r.err;
+      for (bool portable : {false, true}) {
+        std::vector<std::string> sets = {"training.local_batch_size=" + std::to_string(rows)};
+        if (portable) sets.push_back("--portable-kernels");
+        ProcessResult r =
+            testing::RunProcess(RunArgs(Spec(), Reference(rows, portable), 1, sets), 120);
+        ASSERT_EQ(r.exit_code, 0) << r.err;
+      }
     }
   }
   static void TearDownTestSuite() {
@@ -206,8 +209,11 @@ class DistributedTest : public ::testing::Test {
     dir_ = nullptr;
   }
   static std::string Spec() { return dir_->Join("job.toml"); }
-  // A single process training `rows` rows per step.
-  static std::string Reference(int rows) { return dir_->Join("single-" + std::to_string(rows)); }
+  // A single process training `rows` rows per step (with the portable kernels: SDPA and
+  // LibTorch's SwiGLU, the path GPUs run).
+  static std::string Reference(int rows, bool portable = false) {
+    return dir_->Join((portable ? "single-portable-" : "single-") + std::to_string(rows));
+  }
 
   testing::TempDir scratch_;
   static testing::TempDir* dir_;
@@ -233,7 +239,9 @@ TEST_P(LayoutTest, MatchesSingleProcessLossesAndAdapters) {
   for (size_t r = 0; r < results.size(); ++r)
     ASSERT_EQ(results[r].exit_code, 0) << "rank " << r << ": " << results[r].err;
 
-  const std::string reference = Reference(layout.global_rows);
+  const bool portable =
+      std::find(layout.sets.begin(), layout.sets.end(), "--portable-kernels") != layout.sets.end();
+  const std::string reference = Reference(layout.global_rows, portable);
   ExpectSameLosses(StepLosses(reference), StepLosses(out));
   ExpectSameTensors(reference + "/final/adapter/adapter_model.safetensors",
                     out + "/final/adapter/adapter_model.safetensors");
@@ -257,6 +265,22 @@ INSTANTIATE_TEST_SUITE_P(
     Layouts, LayoutTest,
     ::testing::Values(
         Layout{"Fsdp2", 2, {"parallelism.data_parallel_shard_degree=2"}, 8},
+        // The portable path (SDPA, LibTorch SwiGLU: what GPUs run) under FSDP, TP and PP,
+        // against a portable single process.
+        Layout{"Fsdp2Portable",
+               2,
+               {"parallelism.data_parallel_shard_degree=2", "--portable-kernels"},
+               8},
+        Layout{"Tp2Portable",
+               2,
+               {"parallelism.tensor_parallel_degree=2", "parallelism.data_parallel_shard_degree=1",
+                "--portable-kernels"},
+               4},
+        Layout{"Pp2Portable",
+               2,
+               {"parallelism.pipeline_parallel_degree=2",
+                "parallelism.data_parallel_shard_degree=1", "--portable-kernels"},
+               4},
         Layout{"Hsdp2x2",
                4,
                {"parallelism.data_parallel_replicate_degree=2",

@@ -142,9 +142,10 @@ int RunJob(const RunOptions& o) {
         "per rank and has not been verified on a multi-GPU machine); run world_size = 1 on "
         "CUDA or multi-rank on CPU"));
   }
-  if (world > 1 && o.portable_kernels) {
+  if (o.portable_kernels && spec->parallelism().context_parallel_degree() > 1) {
+    // Context parallelism expresses its masks as the fused kernel's per-query key ranges.
     return fail(absl::InvalidArgumentError(
-        "--portable-kernels applies to single-process training (world_size = 1)"));
+        "--portable-kernels: parallelism.context_parallel_degree > 1 needs the fused kernels"));
   }
   t.device = *device;
   t.fused_kernels = !o.portable_kernels;

@@ -147,6 +147,9 @@ absl::StatusOr<TrainResult> Train(const TrainerOptions& options, DistContext* di
 
   LORA_ASSIGN_OR_RETURN(PreparedModel prepared, PrepareModel(spec));
   const LlamaConfig mc = prepared.model->config();
+  // The fused kernels are CPU code: anything else (--portable-kernels) runs SDPA and LibTorch's
+  // SwiGLU, as a GPU would.
+  prepared.model->model->set_fused_kernels(options.fused_kernels && options.device.is_cpu());
   LORA_ASSIGN_OR_RETURN(auto model, ParallelLlama::Create(prepared.model, spec, dist));
   const MeshCoord& c = dist->coord();
   const MeshShape& shape = dist->mesh().shape();

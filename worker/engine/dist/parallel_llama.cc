@@ -313,6 +313,15 @@ LocalBatch ParallelLlama::Localize(const Batch& rows) {
   out.input_ids = TakeLocalChunks(rows.input_ids, cp, r).contiguous();
   out.targets = TakeLocalChunks(rows.targets, cp, r).contiguous();
   out.num_targets = out.targets.ne(kIgnoreIndex).sum().item<int64_t>();
+  if (!model_->model->fused_attention()) {
+    // The portable path (SDPA, what a GPU runs): the model's own context, causal or
+    // document-masked. Context parallelism needs the fused kernel's key ranges (refused
+    // before a run starts).
+    out.ctx = model_->model->MakeAttentionContext(
+        ForwardInputs{out.input_ids, rows.position_ids, rows.document_ids},
+        model_->model->embed_tokens->weight.scalar_type());
+    return out;
+  }
   out.ctx.lo = TakeLocalChunks(lo, cp, r).contiguous();
   out.ctx.hi = TakeLocalChunks(index, cp, r).contiguous();
   const torch::Tensor& inv = model_->model->inv_freq();
