@@ -11,6 +11,7 @@
 #include <atomic>
 #include <filesystem>
 #include <fstream>
+#include <future>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -126,6 +127,37 @@ TEST_F(GpuTest, OutOfMemoryIsResourceExhaustedWithFiguresAndKnobs) {
   EXPECT_THAT(status.message(), HasSubstr("activation_checkpoint"));
   // The device is still usable afterwards.
   EXPECT_EQ(torch::ones({4}, torch::TensorOptions().device(gpu)).sum().item<float>(), 4.0f);
+}
+
+// FSDP over two ranks sharing the one GPU (Gloo, tensors staged through the host: NCCL refuses
+// two ranks on a device) trains like one process on that GPU with the same global batch.
+TEST_F(GpuTest, FsdpRanksOnTheGpuTrainLikeOneProcess) {
+  LORA_REQUIRE_GPU();
+  const std::string single =
+      Run("single", 6, "cuda", "none", {"--set", "training.local_batch_size=8"});
+  const std::string spec = dir_.Join("single.toml");
+  const std::string out = dir_.Join("fsdp");
+  const int port = testing::FreePort();
+  std::vector<std::future<ProcessResult>> ranks;
+  for (int r = 0; r < 2; ++r) {
+    ranks.push_back(std::async(std::launch::async, [&, r] {
+      return testing::RunProcess(
+          {testing::BinaryPath("worker/lora-train"), "run", "--job", spec, "--out", out, "--quiet",
+           "--set", "training.mixed_precision=none", "--set", "checkpoint.interval=3", "--set",
+           "resources.world_size=2", "--set", "parallelism.data_parallel_shard_degree=2"},
+          300,
+          {"RANK=" + std::to_string(r), "WORLD_SIZE=2", "LOCAL_RANK=0", "MASTER_ADDR=127.0.0.1",
+           "MASTER_PORT=" + std::to_string(port), "LORA_DIST_BACKEND=gloo"});
+    }));
+  }
+  for (auto& f : ranks) {
+    ProcessResult r = f.get();
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+  }
+  auto want = StepLosses(single + "/events.jsonl"), got = StepLosses(out + "/events.jsonl");
+  ASSERT_EQ(got.size(), 6u);
+  for (const auto& [step, loss] : want) EXPECT_NEAR(got[step], loss, 1e-4 * loss) << step;
+  EXPECT_LE(MaxRelativeAdapterDiff(Adapter(single), Adapter(out)), 1e-3);
 }
 
 // Two ranks on the one GPU: Gloo moves CUDA tensors (staged through the host) and gives the

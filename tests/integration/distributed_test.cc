@@ -64,19 +64,6 @@ keep_latest = 0
 collective_timeout_seconds = 60
 )";
 
-int FreePort() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  socklen_t len = sizeof(addr);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  ::close(fd);
-  return ntohs(addr.sin_port);
-}
-
 std::vector<std::string> RunArgs(const std::string& spec, const std::string& out, int world,
                                  const std::vector<std::string>& sets,
                                  const std::string& resume = "") {
@@ -109,7 +96,7 @@ std::vector<std::string> RankEnv(int rank, int world, int port) {
 std::vector<ProcessResult> RunRanks(const std::string& spec, const std::string& out, int world,
                                     const std::vector<std::string>& sets,
                                     const std::string& resume = "") {
-  const int port = FreePort();
+  const int port = testing::FreePort();
   std::vector<std::future<ProcessResult>> ranks;
   for (int r = 0; r < world; ++r) {
     ranks.push_back(std::async(std::launch::async, [=] {
@@ -420,7 +407,7 @@ TEST_F(DistributedTest, CheckpointResumesUnderAnotherLayout) {
 TEST_F(DistributedTest, MismatchedWorldSizeIsAClearError) {
   ProcessResult r = testing::RunProcess(
       RunArgs(Spec(), scratch_.Join("bad"), 2, {"parallelism.data_parallel_shard_degree=2"}), 60,
-      RankEnv(0, 3, FreePort()));
+      RankEnv(0, 3, testing::FreePort()));
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.err, HasSubstr("WORLD_SIZE=3"));
 }
@@ -449,7 +436,7 @@ struct FailureOutcome {
 
 FailureOutcome KillOneRank(const std::string& spec, const std::string& out, int world, int victim,
                            int signo, int timeout_s) {
-  const int port = FreePort();
+  const int port = testing::FreePort();
   std::vector<std::unique_ptr<testing::ChildProcess>> ranks;
   for (int r = 0; r < world; ++r) {
     std::vector<std::string> args = RunArgs(

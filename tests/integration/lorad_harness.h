@@ -12,11 +12,9 @@
 
 #include "client/lora_client.h"
 #include "lora/v1/job_spec.pb.h"
+#include "tests/integration/subprocess.h"  // FreePort
 
 namespace lora::testing {
-
-// A port that was free a moment ago (bind to 0, read, release).
-int FreePort();
 
 class Lorad {
  public:

@@ -37,6 +37,8 @@ class ChildProcess {
 std::string ReadFile(const std::string& path);
 
 std::string BinaryPath(const std::string& relative);  // under the build directory
+// A loopback port that was free a moment ago (bind to 0, read, release).
+int FreePort();
 std::string SourcePath(const std::string& relative);  // under the source directory
 
 }  // namespace lora::testing

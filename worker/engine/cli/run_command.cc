@@ -134,13 +134,11 @@ int RunJob(const RunOptions& o) {
   TrainerOptions t;
   auto device = ResolveTrainingDevice(spec->resources().device());
   if (!device.ok()) return fail(device.status());
-  if (world > 1 && !device->is_cpu()) {
-    // Never pretend: the comm layer builds NCCL groups, but the multi-rank engine's shards and
-    // pipeline buffers are allocated on the CPU and have not run on a multi-GPU machine.
-    return fail(absl::UnimplementedError(
-        "resources.device: multi-rank training on CUDA is not enabled yet (it needs one GPU "
-        "per rank and has not been verified on a multi-GPU machine); run world_size = 1 on "
-        "CUDA or multi-rank on CPU"));
+  if (!device->is_cpu() && spec->parallelism().context_parallel_degree() > 1) {
+    // Context parallelism's masks are the fused CPU kernel's per-query key ranges.
+    return fail(absl::InvalidArgumentError(
+        "parallelism.context_parallel_degree > 1 runs on the CPU only (its attention is the "
+        "fused CPU kernel); use FSDP, tensor or pipeline parallelism on GPUs"));
   }
   if (o.portable_kernels && spec->parallelism().context_parallel_degree() > 1) {
     // Context parallelism expresses its masks as the fused kernel's per-query key ranges.

@@ -49,13 +49,16 @@ bool IsPeerFailure(const std::string& detail) {
 
 Group::Group(c10::intrusive_ptr<c10d::Backend> pg, int rank, int size,
              std::chrono::milliseconds timeout, std::vector<int> world_ranks,
-             bool native_reduce_scatter)
+             bool native_reduce_scatter, torch::Device device)
     : pg_(std::move(pg)),
       rank_(rank),
       size_(size),
       timeout_(timeout),
       world_ranks_(std::move(world_ranks)),
-      native_reduce_scatter_(native_reduce_scatter) {}
+      native_reduce_scatter_(native_reduce_scatter),
+      device_(device) {}
+
+bool Group::OnGroupDevice(const torch::Tensor& t) const { return t.device() == device_; }
 
 void Group::Wait(c10::intrusive_ptr<c10d::Work> work, const char* what) {
   auto fail = [&](const std::string& detail) {
@@ -81,8 +84,11 @@ void Group::Wait(c10::intrusive_ptr<c10d::Work> work, const char* what) {
 
 void Group::AllReduceSum(torch::Tensor& t) {
   if (size_ == 1) return;
-  torch::Tensor buf =
-      IsReduced(t.scalar_type()) && t.is_contiguous() ? t : t.to(torch::kFloat32).contiguous();
+  // Reduced in fp32 (fp64 stays fp64), on the group's device.
+  const torch::Dtype dtype = IsReduced(t.scalar_type()) ? t.scalar_type() : torch::kFloat32;
+  torch::Tensor buf = t.scalar_type() == dtype && t.is_contiguous() && OnGroupDevice(t)
+                          ? t
+                          : t.to(device_, dtype).contiguous();
   std::vector<torch::Tensor> v = {buf};
   bytes_sent_ += 2 * (size_ - 1) * buf.numel() * buf.element_size() / size_;
   Wait(pg_->allreduce(v), "all-reduce");
@@ -93,13 +99,14 @@ torch::Tensor Group::AllGather(const torch::Tensor& t, int64_t dim) {
   if (size_ == 1) return t;
   // One contiguous buffer of size x the input's first dimension, filled by the backend in rank
   // order: already the concatenation along dim 0, no per-rank list and no extra copy.
-  torch::Tensor src = AsTransferable(t.dim() == 0 ? t.reshape({1}) : t.contiguous());
+  torch::Tensor src = AsTransferable((t.dim() == 0 ? t.reshape({1}) : t).to(device_).contiguous());
   std::vector<int64_t> shape = src.sizes().vec();
   shape[0] *= size_;
   torch::Tensor out = torch::empty(shape, src.options());
   bytes_sent_ += (size_ - 1) * src.numel() * src.element_size();
   Wait(pg_->_allgather_base(out, src), "all-gather");
   if (out.scalar_type() != t.scalar_type()) out = out.view(t.scalar_type());
+  out = out.to(t.device());
   const int64_t d = dim < 0 ? dim + t.dim() : dim;
   if (d == 0) return out;
   // [size * d0, ...] -> [size, d0, ...] -> concatenation along `dim`.
@@ -118,7 +125,7 @@ torch::Tensor Group::NativeReduceScatterSum(const torch::Tensor& t, int64_t dim)
   if (size_ == 1) return t;
   const int64_t d = dim < 0 ? dim + t.dim() : dim;
   // Chunk i of `dim` goes to rank i: make the chunks contiguous along a leading axis.
-  torch::Tensor in = t.to(torch::kFloat32).movedim(d, 0).contiguous();
+  torch::Tensor in = t.to(device_, torch::kFloat32).movedim(d, 0).contiguous();
   std::vector<int64_t> out_shape = in.sizes().vec();
   out_shape[0] /= size_;
   torch::Tensor out = torch::empty(out_shape, in.options());
@@ -126,7 +133,7 @@ torch::Tensor Group::NativeReduceScatterSum(const torch::Tensor& t, int64_t dim)
   c10d::ReduceScatterOptions opts;
   opts.reduceOp = c10d::ReduceOp::SUM;
   Wait(pg_->_reduce_scatter_base(out, in, opts), "reduce-scatter");
-  return out.movedim(0, d).to(t.scalar_type()).contiguous();
+  return out.movedim(0, d).to(t.device(), t.scalar_type()).contiguous();
 }
 
 torch::Tensor Group::RingReduceScatterSum(const torch::Tensor& t, int64_t dim) {
@@ -136,7 +143,7 @@ torch::Tensor Group::RingReduceScatterSum(const torch::Tensor& t, int64_t dim) {
   // after size - 1 steps chunk r holds every rank's contribution. Each rank sends
   // (size - 1) / size of the tensor, half of what an all-reduce would.
   const int64_t n = t.size(dim) / size_;
-  torch::Tensor acc = t.movedim(dim, 0).to(torch::kFloat32).contiguous().clone();
+  torch::Tensor acc = t.movedim(dim, 0).to(device_, torch::kFloat32).contiguous().clone();
   auto chunk = [&](int64_t i) { return acc.narrow(0, ((i % size_) + size_) % size_ * n, n); };
   const int right = (rank_ + 1) % size_, left = (rank_ + size_ - 1) % size_;
   torch::Tensor incoming = torch::empty_like(chunk(0));
@@ -146,12 +153,12 @@ torch::Tensor Group::RingReduceScatterSum(const torch::Tensor& t, int64_t dim) {
     chunk(rank_ - s - 2).add_(incoming);
     Flush();
   }
-  return chunk(rank_).movedim(0, dim).to(t.scalar_type()).contiguous();
+  return chunk(rank_).movedim(0, dim).to(t.device(), t.scalar_type()).contiguous();
 }
 
 void Group::Broadcast(torch::Tensor& t, int root) {
   if (size_ == 1) return;
-  torch::Tensor buf = t.is_contiguous() ? t : t.contiguous();
+  torch::Tensor buf = t.is_contiguous() && OnGroupDevice(t) ? t : t.to(device_).contiguous();
   std::vector<torch::Tensor> v = {AsTransferable(buf)};
   c10d::BroadcastOptions opts;
   opts.rootRank = root;
@@ -161,25 +168,34 @@ void Group::Broadcast(torch::Tensor& t, int root) {
 }
 
 void Group::Send(const torch::Tensor& t, int dst, int tag) {
-  torch::Tensor buf = AsTransferable(t.contiguous());
+  torch::Tensor buf = AsTransferable(t.to(device_).contiguous());
   std::vector<torch::Tensor> v = {buf};
   bytes_sent_ += buf.numel() * buf.element_size();
   pending_sends_.emplace_back(pg_->send(v, dst, tag), buf);
 }
 
 void Group::Recv(torch::Tensor& t, int src, int tag) {
-  std::vector<torch::Tensor> v = {AsTransferable(t)};
+  torch::Tensor buf = OnGroupDevice(t) && t.is_contiguous()
+                          ? t
+                          : torch::empty(t.sizes(), t.options().device(device_));
+  std::vector<torch::Tensor> v = {AsTransferable(buf)};
   Wait(pg_->recv(v, src, tag), "receive");
+  if (!buf.is_same(t)) t.copy_(buf);
 }
 
 void Group::PostRecv(torch::Tensor& t, int src, int tag) {
   TORCH_CHECK(t.is_contiguous(), "PostRecv needs a contiguous buffer");
-  torch::Tensor buf = AsTransferable(t);  // a view of t's storage
-  std::vector<torch::Tensor> v = {buf};
-  pending_recvs_.emplace_back(pg_->recv(v, src, tag), buf);
+  // Received in place, or into a staging buffer on the group's device copied into `t` by Flush.
+  torch::Tensor staged =
+      OnGroupDevice(t) ? t : torch::empty(t.sizes(), t.options().device(device_));
+  std::vector<torch::Tensor> v = {AsTransferable(staged)};  // a view of staged's storage
+  pending_recvs_.push_back({pg_->recv(v, src, tag), staged, t});
 }
 void Group::Flush() {
-  for (auto& [work, buf] : pending_recvs_) Wait(work, "receive");
+  for (auto& r : pending_recvs_) {
+    Wait(r.work, "receive");
+    if (!r.staged.is_same(r.target)) r.target.copy_(r.staged);
+  }
   pending_recvs_.clear();
   for (auto& [work, buf] : pending_sends_) Wait(work, "send");
   pending_sends_.clear();
@@ -255,7 +271,10 @@ Group& DistContext::group(const std::vector<Dim>& dims) {
       static_cast<int>(std::find(members.begin(), members.end(), rank_) - members.begin());
   c10::intrusive_ptr<c10d::Backend> pg;
   auto prefixed = c10::make_intrusive<c10d::PrefixStore>(name, store_);
-  if (members.size() > 1 && options_.device.is_cuda()) {
+  // LORA_DIST_BACKEND=gloo keeps Gloo for CUDA ranks (tensors staged through the host): the
+  // only way to run several ranks on one GPU, which NCCL refuses.
+  const bool nccl = options_.device.is_cuda() && Env("LORA_DIST_BACKEND") != "gloo";
+  if (members.size() > 1 && nccl) {
     // NCCL binds a communicator to the current device; one rank per GPU (NCCL refuses two
     // ranks of one communicator on the same GPU).
     c10::cuda::set_device(options_.device.index());
@@ -280,7 +299,8 @@ Group& DistContext::group(const std::vector<Dim>& dims) {
                                                      static_cast<int>(members.size()), opts);
   }
   auto g = std::make_unique<Group>(pg, index, static_cast<int>(members.size()), options_.timeout,
-                                   members, /*native_reduce_scatter=*/options_.device.is_cuda());
+                                   members, /*native_reduce_scatter=*/nccl,
+                                   nccl ? options_.device : torch::Device(torch::kCPU));
   Group& ref = *g;
   groups_[name] = std::move(g);
   return ref;

@@ -44,8 +44,11 @@ class CommError : public std::runtime_error {
 class Group {
  public:
   // native_reduce_scatter: ReduceScatterSum uses the backend's own (NCCL) instead of the ring.
+  // `device`: where the backend's buffers live (a GPU for NCCL, the CPU for Gloo). Tensors on
+  // another device are staged through it, and results come back on the caller's device.
   Group(c10::intrusive_ptr<c10d::Backend> pg, int rank, int size, std::chrono::milliseconds timeout,
-        std::vector<int> world_ranks, bool native_reduce_scatter = false);
+        std::vector<int> world_ranks, bool native_reduce_scatter = false,
+        torch::Device device = torch::kCPU);
   int rank() const { return rank_; }
   int size() const { return size_; }
   const std::vector<int>& world_ranks() const { return world_ranks_; }
@@ -83,7 +86,13 @@ class Group {
   std::vector<int> world_ranks_;
   bool native_reduce_scatter_;
   std::vector<std::pair<c10::intrusive_ptr<c10d::Work>, torch::Tensor>> pending_sends_;
-  std::vector<std::pair<c10::intrusive_ptr<c10d::Work>, torch::Tensor>> pending_recvs_;
+  struct PendingRecv {
+    c10::intrusive_ptr<c10d::Work> work;
+    torch::Tensor staged, target;
+  };
+  std::vector<PendingRecv> pending_recvs_;
+  bool OnGroupDevice(const torch::Tensor& t) const;
+  torch::Device device_;
   int64_t bytes_sent_ = 0;
 };
 

@@ -100,7 +100,9 @@ class StepRunner {
     Micro& mb = micro_[static_cast<size_t>(m)];
     if (!model_->first_stage()) {
       mb.input = torch::empty({mb.batch.rows, mb.batch.input_ids.size(1), model_->hidden_size()},
-                              torch::TensorOptions().dtype(model_->activation_dtype()));
+                              torch::TensorOptions()
+                                  .dtype(model_->activation_dtype())
+                                  .device(mb.batch.input_ids.device()));
       pp_->Recv(mb.input, pp_->rank() - 1, 2 * m);
       if (train) mb.input.requires_grad_(true);
     }
@@ -150,6 +152,9 @@ absl::StatusOr<TrainResult> Train(const TrainerOptions& options, DistContext* di
   // The fused kernels are CPU code: anything else (--portable-kernels) runs SDPA and LibTorch's
   // SwiGLU, as a GPU would.
   prepared.model->model->set_fused_kernels(options.fused_kernels && options.device.is_cpu());
+  // On a GPU the whole model is placed before sharding, so shards, gathered layers and adapters
+  // live there (the full model passes through each GPU once at start-up).
+  if (!options.device.is_cpu()) prepared.model->to(options.device);
   LORA_ASSIGN_OR_RETURN(auto model, ParallelLlama::Create(prepared.model, spec, dist));
   const MeshCoord& c = dist->coord();
   const MeshShape& shape = dist->mesh().shape();
@@ -177,7 +182,7 @@ absl::StatusOr<TrainResult> Train(const TrainerOptions& options, DistContext* di
          last_train_loss = std::nan("");
   if (!options.resume_from.empty()) {
     LORA_ASSIGN_OR_RETURN(std::string ckpt, FindLatestCheckpoint(options.resume_from));
-    LORA_ASSIGN_OR_RETURN(LoadedCheckpoint loaded, LoadTrainingCheckpoint(ckpt));
+    LORA_ASSIGN_OR_RETURN(LoadedCheckpoint loaded, LoadTrainingCheckpoint(ckpt, options.device));
     LORA_RETURN_IF_ERROR(model->ScatterAdapters(loaded.adapters));
     start_step = loaded.trainer_state.value("step", int64_t{0});
     tokens_seen = loaded.trainer_state.value("tokens", int64_t{0});
@@ -281,6 +286,7 @@ absl::StatusOr<TrainResult> Train(const TrainerOptions& options, DistContext* di
   int64_t last_checkpoint_step = -1;  // known to every rank: checkpoints are collective
   auto save_checkpoint = [&](int64_t step) -> absl::Status {
     CheckpointContents cc;
+    cc.device = options.device;
     cc.adapters = model->GatherAdapters();
     cc.optimizer_state = model->GatherOptimizerState(optimizer.State());
     cc.modules = model->Modules();

@@ -312,13 +312,17 @@ LocalBatch ParallelLlama::Localize(const Batch& rows) {
   torch::Tensor local_pos = TakeLocalChunks(positions, cp, r);
   out.input_ids = TakeLocalChunks(rows.input_ids, cp, r).contiguous();
   out.targets = TakeLocalChunks(rows.targets, cp, r).contiguous();
-  out.num_targets = out.targets.ne(kIgnoreIndex).sum().item<int64_t>();
+  out.num_targets = out.targets.ne(kIgnoreIndex).sum().item<int64_t>();  // before any copy
   if (!model_->model->fused_attention()) {
     // The portable path (SDPA, what a GPU runs): the model's own context, causal or
-    // document-masked. Context parallelism needs the fused kernel's key ranges (refused
-    // before a run starts).
+    // document-masked, on the model's device. Context parallelism needs the fused kernel's
+    // key ranges (refused before a run starts).
+    const torch::Device device = model_->model->embed_tokens->weight.device();
+    auto on_device = [&](const torch::Tensor& t) { return t.defined() ? t.to(device) : t; };
+    out.input_ids = on_device(out.input_ids);
+    out.targets = on_device(out.targets);
     out.ctx = model_->model->MakeAttentionContext(
-        ForwardInputs{out.input_ids, rows.position_ids, rows.document_ids},
+        ForwardInputs{out.input_ids, on_device(rows.position_ids), on_device(rows.document_ids)},
         model_->model->embed_tokens->weight.scalar_type());
     return out;
   }
