@@ -235,6 +235,12 @@ std::vector<FieldViolation> JobSpecViolations(const JobSpec& spec) {
     c.Fail("parallelism.pipeline_parallel_microbatches",
            absl::StrCat("must divide training.local_batch_size (", t.local_batch_size(), ")"));
   }
+  if (p.context_parallel_degree() > 1 && spec.resources().device() == "cuda") {
+    // Its masks are the fused CPU attention kernel's per-query key ranges.
+    c.Fail("parallelism.context_parallel_degree",
+           "> 1 runs on the CPU only (its attention is the fused CPU kernel); on GPUs use FSDP, "
+           "tensor or pipeline parallelism");
+  }
   if (p.context_parallel_degree() > 1 && t.seq_len() % (2 * p.context_parallel_degree()) != 0) {
     c.Fail("training.seq_len",
            absl::StrCat("must be a multiple of 2 x context_parallel_degree (",

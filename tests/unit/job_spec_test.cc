@@ -188,6 +188,11 @@ TEST(JobSpecTest, ParallelDegreesMustMultiplyToWorldSize) {
       "[dataset]\nname='synthetic-arith'\n[parallelism]\ncontext_parallel_degree = "
       "2\ncontext_parallel_method = 'ring'\n[resources]\nworld_size = 2\n");
   EXPECT_EQ(Violations(ring), "");
+  JobSpec cp_gpu = Defaulted(
+      "[dataset]\nname='synthetic-arith'\n[parallelism]\ncontext_parallel_degree = "
+      "2\n[resources]\nworld_size = 2\ndevice = 'cuda'\n");
+  EXPECT_THAT(Violations(cp_gpu),
+              HasSubstr("parallelism.context_parallel_degree: > 1 runs on the CPU only"));
   JobSpec unknown_cp = Defaulted(
       "[dataset]\nname='synthetic-arith'\n[parallelism]\ncontext_parallel_degree = "
       "2\ncontext_parallel_method = 'ulysses'\n[resources]\nworld_size = 2\n");
