@@ -51,7 +51,7 @@ int main(int argc, char** argv) {
   if (const char* t = std::getenv(token_env.c_str())) o.token = t;
   app.add_option("--token", o.token, "Worker bearer token (env LORA_WORKER_TOKEN)");
   CLI11_PARSE(app, argc, argv);
-  // Advertise only what the engine can run: a CPU-only lora-train must not take CUDA jobs.
+  // Advertise only what the engine can run: no cuda slots without GPUs the engine sees.
   absl::StatusOr<lora::EngineProbe> probe = lora::CheckEngineSupportsDevice(o.lora_train, o.device);
   if (!probe.ok()) {
     std::cerr << "lora-worker: " << probe.status().message() << std::endl;
@@ -66,14 +66,10 @@ int main(int argc, char** argv) {
                 << " GPU(s): one rank per GPU" << std::endl;
       return 1;
     }
-    for (const lora::EngineGpu& g : probe->gpus) {
-      lora::worker::v1::GpuInfo info;
-      info.set_index(g.index);
-      info.set_name(g.name);
-      info.set_memory_bytes(g.total_memory_bytes);
-      o.gpus.push_back(std::move(info));
-      std::cerr << "lora-worker: cuda:" << g.index << " " << g.name << " ("
-                << g.total_memory_bytes / (1 << 20) << " MiB)" << std::endl;
+    o.gpus = probe->gpus;
+    for (const auto& g : o.gpus) {
+      std::cerr << "lora-worker: cuda:" << g.index() << " " << g.name() << " ("
+                << g.memory_bytes() / (1 << 20) << " MiB)" << std::endl;
     }
   }
   if (absl::Status s = lora::MakeDirectories(o.work_dir); !s.ok()) {

@@ -77,8 +77,10 @@ absl::StatusOr<EngineProbe> ProbeEngine(const std::string& lora_train) {
         !d["total_memory_bytes"].is_number_integer()) {
       return bad("cuda_devices[]");
     }
-    p.gpus.push_back({d["index"].get<int>(), d["name"].get<std::string>(),
-                      d["total_memory_bytes"].get<int64_t>()});
+    lora::worker::v1::GpuInfo& gpu = p.gpus.emplace_back();
+    gpu.set_index(d["index"].get<int>());
+    gpu.set_name(d["name"].get<std::string>());
+    gpu.set_memory_bytes(d["total_memory_bytes"].get<int64_t>());
   }
   return p;
 }

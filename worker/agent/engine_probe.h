@@ -6,20 +6,14 @@
 #ifndef LORA_WORKER_AGENT_ENGINE_PROBE_H_
 #define LORA_WORKER_AGENT_ENGINE_PROBE_H_
 
-#include <cstdint>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "lora/worker/v1/worker_service.pb.h"
 
 namespace lora {
-
-struct EngineGpu {
-  int index = 0;
-  std::string name;
-  int64_t total_memory_bytes = 0;
-};
 
 struct EngineProbe {
   std::string version;
@@ -27,7 +21,7 @@ struct EngineProbe {
   std::string cuda_version;
   std::string nccl_version;
   bool cuda_compiled = false;
-  std::vector<EngineGpu> gpus;  // visible to the engine now
+  std::vector<lora::worker::v1::GpuInfo> gpus;  // visible to the engine now, as advertised
 };
 
 absl::StatusOr<EngineProbe> ProbeEngine(const std::string& lora_train);

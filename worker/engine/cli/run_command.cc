@@ -134,12 +134,6 @@ int RunJob(const RunOptions& o) {
   TrainerOptions t;
   auto device = ResolveTrainingDevice(spec->resources().device());
   if (!device.ok()) return fail(device.status());
-  if (!device->is_cpu() && spec->parallelism().context_parallel_degree() > 1) {
-    // Context parallelism's masks are the fused CPU kernel's per-query key ranges.
-    return fail(absl::InvalidArgumentError(
-        "parallelism.context_parallel_degree > 1 runs on the CPU only (its attention is the "
-        "fused CPU kernel); use FSDP, tensor or pipeline parallelism on GPUs"));
-  }
   if (o.portable_kernels && spec->parallelism().context_parallel_degree() > 1) {
     // Context parallelism expresses its masks as the fused kernel's per-query key ranges.
     return fail(absl::InvalidArgumentError(

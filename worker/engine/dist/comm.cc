@@ -48,14 +48,12 @@ bool IsPeerFailure(const std::string& detail) {
 }  // namespace
 
 Group::Group(c10::intrusive_ptr<c10d::Backend> pg, int rank, int size,
-             std::chrono::milliseconds timeout, std::vector<int> world_ranks,
-             bool native_reduce_scatter, torch::Device device)
+             std::chrono::milliseconds timeout, std::vector<int> world_ranks, torch::Device device)
     : pg_(std::move(pg)),
       rank_(rank),
       size_(size),
       timeout_(timeout),
       world_ranks_(std::move(world_ranks)),
-      native_reduce_scatter_(native_reduce_scatter),
       device_(device) {}
 
 bool Group::OnGroupDevice(const torch::Tensor& t) const { return t.device() == device_; }
@@ -118,7 +116,7 @@ torch::Tensor Group::AllGather(const torch::Tensor& t, int64_t dim) {
 }
 
 torch::Tensor Group::ReduceScatterSum(const torch::Tensor& t, int64_t dim) {
-  return native_reduce_scatter_ ? NativeReduceScatterSum(t, dim) : RingReduceScatterSum(t, dim);
+  return device_.is_cuda() ? NativeReduceScatterSum(t, dim) : RingReduceScatterSum(t, dim);
 }
 
 torch::Tensor Group::NativeReduceScatterSum(const torch::Tensor& t, int64_t dim) {
@@ -299,8 +297,7 @@ Group& DistContext::group(const std::vector<Dim>& dims) {
                                                      static_cast<int>(members.size()), opts);
   }
   auto g = std::make_unique<Group>(pg, index, static_cast<int>(members.size()), options_.timeout,
-                                   members, /*native_reduce_scatter=*/nccl,
-                                   nccl ? options_.device : torch::Device(torch::kCPU));
+                                   members, nccl ? options_.device : torch::Device(torch::kCPU));
   Group& ref = *g;
   groups_[name] = std::move(g);
   return ref;

@@ -1,8 +1,8 @@
 // Process groups over c10d, built from torchrun-style environment variables: RANK, WORLD_SIZE,
 // MASTER_ADDR, MASTER_PORT (and LOCAL_RANK for the GPU). Rank 0 hosts the TCPStore every group
 // rendezvouses through. The backend follows the training device: NCCL when it is a CUDA
-// device (tensors stay on the GPU), Gloo on the CPU. Both have native reduce-scatter and
-// all-gather into one tensor in LibTorch 2.11; reductions run in fp32 whatever the dtype.
+// device (tensors stay on the GPU), Gloo on the CPU. All-gathers fill one tensor; reductions
+// run in fp32 whatever the dtype.
 //
 //   LORA_ASSIGN_OR_RETURN(auto ctx, DistContext::Init(shape, {.timeout =
 //   std::chrono::seconds(60)})); ctx->group(Dim::kShard).AllReduceSum(t);
@@ -43,12 +43,10 @@ class CommError : public std::runtime_error {
 // A set of ranks that communicate. Size 1 groups make every collective a no-op.
 class Group {
  public:
-  // native_reduce_scatter: ReduceScatterSum uses the backend's own (NCCL) instead of the ring.
   // `device`: where the backend's buffers live (a GPU for NCCL, the CPU for Gloo). Tensors on
   // another device are staged through it, and results come back on the caller's device.
   Group(c10::intrusive_ptr<c10d::Backend> pg, int rank, int size, std::chrono::milliseconds timeout,
-        std::vector<int> world_ranks, bool native_reduce_scatter = false,
-        torch::Device device = torch::kCPU);
+        std::vector<int> world_ranks, torch::Device device = torch::kCPU);
   int rank() const { return rank_; }
   int size() const { return size_; }
   const std::vector<int>& world_ranks() const { return world_ranks_; }
@@ -57,9 +55,9 @@ class Group {
   void AllReduceSum(torch::Tensor& t);
   // Concatenation of every rank's `t` along `dim`, in group rank order.
   torch::Tensor AllGather(const torch::Tensor& t, int64_t dim);
-  // Sum over ranks, then this rank's 1/size slice along `dim`. Reduced in fp32. NCCL's native
-  // reduce-scatter; on Gloo the ring below, which bench/collectives_bench measures 1.1-1.9x
-  // faster than LibTorch 2.11 Gloo's native one.
+  // Sum over ranks, then this rank's 1/size slice along `dim`. Reduced in fp32. On a GPU group
+  // (NCCL) the native reduce-scatter; on the CPU (Gloo) the ring below, which
+  // bench/collectives_bench measures 1.1-1.9x faster than LibTorch 2.11 Gloo's native one.
   torch::Tensor ReduceScatterSum(const torch::Tensor& t, int64_t dim);
   // The two ways, for the tests and the bench: the backend's reduce-scatter, and a ring of
   // sends and receives.
@@ -84,7 +82,6 @@ class Group {
   int rank_, size_;
   std::chrono::milliseconds timeout_;
   std::vector<int> world_ranks_;
-  bool native_reduce_scatter_;
   std::vector<std::pair<c10::intrusive_ptr<c10d::Work>, torch::Tensor>> pending_sends_;
   struct PendingRecv {
     c10::intrusive_ptr<c10d::Work> work;

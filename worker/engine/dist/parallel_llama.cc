@@ -297,19 +297,7 @@ LocalBatch ParallelLlama::Localize(const Batch& rows) {
   LocalBatch out;
   out.rows = rows.input_ids.size(0);
   const int64_t B = out.rows, T = rows.input_ids.size(1);
-  const auto i64 = torch::TensorOptions().dtype(torch::kInt64);
-  torch::Tensor index = torch::arange(T, i64).unsqueeze(0).expand({B, T}).contiguous();
-  torch::Tensor lo = torch::zeros({B, T}, i64);
-  if (rows.document_ids.defined()) {
-    const torch::Tensor& doc = rows.document_ids;
-    torch::Tensor starts = torch::ones({B, T}, torch::TensorOptions().dtype(torch::kBool));
-    starts.narrow(1, 1, T - 1).copy_(doc.narrow(1, 1, T - 1).ne(doc.narrow(1, 0, T - 1)));
-    lo = std::get<0>(torch::cummax(torch::where(starts, index, torch::zeros_like(index)), 1))
-             .contiguous();
-  }
   const int cp = cp_->size(), r = cp_->rank();
-  torch::Tensor positions = rows.position_ids;
-  torch::Tensor local_pos = TakeLocalChunks(positions, cp, r);
   out.input_ids = TakeLocalChunks(rows.input_ids, cp, r).contiguous();
   out.targets = TakeLocalChunks(rows.targets, cp, r).contiguous();
   out.num_targets = out.targets.ne(kIgnoreIndex).sum().item<int64_t>();  // before any copy
@@ -326,6 +314,19 @@ LocalBatch ParallelLlama::Localize(const Batch& rows) {
         model_->model->embed_tokens->weight.scalar_type());
     return out;
   }
+  // The fused kernel's per-query key ranges [lo, hi] in global positions.
+  const auto i64 = torch::TensorOptions().dtype(torch::kInt64);
+  torch::Tensor index = torch::arange(T, i64).unsqueeze(0).expand({B, T}).contiguous();
+  torch::Tensor lo = torch::zeros({B, T}, i64);
+  if (rows.document_ids.defined()) {
+    const torch::Tensor& doc = rows.document_ids;
+    torch::Tensor starts = torch::ones({B, T}, torch::TensorOptions().dtype(torch::kBool));
+    starts.narrow(1, 1, T - 1).copy_(doc.narrow(1, 1, T - 1).ne(doc.narrow(1, 0, T - 1)));
+    lo = std::get<0>(torch::cummax(torch::where(starts, index, torch::zeros_like(index)), 1))
+             .contiguous();
+  }
+  torch::Tensor positions = rows.position_ids;
+  torch::Tensor local_pos = TakeLocalChunks(positions, cp, r);
   out.ctx.lo = TakeLocalChunks(lo, cp, r).contiguous();
   out.ctx.hi = TakeLocalChunks(index, cp, r).contiguous();
   const torch::Tensor& inv = model_->model->inv_freq();

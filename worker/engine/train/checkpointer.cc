@@ -1,7 +1,5 @@
 #include "worker/engine/train/checkpointer.h"
 
-#include <torch/cuda.h>
-
 #include <filesystem>
 #include <regex>
 
