@@ -57,7 +57,54 @@ absl::Status ReadTokenId(const json& j, const char* key, int64_t* out) {
     if (!s_.ok()) return s_;   \
   } while (false)
 
+// mistral: `sliding_window` (int or null) on every layer. qwen2/qwen3: only with
+// `use_sliding_window`, on the layers `layer_types` marks "sliding_attention" (or, without it,
+// layers >= max_window_layers), as transformers does. llama has no window.
+absl::Status ReadSlidingWindow(const json& j, LlamaConfig* c) {
+  const int64_t n = c->num_hidden_layers;
+  if (c->model_type == "llama") return absl::OkStatus();
+  int64_t window = 0;
+  RETURN_IF_ERROR_(ReadInt(j, "sliding_window", &window));
+  if (c->model_type != "mistral") {
+    bool use = false;
+    RETURN_IF_ERROR_(ReadBool(j, "use_sliding_window", &use));
+    if (!use) window = 0;
+  }
+  if (window == 0) return absl::OkStatus();
+  if (window < 0) return FieldError("sliding_window", absl::StrCat("must be > 0, got ", window));
+  c->sliding_window = window;
+  c->sliding_layers.assign(static_cast<size_t>(n), true);
+  auto types = j.find("layer_types");
+  if (types != j.end() && !types->is_null()) {
+    if (!types->is_array() || static_cast<int64_t>(types->size()) != n) {
+      return FieldError("layer_types",
+                        absl::StrCat("must be a list of num_hidden_layers (", n, ") strings"));
+    }
+    for (int64_t i = 0; i < n; ++i) {
+      const json& t = (*types)[static_cast<size_t>(i)];
+      if (!t.is_string() || (t != "full_attention" && t != "sliding_attention")) {
+        return FieldError(absl::StrCat("layer_types[", i, "]"),
+                          "must be \"full_attention\" or \"sliding_attention\"");
+      }
+      c->sliding_layers[static_cast<size_t>(i)] = t == "sliding_attention";
+    }
+  } else if (c->model_type != "mistral") {
+    int64_t max_window_layers = n;
+    RETURN_IF_ERROR_(ReadInt(j, "max_window_layers", &max_window_layers));
+    for (int64_t i = 0; i < n; ++i) c->sliding_layers[static_cast<size_t>(i)] = i >= max_window_layers;
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
+
+bool LlamaConfig::SlidingWindowBinds(int64_t seq_len) const {
+  if (sliding_window <= 0 || sliding_window >= seq_len) return false;
+  for (bool sliding : sliding_layers) {
+    if (sliding) return true;
+  }
+  return false;
+}
 
 std::vector<std::string> LlamaConfig::FlavorNames() {
   return {"tiny", "debugmodel", "llama3.2-1b", "llama3.1-8b"};
@@ -134,13 +181,15 @@ absl::StatusOr<LlamaConfig> LlamaConfig::FromHfJson(const json& j) {
   if (model_type != j.end()) {
     if (!model_type->is_string()) return FieldError("model_type", "must be a string");
     c.model_type = model_type->get<std::string>();
-    if (c.model_type != "llama" && c.model_type != "mistral" && c.model_type != "qwen2") {
+    if (c.model_type != "llama" && c.model_type != "mistral" && c.model_type != "qwen2" &&
+        c.model_type != "qwen3") {
       return FieldError("model_type", absl::StrCat("'", c.model_type,
                                                    "' is not a Llama-family model (llama, "
-                                                   "mistral, qwen2)"));
+                                                   "mistral, qwen2, qwen3)"));
     }
   }
   if (c.model_type == "qwen2") c.attention_bias = true;
+  if (c.model_type == "qwen3") c.qk_norm = true;
   for (const char* key : {"hidden_size", "intermediate_size", "num_hidden_layers",
                           "num_attention_heads", "vocab_size"}) {
     if (!j.contains(key)) return FieldError(key, "missing");
@@ -164,23 +213,35 @@ absl::StatusOr<LlamaConfig> LlamaConfig::FromHfJson(const json& j) {
   RETURN_IF_ERROR_(ReadDouble(j, "initializer_range", &c.initializer_range));
   RETURN_IF_ERROR_(ReadTokenId(j, "bos_token_id", &c.bos_token_id));
   RETURN_IF_ERROR_(ReadTokenId(j, "eos_token_id", &c.eos_token_id));
-  auto dtype = j.find("torch_dtype");
-  if (dtype != j.end() && dtype->is_string()) c.torch_dtype = dtype->get<std::string>();
+  // transformers 5 writes `dtype`; earlier versions `torch_dtype`.
+  for (const char* key : {"dtype", "torch_dtype"}) {
+    auto dtype = j.find(key);
+    if (dtype != j.end() && dtype->is_string()) c.torch_dtype = dtype->get<std::string>();
+  }
   auto act = j.find("hidden_act");
   if (act != j.end() && !act->is_null()) {
     if (!act->is_string() || act->get<std::string>() != "silu") {
       return FieldError("hidden_act", "only \"silu\" is supported");
     }
   }
-  auto scaling = j.find("rope_scaling");
+  // transformers 5 writes `rope_parameters` {rope_type, rope_theta, factor, ...}; the hub's
+  // checkpoints have `rope_theta` and `rope_scaling`. Either way one set of settings results.
+  auto params = j.find("rope_parameters");
+  const bool new_form = params != j.end() && !params->is_null();
+  if (new_form) {
+    if (!params->is_object()) return FieldError("rope_parameters", "must be an object or null");
+    RETURN_IF_ERROR_(ReadDouble(*params, "rope_theta", &c.rope_theta));
+  }
+  auto scaling = new_form ? params : j.find("rope_scaling");
+  const std::string scaling_field = new_form ? "rope_parameters" : "rope_scaling";
   if (scaling != j.end() && !scaling->is_null()) {
-    if (!scaling->is_object()) return FieldError("rope_scaling", "must be an object or null");
+    if (!scaling->is_object()) return FieldError(scaling_field, "must be an object or null");
     std::string type;
     for (const char* key : {"rope_type", "type"}) {
       auto t = scaling->find(key);
       if (t != scaling->end() && t->is_string()) type = t->get<std::string>();
     }
-    if (type == "default") {
+    if (type == "default" || (new_form && type.empty())) {
       // Same as no scaling.
     } else if (type == "llama3") {
       c.has_rope_scaling = true;
@@ -190,10 +251,11 @@ absl::StatusOr<LlamaConfig> LlamaConfig::FromHfJson(const json& j) {
       RETURN_IF_ERROR_(ReadInt(*scaling, "original_max_position_embeddings",
                                &c.rope_scaling.original_max_position_embeddings));
     } else {
-      return FieldError("rope_scaling.rope_type",
+      return FieldError(scaling_field + ".rope_type",
                         absl::StrCat("'", type, "' is not supported (supported: llama3, default)"));
     }
   }
+  RETURN_IF_ERROR_(ReadSlidingWindow(j, &c));
   RETURN_IF_ERROR_(c.Validate());
   return c;
 }
@@ -201,6 +263,7 @@ absl::StatusOr<LlamaConfig> LlamaConfig::FromHfJson(const json& j) {
 json LlamaConfig::ToHfJson() const {
   json j;
   j["architectures"] = {model_type == "qwen2"     ? "Qwen2ForCausalLM"
+                        : model_type == "qwen3"   ? "Qwen3ForCausalLM"
                         : model_type == "mistral" ? "MistralForCausalLM"
                                                   : "LlamaForCausalLM"};
   j["model_type"] = model_type;
@@ -225,9 +288,22 @@ json LlamaConfig::ToHfJson() const {
     j["rope_scaling"] = nullptr;
   }
   j["tie_word_embeddings"] = tie_word_embeddings;
-  if (model_type != "qwen2") {
+  if (model_type == "llama") {
     j["attention_bias"] = attention_bias;
     j["mlp_bias"] = mlp_bias;
+  } else if (model_type == "qwen3") {
+    j["attention_bias"] = attention_bias;
+  }
+  if (model_type == "mistral") {
+    j["sliding_window"] = sliding_window > 0 ? json(sliding_window) : json(nullptr);
+  } else if (model_type == "qwen2" || model_type == "qwen3") {
+    j["use_sliding_window"] = sliding_window > 0;
+    j["sliding_window"] = sliding_window > 0 ? json(sliding_window) : json(nullptr);
+    json types = json::array();
+    for (int64_t i = 0; i < num_hidden_layers; ++i) {
+      types.push_back(LayerIsSliding(i) ? "sliding_attention" : "full_attention");
+    }
+    j["layer_types"] = types;
   }
   j["hidden_act"] = "silu";
   j["initializer_range"] = initializer_range;
@@ -259,6 +335,9 @@ absl::Status LlamaConfig::Validate() const {
   if (head_dim % 2 != 0) return FieldError("head_dim", "must be even for rotary embeddings");
   if (rms_norm_eps <= 0) return FieldError("rms_norm_eps", "must be > 0");
   if (rope_theta <= 0) return FieldError("rope_theta", "must be > 0");
+  if (sliding_window > 0 && static_cast<int64_t>(sliding_layers.size()) != num_hidden_layers) {
+    return FieldError("layer_types", "needs one entry per layer with a sliding window");
+  }
   if (has_rope_scaling) {
     if (rope_scaling.factor <= 0) return FieldError("rope_scaling.factor", "must be > 0");
     if (rope_scaling.high_freq_factor <= rope_scaling.low_freq_factor) {
@@ -277,7 +356,7 @@ int64_t LlamaConfig::NumParameters() const {
   if (attention_bias) attn += q + 2 * kv + (o_proj_bias() ? hidden_size : 0);
   int64_t mlp = 3 * hidden_size * intermediate_size;
   if (mlp_bias) mlp += 2 * intermediate_size + hidden_size;
-  int64_t layer = attn + mlp + 2 * hidden_size;
+  int64_t layer = attn + mlp + 2 * hidden_size + (qk_norm ? 2 * head_dim : 0);
   int64_t embed = vocab_size * hidden_size;
   return embed * (tie_word_embeddings ? 1 : 2) + num_hidden_layers * layer + hidden_size;
 }

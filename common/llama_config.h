@@ -4,7 +4,11 @@
 //   LORA_ASSIGN_OR_RETURN(LlamaConfig c, LlamaConfig::FromHfJson(ReadJson("config.json")));
 //   nlohmann::json j = c.ToHfJson();
 //
-// "mistral" and "qwen2" share the shape family; qwen2 adds q/k/v bias (attention_bias here).
+// "mistral", "qwen2" and "qwen3" share the shape family: qwen2 adds q/k/v bias (attention_bias
+// here), qwen3 an RMSNorm over each head of q and k before RoPE (qk_norm), mistral and
+// qwen2/3 with `use_sliding_window` a sliding attention window. Both ways transformers writes
+// RoPE settings are read: `rope_theta` + `rope_scaling` (the hub's checkpoints) and
+// `rope_parameters` (transformers 5).
 #ifndef LORA_COMMON_LLAMA_CONFIG_H_
 #define LORA_COMMON_LLAMA_CONFIG_H_
 
@@ -43,6 +47,20 @@ struct LlamaConfig {
   bool tie_word_embeddings = false;
   bool attention_bias = false;  // q/k/v (and o for llama) bias
   bool mlp_bias = false;
+  // qwen3: RMSNorm(head_dim) on every query and key head, before RoPE.
+  bool qk_norm = false;
+  // Sliding-window attention: a token attends to itself and the sliding_window - 1 tokens
+  // before it (transformers: kv_idx > q_idx - sliding_window), on the layers whose entry in
+  // sliding_layers is true. 0 = full attention everywhere.
+  int64_t sliding_window = 0;
+  std::vector<bool> sliding_layers;
+  bool LayerIsSliding(int64_t layer) const {
+    return sliding_window > 0 && layer >= 0 &&
+           layer < static_cast<int64_t>(sliding_layers.size()) &&
+           sliding_layers[static_cast<size_t>(layer)];
+  }
+  // True when some layer's window is shorter than `seq_len` (so the window changes results).
+  bool SlidingWindowBinds(int64_t seq_len) const;
   // qwen2 puts bias on q/k/v but not on o_proj.
   bool o_proj_bias() const { return attention_bias && model_type != "qwen2"; }
   std::string torch_dtype = "float32";

@@ -2,6 +2,7 @@
 
 #include <torch/torch.h>
 
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/unit/llama_reference.h"
 #include "worker/engine/model/hf_checkpoint.h"
@@ -228,6 +229,72 @@ TEST(LlamaConfigTest, HfJsonRoundTripAndValidation) {
   j["hidden_size"] = "big";
   EXPECT_NE(LlamaConfig::FromHfJson(j).status().message().find("hidden_size: must be an integer"),
             std::string::npos);
+}
+
+// transformers 5 writes RoPE settings as `rope_parameters`; before this was read, a Llama 3
+// checkpoint saved by it silently got rope_theta 10000 and no llama3 scaling.
+TEST(LlamaConfigTest, ReadsTransformers5RopeParameters) {
+  nlohmann::json j = LlamaConfig::FromFlavor("llama3.2-1b")->ToHfJson();
+  j.erase("rope_theta");
+  j.erase("rope_scaling");
+  j["rope_parameters"] = {{"rope_type", "llama3"},        {"rope_theta", 500000.0},
+                          {"factor", 32.0},               {"low_freq_factor", 1.0},
+                          {"high_freq_factor", 4.0},      {"original_max_position_embeddings", 8192}};
+  auto c = LlamaConfig::FromHfJson(j);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->rope_theta, 500000.0);
+  ASSERT_TRUE(c->has_rope_scaling);
+  EXPECT_EQ(c->rope_scaling.factor, 32.0);
+  j["rope_parameters"] = {{"rope_type", "yarn"}, {"rope_theta", 1e6}, {"factor", 4.0}};
+  EXPECT_THAT(std::string(LlamaConfig::FromHfJson(j).status().message()),
+              ::testing::HasSubstr("rope_parameters.rope_type: 'yarn' is not supported"));
+}
+
+TEST(LlamaConfigTest, Qwen3HasQkNormAndSlidingWindowsFollowTransformersRules) {
+  nlohmann::json j = {{"model_type", "qwen3"},      {"hidden_size", 64},
+                      {"intermediate_size", 128},   {"num_hidden_layers", 3},
+                      {"num_attention_heads", 4},   {"num_key_value_heads", 2},
+                      {"head_dim", 24},             {"vocab_size", 100},
+                      {"use_sliding_window", false}, {"sliding_window", 8}};
+  auto c = LlamaConfig::FromHfJson(j);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE(c->qk_norm);
+  EXPECT_FALSE(c->attention_bias);
+  EXPECT_EQ(c->sliding_window, 0);  // present but not used
+  EXPECT_FALSE(c->SlidingWindowBinds(1000));
+
+  j["use_sliding_window"] = true;
+  j["max_window_layers"] = 1;
+  c = LlamaConfig::FromHfJson(j);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->sliding_layers, (std::vector<bool>{false, true, true}));
+  EXPECT_TRUE(c->SlidingWindowBinds(9));
+  EXPECT_FALSE(c->SlidingWindowBinds(8));
+  j["layer_types"] = {"sliding_attention", "full_attention", "full_attention"};
+  c = LlamaConfig::FromHfJson(j);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->sliding_layers, (std::vector<bool>{true, false, false}));
+  auto back = LlamaConfig::FromHfJson(c->ToHfJson());
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->sliding_layers, c->sliding_layers);
+  EXPECT_TRUE(back->qk_norm);
+  EXPECT_EQ(back->NumParameters(), c->NumParameters());
+
+  j["layer_types"] = {"sliding_attention", "chunked_attention", "full_attention"};
+  EXPECT_THAT(std::string(LlamaConfig::FromHfJson(j).status().message()),
+              ::testing::HasSubstr("layer_types[1]"));
+  j["layer_types"] = {"sliding_attention"};
+  EXPECT_THAT(std::string(LlamaConfig::FromHfJson(j).status().message()),
+              ::testing::HasSubstr("layer_types: must be a list of num_hidden_layers (3)"));
+
+  nlohmann::json m = {{"model_type", "mistral"}, {"hidden_size", 64},  {"intermediate_size", 128},
+                      {"num_hidden_layers", 2},  {"num_attention_heads", 4},
+                      {"vocab_size", 100},       {"sliding_window", 4096}};
+  auto mistral = LlamaConfig::FromHfJson(m);
+  ASSERT_TRUE(mistral.ok()) << mistral.status();
+  EXPECT_EQ(mistral->sliding_layers, (std::vector<bool>{true, true}));
+  m["sliding_window"] = nullptr;
+  EXPECT_EQ(LlamaConfig::FromHfJson(m)->sliding_window, 0);
 }
 
 }  // namespace

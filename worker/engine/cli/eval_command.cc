@@ -29,6 +29,8 @@ struct EvalOptions {
   std::string dtype = "float32";
   uint64_t model_seed = 0;
   bool json = false;
+  std::string dump_logits;
+  bool portable_kernels = false;
   std::string job;
   std::vector<std::string> overrides;
 };
@@ -122,10 +124,12 @@ int RunEval(const EvalOptions& o) {
     return ReportError("eval", absl::InvalidArgumentError(
                                    absl::StrCat(o.dataset, ": no sequence has 2 or more tokens")));
   }
+  if (o.portable_kernels) model->model->set_fused_kernels(false);
   model->eval();
   torch::NoGradGuard no_grad;
   double loss_sum = 0.0;
   int64_t tokens = 0;
+  NamedTensors dumped;  // "chunk<i>": fp32 logits [inputs, vocab] of each window
   for (size_t b = 0; b < chunks.size(); b += static_cast<size_t>(o.batch_size)) {
     const size_t end = std::min(chunks.size(), b + static_cast<size_t>(o.batch_size));
     int64_t width = 0;
@@ -150,6 +154,17 @@ int RunEval(const EvalOptions& o) {
                                targets.view({-1}), {}, at::Reduction::Sum, -100);
     loss_sum += loss.item<double>();
     tokens += targets.ne(-100).sum().item<int64_t>();
+    if (!o.dump_logits.empty()) {
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t n = static_cast<int64_t>(chunks[b + static_cast<size_t>(r)].tokens.size()) - 1;
+        dumped.emplace_back(absl::StrCat("chunk", b + static_cast<size_t>(r)),
+                            logits[r].narrow(0, 0, n).to(torch::kFloat32).contiguous());
+      }
+    }
+  }
+  if (!o.dump_logits.empty()) {
+    absl::Status written = WriteTensors(o.dump_logits, dumped, torch::kFloat32, {});
+    if (!written.ok()) return ReportError("eval", written);
   }
   const double mean = loss_sum / static_cast<double>(tokens);
   if (o.json) {
@@ -186,6 +201,10 @@ void AddEvalCommand(CLI::App& app, CommandRunner* runner) {
   cmd->add_option("--model-seed", o->model_seed, "Base weight seed when --model is a flavor")
       ->capture_default_str();
   cmd->add_flag("--json", o->json, "Print the result as JSON");
+  cmd->add_flag("--portable-kernels", o->portable_kernels,
+                "LibTorch's SDPA and element-wise ops instead of the fused CPU kernels");
+  cmd->add_option("--dump-logits", o->dump_logits,
+                  "Write each window's fp32 logits to this safetensors file (chunk0, chunk1, ...)");
   cmd->callback([o, runner] { *runner = [o] { return RunEval(*o); }; });
 }
 

@@ -142,6 +142,21 @@ absl::Status ParallelLlama::Setup(const lora::v1::JobSpec& spec) {
   const LlamaConfig& c = model_->config();
   const auto& par = spec.parallelism();
   ring_attention_ = par.context_parallel_method() == "ring";
+  if (cp_->size() > 1 && !LlamaModelImpl::FusedAttentionFits(c)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "parallelism.context_parallel_degree: context parallelism runs on the fused attention "
+        "kernel, which needs head_dim to be a multiple of 16 (the model's is ",
+        c.head_dim, ")"));
+  }
+  if (cp_->size() > 1 && c.SlidingWindowBinds(spec.training().seq_len())) {
+    // Each CP rank sees its own slice of keys; the window's bounds are not carried across the
+    // gather or the ring, so a binding window would be silently ignored.
+    return absl::InvalidArgumentError(absl::StrCat(
+        "parallelism.context_parallel_degree: the model's sliding_window (",
+        c.sliding_window, ") is shorter than training.seq_len (", spec.training().seq_len(),
+        "); context parallelism does not implement sliding windows: use seq_len <= ",
+        c.sliding_window, " or context_parallel_degree = 1"));
+  }
   std::vector<int> per_stage(par.pipeline_parallel_layers_per_stage().begin(),
                              par.pipeline_parallel_layers_per_stage().end());
   if (pp_->size() > c.num_hidden_layers) {

@@ -48,6 +48,10 @@ LlamaAttentionImpl::LlamaAttentionImpl(const LlamaConfig& c, torch::Dtype dtype)
                            Linear(LinearOptions{c.hidden_size, kv_dim, c.attention_bias, dtype}));
   o_proj = register_module("o_proj",
                            Linear(LinearOptions{q_dim, c.hidden_size, c.o_proj_bias(), dtype}));
+  if (c.qk_norm) {
+    q_norm = register_module("q_norm", RMSNorm(c.head_dim, c.rms_norm_eps, dtype));
+    k_norm = register_module("k_norm", RMSNorm(c.head_dim, c.rms_norm_eps, dtype));
+  }
 }
 
 torch::Tensor CausalAttention(const torch::Tensor& q, const torch::Tensor& k,
@@ -87,6 +91,13 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x_in, const Atten
   torch::Tensor q = q_proj(x).view({B, T, num_heads_, head_dim_});
   torch::Tensor k = k_proj(x).view({B, T, num_kv_heads_, head_dim_});
   torch::Tensor v = v_proj(x).view({B, T, num_kv_heads_, head_dim_});
+  if (!q_norm.is_empty()) {
+    q = q_norm(q);
+    k = k_norm(k);
+  }
+  // Context parallelism refuses windows that bind (dist_trainer), so only the local paths
+  // need the window's bounds.
+  const bool window = sliding_ && (ctx.window_lo.defined() || ctx.window_mask.defined());
   torch::Tensor out;
   if (ctx.attend) {
     out = ctx.attend(q, k, v);
@@ -98,11 +109,11 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x_in, const Atten
     const bool own_k = ctx.k_rope_cos.defined();
     RopeTables rope{ctx.rope_cos, ctx.rope_sin, own_k ? ctx.k_rope_cos : ctx.rope_cos,
                     own_k ? ctx.k_rope_sin : ctx.rope_sin};
-    out = std::get<0>(FusedAttention(q, k, v, rope, ctx.lo, ctx.hi));
+    out = std::get<0>(FusedAttention(q, k, v, rope, window ? ctx.window_lo : ctx.lo, ctx.hi));
   } else {
     q = ApplyRope(q, ctx.cos.to(q.scalar_type()), ctx.sin.to(q.scalar_type()));
     k = ApplyRope(k, ctx.cos.to(k.scalar_type()), ctx.sin.to(k.scalar_type()));
-    out = SdpaAttention(q, k, v, ctx.mask);
+    out = SdpaAttention(q, k, v, window ? ctx.window_mask : ctx.mask);
   }
   torch::Tensor y = o_proj(out.reshape({B, T, num_heads_ * head_dim_}));
   return tp_.exit ? tp_.exit(y) : y;
@@ -138,11 +149,16 @@ torch::Tensor LlamaDecoderLayerImpl::forward(const torch::Tensor& x, const Atten
   return h + mlp(post_attention_layernorm(h));
 }
 
-LlamaModelImpl::LlamaModelImpl(const LlamaConfig& c, torch::Dtype dtype) : config_(c) {
+LlamaModelImpl::LlamaModelImpl(const LlamaConfig& c, torch::Dtype dtype)
+    : config_(c), fused_attention_(FusedAttentionFits(c)) {
   embed_tokens =
       register_module("embed_tokens", TokenEmbedding(c.vocab_size, c.hidden_size, dtype));
   layers = register_module("layers", torch::nn::ModuleList());
-  for (int64_t i = 0; i < c.num_hidden_layers; ++i) layers->push_back(LlamaDecoderLayer(c, dtype));
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    LlamaDecoderLayer layer(c, dtype);
+    layer->self_attn->set_sliding(c.LayerIsSliding(i));
+    layers->push_back(layer);
+  }
   norm = register_module("norm", RMSNorm(c.hidden_size, c.rms_norm_eps, dtype));
   inv_freq_ = RopeInverseFrequencies(c);
 }
@@ -172,6 +188,9 @@ AttentionContext LlamaModelImpl::MakeAttentionContext(const ForwardInputs& input
     } else {
       ctx.lo = torch::zeros({B, T}, i64);
     }
+    if (config_.SlidingWindowBinds(T)) {
+      ctx.window_lo = torch::maximum(ctx.lo, index - (config_.sliding_window - 1)).contiguous();
+    }
     return ctx;
   }
   std::tie(ctx.cos, ctx.sin) = RopeCosSin(inv_freq_, positions, dtype);
@@ -182,11 +201,19 @@ AttentionContext LlamaModelImpl::MakeAttentionContext(const ForwardInputs& input
     torch::Tensor same = doc.unsqueeze(2).eq(doc.unsqueeze(1));  // [B, T, T]
     ctx.mask = same.logical_and(causal).view({doc.size(0), 1, T, T});
   }  // else undefined: plain causal attention
+  if (config_.SlidingWindowBinds(T)) {
+    // transformers' overlay: key j is visible from query i when j > i - sliding_window.
+    torch::Tensor band =
+        torch::ones({T, T}, torch::TensorOptions().dtype(torch::kBool).device(device))
+            .tril()
+            .triu(-(config_.sliding_window - 1));
+    ctx.window_mask = ctx.mask.defined() ? ctx.mask.logical_and(band) : band.view({1, 1, T, T});
+  }
   return ctx;
 }
 
 void LlamaModelImpl::set_fused_kernels(bool on) {
-  fused_attention_ = on;
+  set_fused_attention(on);
   for (const auto& layer : *layers) layer->as<LlamaDecoderLayer>()->mlp->set_fused_swiglu(on);
 }
 

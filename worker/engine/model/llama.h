@@ -41,6 +41,10 @@ struct AttentionContext {
   // documents a bool mask [B, 1, T, T], true = may attend (undefined = plain causal).
   torch::Tensor cos, sin;
   torch::Tensor mask;
+  // Layers with a sliding window (defined only when the window is shorter than the sequence):
+  // the fused path's first visible key, and the portable path's mask (always defined then).
+  torch::Tensor window_lo;
+  torch::Tensor window_mask;
   // Context parallelism: rotary tables of the (gathered) keys when they differ from the
   // queries', and the all-gather that turns local K/V into the full sequence's.
   torch::Tensor k_rope_cos, k_rope_sin;
@@ -92,6 +96,11 @@ class LlamaAttentionImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x, const AttentionContext& ctx);
 
   Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
+  RMSNorm q_norm{nullptr}, k_norm{nullptr};  // qwen3 only
+
+  // This layer attends within the config's sliding window.
+  void set_sliding(bool on) { sliding_ = on; }
+  bool sliding() const { return sliding_; }
 
   // Tensor parallelism: this rank computes `heads` query heads over `kv_heads` kv heads.
   void SetLocalHeads(int64_t heads, int64_t kv_heads) {
@@ -102,6 +111,7 @@ class LlamaAttentionImpl : public torch::nn::Module {
 
  private:
   int64_t num_heads_, num_kv_heads_, head_dim_;
+  bool sliding_ = false;
   TensorParallelHooks tp_;
 };
 TORCH_MODULE(LlamaAttention);
@@ -165,7 +175,9 @@ class LlamaModelImpl : public torch::nn::Module {
   // Recompute each layer in the backward pass instead of keeping its activations.
   void set_activation_checkpointing(bool on) { activation_checkpointing_ = on; }
   // The fused CPU attention kernel (default) or the plain matmul/softmax reference.
-  void set_fused_attention(bool on) { fused_attention_ = on; }
+  // (The fused kernel needs head_dim % 16 == 0; other shapes always take the portable path.)
+  void set_fused_attention(bool on) { fused_attention_ = on && FusedAttentionFits(config_); }
+  static bool FusedAttentionFits(const LlamaConfig& c) { return c.head_dim % 16 == 0; }
   bool fused_attention() const { return fused_attention_; }
   // Both fused CPU kernels (attention, SwiGLU) on, or the portable LibTorch ops that run on any
   // device (what a CUDA build computes with).
