@@ -37,7 +37,7 @@ void ApplyJobSpecDefaults(lora::v1::JobSpec* spec) {
   if (sched->decay_type().empty()) sched->set_decay_type("cosine");
 
   auto* training = spec->mutable_training();
-  if (!training->has_steps()) training->set_steps(10);
+  if (!training->has_steps() && !training->has_epochs()) training->set_steps(10);
   if (!training->has_seq_len()) training->set_seq_len(256);
   if (!training->has_local_batch_size()) training->set_local_batch_size(8);
   if (!training->has_gradient_accumulation_steps()) training->set_gradient_accumulation_steps(1);
@@ -48,9 +48,11 @@ void ApplyJobSpecDefaults(lora::v1::JobSpec* spec) {
   if (!training->has_num_threads()) training->set_num_threads(0);
 
   auto* data = spec->mutable_dataset();
-  if (data->format().empty()) data->set_format("text");
+  if (data->format().empty()) data->set_format("auto");
   if (!data->has_pack()) data->set_pack(true);
-  if (!data->has_validation_fraction()) data->set_validation_fraction(0.05);
+  if (!data->has_validation_fraction()) {
+    data->set_validation_fraction(data->validation_path().empty() ? 0.05 : 0.0);
+  }
   if (!data->has_validation_interval()) data->set_validation_interval(5);
   if (!data->has_validation_max_batches()) data->set_validation_max_batches(0);
   if (!data->has_num_examples()) data->set_num_examples(20000);

@@ -83,7 +83,7 @@ std::vector<FieldViolation> JobSpecViolations(const JobSpec& spec) {
 
   // [model]
   const auto& m = spec.model();
-  c.OneOf("model.name", m.name(), {"llama3", "llama", "mistral", "qwen2"});
+  c.OneOf("model.name", m.name(), {"llama3", "llama", "mistral", "qwen2", "qwen3"});
   std::optional<LlamaConfig> shape;
   if (!m.path().empty() && !m.flavor().empty()) {
     c.Fail("model.path", "set either model.flavor or model.path, not both");
@@ -152,7 +152,12 @@ std::vector<FieldViolation> JobSpecViolations(const JobSpec& spec) {
 
   // [training]
   const auto& t = spec.training();
-  c.AtLeast("training.steps", t.steps(), 1);
+  if (t.has_epochs()) {
+    if (t.has_steps()) c.Fail("training.epochs", "set training.steps or training.epochs, not both");
+    if (!(t.epochs() > 0 && t.epochs() <= 1e6)) c.Fail("training.epochs", "must be in (0, 1e6]");
+  } else {
+    c.AtLeast("training.steps", t.steps(), 1);
+  }
   c.AtLeast("training.seq_len", t.seq_len(), 2);
   if (t.seq_len() > (1 << 20)) c.Fail("training.seq_len", "must be <= 1048576");
   c.AtLeast("training.local_batch_size", t.local_batch_size(), 1);
@@ -184,9 +189,14 @@ std::vector<FieldViolation> JobSpecViolations(const JobSpec& spec) {
     }
     if (!d.name().empty()) c.OneOf("dataset.name", d.name(), kBuiltinDatasets);
   }
-  c.OneOf("dataset.format", d.format(), {"text", "prompt_completion", "input_ids"});
+  c.OneOf("dataset.format", d.format(),
+          {"auto", "text", "prompt_completion", "input_ids", "messages"});
   if (!(d.validation_fraction() >= 0 && d.validation_fraction() < 1))
     c.Fail("dataset.validation_fraction", "must be in [0, 1)");
+  if (!d.validation_path().empty() && d.validation_fraction() > 0) {
+    c.Fail("dataset.validation_fraction",
+           "must be 0 with dataset.validation_path (the held-out file is the validation set)");
+  }
   c.AtLeast("dataset.validation_interval", d.validation_interval(), 0);
   c.AtLeast("dataset.validation_max_batches", d.validation_max_batches(), 0);
   c.AtLeast("dataset.num_examples", d.num_examples(), 1);

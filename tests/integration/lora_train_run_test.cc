@@ -256,5 +256,35 @@ TEST_F(RunTest, PortableKernelsTrainLikeTheFusedKernels) {
             1e-5);
 }
 
+// training.epochs: the run takes as many steps as cover that many passes over the training
+// windows, and evaluates on the held-out validation file.
+TEST_F(RunTest, EpochsAndAValidationFileDriveTheRun) {
+  std::ofstream train(dir_.Join("train.jsonl"));
+  for (int i = 0; i < 40; ++i) train << R"({"text": "the cat sees a red ball in the park."})" << "\n";
+  train.close();
+  std::ofstream val(dir_.Join("val.jsonl"));
+  for (int i = 0; i < 5; ++i) val << R"({"text": "a dog hears the green door."})" << "\n";
+  val.close();
+  std::string toml = TinySpec(1);
+  auto replace = [&toml](const std::string& from, const std::string& to) {
+    toml.replace(toml.find(from), from.size(), to);
+  };
+  replace("steps = 1\n", "epochs = 2\n");
+  replace("name = \"synthetic-arith\"", "path = \"" + dir_.Join("train.jsonl") +
+                                          "\"\nvalidation_path = \"" + dir_.Join("val.jsonl") +
+                                          "\"");
+  replace("validation_fraction = 0.05\n", "");
+  ProcessResult r = Train({"run", "--job", WriteSpec("job.toml", toml), "--out", dir_.Join("out")});
+  ASSERT_EQ(r.exit_code, 0) << r.err << "\n" << toml;
+  // 40 examples of 37 bytes + BOS/EOS = 1560 tokens, packed into windows of 64 (+1 overlapping):
+  // 24 windows; 2 epochs at 4 rows per step = 48 / 4 = 12 steps.
+  auto started = Events(dir_.Join("out/events.jsonl"), "started");
+  ASSERT_FALSE(started.empty());
+  EXPECT_EQ(started[0]["total_steps"], 12);
+  auto summary = nlohmann::json::parse(testing::ReadFile(dir_.Join("out/summary.json")));
+  EXPECT_EQ(summary["steps"], 12);
+  EXPECT_TRUE(summary["final_eval_loss"].is_number());
+}
+
 }  // namespace
 }  // namespace lora

@@ -246,5 +246,25 @@ TEST(JobSpecTest, OverridesReplaceValues) {
               HasSubstr("expected an integer"));
 }
 
+TEST(JobSpecTest, EpochsReplaceStepsAndAValidationFileReplacesTheFraction) {
+  JobSpec spec = Defaulted("[training]\nepochs = 2.5\n[dataset]\npath = \"d.jsonl\"\n"
+                           "validation_path = \"v.jsonl\"\n");
+  EXPECT_TRUE(ValidateJobSpec(spec).ok()) << ValidateJobSpec(spec);
+  EXPECT_FALSE(spec.training().has_steps());
+  EXPECT_EQ(spec.dataset().validation_fraction(), 0.0);
+  EXPECT_EQ(spec.dataset().format(), "auto");
+
+  JobSpec both = Defaulted("[training]\nepochs = 1\nsteps = 5\n[dataset]\npath = \"d.jsonl\"\n");
+  EXPECT_THAT(Violations(both), HasSubstr("training.epochs: set training.steps or training.epochs"));
+  JobSpec zero = Defaulted("[training]\nepochs = 0\n[dataset]\npath = \"d.jsonl\"\n");
+  EXPECT_THAT(Violations(zero), HasSubstr("training.epochs: must be in (0, 1e6]"));
+  JobSpec fraction = Defaulted(
+      "[dataset]\npath = \"d.jsonl\"\nvalidation_path = \"v.jsonl\"\nvalidation_fraction = 0.1\n");
+  EXPECT_THAT(Violations(fraction), HasSubstr("dataset.validation_fraction: must be 0 with"));
+  JobSpec format = Defaulted("[dataset]\npath = \"d.jsonl\"\nformat = \"chat\"\n");
+  EXPECT_THAT(Violations(format), HasSubstr("dataset.format"));
+  EXPECT_TRUE(ValidateJobSpec(Defaulted("[dataset]\npath = \"d.jsonl\"\nformat = \"messages\"\n")).ok());
+}
+
 }  // namespace
 }  // namespace lora

@@ -12,6 +12,7 @@
 #include "worker/engine/data/examples.h"
 #include "worker/engine/data/jsonl.h"
 #include "worker/engine/data/tokenizer.h"
+#include "worker/engine/data/training_data.h"
 #include "worker/engine/lora/peft_adapter.h"
 #include "worker/engine/model/tensor_io.h"
 #include "worker/engine/train/model_setup.h"
@@ -67,12 +68,9 @@ int RunJobEval(const EvalOptions& o) {
   if (!o.adapter.empty()) s.mutable_lora()->set_adapter(o.adapter);
   auto prepared = PrepareModel(s);
   if (!prepared.ok()) return ReportError("eval", prepared.status());
-  auto tokenizer = MakeTokenizer(s.model().tokenizer());
-  if (!tokenizer.ok()) return ReportError("eval", tokenizer.status());
-  auto examples = LoadExamples(s.dataset(), **tokenizer, prepared->model->config().vocab_size);
-  if (!examples.ok()) return ReportError("eval", examples.status());
-  DatasetSplit split = SplitExamples(std::move(*examples), s.dataset().validation_fraction());
-  Batcher val(std::move(split.validation), ValidationBatcherOptions(s));
+  auto data = LoadTrainingData(s, prepared->model->config().vocab_size);
+  if (!data.ok()) return ReportError("eval", data.status());
+  Batcher val(std::move(data->validation), ValidationBatcherOptions(s));
   if (val.windows_per_epoch() == 0) {
     return ReportError("eval",
                        absl::InvalidArgumentError("dataset: the spec's validation split is empty"));

@@ -5,12 +5,15 @@
 #include <random>
 
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "worker/engine/data/chat_examples.h"
 #include "worker/engine/data/jsonl.h"
 
 namespace lora {
 namespace {
 
 constexpr uint64_t kSplitSeed = 0x5eed5eed;
+constexpr int64_t kIgnoredLabel = -100;  // transformers' ignore_index
 
 void Append(Example* ex, const std::vector<int64_t>& ids, uint8_t target) {
   ex->tokens.insert(ex->tokens.end(), ids.begin(), ids.end());
@@ -31,7 +34,8 @@ absl::Status CheckVocab(const Example& ex, int64_t vocab_size) {
   for (int64_t id : ex.tokens) {
     if (id < 0 || id >= vocab_size) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "token id ", id, " is outside the model's vocabulary [0, ", vocab_size, ")"));
+          "token id ", id, " is outside the model's vocabulary [0, ", vocab_size,
+          ") (vocab_size in the model's config.json)"));
     }
   }
   return absl::OkStatus();
@@ -82,56 +86,132 @@ absl::StatusOr<std::vector<Example>> GenerateExamples(const std::string& name, i
       absl::StrCat("dataset.name: unknown built-in dataset '", name, "'"));
 }
 
+namespace {
+
+absl::StatusOr<std::string> DetectFormat(const nlohmann::json& j) {
+  if (!j.is_object()) return absl::InvalidArgumentError("expected a JSON object");
+  if (j.contains("messages")) return std::string("messages");
+  if (j.contains("input_ids")) return std::string("input_ids");
+  if (j.contains("prompt") && j.contains("completion")) return std::string("prompt_completion");
+  if (j.contains("text")) return std::string("text");
+  return absl::InvalidArgumentError(
+      "cannot tell the dataset's format: expected \"messages\", \"input_ids\", \"prompt\" + "
+      "\"completion\" or \"text\" (or set dataset.format)");
+}
+
+absl::StatusOr<std::vector<int64_t>> IntList(const nlohmann::json& j, const char* key) {
+  auto it = j.find(key);
+  if (it == j.end() || !it->is_array())
+    return absl::InvalidArgumentError(absl::StrCat("\"", key, "\" must be a list of integers"));
+  std::vector<int64_t> out;
+  out.reserve(it->size());
+  for (const auto& v : *it) {
+    if (!v.is_number_integer())
+      return absl::InvalidArgumentError(absl::StrCat("\"", key, "\" must be a list of integers"));
+    out.push_back(v.get<int64_t>());
+  }
+  return out;
+}
+
+// {"input_ids"} with optional "labels" (HF convention: -100 = not scored, otherwise the token
+// itself; lora-train trains next-token prediction of the sequence) or "loss_mask" (0/1).
+absl::StatusOr<Example> TokenExample(const nlohmann::json& j) {
+  Example ex;
+  LORA_ASSIGN_OR_RETURN(ex.tokens, IntList(j, "input_ids"));
+  ex.target.assign(ex.tokens.size(), 1);
+  const bool has_labels = j.contains("labels"), has_mask = j.contains("loss_mask");
+  if (has_labels && has_mask)
+    return absl::InvalidArgumentError("give \"labels\" or \"loss_mask\", not both");
+  if (has_labels || has_mask) {
+    const char* key = has_labels ? "labels" : "loss_mask";
+    LORA_ASSIGN_OR_RETURN(std::vector<int64_t> v, IntList(j, key));
+    if (v.size() != ex.tokens.size()) {
+      return absl::InvalidArgumentError(absl::StrCat("\"", key, "\" has ", v.size(),
+                                                     " entries but \"input_ids\" has ",
+                                                     ex.tokens.size()));
+    }
+    for (size_t i = 0; i < v.size(); ++i) {
+      if (has_labels) {
+        if (v[i] != kIgnoredLabel && v[i] != ex.tokens[i]) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "labels[", i, "] is ", v[i], ": each label must be -100 (not scored) or equal "
+              "input_ids[", i, "] (lora-train trains next-token prediction of the sequence)"));
+        }
+        ex.target[i] = v[i] != kIgnoredLabel;
+      } else {
+        if (v[i] != 0 && v[i] != 1)
+          return absl::InvalidArgumentError(absl::StrCat("loss_mask[", i, "] must be 0 or 1"));
+        ex.target[i] = static_cast<uint8_t>(v[i]);
+      }
+    }
+  }
+  return ex;
+}
+
+absl::StatusOr<std::vector<Example>> ReadExamplesFile(const std::string& path,
+                                                      const std::string& configured_format,
+                                                      const Tokenizer& tok, int64_t vocab_size) {
+  std::vector<Example> out;
+  std::string format = configured_format == "auto" ? "" : configured_format;
+  int64_t detected_on = 0;
+  absl::Status s = ForEachJsonLine(path, [&](int64_t line, const nlohmann::json& j) -> absl::Status {
+    if (!j.is_object()) return absl::InvalidArgumentError("expected a JSON object");
+    if (format.empty()) {
+      LORA_ASSIGN_OR_RETURN(format, DetectFormat(j));
+      detected_on = line;
+    } else if (detected_on > 0) {
+      auto here = DetectFormat(j);
+      if (!here.ok() || *here != format) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "this line is not in the dataset's format \"", format, "\" (detected from line ",
+            detected_on, ")"));
+      }
+    }
+    Example ex;
+    if (format == "text") {
+      LORA_ASSIGN_OR_RETURN(std::string text, StringField(j, "text"));
+      ex = MakeExample(tok, "", text, false);
+    } else if (format == "prompt_completion") {
+      LORA_ASSIGN_OR_RETURN(std::string prompt, StringField(j, "prompt"));
+      LORA_ASSIGN_OR_RETURN(std::string completion, StringField(j, "completion"));
+      ex = MakeExample(tok, prompt, completion, true);
+    } else if (format == "messages") {
+      LORA_ASSIGN_OR_RETURN(ex, ChatExample(j, tok));
+    } else {
+      LORA_ASSIGN_OR_RETURN(ex, TokenExample(j));
+    }
+    if (ex.tokens.size() < 2) return absl::InvalidArgumentError("example has fewer than 2 tokens");
+    LORA_RETURN_IF_ERROR(CheckVocab(ex, vocab_size));
+    out.push_back(std::move(ex));
+    return absl::OkStatus();
+  });
+  if (!s.ok()) return s;
+  if (out.empty()) return absl::InvalidArgumentError(absl::StrCat(path, ": dataset has no examples"));
+  return out;
+}
+
+}  // namespace
+
+absl::Status CheckTokenizerFitsModel(const Tokenizer& tok, int64_t vocab_size) {
+  if (tok.vocab_size() > vocab_size) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "model.tokenizer: the tokenizer has ", tok.vocab_size(),
+        " tokens but the model's embeddings have only ", vocab_size,
+        " rows (vocab_size in config.json): this tokenizer does not belong to this model"));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::vector<Example>> LoadExamples(const lora::v1::DatasetSection& dataset,
                                                   const Tokenizer& tok, int64_t vocab_size) {
-  if (tok.vocab_size() > vocab_size) {
-    return absl::InvalidArgumentError(absl::StrCat("model.tokenizer: the tokenizer has ",
-                                                   tok.vocab_size(), " tokens but the model only ",
-                                                   vocab_size));
-  }
-  if (!dataset.name().empty()) {
-    auto generated = GenerateExamples(dataset.name(), dataset.num_examples(), tok);
-    if (!generated.ok()) return generated.status();
-    return generated;
-  }
-  std::vector<Example> out;
-  const std::string& format = dataset.format();
-  absl::Status s =
-      ForEachJsonLine(dataset.path(), [&](int64_t, const nlohmann::json& j) -> absl::Status {
-        if (!j.is_object()) return absl::InvalidArgumentError("expected a JSON object");
-        Example ex;
-        if (format == "text") {
-          auto text = StringField(j, "text");
-          if (!text.ok()) return text.status();
-          ex = MakeExample(tok, "", *text, false);
-        } else if (format == "prompt_completion") {
-          auto prompt = StringField(j, "prompt");
-          if (!prompt.ok()) return prompt.status();
-          auto completion = StringField(j, "completion");
-          if (!completion.ok()) return completion.status();
-          ex = MakeExample(tok, *prompt, *completion, true);
-        } else {
-          auto it = j.find("input_ids");
-          if (it == j.end() || !it->is_array())
-            return absl::InvalidArgumentError("\"input_ids\" must be a list of integers");
-          for (const auto& id : *it) {
-            if (!id.is_number_integer())
-              return absl::InvalidArgumentError("\"input_ids\" must be a list of integers");
-            ex.tokens.push_back(id.get<int64_t>());
-          }
-          ex.target.assign(ex.tokens.size(), 1);
-        }
-        if (ex.tokens.size() < 2)
-          return absl::InvalidArgumentError("example has fewer than 2 tokens");
-        absl::Status v = CheckVocab(ex, vocab_size);
-        if (!v.ok()) return v;
-        out.push_back(std::move(ex));
-        return absl::OkStatus();
-      });
-  if (!s.ok()) return s;
-  if (out.empty())
-    return absl::InvalidArgumentError(absl::StrCat(dataset.path(), ": dataset has no examples"));
-  return out;
+  LORA_RETURN_IF_ERROR(CheckTokenizerFitsModel(tok, vocab_size));
+  if (!dataset.name().empty()) return GenerateExamples(dataset.name(), dataset.num_examples(), tok);
+  return ReadExamplesFile(dataset.path(), dataset.format(), tok, vocab_size);
+}
+
+absl::StatusOr<std::vector<Example>> LoadValidationExamples(
+    const lora::v1::DatasetSection& dataset, const Tokenizer& tok, int64_t vocab_size) {
+  return ReadExamplesFile(dataset.validation_path(), dataset.format(), tok, vocab_size);
 }
 
 DatasetSplit SplitExamples(std::vector<Example> examples, double validation_fraction) {

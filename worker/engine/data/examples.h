@@ -21,11 +21,24 @@ struct Example {
   std::vector<uint8_t> target;
 };
 
-// Formats: {"text"} -> BOS text EOS, all trained; {"prompt", "completion"} -> BOS prompt
-// completion EOS, loss only on completion and EOS; {"input_ids"} -> as given, all trained.
-// Errors name the file and line. `vocab_size` bounds the token ids.
+// Formats (dataset.format; "auto" takes it from the first line's keys and holds every other
+// line to it):
+//   {"text"} -> BOS text EOS, all trained;
+//   {"prompt", "completion"} -> BOS prompt completion EOS, loss only on completion and EOS;
+//   {"input_ids", "labels"? | "loss_mask"?} -> as given; all trained, or where labels != -100,
+//     or where loss_mask is 1;
+//   {"messages"} -> the conversation rendered with the tokenizer's chat template, loss only on
+//     assistant turns (see chat_examples.h).
+// Errors name the file and line. `vocab_size` bounds the token ids, and a tokenizer larger than
+// the model's embeddings is refused before any line is read.
 absl::StatusOr<std::vector<Example>> LoadExamples(const lora::v1::DatasetSection& dataset,
                                                   const Tokenizer& tokenizer, int64_t vocab_size);
+// dataset.validation_path, in the dataset's format.
+absl::StatusOr<std::vector<Example>> LoadValidationExamples(
+    const lora::v1::DatasetSection& dataset, const Tokenizer& tokenizer, int64_t vocab_size);
+
+// INVALID_ARGUMENT naming both sizes when the tokenizer has more ids than the model.
+absl::Status CheckTokenizerFitsModel(const Tokenizer& tokenizer, int64_t vocab_size);
 
 // Built-in deterministic datasets (no download), rendered as text and tokenized:
 //   synthetic-arith: "37+48=" -> "85" (prompt/completion), sums a small model learns quickly;

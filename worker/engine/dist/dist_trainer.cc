@@ -15,6 +15,7 @@
 #include "common/process_stats.h"
 #include "common/status_macros.h"
 #include "worker/engine/data/examples.h"
+#include "worker/engine/data/training_data.h"
 #include "worker/engine/data/tokenizer.h"
 #include "worker/engine/dist/comm.h"
 #include "worker/engine/dist/parallel_llama.h"
@@ -140,7 +141,8 @@ class StepRunner {
 };
 
 absl::StatusOr<TrainResult> Train(const TrainerOptions& options, DistContext* dist) {
-  const lora::v1::JobSpec& spec = options.spec;
+  // A copy: training.epochs becomes training.steps once the data is read.
+  lora::v1::JobSpec spec = options.spec;
   const auto& tcfg = spec.training();
   const bool leader = dist->rank() == 0;
   EventSink& events = *options.events;
@@ -164,16 +166,16 @@ absl::StatusOr<TrainResult> Train(const TrainerOptions& options, DistContext* di
   Group& dp_cp = dist->group({Dim::kReplicate, Dim::kShard, Dim::kCp});
   Group& pp = dist->group({Dim::kPp});
 
-  LORA_ASSIGN_OR_RETURN(auto tokenizer, MakeTokenizer(spec.model().tokenizer()));
-  LORA_ASSIGN_OR_RETURN(std::vector<Example> examples,
-                        LoadExamples(spec.dataset(), *tokenizer, mc.vocab_size));
-  DatasetSplit split = SplitExamples(std::move(examples), spec.dataset().validation_fraction());
-  Batcher train_data(std::move(split.train), TrainBatcherOptions(spec));
-  Batcher val_data(std::move(split.validation), ValidationBatcherOptions(spec));
+  LORA_ASSIGN_OR_RETURN(TrainingData data, LoadTrainingData(spec, mc.vocab_size));
+  Batcher train_data(std::move(data.train), TrainBatcherOptions(spec));
+  Batcher val_data(std::move(data.validation), ValidationBatcherOptions(spec));
   if (train_data.windows_per_epoch() == 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         "dataset: the training split is shorter than one sequence of ", tcfg.seq_len(), " tokens"));
   }
+  spec.mutable_training()->set_steps(
+      TotalSteps(tcfg, train_data.windows_per_epoch(),
+                 tcfg.local_batch_size() * dp * tcfg.gradient_accumulation_steps()));
   AdamW optimizer(model->trainable(), SpecAdamWOptions(spec));
   const LrSchedule schedule = SpecLrSchedule(spec);
 

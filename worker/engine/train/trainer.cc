@@ -13,6 +13,7 @@
 #include "common/process_stats.h"
 #include "common/status_macros.h"
 #include "worker/engine/data/examples.h"
+#include "worker/engine/data/training_data.h"
 #include "worker/engine/data/tokenizer.h"
 #include "worker/engine/lora/peft_adapter.h"
 #include "worker/engine/model/hf_checkpoint.h"
@@ -135,7 +136,8 @@ int64_t ParameterBytes(torch::nn::Module& model) {
 }  // namespace
 
 absl::StatusOr<TrainResult> RunTraining(const TrainerOptions& options) {
-  const lora::v1::JobSpec& spec = options.spec;
+  // A copy: training.epochs becomes training.steps once the data is read.
+  lora::v1::JobSpec spec = options.spec;
   EventSink& events = *options.events;
   const double t_start = Now();
   const auto& tcfg = spec.training();
@@ -153,17 +155,17 @@ absl::StatusOr<TrainResult> RunTraining(const TrainerOptions& options) {
   model->model->set_activation_checkpointing(tcfg.activation_checkpoint() == "full");
   const LlamaConfig& mc = model->config();
 
-  LORA_ASSIGN_OR_RETURN(auto tokenizer, MakeTokenizer(spec.model().tokenizer()));
-  LORA_ASSIGN_OR_RETURN(std::vector<Example> examples,
-                        LoadExamples(spec.dataset(), *tokenizer, mc.vocab_size));
-  DatasetSplit split = SplitExamples(std::move(examples), spec.dataset().validation_fraction());
-  const int64_t n_train_examples = static_cast<int64_t>(split.train.size());
-  Batcher train_data(std::move(split.train), TrainBatcherOptions(spec));
-  Batcher val_data(std::move(split.validation), ValidationBatcherOptions(spec));
+  LORA_ASSIGN_OR_RETURN(TrainingData data, LoadTrainingData(spec, mc.vocab_size));
+  const int64_t n_train_examples = static_cast<int64_t>(data.train.size());
+  Batcher train_data(std::move(data.train), TrainBatcherOptions(spec));
+  Batcher val_data(std::move(data.validation), ValidationBatcherOptions(spec));
   if (train_data.windows_per_epoch() == 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         "dataset: the training split is shorter than one sequence of ", tcfg.seq_len(), " tokens"));
   }
+  spec.mutable_training()->set_steps(
+      TotalSteps(tcfg, train_data.windows_per_epoch(),
+                 tcfg.local_batch_size() * tcfg.gradient_accumulation_steps()));
   const bool has_validation = val_data.windows_per_epoch() > 0;
 
   NamedTensors trainable = TrainableParameters(*model);

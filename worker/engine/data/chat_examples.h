@@ -1,0 +1,25 @@
+// Chat data: one `{"messages": [...]}` line becomes one training example, rendered with the
+// model's chat template exactly as transformers' apply_chat_template renders it, with the loss
+// only on assistant turns (their content and end-of-turn token).
+//
+//   LORA_ASSIGN_OR_RETURN(Example ex, ChatExample(line_json, *tokenizer));
+//
+// A line: {"messages": [{"role": "system"|"user"|"assistant", "content": "...",
+//                        "weight": 0|1 (optional, assistant turns only; 0 = not trained)}]}.
+// Errors name the message index and field; a tokenizer without a chat template is an error
+// naming model.tokenizer (never a silent fallback to some default format).
+#ifndef LORA_WORKER_ENGINE_DATA_CHAT_EXAMPLES_H_
+#define LORA_WORKER_ENGINE_DATA_CHAT_EXAMPLES_H_
+
+#include "absl/status/statusor.h"
+#include "nlohmann/json.hpp"
+#include "worker/engine/data/examples.h"
+#include "worker/engine/data/tokenizer.h"
+
+namespace lora {
+
+absl::StatusOr<Example> ChatExample(const nlohmann::json& line, const Tokenizer& tokenizer);
+
+}  // namespace lora
+
+#endif  // LORA_WORKER_ENGINE_DATA_CHAT_EXAMPLES_H_
