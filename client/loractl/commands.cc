@@ -49,6 +49,8 @@ void AbsolutizePaths(lora::v1::JobSpec* spec) {
   if (!tok.empty() && tok != "byte") spec->mutable_model()->set_tokenizer(Absolute(tok));
   if (!spec->dataset().path().empty())
     spec->mutable_dataset()->set_path(Absolute(spec->dataset().path()));
+  if (!spec->dataset().validation_path().empty())
+    spec->mutable_dataset()->set_validation_path(Absolute(spec->dataset().validation_path()));
   if (!spec->lora().adapter().empty())
     spec->mutable_lora()->set_adapter(Absolute(spec->lora().adapter()));
 }

@@ -10,7 +10,8 @@ void ApplyJobSpecDefaults(lora::v1::JobSpec* spec) {
   auto* model = spec->mutable_model();
   if (model->name().empty()) model->set_name("llama3");
   if (model->flavor().empty() && model->path().empty()) model->set_flavor("debugmodel");
-  if (model->tokenizer().empty()) model->set_tokenizer("byte");
+  // A checkpoint brings its own tokenizer (found in model.path by the engine).
+  if (model->tokenizer().empty() && model->path().empty()) model->set_tokenizer("byte");
 
   auto* lora = spec->mutable_lora();
   if (!lora->has_rank()) lora->set_rank(8);

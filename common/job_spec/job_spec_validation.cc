@@ -94,8 +94,12 @@ std::vector<FieldViolation> JobSpecViolations(const JobSpec& spec) {
     else
       c.Fail("model.flavor", std::string(flavor.status().message()));
   }
-  if (m.tokenizer() != "byte" && !absl::EndsWith(m.tokenizer(), ".model")) {
-    c.Fail("model.tokenizer", "must be \"byte\" or a path to a SentencePiece .model file");
+  // Empty: the tokenizer of model.path's directory. Otherwise "byte" or a path (tokenizer.json,
+  // a SentencePiece .model, or a directory holding one), checked where the file is read.
+  if (m.tokenizer() == "byte" && !m.path().empty()) {
+    c.Fail("model.tokenizer",
+           "\"byte\" is only for built-in flavors: a checkpoint's embeddings expect its own "
+           "tokenizer's ids (leave model.tokenizer empty to use the one in model.path)");
   }
   if (!m.dtype().empty() && !IsFloatDtype(m.dtype()))
     c.Fail("model.dtype", "must be float32, bfloat16 or float16");

@@ -117,5 +117,151 @@ TEST(HfFamilies, IgnoringTheSlidingWindowWouldChangeTheLogits) {
   EXPECT_GT(LastJsonLine(diff.out)["max_abs_logit_diff"].get<double>(), 1e-2);
 }
 
+ProcessResult Judge(std::vector<std::string> args) {
+  args.insert(args.begin(), testing::SourcePath("tests/python/peft_judge.py"));
+  args.insert(args.begin(), LORA_PYTHON);
+  return RunProcess(args, 300, {"HF_HUB_OFFLINE=1"});
+}
+
+double JudgeNumber(const ProcessResult& r, const char* key) {
+  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+  nlohmann::json j = LastJsonLine(r.out);
+  return j.is_object() && j.contains(key) ? j[key].get<double>() : 1e9;
+}
+
+double LoraTrainLoss(const std::vector<std::string>& args) {
+  std::vector<std::string> all = {"eval", "--json"};
+  all.insert(all.end(), args.begin(), args.end());
+  ProcessResult r = Train(all);
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  nlohmann::json j = LastJsonLine(r.out);
+  return j.is_object() && j.contains("loss") ? j["loss"].get<double>() : -1.0;
+}
+
+// Adapters PEFT made (get_peft_model, non-zero factors) give lora-train the loss PEFT gives.
+class PeftImportTest
+    : public ::testing::TestWithParam<std::tuple<std::string, std::string>> {};
+
+TEST_P(PeftImportTest, PeftAdapterGivesTheLossPeftGives) {
+  const auto& [family, kind] = GetParam();
+  const std::string base = FamiliesDir() + "/" + family, data = base + "/data.jsonl";
+  testing::TempDir dir;
+  const std::string adapter = dir.Join("adapter");
+  ASSERT_EQ(Judge({"make-adapter", base, adapter, kind}).exit_code, 0);
+  const double peft = JudgeNumber(Judge({"loss", base, data, "--adapter", adapter}), "loss");
+  const double base_loss = JudgeNumber(Judge({"loss", base, data}), "loss");
+  EXPECT_GT(std::abs(peft - base_loss), 1e-3) << "the adapter must change the output";
+  EXPECT_NEAR(LoraTrainLoss({"--model", base, "--adapter", adapter, "--dataset", data}), peft,
+              1e-5);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Kinds, PeftImportTest,
+    ::testing::Combine(::testing::Values("qwen2", "llama3_tied"),
+                       ::testing::Values("patterns", "rslora", "regex", "layers")));
+
+TEST(PeftImport, AdaptersThatNeedAModifiedBaseAreRefusedNamingTheField) {
+  const std::string base = FamiliesDir() + "/llama3";
+  testing::TempDir dir;
+  ASSERT_EQ(Judge({"make-adapter", base, dir.Join("pissa"), "pissa"}).exit_code, 0);
+  ProcessResult r = Train({"eval", "--model", base, "--adapter", dir.Join("pissa"), "--dataset",
+                           base + "/data.jsonl"});
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_THAT(r.err, ::testing::HasSubstr("init_lora_weights: \"pissa\" adapters need the base"));
+}
+
+// A lora-train run on a transformers checkpoint: PEFT loads the adapter and scores it as
+// lora-train does; the merged export loads alone in transformers, equals PEFT's
+// merge_and_unload(), names the base by its id and carries the base's tokenizer files.
+TEST(PeftExport, TrainedAdapterAndMergedModelAreWhatPeftAndTransformersMake) {
+  testing::TempDir dir;
+  const std::string base = dir.Join("Qwen2-tiny");
+  std::filesystem::copy(FamiliesDir() + "/qwen2", base);
+  const std::string data = base + "/data.jsonl";
+  // The base's tokenizer files must travel with the merged model verbatim (the data is
+  // input_ids, so the run itself needs no tokenizer).
+  for (const char* f : {"tokenizer.json", "tokenizer_config.json"}) {
+    std::filesystem::copy_file(testing::BinaryPath("tests/chat_data/qwen2/") + f,
+                               base + "/" + f);
+  }
+  std::ofstream train(dir.Join("train.jsonl"));
+  for (int i = 0; i < 6; ++i) train << testing::ReadFile(data);
+  train.close();
+  std::ofstream(dir.Join("job.toml")) << "[model]\npath = \"" << base << "\"\n"
+      << "[lora]\nrank = 4\nalpha = 8\n"
+      << "target_modules = [\"q_proj\", \"v_proj\", \"o_proj\", \"gate_proj\", \"down_proj\"]\n"
+      << "[optimizer]\nlr = 0.05\n"
+      << "[training]\nsteps = 4\nseq_len = 16\nlocal_batch_size = 2\nmixed_precision = \"none\"\n"
+      << "[dataset]\npath = \"" << dir.Join("train.jsonl") << "\"\nvalidation_fraction = 0.0\n"
+      << "[checkpoint]\ninterval = 0\nexport = [\"adapter\", \"merged\"]\n";
+  ProcessResult run = Train({"run", "--job", dir.Join("job.toml"), "--out", dir.Join("out")});
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+  const std::string adapter = dir.Join("out/final/adapter"), merged = dir.Join("out/final/merged");
+
+  ProcessResult peft = Judge({"loss", base, data, "--adapter", adapter, "--merge-out",
+                              dir.Join("peft_merged")});
+  const double peft_loss = JudgeNumber(peft, "loss");
+  EXPECT_NEAR(LoraTrainLoss({"--model", base, "--adapter", adapter, "--dataset", data}), peft_loss,
+              1e-5);
+  EXPECT_LT(peft_loss, JudgeNumber(Judge({"loss", base, data}), "loss") - 1e-2)
+      << "four steps of training must lower the loss";
+
+  ProcessResult loaded = Judge({"load-merged", merged, data});
+  EXPECT_NEAR(JudgeNumber(loaded, "loss"), peft_loss, 1e-5);
+  EXPECT_LE(JudgeNumber(Judge({"compare-models", merged, dir.Join("peft_merged")}),
+                        "max_abs_weight_diff"),
+            1e-6);
+  for (const char* f : {"tokenizer.json", "tokenizer_config.json", "generation_config.json"}) {
+    EXPECT_TRUE(std::filesystem::exists(merged + "/" + f)) << f;
+  }
+  EXPECT_EQ(testing::ReadFile(merged + "/tokenizer_config.json"),
+            testing::ReadFile(base + "/tokenizer_config.json"));
+  auto config = nlohmann::json::parse(testing::ReadFile(adapter + "/adapter_config.json"));
+  EXPECT_EQ(config["base_model_name_or_path"], "Qwen2-tiny");
+}
+
+// A user's run: model.path is a checkpoint directory holding tokenizer.json and
+// tokenizer_config.json with a chat template; the data is chat JSONL. The tokenizer comes from
+// the directory, the format from the first line, and the run learns.
+TEST(ChatRun, ACheckpointWithItsTokenizerTrainsOnChatData) {
+  testing::TempDir dir;
+  const std::string model = dir.Join("model");
+  std::filesystem::copy(FamiliesDir() + "/llama3_chat", model);
+  const std::string chat = testing::BinaryPath("tests/chat_data/llama3");
+  for (const char* f : {"tokenizer.json", "tokenizer_config.json"})
+    std::filesystem::copy_file(chat + "/" + f, model + "/" + f);
+  std::ofstream data(dir.Join("chat.jsonl"));
+  for (int i = 0; i < 8; ++i) data << testing::ReadFile(chat + "/data.jsonl");
+  data.close();
+  std::ofstream(dir.Join("job.toml"))
+      << "[model]\npath = \"" << model << "\"\n[lora]\nrank = 4\n[optimizer]\nlr = 0.01\n"
+      << "[training]\nsteps = 6\nseq_len = 64\nlocal_batch_size = 2\n"
+      << "[dataset]\npath = \"" << dir.Join("chat.jsonl") << "\"\nvalidation_fraction = 0.1\n"
+      << "validation_interval = 0\n[checkpoint]\ninterval = 0\n";
+  ProcessResult r = Train({"run", "--job", dir.Join("job.toml"), "--out", dir.Join("out")});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto summary = nlohmann::json::parse(testing::ReadFile(dir.Join("out/summary.json")));
+  EXPECT_LT(summary["final_eval_loss"].get<double>(), summary["initial_eval_loss"].get<double>());
+}
+
+// The same tokenizer with a model whose embeddings are smaller: refused before step 1, naming
+// both sizes (the byte tokenizer's silent garbage, or an index error mid-run, are the failures).
+TEST(ChatRun, ATokenizerLargerThanTheEmbeddingsIsRefusedBeforeStepOne) {
+  testing::TempDir dir;
+  const std::string model = dir.Join("model");
+  std::filesystem::copy(FamiliesDir() + "/llama3", model);  // vocab_size 384
+  const std::string chat = testing::BinaryPath("tests/chat_data/llama3");
+  for (const char* f : {"tokenizer.json", "tokenizer_config.json"})
+    std::filesystem::copy_file(chat + "/" + f, model + "/" + f);
+  std::ofstream(dir.Join("job.toml"))
+      << "[model]\npath = \"" << model << "\"\n[training]\nsteps = 2\nseq_len = 32\n"
+      << "[dataset]\npath = \"" << chat << "/data.jsonl\"\n";
+  ProcessResult r = Train({"run", "--job", dir.Join("job.toml"), "--out", dir.Join("out")});
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_THAT(r.err, ::testing::HasSubstr("model.tokenizer: the tokenizer has"));
+  EXPECT_THAT(r.err, ::testing::HasSubstr("the model's embeddings have only 384 rows"));
+  EXPECT_EQ(testing::ReadFile(dir.Join("out/events.jsonl")).find("\"step\""), std::string::npos);
+}
+
 }  // namespace
 }  // namespace lora

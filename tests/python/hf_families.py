@@ -46,6 +46,9 @@ def families():
         "qwen3": T.Qwen3Config(**SHAPE, head_dim=24, rope_theta=1000000.0),
         # Mistral v0.1: a sliding window on every layer.
         "mistral": T.MistralConfig(**SHAPE, sliding_window=8),
+        # Room for the chat tests' trained tokenizers (a few thousand ids).
+        "llama3_chat": T.LlamaConfig(**{**SHAPE, "vocab_size": 4096}, rope_theta=500000.0,
+                                     tie_word_embeddings=True),
     }
 
 

@@ -2,6 +2,8 @@
 // a held-out validation file, and epochs turned into steps.
 #include <fstream>
 
+#include "nlohmann/json.hpp"
+
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/test_util.h"
@@ -126,6 +128,69 @@ TEST(DatasetTest, EpochsBecomeStepsRoundedUp) {
   EXPECT_EQ(TotalSteps(t, 1000, 16), 157);
   t.set_epochs(0.001);
   EXPECT_EQ(TotalSteps(t, 10, 16), 1);
+}
+
+// Chat data, judged by transformers (tests/python/chat_data.py, run at build time): the ids
+// equal apply_chat_template's, and the loss mask equals the one found from the tokenizer's
+// character offsets, for the Llama 3, Qwen2.5 (ChatML) and Mistral templates.
+class ChatDataTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(ChatDataTest, IdsAndLossMaskEqualTransformers) {
+  const std::string dir = std::string(LORA_BINARY_DIR) + "/tests/chat_data/" + GetParam();
+  auto tok = MakeTokenizer(dir);
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  auto examples = LoadExamples(FileDataset(dir + "/data.jsonl", "auto"), **tok, (*tok)->vocab_size());
+  ASSERT_TRUE(examples.ok()) << examples.status();
+  std::ifstream in(dir + "/reference.json");
+  const nlohmann::json ref = nlohmann::json::parse(in);
+  ASSERT_EQ(examples->size(), ref.size());
+  int64_t trained = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    SCOPED_TRACE(ref[i]["text"].get<std::string>());
+    EXPECT_EQ((*examples)[i].tokens, ref[i]["ids"].get<std::vector<int64_t>>());
+    std::vector<int> mask((*examples)[i].target.begin(), (*examples)[i].target.end());
+    EXPECT_EQ(mask, ref[i]["mask"].get<std::vector<int>>());
+    for (uint8_t t : (*examples)[i].target) trained += t;
+  }
+  EXPECT_GT(trained, 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Templates, ChatDataTest,
+                         ::testing::Values("llama3", "qwen2", "mistral"));
+
+TEST(ChatData, BadMessagesNameTheLineAndTheField) {
+  testing::TempDir dir;
+  const std::string tok_dir = std::string(LORA_BINARY_DIR) + "/tests/chat_data/qwen2";
+  auto tok = MakeTokenizer(tok_dir);
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  struct Case {
+    const char* line;
+    const char* phrase;
+  };
+  for (const Case& c : std::vector<Case>{
+           {R"({"messages": []})", "c.jsonl:1: \"messages\" must be a non-empty list"},
+           {R"({"messages": [{"role": "robot", "content": "x"}]})",
+            "c.jsonl:1: messages[0].role: must be \"system\", \"user\" or \"assistant\""},
+           {R"({"messages": [{"role": "user", "content": 5}]})",
+            "c.jsonl:1: messages[0].content: must be a string"},
+           {R"({"messages": [{"role": "user", "content": "a", "weight": 0}]})",
+            "messages[0].weight: only assistant turns are trained"},
+           {R"({"messages": [{"role": "assistant", "content": "a", "weight": 0.5}]})",
+            "messages[0].weight: must be 0 or 1"},
+       }) {
+    std::ofstream(dir.Join("c.jsonl")) << c.line << "\n";
+    auto r = LoadExamples(FileDataset(dir.Join("c.jsonl"), "messages"), **tok, 100000);
+    ASSERT_FALSE(r.ok()) << c.line;
+    EXPECT_THAT(std::string(r.status().message()), HasSubstr(c.phrase));
+  }
+  // A tokenizer without a chat template: an error naming model.tokenizer, not a default format.
+  ByteTokenizer bytes;
+  std::ofstream(dir.Join("c.jsonl")) << R"({"messages": [{"role": "user", "content": "a"}]})"
+                                     << "\n";
+  auto none = LoadExamples(FileDataset(dir.Join("c.jsonl"), "auto"), bytes, 300);
+  ASSERT_FALSE(none.ok());
+  EXPECT_THAT(std::string(none.status().message()),
+              HasSubstr("model.tokenizer: the tokenizer has no chat_template"));
 }
 
 }  // namespace

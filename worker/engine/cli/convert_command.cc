@@ -8,6 +8,7 @@
 #include "worker/engine/cli/cli_common.h"
 #include "worker/engine/lora/converter.h"
 #include "worker/engine/lora/peft_adapter.h"
+#include "worker/engine/model/hf_checkpoint.h"
 #include "worker/engine/model/tensor_io.h"
 
 namespace lora {
@@ -121,7 +122,7 @@ int RunConvert(const ConvertOptions& o) {
   const double convert_s = clock.Lap();
   PeftExportOptions export_options;
   export_options.dtype = *export_dtype;
-  export_options.base_model_name_or_path = loaded->source;
+  export_options.base_model_name_or_path = BaseModelId(loaded->source);
   absl::Status exported = ExportPeftAdapter(*loaded->model, *config, o.out, export_options);
   if (!exported.ok()) return ReportError("convert", exported);
   const double export_s = clock.Lap();

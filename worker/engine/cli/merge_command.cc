@@ -1,4 +1,5 @@
 // lora-train merge: base model + PEFT adapter -> a plain Hugging Face checkpoint.
+#include <filesystem>
 #include <iostream>
 #include <memory>
 
@@ -43,6 +44,7 @@ int RunMerge(const MergeOptions& o) {
   SaveOptions save;
   save.dtype = *dtype;
   save.max_shard_bytes = static_cast<uint64_t>(o.max_shard_gb * 1e9);
+  if (std::filesystem::is_directory(o.model)) save.base_dir = o.model;
   absl::Status s = SaveHfModelAtomically(*loaded->model, o.out, save);
   if (!s.ok()) return ReportError("merge", s);
   std::cout << absl::StrFormat("merged %d adapted modules into %s (%s) in %.2fs; peak RSS %s\n",

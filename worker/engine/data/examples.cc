@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 #include <random>
 
 #include "absl/strings/str_cat.h"
@@ -148,12 +149,14 @@ absl::StatusOr<Example> TokenExample(const nlohmann::json& j) {
   return ex;
 }
 
+// `tok` may be null when every line is input_ids.
 absl::StatusOr<std::vector<Example>> ReadExamplesFile(const std::string& path,
                                                       const std::string& configured_format,
-                                                      const Tokenizer& tok, int64_t vocab_size) {
+                                                      const Tokenizer* tok, int64_t vocab_size) {
   std::vector<Example> out;
   std::string format = configured_format == "auto" ? "" : configured_format;
   int64_t detected_on = 0;
+  std::optional<ChatTemplate> chat_template;  // parsed at the first chat line
   absl::Status s = ForEachJsonLine(path, [&](int64_t line, const nlohmann::json& j) -> absl::Status {
     if (!j.is_object()) return absl::InvalidArgumentError("expected a JSON object");
     if (format.empty()) {
@@ -168,15 +171,25 @@ absl::StatusOr<std::vector<Example>> ReadExamplesFile(const std::string& path,
       }
     }
     Example ex;
+    if (tok == nullptr && format != "input_ids") {
+      return absl::FailedPreconditionError(
+          absl::StrCat("\"", format, "\" data needs a tokenizer and none was loaded"));
+    }
     if (format == "text") {
       LORA_ASSIGN_OR_RETURN(std::string text, StringField(j, "text"));
-      ex = MakeExample(tok, "", text, false);
+      ex = MakeExample(*tok, "", text, false);
     } else if (format == "prompt_completion") {
       LORA_ASSIGN_OR_RETURN(std::string prompt, StringField(j, "prompt"));
       LORA_ASSIGN_OR_RETURN(std::string completion, StringField(j, "completion"));
-      ex = MakeExample(tok, prompt, completion, true);
+      ex = MakeExample(*tok, prompt, completion, true);
     } else if (format == "messages") {
-      LORA_ASSIGN_OR_RETURN(ex, ChatExample(j, tok));
+      if (!chat_template.has_value()) {
+        auto parsed = TokenizerChatTemplate(*tok);
+        // Not the line's fault: report it without the "path:line: " prefix's implication.
+        if (!parsed.ok()) return parsed.status();
+        chat_template = std::move(*parsed);
+      }
+      LORA_ASSIGN_OR_RETURN(ex, ChatExample(j, *tok, *chat_template));
     } else {
       LORA_ASSIGN_OR_RETURN(ex, TokenExample(j));
     }
@@ -206,12 +219,30 @@ absl::StatusOr<std::vector<Example>> LoadExamples(const lora::v1::DatasetSection
                                                   const Tokenizer& tok, int64_t vocab_size) {
   LORA_RETURN_IF_ERROR(CheckTokenizerFitsModel(tok, vocab_size));
   if (!dataset.name().empty()) return GenerateExamples(dataset.name(), dataset.num_examples(), tok);
-  return ReadExamplesFile(dataset.path(), dataset.format(), tok, vocab_size);
+  return ReadExamplesFile(dataset.path(), dataset.format(), &tok, vocab_size);
 }
 
 absl::StatusOr<std::vector<Example>> LoadValidationExamples(
-    const lora::v1::DatasetSection& dataset, const Tokenizer& tok, int64_t vocab_size) {
+    const lora::v1::DatasetSection& dataset, const Tokenizer* tok, int64_t vocab_size) {
   return ReadExamplesFile(dataset.validation_path(), dataset.format(), tok, vocab_size);
+}
+
+absl::StatusOr<std::vector<Example>> LoadTokenIdExamples(const lora::v1::DatasetSection& dataset,
+                                                         int64_t vocab_size) {
+  return ReadExamplesFile(dataset.path(), dataset.format(), nullptr, vocab_size);
+}
+
+absl::StatusOr<bool> DatasetNeedsTokenizer(const lora::v1::DatasetSection& dataset) {
+  if (!dataset.name().empty()) return true;
+  if (dataset.format() != "auto") return dataset.format() != "input_ids";
+  std::string format;
+  // The first line decides (every other line is held to it when read).
+  absl::Status s = ForEachJsonLine(dataset.path(), [&](int64_t, const nlohmann::json& j) {
+    LORA_ASSIGN_OR_RETURN(format, DetectFormat(j));
+    return absl::CancelledError("first line read");
+  });
+  if (!s.ok() && !absl::IsCancelled(s)) return s;
+  return format != "input_ids";
 }
 
 DatasetSplit SplitExamples(std::vector<Example> examples, double validation_fraction) {

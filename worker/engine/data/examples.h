@@ -33,9 +33,14 @@ struct Example {
 // the model's embeddings is refused before any line is read.
 absl::StatusOr<std::vector<Example>> LoadExamples(const lora::v1::DatasetSection& dataset,
                                                   const Tokenizer& tokenizer, int64_t vocab_size);
-// dataset.validation_path, in the dataset's format.
+// dataset.validation_path, in the dataset's format (tokenizer null: input_ids only).
 absl::StatusOr<std::vector<Example>> LoadValidationExamples(
-    const lora::v1::DatasetSection& dataset, const Tokenizer& tokenizer, int64_t vocab_size);
+    const lora::v1::DatasetSection& dataset, const Tokenizer* tokenizer, int64_t vocab_size);
+
+// input_ids data needs no tokenizer (a checkpoint without tokenizer files trains on it).
+absl::StatusOr<bool> DatasetNeedsTokenizer(const lora::v1::DatasetSection& dataset);
+absl::StatusOr<std::vector<Example>> LoadTokenIdExamples(const lora::v1::DatasetSection& dataset,
+                                                         int64_t vocab_size);
 
 // INVALID_ARGUMENT naming both sizes when the tokenizer has more ids than the model.
 absl::Status CheckTokenizerFitsModel(const Tokenizer& tokenizer, int64_t vocab_size);

@@ -9,13 +9,19 @@ namespace lora {
 
 absl::StatusOr<TrainingData> LoadTrainingData(const lora::v1::JobSpec& spec, int64_t vocab_size) {
   TrainingData data;
-  LORA_ASSIGN_OR_RETURN(data.tokenizer, MakeTokenizer(spec.model().tokenizer()));
-  LORA_ASSIGN_OR_RETURN(std::vector<Example> examples,
-                        LoadExamples(spec.dataset(), *data.tokenizer, vocab_size));
+  LORA_ASSIGN_OR_RETURN(const bool needs_tokenizer, DatasetNeedsTokenizer(spec.dataset()));
+  std::vector<Example> examples;
+  if (needs_tokenizer || !spec.model().tokenizer().empty()) {
+    LORA_ASSIGN_OR_RETURN(data.tokenizer,
+                          MakeTokenizerForModel(spec.model().tokenizer(), spec.model().path()));
+    LORA_ASSIGN_OR_RETURN(examples, LoadExamples(spec.dataset(), *data.tokenizer, vocab_size));
+  } else {
+    LORA_ASSIGN_OR_RETURN(examples, LoadTokenIdExamples(spec.dataset(), vocab_size));
+  }
   if (!spec.dataset().validation_path().empty()) {
     data.train = std::move(examples);
-    LORA_ASSIGN_OR_RETURN(data.validation,
-                          LoadValidationExamples(spec.dataset(), *data.tokenizer, vocab_size));
+    LORA_ASSIGN_OR_RETURN(data.validation, LoadValidationExamples(spec.dataset(),
+                                                                  data.tokenizer.get(), vocab_size));
     return data;
   }
   DatasetSplit split = SplitExamples(std::move(examples), spec.dataset().validation_fraction());

@@ -21,7 +21,7 @@
 namespace lora {
 
 struct TrainingData {
-  std::unique_ptr<Tokenizer> tokenizer;
+  std::unique_ptr<Tokenizer> tokenizer;  // null for input_ids data with no tokenizer configured
   std::vector<Example> train;
   std::vector<Example> validation;
 };

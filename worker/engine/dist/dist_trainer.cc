@@ -446,6 +446,7 @@ absl::StatusOr<TrainResult> Train(const TrainerOptions& options, DistContext* di
         const std::string dir = JoinPath(final_dir, "merged");
         SaveOptions save;
         save.dtype = export_dtype;
+        save.base_dir = spec.model().path();
         LORA_RETURN_IF_ERROR(SaveHfModelAtomically(*full.model, dir, save));
         outputs["merged"] = dir;
       }

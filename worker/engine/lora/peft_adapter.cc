@@ -278,10 +278,23 @@ absl::StatusOr<PeftConfig> ReadPeftConfig(const std::string& dir) {
       v && !v->is_null() && !(v->is_array() && v->empty())) {
     return ConfigError(path, "modules_to_save", "fully trained extra modules are not supported");
   }
-  if (const json* v = get("init_lora_weights");
-      v && v->is_string() && v->get<std::string>() == "gaussian") {
-    c.init = LoraInit::kGaussian;
+  if (const json* v = get("init_lora_weights"); v && v->is_string()) {
+    const std::string init = v->get<std::string>();
+    if (init == "gaussian") {
+      c.init = LoraInit::kGaussian;
+    } else if (absl::StartsWith(init, "pissa") || init == "olora" || init == "corda" ||
+               init == "loftq") {
+      // These initialisations subtract the adapter's start from the base weights: the adapter
+      // only means something on that modified base, which is not the checkpoint we load.
+      return ConfigError(path, "init_lora_weights",
+                         absl::StrCat("\"", init,
+                                      "\" adapters need the base model PEFT modified at "
+                                      "initialisation; convert it to a plain LoRA adapter "
+                                      "first (PEFT: path_initial_model_for_weight_conversion)"));
+    }
   }
+  // layers_to_transform / layers_pattern need no reading: the adapted modules are exactly
+  // the ones with tensors in the file, so the layers PEFT chose are the layers we adapt.
   if (const json* v = get("target_modules")) {
     LORA_ASSIGN_OR_RETURN(c.target_modules, ParseSelector(*v, path, "target_modules"));
   }

@@ -1,5 +1,6 @@
 #include "worker/engine/model/hf_checkpoint.h"
 
+#include <cstring>
 #include <filesystem>
 #include <set>
 
@@ -193,13 +194,84 @@ absl::StatusOr<LlamaForCausalLM> LoadHfModel(const std::string& dir, torch::Dtyp
   return model;
 }
 
+namespace {
+
+// config.json (the base's own, dtype updated, or generated), the base's tokenizer and
+// generation files, or a generation_config.json of our own.
+absl::Status WriteConfigAndCompanions(const LlamaConfig& model_config, const std::string& dir,
+                                      const SaveOptions& options) {
+  const std::string dtype = FloatDtypeName(options.dtype);
+  json config;
+  if (!options.base_dir.empty()) {
+    LORA_ASSIGN_OR_RETURN(config, ReadJsonFile(JoinPath(options.base_dir, "config.json")));
+    if (!config.is_object()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(options.base_dir, "/config.json: must be a JSON object"));
+    }
+    // transformers 5 writes `dtype`, earlier versions `torch_dtype`: keep whichever is there.
+    if (config.contains("dtype") || !config.contains("torch_dtype")) config["dtype"] = dtype;
+    if (config.contains("torch_dtype")) config["torch_dtype"] = dtype;
+  } else {
+    LlamaConfig c = model_config;
+    c.torch_dtype = dtype;
+    config = c.ToHfJson();
+  }
+  LORA_RETURN_IF_ERROR(WriteFileAtomically(JoinPath(dir, "config.json"), config.dump(2) + "\n"));
+  bool has_generation_config = false;
+  if (!options.base_dir.empty()) {
+    for (const char* name : kCompanionFiles) {
+      const std::string from = JoinPath(options.base_dir, name);
+      std::error_code ec;
+      if (!std::filesystem::is_regular_file(from, ec)) continue;
+      std::filesystem::copy_file(from, JoinPath(dir, name),
+                                 std::filesystem::copy_options::overwrite_existing, ec);
+      if (ec) {
+        return absl::InternalError(
+            absl::StrCat("copying ", from, " into ", dir, ": ", ec.message()));
+      }
+      has_generation_config = has_generation_config || std::string(name) == "generation_config.json";
+    }
+  }
+  if (!has_generation_config) {
+    json generation = {{"bos_token_id", model_config.bos_token_id},
+                       {"eos_token_id", model_config.eos_token_id}};
+    LORA_RETURN_IF_ERROR(WriteFileAtomically(JoinPath(dir, "generation_config.json"),
+                                             generation.dump(2) + "\n"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+std::string BaseModelId(const std::string& model) {
+  std::error_code ec;
+  if (!std::filesystem::is_directory(model, ec)) return model;  // a flavor
+  auto config = ReadJsonFile(JoinPath(model, "config.json"));
+  if (config.ok() && config->is_object()) {
+    auto it = config->find("_name_or_path");
+    if (it != config->end() && it->is_string()) {
+      const std::string id = it->get<std::string>();
+      if (!id.empty() && id[0] != '/' && id[0] != '.' && !std::filesystem::exists(id, ec)) return id;
+    }
+  }
+  const std::filesystem::path p = std::filesystem::absolute(model, ec).lexically_normal();
+  std::filesystem::path dir = p.has_filename() ? p : p.parent_path();
+  // Hub cache layout: .../models--org--name/snapshots/<revision>
+  const std::filesystem::path snapshots = dir.parent_path();
+  const std::string repo = snapshots.parent_path().filename().string();
+  if (snapshots.filename() == "snapshots" && absl::StartsWith(repo, "models--")) {
+    std::string id = repo.substr(std::strlen("models--"));
+    const size_t sep = id.find("--");
+    if (sep != std::string::npos) id.replace(sep, 2, "/");
+    return id;
+  }
+  return dir.filename().string();
+}
+
 absl::Status SaveHfModel(const LlamaForCausalLMImpl& model, const std::string& dir,
                          const SaveOptions& options) {
   LORA_RETURN_IF_ERROR(MakeDirectories(dir));
-  LlamaConfig config = model.config();
-  config.torch_dtype = FloatDtypeName(options.dtype);
-  LORA_RETURN_IF_ERROR(
-      WriteFileAtomically(JoinPath(dir, "config.json"), config.ToHfJson().dump(2) + "\n"));
+  LORA_RETURN_IF_ERROR(WriteConfigAndCompanions(model.config(), dir, options));
 
   // Greedy sharding in parameter order, as transformers does.
   NamedTensors all = BaseStateDict(model);

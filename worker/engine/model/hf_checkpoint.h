@@ -60,10 +60,28 @@ NamedTensors BaseStateDict(const torch::nn::Module& module);
 struct SaveOptions {
   torch::Dtype dtype = torch::kFloat32;
   uint64_t max_shard_bytes = 5'000'000'000;  // transformers' default "5GB"
+  // The base checkpoint directory, when there is one: its config.json is kept (only the dtype
+  // changes) and its tokenizer and generation files are copied (kCompanionFiles), so that a
+  // server can load the written directory alone.
+  std::string base_dir;
 };
+
+// Files of a model directory that are not weights but belong with them.
+inline constexpr const char* kCompanionFiles[] = {
+    "tokenizer.json",      "tokenizer_config.json", "tokenizer.model",
+    "special_tokens_map.json", "added_tokens.json", "vocab.json",
+    "merges.txt",          "chat_template.jinja",   "chat_template.json",
+    "generation_config.json"};
+
+// The id a PEFT adapter or merged model names as its base: config.json's `_name_or_path` when
+// it is a hub id, a hub cache snapshot's "org/name", else the directory's own name; a built-in
+// flavor's name. Never a worker-local absolute path.
+std::string BaseModelId(const std::string& model_path_or_flavor);
 
 // Writes config.json and the weights (sharded past max_shard_bytes) into `dir`, which is
 // created if needed. Adapter parameters are not written: merge first to export a merged model.
+// Without a base_dir, config.json comes from the model's config and generation_config.json
+// from its bos/eos ids.
 absl::Status SaveHfModel(const LlamaForCausalLMImpl& model, const std::string& dir,
                          const SaveOptions& options);
 

@@ -62,7 +62,7 @@ absl::StatusOr<PreparedModel> PrepareModel(const lora::v1::JobSpec& spec) {
                           absl::StrCat("model.path: ", loaded.status().message()));
     }
     out.model = *loaded;
-    out.base_source = std::filesystem::absolute(spec.model().path()).lexically_normal().string();
+    out.base_source = BaseModelId(spec.model().path());
   } else {
     LORA_ASSIGN_OR_RETURN(LlamaConfig config, LlamaConfig::FromFlavor(spec.model().flavor()));
     out.model = LlamaForCausalLM(config, out.base_dtype);

@@ -349,6 +349,7 @@ absl::StatusOr<TrainResult> RunTraining(const TrainerOptions& options) {
       MergeAdapters(*model);
       SaveOptions save;
       save.dtype = export_dtype;
+      save.base_dir = spec.model().path();
       LORA_RETURN_IF_ERROR(SaveHfModelAtomically(*model, dir, save));
       UnmergeAdapters(*model);
       outputs["merged"] = dir;
