@@ -205,6 +205,12 @@ std::vector<FieldViolation> JobSpecViolations(const JobSpec& spec) {
   c.AtLeast("dataset.validation_max_batches", d.validation_max_batches(), 0);
   c.AtLeast("dataset.num_examples", d.num_examples(), 1);
 
+  if (spec.lora().use_dora() && spec.resources().world_size() > 1) {
+    // The sharded paths gather, scatter and checkpoint A and B only; the magnitude and its
+    // row norms across tensor-parallel shards are not carried yet.
+    c.Fail("lora.use_dora", "DoRA runs on one rank: set resources.world_size = 1");
+  }
+
   // [parallelism] x [resources]
   const auto& p = spec.parallelism();
   const int world = spec.resources().world_size();

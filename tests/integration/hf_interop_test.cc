@@ -2,6 +2,7 @@
 // save_pretrained (tests/python/hf_families.py), read by lora-train, logits and losses compared.
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -26,10 +27,16 @@ ProcessResult Families(std::vector<std::string> args) {
   return RunProcess(args, 300, {"HF_HUB_OFFLINE=1", "TOKENIZERS_PARALLELISM=false"});
 }
 
+// The last line of `out` that is a JSON object (null when none is).
 nlohmann::json LastJsonLine(const std::string& out) {
-  const size_t at = out.rfind('{');
-  if (at == std::string::npos) return nlohmann::json();
-  return nlohmann::json::parse(out.substr(at), nullptr, /*allow_exceptions=*/false);
+  std::istringstream lines(out);
+  nlohmann::json last;
+  for (std::string line; std::getline(lines, line);) {
+    if (line.empty() || line[0] != '{') continue;
+    nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (j.is_object()) last = std::move(j);
+  }
+  return last;
 }
 
 // The families, written by transformers at build time (target hf_families_data).
@@ -158,7 +165,7 @@ TEST_P(PeftImportTest, PeftAdapterGivesTheLossPeftGives) {
 INSTANTIATE_TEST_SUITE_P(
     Kinds, PeftImportTest,
     ::testing::Combine(::testing::Values("qwen2", "llama3_tied"),
-                       ::testing::Values("patterns", "rslora", "regex", "layers")));
+                       ::testing::Values("patterns", "rslora", "regex", "layers", "dora")));
 
 TEST(PeftImport, AdaptersThatNeedAModifiedBaseAreRefusedNamingTheField) {
   const std::string base = FamiliesDir() + "/llama3";
@@ -261,6 +268,61 @@ TEST(ChatRun, ATokenizerLargerThanTheEmbeddingsIsRefusedBeforeStepOne) {
   EXPECT_THAT(r.err, ::testing::HasSubstr("model.tokenizer: the tokenizer has"));
   EXPECT_THAT(r.err, ::testing::HasSubstr("the model's embeddings have only 384 rows"));
   EXPECT_EQ(testing::ReadFile(dir.Join("out/events.jsonl")).find("\"step\""), std::string::npos);
+}
+
+// DoRA against PEFT's DoRA: a PEFT DoRA adapter merges into exactly PEFT's merge_and_unload();
+// the first training step from it moves every weight (A, B and the magnitudes) the way PEFT's
+// gradient points; a DoRA run from scratch exports an adapter PEFT scores as lora-train does.
+TEST(Dora, MergeGradientsAndExportsAgreeWithPeft) {
+  const std::string base = FamiliesDir() + "/qwen2", data = base + "/data.jsonl";
+  testing::TempDir dir;
+  const std::string start = dir.Join("start");
+  ASSERT_EQ(Judge({"make-adapter", base, start, "dora"}).exit_code, 0);
+
+  ProcessResult peft_merge = Judge({"loss", base, data, "--adapter", start, "--merge-out",
+                                    dir.Join("peft_merged")});
+  ASSERT_EQ(peft_merge.exit_code, 0) << peft_merge.err;
+  ProcessResult merge = Train({"merge", "--model", base, "--adapter", start, "--out",
+                               dir.Join("merged")});
+  ASSERT_EQ(merge.exit_code, 0) << merge.err;
+  EXPECT_LE(JudgeNumber(Judge({"compare-models", dir.Join("merged"), dir.Join("peft_merged")}),
+                        "max_abs_weight_diff"),
+            1e-6);
+
+  // One full-batch AdamW step (no warmup, no clipping): each weight moves by -lr * sign(grad).
+  std::ofstream(dir.Join("step.toml"))
+      << "[model]\npath = \"" << base << "\"\n[lora]\nadapter = \"" << start << "\"\n"
+      << "[optimizer]\nlr = 0.001\n[lr_scheduler]\nwarmup_steps = 0\ndecay_type = \"constant\"\n"
+      << "[training]\nsteps = 1\nseq_len = 23\nlocal_batch_size = 3\n"
+      << "mixed_precision = \"none\"\nmax_norm = 0\n"
+      << "[dataset]\npath = \"" << data << "\"\npack = false\nvalidation_fraction = 0.0\n"
+      << "[checkpoint]\ninterval = 0\n";
+  ProcessResult step = Train({"run", "--job", dir.Join("step.toml"), "--out", dir.Join("step")});
+  ASSERT_EQ(step.exit_code, 0) << step.err;
+  ProcessResult signs =
+      Judge({"step-signs", base, start, dir.Join("step/final/adapter"), data, "0.001"});
+  EXPECT_EQ(JudgeNumber(signs, "agree"), 1.0) << signs.out << signs.err;
+  EXPECT_GT(LastJsonLine(signs.out)["by_kind"]["lora_magnitude_vector"].get<int>(), 0);
+
+  std::ofstream train(dir.Join("train.jsonl"));
+  for (int i = 0; i < 6; ++i) train << testing::ReadFile(data);
+  train.close();
+  std::ofstream(dir.Join("scratch.toml"))
+      << "[model]\npath = \"" << base << "\"\n[lora]\nrank = 4\nuse_dora = true\n"
+      << "[optimizer]\nlr = 0.01\n[training]\nsteps = 6\nseq_len = 16\nlocal_batch_size = 2\n"
+      << "mixed_precision = \"none\"\n"
+      << "[dataset]\npath = \"" << dir.Join("train.jsonl") << "\"\nvalidation_fraction = 0.0\n"
+      << "[checkpoint]\ninterval = 0\n";
+  ProcessResult scratch =
+      Train({"run", "--job", dir.Join("scratch.toml"), "--out", dir.Join("scratch")});
+  ASSERT_EQ(scratch.exit_code, 0) << scratch.err;
+  const std::string trained = dir.Join("scratch/final/adapter");
+  auto config = nlohmann::json::parse(testing::ReadFile(trained + "/adapter_config.json"));
+  EXPECT_EQ(config["use_dora"], true);
+  const double peft = JudgeNumber(Judge({"loss", base, data, "--adapter", trained}), "loss");
+  EXPECT_NEAR(LoraTrainLoss({"--model", base, "--adapter", trained, "--dataset", data}), peft,
+              1e-5);
+  EXPECT_LT(peft, JudgeNumber(Judge({"loss", base, data}), "loss") - 1e-2);
 }
 
 }  // namespace

@@ -286,5 +286,34 @@ TEST_F(RunTest, EpochsAndAValidationFileDriveTheRun) {
   EXPECT_TRUE(summary["final_eval_loss"].is_number());
 }
 
+// DoRA's magnitudes are adapter state like A and B: checkpointed, restored, resumed exactly.
+TEST_F(RunTest, DoraResumeReproducesLossesBitwise) {
+  std::string spec = WriteSpec("job.toml", TinySpec(7, "[lora]\nuse_dora = true\n"));
+  // TinySpec has its own [lora] table: move use_dora into it.
+  std::string toml = testing::ReadFile(spec);
+  toml.erase(toml.rfind("[lora]\nuse_dora = true\n"));
+  toml.replace(toml.find("rank = 4\n"), 9, "rank = 4\nuse_dora = true\n");
+  spec = WriteSpec("job.toml", toml);
+  ASSERT_EQ(Train({"run", "--job", spec, "--out", dir_.Join("full"), "--quiet", "--set",
+                   "training.mixed_precision=none"})
+                .exit_code,
+            0);
+  fs::create_directories(dir_.Join("partial/checkpoints"));
+  fs::copy(dir_.Join("full/checkpoints/step-00000003"),
+           dir_.Join("partial/checkpoints/step-00000003"), fs::copy_options::recursive);
+  ProcessResult r = Train({"run", "--job", spec, "--out", dir_.Join("partial"), "--resume",
+                           dir_.Join("partial"), "--quiet", "--set",
+                           "training.mixed_precision=none"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto a = StepLosses(dir_.Join("full/events.jsonl")),
+       b = StepLosses(dir_.Join("partial/events.jsonl"));
+  ASSERT_EQ(b.size(), 4u);
+  for (const auto& [s, loss] : b) EXPECT_EQ(loss, a[s]) << "step " << s;
+  const std::string adapter = testing::ReadFile(dir_.Join("full/final/adapter/adapter_model.safetensors"));
+  EXPECT_NE(adapter.find("lora_magnitude_vector"), std::string::npos);
+  EXPECT_EQ(adapter,
+            testing::ReadFile(dir_.Join("partial/final/adapter/adapter_model.safetensors")));
+}
+
 }  // namespace
 }  // namespace lora

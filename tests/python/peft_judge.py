@@ -3,11 +3,16 @@
 
   peft_judge.py make-adapter BASE OUT KIND   a PEFT adapter on BASE with non-zero factors:
       KIND = patterns (rank_pattern + alpha_pattern), rslora, regex (target_modules regex),
-             layers (layers_to_transform), pissa (init that modifies the base)
+             layers (layers_to_transform), dora (use_dora, magnitudes perturbed),
+             pissa (init that modifies the base)
   peft_judge.py loss BASE DATA [--adapter DIR] [--merge-out DIR]
       mean next-token loss in transformers of BASE (+ the adapter through PeftModel), as JSON;
       with --merge-out, also writes PEFT's merge_and_unload() there
   peft_judge.py compare-models A B           max |weight difference| of two checkpoints, as JSON
+  peft_judge.py step-signs BASE START TRAINED DATA LR
+      PEFT's gradient of the summed loss over DATA at adapter START, against the first AdamW
+      step lora-train took from START to TRAINED (an Adam step moves each weight by -LR * sign
+      of its gradient): the fraction of weights whose gradient sign agrees, as JSON
   peft_judge.py load-merged DIR DATA         AutoModelForCausalLM + AutoTokenizer-free load of a
                                              merged directory alone; its loss, as JSON
 """
@@ -61,6 +66,9 @@ def make_adapter(base, out, kind):
     elif kind == "layers":
         cfg = peft.LoraConfig(**common, target_modules=["q_proj", "v_proj"],
                               layers_to_transform=[0, 2], layers_pattern="layers")
+    elif kind == "dora":
+        cfg = peft.LoraConfig(**common, target_modules=["q_proj", "v_proj", "o_proj", "down_proj"],
+                              use_dora=True)
     elif kind == "pissa":
         cfg = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], init_lora_weights="pissa")
     else:
@@ -69,8 +77,10 @@ def make_adapter(base, out, kind):
     pm = peft.get_peft_model(model, cfg)
     with torch.no_grad():
         for name, p in pm.named_parameters():
-            if "lora_" in name and kind != "pissa":
+            if ("lora_A" in name or "lora_B" in name) and kind != "pissa":
                 p.normal_(0.0, 0.2)  # both factors non-zero, so the adapter changes the output
+            elif "lora_magnitude" in name:
+                p.mul_(1 + 0.3 * torch.randn_like(p))  # away from ||W + BA||
     pm.save_pretrained(out, safe_serialization=True)
     print(json.dumps({"written": out}))
 
@@ -104,6 +114,36 @@ def compare_models(a, b):
     print(json.dumps({"max_abs_weight_diff": worst, "tensors": len(common), "unmatched": only}))
 
 
+def step_signs(base, start, trained, data, lr):
+    model = peft.PeftModel.from_pretrained(load_base(base), start, is_trainable=True)
+    model.train()
+    total = 0.0
+    for s in read_data(data):
+        ids = torch.tensor([s])
+        logits = model(input_ids=ids).logits[0, :-1].float()
+        total = total + torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum")
+    total.backward()
+    before, after = load_file(os.path.join(start, "adapter_model.safetensors")), load_file(
+        os.path.join(trained, "adapter_model.safetensors"))
+    agree = count = 0
+    kinds = {}
+    for name, p in model.named_parameters():
+        if p.grad is None:
+            continue
+        key = name.replace(".default", "")
+        if key not in before and key.endswith(".lora_magnitude_vector.weight"):
+            key = key[: -len(".weight")]  # PEFT saves the magnitude without ".weight"
+        g = p.grad.detach().flatten()
+        step = ((after[key] - before[key]).flatten() / -lr)
+        significant = g.abs() > 1e-4 * g.abs().max()
+        same = (torch.sign(step[significant]) == torch.sign(g[significant])).sum().item()
+        agree += same
+        count += significant.sum().item()
+        kind = key.rsplit(".", 2)[-2] if key.endswith(".weight") else key.rsplit(".", 1)[-1]
+        kinds[kind] = kinds.get(kind, 0) + significant.sum().item()
+    print(json.dumps({"agree": agree / max(count, 1), "weights": count, "by_kind": kinds}))
+
+
 def load_merged(d, data):
     # The directory alone: config, weights and generation config from it; the tokenizer files
     # must be there too when the base had them.
@@ -128,6 +168,10 @@ if __name__ == "__main__":
     c = sub.add_parser("compare-models")
     c.add_argument("a")
     c.add_argument("b")
+    ss = sub.add_parser("step-signs")
+    for k in ("base", "start", "trained", "data"):
+        ss.add_argument(k)
+    ss.add_argument("lr", type=float)
     lm = sub.add_parser("load-merged")
     lm.add_argument("dir")
     lm.add_argument("data")
@@ -138,5 +182,7 @@ if __name__ == "__main__":
         loss(a.base, a.data, a.adapter, a.merge_out)
     elif a.cmd == "compare-models":
         compare_models(a.a, a.b)
+    elif a.cmd == "step-signs":
+        step_signs(a.base, a.start, a.trained, a.data, a.lr)
     else:
         load_merged(a.dir, a.data)

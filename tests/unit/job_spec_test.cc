@@ -266,5 +266,12 @@ TEST(JobSpecTest, EpochsReplaceStepsAndAValidationFileReplacesTheFraction) {
   EXPECT_TRUE(ValidateJobSpec(Defaulted("[dataset]\npath = \"d.jsonl\"\nformat = \"messages\"\n")).ok());
 }
 
+TEST(JobSpecTest, DoraRunsOnOneRank) {
+  EXPECT_TRUE(ValidateJobSpec(Defaulted("[lora]\nuse_dora = true\n[dataset]\npath = \"d\"\n")).ok());
+  JobSpec two = Defaulted("[lora]\nuse_dora = true\n[resources]\nworld_size = 2\n"
+                          "[dataset]\npath = \"d\"\n");
+  EXPECT_THAT(Violations(two), HasSubstr("lora.use_dora: DoRA runs on one rank"));
+}
+
 }  // namespace
 }  // namespace lora

@@ -70,8 +70,9 @@ absl::Status ValidateLoraConfig(const LoraConfig& c) {
 
 void FreezeAllButAdapters(torch::nn::Module& root) {
   for (const auto& item : root.named_parameters(/*recurse=*/true)) {
-    const bool adapter =
-        absl::StrContains(item.key(), "lora_a.") || absl::StrContains(item.key(), "lora_b.");
+    const bool adapter = absl::StrContains(item.key(), "lora_a.") ||
+                         absl::StrContains(item.key(), "lora_b.") ||
+                         absl::EndsWith(item.key(), ".lora_magnitude_vector");
     item.value().set_requires_grad(adapter);
   }
 }
@@ -141,6 +142,7 @@ absl::StatusOr<ConversionReport> ConvertToLora(torch::nn::Module& root, const Lo
     options.alpha = p.alpha;
     options.dropout = config.dropout;
     options.use_rslora = config.use_rslora;
+    options.use_dora = config.use_dora;
     options.init = config.init;
     options.dtype = config.adapter_dtype;
     options.generator = at::make_generator<at::CPUGeneratorImpl>(ModuleSeed(config.seed, p.name));

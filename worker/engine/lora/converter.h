@@ -30,6 +30,7 @@ struct LoraConfig {
       {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"});
   ModuleSelector exclude_modules;
   bool use_rslora = false;
+  bool use_dora = false;  // DoRA: a trained magnitude per output row (linear.h)
   LoraInit init = LoraInit::kKaiming;
   std::vector<std::pair<std::string, int64_t>> rank_pattern;
   std::vector<std::pair<std::string, double>> alpha_pattern;

@@ -35,6 +35,15 @@ torch::Tensor LinearImpl::forward(const torch::Tensor& x) {
     a = a.to(h.scalar_type());
     b = b.to(h.scalar_type());
   }
+  if (use_dora()) {
+    // PEFT's arithmetic: y + (k - 1) * base + k * s * B A h, k = m / ||W + s B A|| per output;
+    // base is W x without bias, or W h when dropout changed h (as PEFT recomputes it).
+    const torch::Tensor k = (lora_magnitude / AdaptedRowNorms()).to(h.scalar_type());
+    const bool dropped = dropout_ > 0.0 && is_training();
+    torch::Tensor base = dropped ? at::linear(h, weight) : (bias.defined() ? y - bias : y);
+    torch::Tensor lora = at::linear(at::linear(h, a), b);
+    return y + (k - 1) * base + k * lora * scale_;
+  }
   // y + s * (h A^T) B^T as one GEMM accumulating into the base output (no separate add/scale
   // kernels forward or backward).
   torch::Tensor ha = at::linear(h, a);
@@ -70,6 +79,16 @@ void LinearImpl::AttachAdapter(const AdapterOptions& options) {
   }
   lora_a->weight.copy_(a);
   lora_b->weight.zero_();
+  if (options.use_dora) {
+    lora_magnitude = register_parameter(
+        "lora_magnitude_vector",
+        at::linalg_vector_norm(weight.to(torch::kFloat32), 2, {1}).to(options.dtype));
+  }
+}
+
+torch::Tensor LinearImpl::AdaptedRowNorms() const {
+  torch::NoGradGuard no_grad;
+  return at::linalg_vector_norm(weight.to(torch::kFloat32) + DeltaWeight(), 2, {1});
 }
 
 torch::Tensor LinearImpl::DeltaWeight() const {
@@ -81,14 +100,22 @@ torch::Tensor LinearImpl::DeltaWeight() const {
 void LinearImpl::Merge() {
   if (!has_adapter() || merged_) return;
   torch::NoGradGuard no_grad;
-  weight.copy_(weight.to(torch::kFloat32) + DeltaWeight());
+  torch::Tensor adapted = weight.to(torch::kFloat32) + DeltaWeight();
+  if (use_dora()) {
+    // W' = (m / ||W + s B A||) (W + s B A), per output row, as PEFT's merge_and_unload.
+    merged_scale_ = lora_magnitude.to(torch::kFloat32) / AdaptedRowNorms();
+    adapted.mul_(merged_scale_.unsqueeze(1));
+  }
+  weight.copy_(adapted);
   merged_ = true;
 }
 
 void LinearImpl::Unmerge() {
   if (!has_adapter() || !merged_) return;
   torch::NoGradGuard no_grad;
-  weight.copy_(weight.to(torch::kFloat32) - DeltaWeight());
+  torch::Tensor w = weight.to(torch::kFloat32);
+  if (use_dora()) w.div_(merged_scale_.unsqueeze(1));
+  weight.copy_(w - DeltaWeight());
   merged_ = false;
 }
 

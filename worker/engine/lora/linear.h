@@ -10,6 +10,11 @@
 //   // state dict: weight (unchanged key), lora_a.weight [r, in], lora_b.weight [out, r]
 //   y = proj(x);  // W x + b + s * B(A(dropout(x)))
 //
+// DoRA (AttachAdapter with use_dora): a magnitude vector m [out] (`lora_magnitude_vector`, as
+// PEFT names it) rescales each output row of the adapted weight V = W + s B A to length m:
+//   y = (m / ||V||_row) * (W x + s B A x) + b,  ||V||_row detached (DoRA paper, section 4.3),
+// with m initialised to ||W||_row so that the converted model still equals the base.
+//
 // The adapter factors are child Linears named `lora_a` and `lora_b` (no bias), mirroring the
 // torchtitan converter, so a base checkpoint still loads into a converted model.
 #ifndef LORA_WORKER_ENGINE_LORA_LINEAR_H_
@@ -38,6 +43,7 @@ struct AdapterOptions {
   double alpha = 16.0;
   double dropout = 0.0;
   bool use_rslora = false;
+  bool use_dora = false;
   LoraInit init = LoraInit::kKaiming;
   // Adapter parameter dtype; float32 keeps master weights exact under mixed precision.
   torch::Dtype dtype = torch::kFloat32;
@@ -61,6 +67,7 @@ class LinearImpl : public torch::nn::Module {
   double scale() const { return scale_; }
   double alpha() const { return alpha_; }
   bool use_rslora() const { return use_rslora_; }
+  bool use_dora() const { return lora_magnitude.defined(); }
   double dropout() const { return dropout_; }
 
   // W += s * B @ A in fp32 then cast to W's dtype; forward then skips the adapter path.
@@ -71,6 +78,8 @@ class LinearImpl : public torch::nn::Module {
 
   // The weight update this adapter represents, s * B @ A, in fp32.
   torch::Tensor DeltaWeight() const;
+  // ||W + s B A|| of each output row, fp32 [out], no gradient (DoRA's denominator).
+  torch::Tensor AdaptedRowNorms() const;
 
   const LinearOptions& options() const { return options_; }
 
@@ -80,6 +89,7 @@ class LinearImpl : public torch::nn::Module {
   // so that their parameters are plain `weight`s, matching the checkpoint keys.
   torch::nn::ModuleHolder<LinearImpl> lora_a{nullptr};
   torch::nn::ModuleHolder<LinearImpl> lora_b{nullptr};
+  torch::Tensor lora_magnitude;  // DoRA only: [out], fp32 (adapter dtype)
 
  private:
   LinearOptions options_;
@@ -89,6 +99,7 @@ class LinearImpl : public torch::nn::Module {
   bool use_rslora_ = false;
   double dropout_ = 0.0;
   bool merged_ = false;
+  torch::Tensor merged_scale_;  // DoRA: m / ||W + s B A|| at Merge, for Unmerge
 };
 
 TORCH_MODULE(Linear);

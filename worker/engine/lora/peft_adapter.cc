@@ -71,7 +71,10 @@ absl::StatusOr<ModuleSelector> ParseSelector(const json& j, const std::string& p
 struct AdapterFactors {
   const TensorInfo* a = nullptr;
   const TensorInfo* b = nullptr;
+  const TensorInfo* magnitude = nullptr;  // DoRA
 };
+
+constexpr char kMagnitudeSuffix[] = ".lora_magnitude_vector";
 
 }  // namespace
 
@@ -90,7 +93,7 @@ std::vector<AdapterRecord> AdapterRecords(const torch::nn::Module& root) {
   std::vector<AdapterRecord> out;
   for (const auto& [name, linear] : AdaptedLinears(root)) {
     out.push_back({name, linear->rank(), linear->alpha(), linear->use_rslora(),
-                   linear->lora_a->weight, linear->lora_b->weight});
+                   linear->lora_a->weight, linear->lora_b->weight, linear->lora_magnitude});
   }
   return out;
 }
@@ -109,6 +112,7 @@ absl::StatusOr<json> PeftConfigJson(const std::vector<AdapterRecord>& adapted,
   std::vector<double> alphas;
   std::set<std::string> adapted_names;
   bool rslora = adapted.front().use_rslora;
+  const bool dora = adapted.front().magnitude.defined();
   for (const AdapterRecord& r : adapted) {
     ranks.push_back(r.rank);
     alphas.push_back(r.alpha);
@@ -116,6 +120,9 @@ absl::StatusOr<json> PeftConfigJson(const std::vector<AdapterRecord>& adapted,
     if (r.use_rslora != rslora) {
       return absl::FailedPreconditionError(
           "adapters mix rsLoRA and plain scaling; PEFT cannot express that");
+    }
+    if (r.magnitude.defined() != dora) {
+      return absl::FailedPreconditionError("adapters mix DoRA and plain LoRA; PEFT cannot express that");
     }
   }
   // Prefer the user's r / lora_alpha; fall back to the most common values when patterns cannot
@@ -175,7 +182,7 @@ absl::StatusOr<json> PeftConfigJson(const std::vector<AdapterRecord>& adapted,
       {"target_modules", target_modules},
       {"bias", "none"},
       {"use_rslora", rslora},
-      {"use_dora", false},
+      {"use_dora", dora},
       {"fan_in_fan_out", false},
       {"modules_to_save", nullptr},
       {"init_lora_weights", config.init == LoraInit::kGaussian ? json("gaussian") : json(true)},
@@ -199,6 +206,9 @@ absl::Status WritePeftAdapterFiles(const std::vector<AdapterRecord>& records,
   for (const AdapterRecord& r : records) {
     tensors.emplace_back(PeftTensorKey(r.module, 'A'), r.a);
     tensors.emplace_back(PeftTensorKey(r.module, 'B'), r.b);
+    if (r.magnitude.defined()) {
+      tensors.emplace_back(absl::StrCat(kPeftKeyPrefix, r.module, kMagnitudeSuffix), r.magnitude);
+    }
   }
   LORA_RETURN_IF_ERROR(
       WriteTensors(JoinPath(dir, kPeftWeightsFile), tensors, options.dtype, {{"format", "pt"}}));
@@ -263,9 +273,9 @@ absl::StatusOr<PeftConfig> ReadPeftConfig(const std::string& dir) {
     if (!v->is_boolean()) return ConfigError(path, "use_rslora", "must be true or false");
     c.use_rslora = v->get<bool>();
   }
-  if (const json* v = get("use_dora");
-      v && !v->is_null() && !(v->is_boolean() && !v->get<bool>())) {
-    return ConfigError(path, "use_dora", "DoRA adapters are not supported");
+  if (const json* v = get("use_dora"); v && !v->is_null()) {
+    if (!v->is_boolean()) return ConfigError(path, "use_dora", "must be true or false");
+    c.use_dora = v->get<bool>();
   }
   if (const json* v = get("bias");
       v && !v->is_null() && !(v->is_string() && v->get<std::string>() == "none")) {
@@ -339,6 +349,10 @@ absl::StatusOr<std::map<std::string, AdapterFactors>> GroupAdapterTensors(
     if (!absl::StartsWith(t.name, kPeftKeyPrefix))
       return fail(absl::StrCat("key does not start with '", kPeftKeyPrefix, "'"));
     std::string rest = t.name.substr(std::strlen(kPeftKeyPrefix));
+    if (absl::EndsWith(rest, kMagnitudeSuffix)) {
+      by_module[rest.substr(0, rest.size() - std::strlen(kMagnitudeSuffix))].magnitude = &t;
+      continue;
+    }
     std::vector<std::string> parts = absl::StrSplit(rest, '.');
     auto factor_at = std::find_if(parts.begin(), parts.end(), [](const std::string& p) {
       return p == "lora_A" || p == "lora_B";
@@ -408,6 +422,9 @@ absl::StatusOr<std::vector<AdapterRecord>> ReadPeftAdapterRecords(const std::str
     r.use_rslora = config.lora.use_rslora;
     LORA_ASSIGN_OR_RETURN(r.a, ReadTensor(*file, *f.a, torch::kFloat32));
     LORA_ASSIGN_OR_RETURN(r.b, ReadTensor(*file, *f.b, torch::kFloat32));
+    if (f.magnitude != nullptr) {
+      LORA_ASSIGN_OR_RETURN(r.magnitude, ReadTensor(*file, *f.magnitude, torch::kFloat32));
+    }
     out.push_back(std::move(r));
   }
   if (config_out) *config_out = std::move(config);
@@ -465,6 +482,18 @@ absl::StatusOr<ImportedAdapter> ImportPeftAdapter(torch::nn::Module& root, const
                                                      " disagrees with adapter_config.json (",
                                                      configured, " for this module)"));
     }
+    if ((f.magnitude != nullptr) != config.lora.use_dora) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          weights_path, ": module '", module, "': ",
+          config.lora.use_dora ? "use_dora is true but it has no lora_magnitude_vector"
+                               : "has a lora_magnitude_vector but use_dora is not true"));
+    }
+    if (f.magnitude != nullptr &&
+        (f.magnitude->shape.size() != 1 || f.magnitude->shape[0] != l.options().out_features)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where(f.magnitude), "shape [", absl::StrJoin(f.magnitude->shape, ", "),
+                       "], expected [", l.options().out_features, "]"));
+    }
     if (l.has_adapter() && l.rank() != rank) {
       return absl::FailedPreconditionError(
           absl::StrCat("module '", module, "' already has an adapter of rank ", l.rank()));
@@ -480,11 +509,19 @@ absl::StatusOr<ImportedAdapter> ImportPeftAdapter(torch::nn::Module& root, const
       options.alpha = alphas.Lookup(module).value_or(config.lora.alpha);
       options.dropout = config.lora.dropout;
       options.use_rslora = config.lora.use_rslora;
+      options.use_dora = config.lora.use_dora;
       options.dtype = adapter_dtype;
       l->AttachAdapter(options);
     }
     LORA_RETURN_IF_ERROR(CopyIntoTensor(*file, *f.a, l->lora_a->weight));
     LORA_RETURN_IF_ERROR(CopyIntoTensor(*file, *f.b, l->lora_b->weight));
+    if (f.magnitude != nullptr) {
+      if (!l->use_dora()) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("module '", module, "' already has a plain LoRA adapter"));
+      }
+      LORA_RETURN_IF_ERROR(CopyIntoTensor(*file, *f.magnitude, l->lora_magnitude));
+    }
   }
   FreezeAllButAdapters(root);
   ImportedAdapter out;

@@ -5,8 +5,9 @@
 //
 // Import accepts any PEFT LoRA adapter of a Llama-family model (not only ours): the adapted
 // modules and their ranks come from the tensors, alpha from lora_alpha / alpha_pattern.
-// Features we cannot represent (DoRA, LoRA bias, modules_to_save, embedding adapters) are
-// rejected by name rather than silently dropped.
+// DoRA adapters (use_dora, lora_magnitude_vector) are read and written as PEFT does. Features
+// we cannot represent (LoRA bias, modules_to_save, embedding adapters, initialisations that
+// modified the base) are rejected by name rather than silently dropped.
 #ifndef LORA_WORKER_ENGINE_LORA_PEFT_ADAPTER_H_
 #define LORA_WORKER_ENGINE_LORA_PEFT_ADAPTER_H_
 
@@ -37,6 +38,7 @@ struct AdapterRecord {
   double alpha = 0;
   bool use_rslora = false;
   torch::Tensor a, b;  // [r, in], [out, r]
+  torch::Tensor magnitude;  // DoRA: [out]; undefined for plain LoRA
 };
 
 // Names of every module (with whether it is a Linear, and the output layer), so PEFT's module

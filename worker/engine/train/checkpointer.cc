@@ -174,8 +174,15 @@ absl::Status LoadAdapterRecords(torch::nn::Module& root,
       return absl::FailedPreconditionError(
           absl::StrCat("checkpoint adapter for '", r.module, "' has another shape"));
     }
+    if (l->use_dora() != r.magnitude.defined() ||
+        (r.magnitude.defined() && l->lora_magnitude.sizes() != r.magnitude.sizes())) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "checkpoint adapter for '", r.module, "' ",
+          r.magnitude.defined() ? "is DoRA but the model's is not" : "lacks the DoRA magnitude"));
+    }
     l->lora_a->weight.copy_(r.a);
     l->lora_b->weight.copy_(r.b);
+    if (r.magnitude.defined()) l->lora_magnitude.copy_(r.magnitude);
   }
   return absl::OkStatus();
 }

@@ -16,6 +16,7 @@ absl::StatusOr<LoraConfig> LoraConfigFromSpec(const lora::v1::LoraSection& s) {
   c.alpha = s.alpha();
   c.dropout = s.dropout();
   c.use_rslora = s.use_rslora();
+  c.use_dora = s.use_dora();
   c.init = s.init() == "gaussian" ? LoraInit::kGaussian : LoraInit::kKaiming;
   c.seed = s.init_seed();
   if (!s.target_modules_regex().empty()) {
