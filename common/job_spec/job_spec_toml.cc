@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/file_util.h"
+#include "common/nesting.h"
 #include "common/job_spec/job_spec.h"
 #include "common/status_macros.h"
 #include "google/protobuf/descriptor.h"
@@ -325,6 +326,8 @@ std::string TomlKey(const std::string& key) {
 absl::StatusOr<ParsedJobSpec> ParseJobSpecToml(const std::string& text, const std::string& source) {
   ParsedJobSpec parsed;
   toml::value root;
+  // toml11 parses recursively: bound the nesting before it sees the document.
+  LORA_RETURN_IF_ERROR(CheckTomlNesting(text, source));
   try {
     std::istringstream in(text);
     root = toml::parse(in, source);

@@ -1,7 +1,6 @@
 // The one validation of a job spec, shared by lorad, lora-worker, lora-train and loractl.
 #include <cmath>
 #include <optional>
-#include <regex>
 #include <set>
 
 #include "absl/strings/ascii.h"
@@ -9,12 +8,18 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/job_spec/job_spec.h"
+#include "common/user_pattern.h"
 #include "common/llama_config.h"
 
 namespace lora {
 namespace {
 
 using lora::v1::JobSpec;
+
+// A map key as it appears in a field path: user keys can be long, messages stay short.
+std::string ShortKey(const std::string& key) {
+  return key.size() <= 64 ? key : absl::StrCat(key.substr(0, 64), "...");
+}
 
 class Checker {
  public:
@@ -37,10 +42,13 @@ class Checker {
       Fail(field, absl::StrCat("must be > 0, got ", value));
   }
   void Regex(const std::string& field, const std::string& pattern) {
-    try {
-      std::regex re(pattern);
-    } catch (const std::regex_error& e) {
-      Fail(field, absl::StrCat("invalid regular expression '", pattern, "': ", e.what()));
+    auto compiled = UserPattern::Compile(pattern, field);
+    if (!compiled.ok()) {
+      // The message starts with the field; keep only the reason.
+      std::string why(compiled.status().message());
+      const std::string prefix = field + ": ";
+      if (why.rfind(prefix, 0) == 0) why = why.substr(prefix.size());
+      Fail(field, why);
     }
   }
   std::vector<FieldViolation> Take() { return std::move(out_); }
@@ -124,11 +132,11 @@ std::vector<FieldViolation> JobSpecViolations(const JobSpec& spec) {
   c.OneOf("lora.init", l.init(), {"kaiming", "gaussian"});
   for (const auto& [k, v] : l.rank_pattern()) {
     c.AtLeast(absl::StrCat("lora.rank_pattern.", k), v, 1);
-    c.Regex(absl::StrCat("lora.rank_pattern.", k), k);
+    c.Regex(absl::StrCat("lora.rank_pattern.", ShortKey(k)), k);
   }
   for (const auto& [k, v] : l.alpha_pattern()) {
     c.Positive(absl::StrCat("lora.alpha_pattern.", k), v);
-    c.Regex(absl::StrCat("lora.alpha_pattern.", k), k);
+    c.Regex(absl::StrCat("lora.alpha_pattern.", ShortKey(k)), k);
   }
   if (kind == lora::v1::JOB_KIND_MERGE && l.adapter().empty())
     c.Fail("lora.adapter", "a merge job needs the adapter to merge");

@@ -8,6 +8,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "common/nesting.h"
 #include "common/job_spec/job_spec.h"
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
@@ -607,6 +608,8 @@ void JobManager::OnRankAccepted(const std::string& worker_id, const wv1::RankAcc
 std::vector<JobEvent> JobManager::TranslateEngineEvent(ActiveJob& a, int rank,
                                                        const std::string& text) {
   std::vector<JobEvent> out;
+  // Worker input: bounded before the recursive parser sees it.
+  if (!CheckJsonNesting(text, "engine event").ok()) return out;
   nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
   if (j.is_discarded() || !j.is_object()) return out;
   const std::string type = j.value("event", "");

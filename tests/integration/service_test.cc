@@ -218,6 +218,33 @@ TEST_F(ServiceTest, InvalidRequestsGetCanonicalCodesNamingTheField) {
   EXPECT_EQ(client->ListCheckpoints("jobs/nope").status().code(), absl::StatusCode::kNotFound);
 }
 
+// Issue 12, finding 1: a 40 KB CreateJob whose patterns nest 20,000 groups crashed lorad
+// (std::regex recursion). Now each pattern is INVALID_ARGUMENT naming its field, and lorad
+// keeps serving.
+TEST_F(ServiceTest, HostilePatternsAreRefusedAndLoradKeepsServing) {
+  auto lorad = StartLorad(0);
+  auto client = lorad->Client();
+  const std::string deep = std::string(20000, '(') + std::string(20000, ')');
+  auto target = TinyTrainSpec(5);
+  target.mutable_lora()->clear_target_modules();
+  target.mutable_lora()->set_target_modules_regex(deep);
+  auto r = client->CreateJob(target, "");
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("lora.target_modules"));
+  auto exclude = TinyTrainSpec(5);
+  exclude.mutable_lora()->set_exclude_modules_regex(deep);
+  EXPECT_EQ(client->CreateJob(exclude, "").status().code(), absl::StatusCode::kInvalidArgument);
+  auto patterns = TinyTrainSpec(5);
+  (*patterns.mutable_lora()->mutable_rank_pattern())[deep] = 4;
+  (*patterns.mutable_lora()->mutable_alpha_pattern())[deep] = 2.0;
+  r = client->CreateJob(patterns, "");
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("lora.rank_pattern."));
+  EXPECT_LT(r.status().message().size(), 2000u) << "violations do not echo the patterns";
+  auto ok = client->CreateJob(TinyTrainSpec(2), "");
+  EXPECT_TRUE(ok.ok()) << ok.status();
+}
+
 TEST_F(ServiceTest, ListJobsPagesNewestFirstAndFilters) {
   auto lorad = StartLorad(0);
   auto client = lorad->Client();

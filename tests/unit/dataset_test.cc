@@ -193,5 +193,17 @@ TEST(ChatData, BadMessagesNameTheLineAndTheField) {
               HasSubstr("model.tokenizer: the tokenizer has no chat_template"));
 }
 
+// Issue 12: a dataset line nested 100,000 deep is an error naming the file and line.
+TEST(DatasetTest, ADeeplyNestedLineIsAnErrorNotACrash) {
+  testing::TempDir dir;
+  ByteTokenizer tok;
+  std::ofstream(dir.Join("deep.jsonl")) << R"({"text": "ok"})" << "\n"
+                                        << std::string(100000, '[') << "\n";
+  auto r = LoadExamples(FileDataset(dir.Join("deep.jsonl"), "auto"), tok, 300);
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(std::string(r.status().message()),
+              HasSubstr("deep.jsonl:2: nested deeper than 64 levels"));
+}
+
 }  // namespace
 }  // namespace lora

@@ -273,5 +273,30 @@ TEST(JobSpecTest, DoraRunsOnOneRank) {
   EXPECT_THAT(Violations(two), HasSubstr("lora.use_dora: DoRA runs on one rank"));
 }
 
+// Issue 12, finding 1: the same hostile patterns through validation (what lorad, lora-worker
+// and loractl run on every spec), and a 100,000-deep TOML array (it crashed loractl).
+TEST(JobSpecTest, HostilePatternsAndDeepDocumentsAreViolationsNotCrashes) {
+  const std::string deep = std::string(20000, '(') + std::string(20000, ')');
+  JobSpec spec = Defaulted("[dataset]\npath = \"d\"\n");
+  spec.mutable_lora()->clear_target_modules();
+  spec.mutable_lora()->set_target_modules_regex(deep);
+  (*spec.mutable_lora()->mutable_rank_pattern())[deep] = 4;
+  const std::string v = Violations(spec);
+  EXPECT_THAT(v, HasSubstr("lora.target_modules: regular expression of 40000 bytes"));
+  EXPECT_THAT(v, HasSubstr("lora.rank_pattern.((((")) ;
+  EXPECT_LT(v.size(), 1000u) << "violations do not echo the patterns";
+
+  const std::string toml = "[job]\nname = " + std::string(100000, '[') + std::string(100000, ']');
+  auto parsed = ParseJobSpecToml(toml, "deep.toml");
+  EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(parsed.status().message()),
+              HasSubstr("deep.toml: nested deeper than 64 levels"));
+  // Brackets in strings and comments do not count.
+  auto fine = ParseJobSpecToml("[job]\nname = \"" + std::string(500, '[') + "\" # " +
+                                   std::string(500, '{') + "\n",
+                               "ok.toml");
+  EXPECT_TRUE(fine.ok()) << fine.status();
+}
+
 }  // namespace
 }  // namespace lora

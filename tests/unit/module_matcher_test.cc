@@ -69,5 +69,39 @@ TEST(PatternMapTest, PeftPatternRule) {
   EXPECT_THAT(std::string(bad.status().message()), HasSubstr("lora.alpha_pattern.("));
 }
 
+// Issue 12, finding 1: std::regex recursed once per group, so 20,000 nested parentheses (a
+// 40 KB CreateJob) crashed every binary that compiled the pattern. RE2 refuses it by length,
+// and nested groups within the cap are a parse error or a linear-time match, never a crash.
+TEST(UserPatternTest, HostilePatternsAreErrorsNotCrashes) {
+  const std::string deep = std::string(20000, '(') + std::string(20000, ')');
+  auto long_one = ModuleMatcher::Create(ModuleSelector::Regex(deep), {}, "lora.target_modules");
+  EXPECT_EQ(long_one.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(long_one.status().message()),
+              HasSubstr("lora.target_modules: regular expression of 40000 bytes; at most 4096"));
+  EXPECT_LT(long_one.status().message().size(), 200u) << "the pattern is not echoed";
+
+  const std::string nested = std::string(2000, '(') + "q_proj" + std::string(2000, ')');
+  auto within = ModuleMatcher::Create(ModuleSelector::Regex(nested), {}, "lora.target_modules");
+  if (within.ok()) {
+    EXPECT_TRUE(within->Matches("q_proj"));
+  } else {
+    EXPECT_THAT(std::string(within.status().message()), HasSubstr("lora.target_modules"));
+  }
+  auto keys = PatternMap<int64_t>::Create({{deep, 4}}, "lora.rank_pattern");
+  EXPECT_EQ(keys.status().code(), absl::StatusCode::kInvalidArgument);
+  auto excluded = ModuleMatcher::Create(ModuleSelector::List({"q_proj"}),
+                                        ModuleSelector::Regex(deep), "t", "lora.exclude_modules");
+  EXPECT_THAT(std::string(excluded.status().message()), HasSubstr("lora.exclude_modules"));
+
+  // Catastrophic backtracking for a backtracking engine; linear for RE2.
+  auto evil = UserPattern::Compile("(a+)+$", "lora.target_modules");
+  ASSERT_TRUE(evil.ok());
+  EXPECT_FALSE(evil->FullMatch(std::string(100000, 'a') + "!"));
+  // Python features RE2 lacks are refused by name, not misread.
+  auto lookahead = UserPattern::Compile("q_proj(?!x)", "lora.target_modules");
+  EXPECT_THAT(std::string(lookahead.status().message()),
+              HasSubstr("lora.target_modules: invalid regular expression (RE2 syntax)"));
+}
+
 }  // namespace
 }  // namespace lora

@@ -9,6 +9,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
+#include "common/nesting.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "common/status_macros.h"
@@ -111,30 +112,7 @@ constexpr const char* kEosCandidates[] = {"</s>",  "<|end_of_text|>", "<|endofte
 
 absl::StatusOr<json> ParseJson(absl::string_view text, absl::string_view source) {
   // nlohmann's parser recurses once per nesting level: bound the depth before it runs.
-  int depth = 0;
-  bool in_string = false, escaped = false;
-  for (char c : text) {
-    if (in_string) {
-      if (escaped) {
-        escaped = false;
-      } else if (c == '\\') {
-        escaped = true;
-      } else if (c == '"') {
-        in_string = false;
-      }
-      continue;
-    }
-    if (c == '"') {
-      in_string = true;
-    } else if (c == '[' || c == '{') {
-      if (++depth > kMaxJsonDepth) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(source, ": JSON nested deeper than ", kMaxJsonDepth, " levels"));
-      }
-    } else if (c == ']' || c == '}') {
-      --depth;
-    }
-  }
+  LORA_RETURN_IF_ERROR(CheckJsonNesting(text, source, kMaxJsonDepth));
   try {
     return json::parse(text.begin(), text.end());
   } catch (const json::parse_error& e) {

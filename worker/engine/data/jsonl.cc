@@ -4,6 +4,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "common/nesting.h"
 
 namespace lora {
 
@@ -18,6 +19,8 @@ absl::Status ForEachJsonLine(
     ++line;
     if (absl::StripAsciiWhitespace(text).empty()) continue;
     nlohmann::json j;
+    absl::Status bounded = CheckJsonNesting(text, absl::StrCat(path, ":", line));
+    if (!bounded.ok()) return bounded;
     try {
       j = nlohmann::json::parse(text);
     } catch (const nlohmann::json::exception& e) {

@@ -2,25 +2,16 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
 
 namespace lora {
 namespace {
 
-absl::StatusOr<std::regex> CompileRegex(const std::string& pattern, const std::string& field) {
-  try {
-    return std::regex(pattern, std::regex::ECMAScript);
-  } catch (const std::regex_error& e) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(field, ": invalid regular expression '", pattern, "': ", e.what()));
-  }
-}
-
-absl::StatusOr<std::optional<std::regex>> CompileSelector(const ModuleSelector& s,
-                                                          const std::string& field) {
-  if (!s.is_regex || s.all_linear() || s.regex.empty()) return std::optional<std::regex>();
-  auto re = CompileRegex(s.regex, field);
-  if (!re.ok()) return re.status();
-  return std::optional<std::regex>(std::move(*re));
+absl::StatusOr<std::optional<UserPattern>> CompileSelector(const ModuleSelector& s,
+                                                           const std::string& field) {
+  if (!s.is_regex || s.all_linear() || s.regex.empty()) return std::optional<UserPattern>();
+  LORA_ASSIGN_OR_RETURN(UserPattern re, UserPattern::Compile(s.regex, field));
+  return std::optional<UserPattern>(std::move(re));
 }
 
 }  // namespace
@@ -53,11 +44,11 @@ absl::StatusOr<ModuleMatcher> ModuleMatcher::Create(const ModuleSelector& target
   return m;
 }
 
-bool ModuleMatcher::SelectorMatches(const ModuleSelector& s, const std::optional<std::regex>& re,
+bool ModuleMatcher::SelectorMatches(const ModuleSelector& s, const std::optional<UserPattern>& re,
                                     const std::string& name, bool is_output_layer) {
   if (s.empty()) return false;
   if (s.all_linear()) return !is_output_layer;
-  if (s.is_regex) return std::regex_match(name, *re);
+  if (s.is_regex) return re->FullMatch(name);
   for (const std::string& entry : s.names) {
     if (name == entry || absl::EndsWith(name, absl::StrCat(".", entry))) return true;
   }
@@ -78,7 +69,11 @@ absl::StatusOr<PatternMap<T>> PatternMap<T>::Create(std::vector<std::pair<std::s
                                                     const std::string& field) {
   PatternMap<T> m;
   for (const auto& [key, value] : patterns) {
-    auto re = CompileRegex(absl::StrCat("(.*\\.)?(", key, ")"), absl::StrCat(field, ".", key));
+    if (key.size() > kMaxUserPatternBytes) {
+      return absl::InvalidArgumentError(absl::StrCat(field, ": a key of ", key.size(),
+                                                     " bytes; at most ", kMaxUserPatternBytes));
+    }
+    auto re = UserPattern::Compile(absl::StrCat("(.*\\.)?(", key, ")"), absl::StrCat(field, ".", key));
     if (!re.ok()) return re.status();
     m.regexes_.push_back(std::move(*re));
   }
@@ -89,7 +84,7 @@ absl::StatusOr<PatternMap<T>> PatternMap<T>::Create(std::vector<std::pair<std::s
 template <typename T>
 std::optional<T> PatternMap<T>::Lookup(const std::string& name) const {
   for (size_t i = 0; i < patterns_.size(); ++i) {
-    if (std::regex_match(name, regexes_[i])) return patterns_[i].second;
+    if (regexes_[i].FullMatch(name)) return patterns_[i].second;
   }
   return std::nullopt;
 }

@@ -1,7 +1,8 @@
 // PEFT's rules for choosing modules by qualified name (no LibTorch here, so it is cheap to test).
 //
 // A list selector matches a module whose name equals an entry or ends with "." + entry; a
-// string selector is a regular expression that must match the whole name; the special string
+// string selector is a regular expression (RE2, common/user_pattern.h) that must match the
+// whole name; the special string
 // "all-linear" matches every Linear except the output layer (lm_head).
 //
 //   LORA_ASSIGN_OR_RETURN(auto m, ModuleMatcher::Create(targets, excludes));
@@ -14,12 +15,12 @@
 
 #include <cstdint>
 #include <optional>
-#include <regex>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/user_pattern.h"
 
 namespace lora {
 
@@ -50,10 +51,10 @@ class ModuleMatcher {
   bool MatchesTarget(const std::string& name, bool is_output_layer = false) const;
 
  private:
-  static bool SelectorMatches(const ModuleSelector& s, const std::optional<std::regex>& re,
+  static bool SelectorMatches(const ModuleSelector& s, const std::optional<UserPattern>& re,
                               const std::string& name, bool is_output_layer);
   ModuleSelector targets_, excludes_;
-  std::optional<std::regex> target_re_, exclude_re_;
+  std::optional<UserPattern> target_re_, exclude_re_;
 };
 
 template <typename T>
@@ -67,7 +68,7 @@ class PatternMap {
 
  private:
   std::vector<std::pair<std::string, T>> patterns_;
-  std::vector<std::regex> regexes_;
+  std::vector<UserPattern> regexes_;
 };
 
 extern template class PatternMap<int64_t>;

@@ -9,6 +9,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/file_util.h"
+#include "common/nesting.h"
 #include "common/status_macros.h"
 
 namespace lora {
@@ -36,10 +37,15 @@ std::string ListForError(const std::vector<std::string>& items) {
 
 absl::StatusOr<json> ReadJsonFile(const std::string& path) {
   LORA_ASSIGN_OR_RETURN(std::string text, ReadFileToString(path));
+  LORA_RETURN_IF_ERROR(CheckJsonNesting(text, path));
   try {
     return json::parse(text);
+  } catch (const json::parse_error& e) {
+    // e.what() quotes the file's text; say only where the problem is.
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": invalid JSON near byte ", e.byte, " of ", text.size()));
   } catch (const json::exception& e) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": invalid JSON: ", e.what()));
+    return absl::InvalidArgumentError(absl::StrCat(path, ": invalid JSON"));
   }
 }
 
