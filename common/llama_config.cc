@@ -91,7 +91,8 @@ absl::Status ReadSlidingWindow(const json& j, LlamaConfig* c) {
   } else if (c->model_type != "mistral") {
     int64_t max_window_layers = n;
     RETURN_IF_ERROR_(ReadInt(j, "max_window_layers", &max_window_layers));
-    for (int64_t i = 0; i < n; ++i) c->sliding_layers[static_cast<size_t>(i)] = i >= max_window_layers;
+    for (int64_t i = 0; i < n; ++i)
+      c->sliding_layers[static_cast<size_t>(i)] = i >= max_window_layers;
   }
   return absl::OkStatus();
 }

@@ -2,19 +2,30 @@
 #include <cmath>
 #include <optional>
 #include <set>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/job_spec/job_spec.h"
-#include "common/user_pattern.h"
 #include "common/llama_config.h"
+#include "common/user_pattern.h"
 
 namespace lora {
 namespace {
 
 using lora::v1::JobSpec;
+
+// Maxima for client-controlled sizes (docs/JOB_SPEC.md, "Limits").
+constexpr int kMaxLabels = 64;
+constexpr size_t kMaxDescriptionBytes = 16 << 10;
+constexpr size_t kMaxPathBytes = 4096;
+constexpr int kMaxModuleNames = 1024;
+constexpr int64_t kMaxRank = 4096;
+constexpr int64_t kMaxSteps = 100'000'000;
+constexpr int64_t kMaxBatchRows = 65536;
 
 // A map key as it appears in a field path: user keys can be long, messages stay short.
 std::string ShortKey(const std::string& key) {
@@ -36,6 +47,16 @@ class Checker {
   }
   void AtLeast(const std::string& field, int64_t value, int64_t min) {
     if (value < min) Fail(field, absl::StrCat("must be >= ", min, ", got ", value));
+  }
+  void InRange(const std::string& field, int64_t value, int64_t min, int64_t max) {
+    if (value < min || value > max) {
+      Fail(field, absl::StrCat("must be in [", min, ", ", max, "], got ", value));
+    }
+  }
+  void MaxLength(const std::string& field, const std::string& value, size_t max) {
+    if (value.size() > max) {
+      Fail(field, absl::StrCat("is ", value.size(), " bytes; at most ", max));
+    }
   }
   void Positive(const std::string& field, double value) {
     if (!(value > 0) || !std::isfinite(value))
@@ -84,10 +105,40 @@ std::vector<FieldViolation> JobSpecViolations(const JobSpec& spec) {
   const auto kind = spec.job().kind();
   const bool train = kind == lora::v1::JOB_KIND_TRAIN;
   if (kind == lora::v1::JOB_KIND_UNSPECIFIED) c.Fail("job.kind", "must be train, convert or merge");
+  // Caps on what a client controls, so that every spec lorad accepts stays small (it is stored,
+  // listed and sent to workers) and every run it starts is bounded.
+  if (spec.job().labels_size() > kMaxLabels) {
+    c.Fail("job.labels", absl::StrCat("at most ", kMaxLabels, " labels"));
+  }
   for (const auto& [k, v] : spec.job().labels()) {
     if (k.empty() || k.size() > 63) c.Fail("job.labels", "label keys must be 1 to 63 characters");
+    if (v.size() > 256) c.Fail("job.labels", "label values must be at most 256 characters");
   }
   if (spec.job().name().size() > 256) c.Fail("job.name", "must be at most 256 characters");
+  c.MaxLength("job.description", spec.job().description(), kMaxDescriptionBytes);
+  for (const auto& [field, path] : std::vector<std::pair<const char*, const std::string*>>{
+           {"model.path", &spec.model().path()},
+           {"model.tokenizer", &spec.model().tokenizer()},
+           {"lora.adapter", &spec.lora().adapter()},
+           {"dataset.path", &spec.dataset().path()},
+           {"dataset.validation_path", &spec.dataset().validation_path()}}) {
+    c.MaxLength(field, *path, kMaxPathBytes);
+  }
+  for (const auto& [field, list] :
+       std::vector<std::pair<const char*, const google::protobuf::RepeatedPtrField<std::string>*>>{
+           {"lora.target_modules", &spec.lora().target_modules()},
+           {"lora.exclude_modules", &spec.lora().exclude_modules()}}) {
+    if (list->size() > kMaxModuleNames) {
+      c.Fail(field, absl::StrCat("at most ", kMaxModuleNames, " names"));
+    }
+    for (const std::string& name : *list) {
+      if (name.size() > 256) c.Fail(field, "module names must be at most 256 characters");
+    }
+  }
+  if (spec.lora().rank_pattern_size() > kMaxModuleNames ||
+      spec.lora().alpha_pattern_size() > kMaxModuleNames) {
+    c.Fail("lora.rank_pattern", absl::StrCat("at most ", kMaxModuleNames, " keys per pattern map"));
+  }
 
   // [model]
   const auto& m = spec.model();
@@ -114,7 +165,7 @@ std::vector<FieldViolation> JobSpecViolations(const JobSpec& spec) {
 
   // [lora]
   const auto& l = spec.lora();
-  c.AtLeast("lora.rank", l.rank(), 1);
+  c.InRange("lora.rank", l.rank(), 1, kMaxRank);
   c.Positive("lora.alpha", l.alpha());
   if (!(l.dropout() >= 0 && l.dropout() < 1))
     c.Fail("lora.dropout", absl::StrCat("must be in [0, 1), got ", l.dropout()));
@@ -131,11 +182,11 @@ std::vector<FieldViolation> JobSpecViolations(const JobSpec& spec) {
     c.Regex("lora.exclude_modules", l.exclude_modules_regex());
   c.OneOf("lora.init", l.init(), {"kaiming", "gaussian"});
   for (const auto& [k, v] : l.rank_pattern()) {
-    c.AtLeast(absl::StrCat("lora.rank_pattern.", k), v, 1);
+    c.InRange(absl::StrCat("lora.rank_pattern.", ShortKey(k)), v, 1, kMaxRank);
     c.Regex(absl::StrCat("lora.rank_pattern.", ShortKey(k)), k);
   }
   for (const auto& [k, v] : l.alpha_pattern()) {
-    c.Positive(absl::StrCat("lora.alpha_pattern.", k), v);
+    c.Positive(absl::StrCat("lora.alpha_pattern.", ShortKey(k)), v);
     c.Regex(absl::StrCat("lora.alpha_pattern.", ShortKey(k)), k);
   }
   if (kind == lora::v1::JOB_KIND_MERGE && l.adapter().empty())
@@ -168,12 +219,13 @@ std::vector<FieldViolation> JobSpecViolations(const JobSpec& spec) {
     if (t.has_steps()) c.Fail("training.epochs", "set training.steps or training.epochs, not both");
     if (!(t.epochs() > 0 && t.epochs() <= 1e6)) c.Fail("training.epochs", "must be in (0, 1e6]");
   } else {
-    c.AtLeast("training.steps", t.steps(), 1);
+    c.InRange("training.steps", t.steps(), 1, kMaxSteps);
   }
   c.AtLeast("training.seq_len", t.seq_len(), 2);
   if (t.seq_len() > (1 << 20)) c.Fail("training.seq_len", "must be <= 1048576");
-  c.AtLeast("training.local_batch_size", t.local_batch_size(), 1);
-  c.AtLeast("training.gradient_accumulation_steps", t.gradient_accumulation_steps(), 1);
+  c.InRange("training.local_batch_size", t.local_batch_size(), 1, kMaxBatchRows);
+  c.InRange("training.gradient_accumulation_steps", t.gradient_accumulation_steps(), 1,
+            kMaxBatchRows);
   if (!(t.max_norm() >= 0)) c.Fail("training.max_norm", "must be >= 0 (0 disables clipping)");
   c.OneOf("training.mixed_precision", t.mixed_precision(), {"none", "bf16", "fp16"});
   if (t.mixed_precision() == "fp16" && spec.resources().device() != "cuda") {
@@ -211,7 +263,7 @@ std::vector<FieldViolation> JobSpecViolations(const JobSpec& spec) {
   }
   c.AtLeast("dataset.validation_interval", d.validation_interval(), 0);
   c.AtLeast("dataset.validation_max_batches", d.validation_max_batches(), 0);
-  c.AtLeast("dataset.num_examples", d.num_examples(), 1);
+  c.InRange("dataset.num_examples", d.num_examples(), 1, kMaxSteps);
 
   if (spec.lora().use_dora() && spec.resources().world_size() > 1) {
     // The sharded paths gather, scatter and checkpoint A and B only; the magnitude and its

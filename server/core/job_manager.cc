@@ -8,8 +8,8 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "common/nesting.h"
 #include "common/job_spec/job_spec.h"
+#include "common/nesting.h"
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
 

@@ -52,9 +52,9 @@ class HfFamiliesTest : public ::testing::TestWithParam<std::string> {
   // lora-train eval over the family's data; the logits land in `dump` when given.
   double Eval(const std::string& model, const std::vector<std::string>& extra,
               const std::string& dump = "") {
-    std::vector<std::string> args = {"eval",      "--model", model, "--dataset",
-                                     Family() + "/data.jsonl", "--json", "--seq-len", "64",
-                                     "--batch-size", "2"};
+    std::vector<std::string> args = {
+        "eval",   "--model",   model, "--dataset",    Family() + "/data.jsonl",
+        "--json", "--seq-len", "64",  "--batch-size", "2"};
     args.insert(args.end(), extra.begin(), extra.end());
     if (!dump.empty()) {
       args.push_back("--dump-logits");
@@ -69,9 +69,8 @@ class HfFamiliesTest : public ::testing::TestWithParam<std::string> {
     ProcessResult r = Families({"compare", Family(), dump});
     EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
     nlohmann::json j = LastJsonLine(r.out);
-    return j.is_object() && j.contains("max_abs_logit_diff")
-               ? j["max_abs_logit_diff"].get<double>()
-               : 1e9;
+    return j.is_object() && j.contains("max_abs_logit_diff") ? j["max_abs_logit_diff"].get<double>()
+                                                             : 1e9;
   }
 
   testing::TempDir dir_;
@@ -115,9 +114,8 @@ TEST(HfFamilies, IgnoringTheSlidingWindowWouldChangeTheLogits) {
   nlohmann::json config = nlohmann::json::parse(in);
   config["sliding_window"] = nullptr;
   std::ofstream(copy + "/config.json") << config.dump(2);
-  ProcessResult r = Train({"eval", "--model", copy, "--dataset", mistral + "/data.jsonl",
-                           "--json", "--seq-len", "64",
-                           "--dump-logits", copy + "/ours.safetensors"});
+  ProcessResult r = Train({"eval", "--model", copy, "--dataset", mistral + "/data.jsonl", "--json",
+                           "--seq-len", "64", "--dump-logits", copy + "/ours.safetensors"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   ProcessResult diff = Families({"compare", mistral, copy + "/ours.safetensors"});
   ASSERT_EQ(diff.exit_code, 0) << diff.out << diff.err;
@@ -146,8 +144,7 @@ double LoraTrainLoss(const std::vector<std::string>& args) {
 }
 
 // Adapters PEFT made (get_peft_model, non-zero factors) give lora-train the loss PEFT gives.
-class PeftImportTest
-    : public ::testing::TestWithParam<std::tuple<std::string, std::string>> {};
+class PeftImportTest : public ::testing::TestWithParam<std::tuple<std::string, std::string>> {};
 
 TEST_P(PeftImportTest, PeftAdapterGivesTheLossPeftGives) {
   const auto& [family, kind] = GetParam();
@@ -162,17 +159,17 @@ TEST_P(PeftImportTest, PeftAdapterGivesTheLossPeftGives) {
               1e-5);
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Kinds, PeftImportTest,
-    ::testing::Combine(::testing::Values("qwen2", "llama3_tied"),
-                       ::testing::Values("patterns", "rslora", "regex", "layers", "dora")));
+INSTANTIATE_TEST_SUITE_P(Kinds, PeftImportTest,
+                         ::testing::Combine(::testing::Values("qwen2", "llama3_tied"),
+                                            ::testing::Values("patterns", "rslora", "regex",
+                                                              "layers", "dora")));
 
 TEST(PeftImport, AdaptersThatNeedAModifiedBaseAreRefusedNamingTheField) {
   const std::string base = FamiliesDir() + "/llama3";
   testing::TempDir dir;
   ASSERT_EQ(Judge({"make-adapter", base, dir.Join("pissa"), "pissa"}).exit_code, 0);
-  ProcessResult r = Train({"eval", "--model", base, "--adapter", dir.Join("pissa"), "--dataset",
-                           base + "/data.jsonl"});
+  ProcessResult r = Train(
+      {"eval", "--model", base, "--adapter", dir.Join("pissa"), "--dataset", base + "/data.jsonl"});
   EXPECT_NE(r.exit_code, 0);
   EXPECT_THAT(r.err, ::testing::HasSubstr("init_lora_weights: \"pissa\" adapters need the base"));
 }
@@ -188,13 +185,13 @@ TEST(PeftExport, TrainedAdapterAndMergedModelAreWhatPeftAndTransformersMake) {
   // The base's tokenizer files must travel with the merged model verbatim (the data is
   // input_ids, so the run itself needs no tokenizer).
   for (const char* f : {"tokenizer.json", "tokenizer_config.json"}) {
-    std::filesystem::copy_file(testing::BinaryPath("tests/chat_data/qwen2/") + f,
-                               base + "/" + f);
+    std::filesystem::copy_file(testing::BinaryPath("tests/chat_data/qwen2/") + f, base + "/" + f);
   }
   std::ofstream train(dir.Join("train.jsonl"));
   for (int i = 0; i < 6; ++i) train << testing::ReadFile(data);
   train.close();
-  std::ofstream(dir.Join("job.toml")) << "[model]\npath = \"" << base << "\"\n"
+  std::ofstream(dir.Join("job.toml"))
+      << "[model]\npath = \"" << base << "\"\n"
       << "[lora]\nrank = 4\nalpha = 8\n"
       << "target_modules = [\"q_proj\", \"v_proj\", \"o_proj\", \"gate_proj\", \"down_proj\"]\n"
       << "[optimizer]\nlr = 0.05\n"
@@ -205,8 +202,8 @@ TEST(PeftExport, TrainedAdapterAndMergedModelAreWhatPeftAndTransformersMake) {
   ASSERT_EQ(run.exit_code, 0) << run.err;
   const std::string adapter = dir.Join("out/final/adapter"), merged = dir.Join("out/final/merged");
 
-  ProcessResult peft = Judge({"loss", base, data, "--adapter", adapter, "--merge-out",
-                              dir.Join("peft_merged")});
+  ProcessResult peft =
+      Judge({"loss", base, data, "--adapter", adapter, "--merge-out", dir.Join("peft_merged")});
   const double peft_loss = JudgeNumber(peft, "loss");
   EXPECT_NEAR(LoraTrainLoss({"--model", base, "--adapter", adapter, "--dataset", data}), peft_loss,
               1e-5);
@@ -279,11 +276,11 @@ TEST(Dora, MergeGradientsAndExportsAgreeWithPeft) {
   const std::string start = dir.Join("start");
   ASSERT_EQ(Judge({"make-adapter", base, start, "dora"}).exit_code, 0);
 
-  ProcessResult peft_merge = Judge({"loss", base, data, "--adapter", start, "--merge-out",
-                                    dir.Join("peft_merged")});
+  ProcessResult peft_merge =
+      Judge({"loss", base, data, "--adapter", start, "--merge-out", dir.Join("peft_merged")});
   ASSERT_EQ(peft_merge.exit_code, 0) << peft_merge.err;
-  ProcessResult merge = Train({"merge", "--model", base, "--adapter", start, "--out",
-                               dir.Join("merged")});
+  ProcessResult merge =
+      Train({"merge", "--model", base, "--adapter", start, "--out", dir.Join("merged")});
   ASSERT_EQ(merge.exit_code, 0) << merge.err;
   EXPECT_LE(JudgeNumber(Judge({"compare-models", dir.Join("merged"), dir.Join("peft_merged")}),
                         "max_abs_weight_diff"),

@@ -190,7 +190,7 @@ TEST_F(RunTest, BadSpecsFailWithFileLineAndKey) {
       WriteSpec("bad.toml", "[training]\nsteps = 0\n[dataset]\nname = \"synthetic-arith\"\n");
   ProcessResult r = Train({"run", "--job", spec, "--out", dir_.Join("x")});
   EXPECT_EQ(r.exit_code, 1);
-  EXPECT_THAT(r.err, HasSubstr("bad.toml:2: training.steps: must be >= 1, got 0"));
+  EXPECT_THAT(r.err, HasSubstr("bad.toml:2: training.steps: must be in [1, 100000000], got 0"));
   std::string data = WriteSpec("data.toml", "[dataset]\npath = \"" + dir_.Join("missing.jsonl") +
                                                 "\"\n[model]\nflavor = \"tiny\"\n");
   ProcessResult d = Train({"run", "--job", data, "--out", dir_.Join("y")});
@@ -260,10 +260,14 @@ TEST_F(RunTest, PortableKernelsTrainLikeTheFusedKernels) {
 // windows, and evaluates on the held-out validation file.
 TEST_F(RunTest, EpochsAndAValidationFileDriveTheRun) {
   std::ofstream train(dir_.Join("train.jsonl"));
-  for (int i = 0; i < 40; ++i) train << R"({"text": "the cat sees a red ball in the park."})" << "\n";
+  for (int i = 0; i < 40; ++i)
+    train << R"({"text": "the cat sees a red ball in the park."})"
+          << "\n";
   train.close();
   std::ofstream val(dir_.Join("val.jsonl"));
-  for (int i = 0; i < 5; ++i) val << R"({"text": "a dog hears the green door."})" << "\n";
+  for (int i = 0; i < 5; ++i)
+    val << R"({"text": "a dog hears the green door."})"
+        << "\n";
   val.close();
   std::string toml = TinySpec(1);
   auto replace = [&toml](const std::string& from, const std::string& to) {
@@ -271,8 +275,8 @@ TEST_F(RunTest, EpochsAndAValidationFileDriveTheRun) {
   };
   replace("steps = 1\n", "epochs = 2\n");
   replace("name = \"synthetic-arith\"", "path = \"" + dir_.Join("train.jsonl") +
-                                          "\"\nvalidation_path = \"" + dir_.Join("val.jsonl") +
-                                          "\"");
+                                            "\"\nvalidation_path = \"" + dir_.Join("val.jsonl") +
+                                            "\"");
   replace("validation_fraction = 0.05\n", "");
   ProcessResult r = Train({"run", "--job", WriteSpec("job.toml", toml), "--out", dir_.Join("out")});
   ASSERT_EQ(r.exit_code, 0) << r.err << "\n" << toml;
@@ -301,15 +305,16 @@ TEST_F(RunTest, DoraResumeReproducesLossesBitwise) {
   fs::create_directories(dir_.Join("partial/checkpoints"));
   fs::copy(dir_.Join("full/checkpoints/step-00000003"),
            dir_.Join("partial/checkpoints/step-00000003"), fs::copy_options::recursive);
-  ProcessResult r = Train({"run", "--job", spec, "--out", dir_.Join("partial"), "--resume",
-                           dir_.Join("partial"), "--quiet", "--set",
-                           "training.mixed_precision=none"});
+  ProcessResult r =
+      Train({"run", "--job", spec, "--out", dir_.Join("partial"), "--resume", dir_.Join("partial"),
+             "--quiet", "--set", "training.mixed_precision=none"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto a = StepLosses(dir_.Join("full/events.jsonl")),
        b = StepLosses(dir_.Join("partial/events.jsonl"));
   ASSERT_EQ(b.size(), 4u);
   for (const auto& [s, loss] : b) EXPECT_EQ(loss, a[s]) << "step " << s;
-  const std::string adapter = testing::ReadFile(dir_.Join("full/final/adapter/adapter_model.safetensors"));
+  const std::string adapter =
+      testing::ReadFile(dir_.Join("full/final/adapter/adapter_model.safetensors"));
   EXPECT_NE(adapter.find("lora_magnitude_vector"), std::string::npos);
   EXPECT_EQ(adapter,
             testing::ReadFile(dir_.Join("partial/final/adapter/adapter_model.safetensors")));

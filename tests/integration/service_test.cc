@@ -199,7 +199,7 @@ TEST_F(ServiceTest, InvalidRequestsGetCanonicalCodesNamingTheField) {
   bad_rank.mutable_lora()->set_rank(0);
   auto r = client->CreateJob(bad_rank, "");
   EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(std::string(r.status().message()), HasSubstr("lora.rank: must be >= 1"));
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("lora.rank: must be in [1, 4096]"));
   auto bad_par = TinyTrainSpec(5);
   bad_par.mutable_parallelism()->set_tensor_parallel_degree(3);
   bad_par.mutable_resources()->set_world_size(4);

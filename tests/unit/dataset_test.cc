@@ -28,9 +28,12 @@ TEST(DatasetTest, InputIdsCarryLabelsOrALossMask) {
   testing::TempDir dir;
   ByteTokenizer tok;
   std::ofstream(dir.Join("d.jsonl"))
-      << R"({"input_ids": [5, 6, 7, 8], "labels": [-100, -100, 7, 8]})" << "\n"
-      << R"({"input_ids": [5, 6, 7], "loss_mask": [0, 1, 0]})" << "\n"
-      << R"({"input_ids": [9, 10]})" << "\n";
+      << R"({"input_ids": [5, 6, 7, 8], "labels": [-100, -100, 7, 8]})"
+      << "\n"
+      << R"({"input_ids": [5, 6, 7], "loss_mask": [0, 1, 0]})"
+      << "\n"
+      << R"({"input_ids": [9, 10]})"
+      << "\n";
   auto r = LoadExamples(FileDataset(dir.Join("d.jsonl"), "input_ids"), tok, 300);
   ASSERT_TRUE(r.ok()) << r.status();
   ASSERT_EQ(r->size(), 3u);
@@ -49,9 +52,9 @@ TEST(DatasetTest, BadLabelsAndMasksNameTheLineAndTheEntry) {
   for (const Case& c : std::vector<Case>{
            {R"({"input_ids": [5, 6], "labels": [5]})", "d.jsonl:1: \"labels\" has 1 entries but"},
            {R"({"input_ids": [5, 6], "labels": [5, 9]})", "d.jsonl:1: labels[1] is 9"},
-           {R"({"input_ids": [5, 6], "loss_mask": [1, 2]})", "d.jsonl:1: loss_mask[1] must be 0 or 1"},
-           {R"({"input_ids": [5, 6], "labels": [5, 6], "loss_mask": [1, 1]})",
-            "not both"},
+           {R"({"input_ids": [5, 6], "loss_mask": [1, 2]})",
+            "d.jsonl:1: loss_mask[1] must be 0 or 1"},
+           {R"({"input_ids": [5, 6], "labels": [5, 6], "loss_mask": [1, 1]})", "not both"},
            {R"({"input_ids": [5, 6], "labels": "x"})", "\"labels\" must be a list of integers"},
        }) {
     std::ofstream(dir.Join("d.jsonl")) << c.line << "\n";
@@ -65,20 +68,24 @@ TEST(DatasetTest, BadLabelsAndMasksNameTheLineAndTheEntry) {
 TEST(DatasetTest, AutoDetectsTheFormatAndHoldsEveryLineToIt) {
   testing::TempDir dir;
   ByteTokenizer tok;
-  std::ofstream(dir.Join("pc.jsonl")) << R"({"prompt": "a", "completion": "b"})" << "\n";
+  std::ofstream(dir.Join("pc.jsonl")) << R"({"prompt": "a", "completion": "b"})"
+                                      << "\n";
   auto pc = LoadExamples(FileDataset(dir.Join("pc.jsonl"), "auto"), tok, 300);
   ASSERT_TRUE(pc.ok()) << pc.status();
   EXPECT_THAT((*pc)[0].target, ElementsAre(0, 0, 1, 1));
 
-  std::ofstream(dir.Join("mixed.jsonl")) << R"({"text": "abc"})" << "\n\n"
-                                         << R"({"input_ids": [1, 2]})" << "\n";
+  std::ofstream(dir.Join("mixed.jsonl")) << R"({"text": "abc"})"
+                                         << "\n\n"
+                                         << R"({"input_ids": [1, 2]})"
+                                         << "\n";
   auto mixed = LoadExamples(FileDataset(dir.Join("mixed.jsonl"), "auto"), tok, 300);
   ASSERT_FALSE(mixed.ok());
   EXPECT_THAT(std::string(mixed.status().message()),
               HasSubstr("mixed.jsonl:3: this line is not in the dataset's format \"text\" "
                         "(detected from line 1)"));
 
-  std::ofstream(dir.Join("odd.jsonl")) << R"({"question": "?"})" << "\n";
+  std::ofstream(dir.Join("odd.jsonl")) << R"({"question": "?"})"
+                                       << "\n";
   auto odd = LoadExamples(FileDataset(dir.Join("odd.jsonl"), "auto"), tok, 300);
   ASSERT_FALSE(odd.ok());
   EXPECT_THAT(std::string(odd.status().message()),
@@ -88,7 +95,8 @@ TEST(DatasetTest, AutoDetectsTheFormatAndHoldsEveryLineToIt) {
 TEST(DatasetTest, ATokenizerLargerThanTheModelIsRefusedNamingBothSizes) {
   testing::TempDir dir;
   ByteTokenizer tok;  // 258 ids
-  std::ofstream(dir.Join("t.jsonl")) << R"({"text": "abc"})" << "\n";
+  std::ofstream(dir.Join("t.jsonl")) << R"({"text": "abc"})"
+                                     << "\n";
   auto r = LoadExamples(FileDataset(dir.Join("t.jsonl"), "text"), tok, 200);
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
@@ -99,10 +107,14 @@ TEST(DatasetTest, ATokenizerLargerThanTheModelIsRefusedNamingBothSizes) {
 TEST(DatasetTest, AValidationFileReplacesTheFraction) {
   testing::TempDir dir;
   std::ofstream train(dir.Join("train.jsonl"));
-  for (int i = 0; i < 20; ++i) train << R"({"text": "train line"})" << "\n";
+  for (int i = 0; i < 20; ++i)
+    train << R"({"text": "train line"})"
+          << "\n";
   train.close();
-  std::ofstream(dir.Join("val.jsonl")) << R"({"text": "held out"})" << "\n"
-                                       << R"({"text": "held out too"})" << "\n";
+  std::ofstream(dir.Join("val.jsonl")) << R"({"text": "held out"})"
+                                       << "\n"
+                                       << R"({"text": "held out too"})"
+                                       << "\n";
   lora::v1::JobSpec spec;
   spec.mutable_model()->set_tokenizer("byte");
   *spec.mutable_dataset() = FileDataset(dir.Join("train.jsonl"), "auto");
@@ -139,7 +151,8 @@ TEST_P(ChatDataTest, IdsAndLossMaskEqualTransformers) {
   const std::string dir = std::string(LORA_BINARY_DIR) + "/tests/chat_data/" + GetParam();
   auto tok = MakeTokenizer(dir);
   ASSERT_TRUE(tok.ok()) << tok.status();
-  auto examples = LoadExamples(FileDataset(dir + "/data.jsonl", "auto"), **tok, (*tok)->vocab_size());
+  auto examples =
+      LoadExamples(FileDataset(dir + "/data.jsonl", "auto"), **tok, (*tok)->vocab_size());
   ASSERT_TRUE(examples.ok()) << examples.status();
   std::ifstream in(dir + "/reference.json");
   const nlohmann::json ref = nlohmann::json::parse(in);
@@ -155,8 +168,7 @@ TEST_P(ChatDataTest, IdsAndLossMaskEqualTransformers) {
   EXPECT_GT(trained, 0);
 }
 
-INSTANTIATE_TEST_SUITE_P(Templates, ChatDataTest,
-                         ::testing::Values("llama3", "qwen2", "mistral"));
+INSTANTIATE_TEST_SUITE_P(Templates, ChatDataTest, ::testing::Values("llama3", "qwen2", "mistral"));
 
 TEST(ChatData, BadMessagesNameTheLineAndTheField) {
   testing::TempDir dir;
@@ -197,12 +209,23 @@ TEST(ChatData, BadMessagesNameTheLineAndTheField) {
 TEST(DatasetTest, ADeeplyNestedLineIsAnErrorNotACrash) {
   testing::TempDir dir;
   ByteTokenizer tok;
-  std::ofstream(dir.Join("deep.jsonl")) << R"({"text": "ok"})" << "\n"
+  std::ofstream(dir.Join("deep.jsonl")) << R"({"text": "ok"})"
+                                        << "\n"
                                         << std::string(100000, '[') << "\n";
   auto r = LoadExamples(FileDataset(dir.Join("deep.jsonl"), "auto"), tok, 300);
   ASSERT_FALSE(r.ok());
   EXPECT_THAT(std::string(r.status().message()),
               HasSubstr("deep.jsonl:2: nested deeper than 64 levels"));
+}
+
+// Issue 12, finding 6: dataset.path = /dev/zero grew lora-train to gigabytes. Only regular
+// files are read, and a line has a size cap.
+TEST(DatasetTest, ADeviceIsNotADataset) {
+  ByteTokenizer tok;
+  auto r = LoadExamples(FileDataset("/dev/zero", "auto"), tok, 300);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("/dev/zero: not a regular file"));
 }
 
 }  // namespace

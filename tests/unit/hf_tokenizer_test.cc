@@ -411,7 +411,9 @@ TEST(SentencePieceTest, PiecesAndConfig) {
   EXPECT_EQ((*configured)->chat_template(), "T");
   // Hostile bytes: errors, never crashes.
   for (const std::string& bad : {std::string("\x0a\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff"),
-                                 std::string("\x0a\x05" "ab"), std::string("\x0f"), std::string()}) {
+                                 std::string("\x0a\x05"
+                                             "ab"),
+                                 std::string("\x0f"), std::string()}) {
     EXPECT_FALSE(ParseSentencePiecePieces(bad).ok());
   }
 }

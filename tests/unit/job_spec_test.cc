@@ -2,6 +2,8 @@
 
 #include "common/job_spec/job_spec.h"
 
+#include "absl/strings/str_cat.h"
+
 #include "gmock/gmock.h"
 #include "google/protobuf/util/message_differencer.h"
 #include "gtest/gtest.h"
@@ -147,7 +149,7 @@ export = ["adapter", "onnx"]
 )");
   std::string msg = Violations(spec);
   for (const char* phrase :
-       {"lora.rank: must be >= 1, got 0", "lora.dropout: must be in [0, 1)",
+       {"lora.rank: must be in [1, 4096], got 0", "lora.dropout: must be in [0, 1)",
         "lora.init: 'xavier' is not one of", "optimizer.lr: must be > 0",
         "optimizer.betas: must be [beta1, beta2]", "training.mixed_precision: 'fp8'",
         "training.activation_checkpoint: \"selective\" is not supported",
@@ -215,7 +217,8 @@ TEST(JobSpecTest, ValidationErrorsCarryLinesFromTheFile) {
   ASSERT_TRUE(parsed.ok());
   ApplyJobSpecDefaults(&parsed->spec);
   absl::Status s = ValidateJobSpec(parsed->spec, &*parsed, "job.toml");
-  EXPECT_THAT(std::string(s.message()), HasSubstr("job.toml:5: lora.rank: must be >= 1, got -4"));
+  EXPECT_THAT(std::string(s.message()),
+              HasSubstr("job.toml:5: lora.rank: must be in [1, 4096], got -4"));
 }
 
 TEST(JobSpecTest, OverridesReplaceValues) {
@@ -247,15 +250,17 @@ TEST(JobSpecTest, OverridesReplaceValues) {
 }
 
 TEST(JobSpecTest, EpochsReplaceStepsAndAValidationFileReplacesTheFraction) {
-  JobSpec spec = Defaulted("[training]\nepochs = 2.5\n[dataset]\npath = \"d.jsonl\"\n"
-                           "validation_path = \"v.jsonl\"\n");
+  JobSpec spec = Defaulted(
+      "[training]\nepochs = 2.5\n[dataset]\npath = \"d.jsonl\"\n"
+      "validation_path = \"v.jsonl\"\n");
   EXPECT_TRUE(ValidateJobSpec(spec).ok()) << ValidateJobSpec(spec);
   EXPECT_FALSE(spec.training().has_steps());
   EXPECT_EQ(spec.dataset().validation_fraction(), 0.0);
   EXPECT_EQ(spec.dataset().format(), "auto");
 
   JobSpec both = Defaulted("[training]\nepochs = 1\nsteps = 5\n[dataset]\npath = \"d.jsonl\"\n");
-  EXPECT_THAT(Violations(both), HasSubstr("training.epochs: set training.steps or training.epochs"));
+  EXPECT_THAT(Violations(both),
+              HasSubstr("training.epochs: set training.steps or training.epochs"));
   JobSpec zero = Defaulted("[training]\nepochs = 0\n[dataset]\npath = \"d.jsonl\"\n");
   EXPECT_THAT(Violations(zero), HasSubstr("training.epochs: must be in (0, 1e6]"));
   JobSpec fraction = Defaulted(
@@ -263,13 +268,16 @@ TEST(JobSpecTest, EpochsReplaceStepsAndAValidationFileReplacesTheFraction) {
   EXPECT_THAT(Violations(fraction), HasSubstr("dataset.validation_fraction: must be 0 with"));
   JobSpec format = Defaulted("[dataset]\npath = \"d.jsonl\"\nformat = \"chat\"\n");
   EXPECT_THAT(Violations(format), HasSubstr("dataset.format"));
-  EXPECT_TRUE(ValidateJobSpec(Defaulted("[dataset]\npath = \"d.jsonl\"\nformat = \"messages\"\n")).ok());
+  EXPECT_TRUE(
+      ValidateJobSpec(Defaulted("[dataset]\npath = \"d.jsonl\"\nformat = \"messages\"\n")).ok());
 }
 
 TEST(JobSpecTest, DoraRunsOnOneRank) {
-  EXPECT_TRUE(ValidateJobSpec(Defaulted("[lora]\nuse_dora = true\n[dataset]\npath = \"d\"\n")).ok());
-  JobSpec two = Defaulted("[lora]\nuse_dora = true\n[resources]\nworld_size = 2\n"
-                          "[dataset]\npath = \"d\"\n");
+  EXPECT_TRUE(
+      ValidateJobSpec(Defaulted("[lora]\nuse_dora = true\n[dataset]\npath = \"d\"\n")).ok());
+  JobSpec two = Defaulted(
+      "[lora]\nuse_dora = true\n[resources]\nworld_size = 2\n"
+      "[dataset]\npath = \"d\"\n");
   EXPECT_THAT(Violations(two), HasSubstr("lora.use_dora: DoRA runs on one rank"));
 }
 
@@ -283,7 +291,7 @@ TEST(JobSpecTest, HostilePatternsAndDeepDocumentsAreViolationsNotCrashes) {
   (*spec.mutable_lora()->mutable_rank_pattern())[deep] = 4;
   const std::string v = Violations(spec);
   EXPECT_THAT(v, HasSubstr("lora.target_modules: regular expression of 40000 bytes"));
-  EXPECT_THAT(v, HasSubstr("lora.rank_pattern.((((")) ;
+  EXPECT_THAT(v, HasSubstr("lora.rank_pattern.(((("));
   EXPECT_LT(v.size(), 1000u) << "violations do not echo the patterns";
 
   const std::string toml = "[job]\nname = " + std::string(100000, '[') + std::string(100000, ']');
@@ -292,10 +300,29 @@ TEST(JobSpecTest, HostilePatternsAndDeepDocumentsAreViolationsNotCrashes) {
   EXPECT_THAT(std::string(parsed.status().message()),
               HasSubstr("deep.toml: nested deeper than 64 levels"));
   // Brackets in strings and comments do not count.
-  auto fine = ParseJobSpecToml("[job]\nname = \"" + std::string(500, '[') + "\" # " +
-                                   std::string(500, '{') + "\n",
-                               "ok.toml");
+  auto fine = ParseJobSpecToml(
+      "[job]\nname = \"" + std::string(500, '[') + "\" # " + std::string(500, '{') + "\n",
+      "ok.toml");
   EXPECT_TRUE(fine.ok()) << fine.status();
+}
+
+// Issue 12, finding 6: steps = 1e11 and a 7 MB description were accepted. Every size a client
+// controls has a maximum, named in the violation.
+TEST(JobSpecTest, ClientControlledSizesHaveMaxima) {
+  JobSpec spec = Defaulted(
+      "[training]\nsteps = 100000000000\nlocal_batch_size = 1000000\n"
+      "[lora]\nrank = 100000\n[dataset]\npath = \"d\"\n");
+  spec.mutable_job()->set_description(std::string(7 << 20, 'x'));
+  for (int i = 0; i < 100; ++i) (*spec.mutable_job()->mutable_labels())[absl::StrCat("k", i)] = "v";
+  spec.mutable_dataset()->set_path(std::string(5000, 'p'));
+  const std::string v = Violations(spec);
+  EXPECT_THAT(v, HasSubstr("training.steps: must be in [1, 100000000], got 100000000000"));
+  EXPECT_THAT(v, HasSubstr("training.local_batch_size: must be in [1, 65536]"));
+  EXPECT_THAT(v, HasSubstr("lora.rank: must be in [1, 4096]"));
+  EXPECT_THAT(v, HasSubstr("job.description: is 7340032 bytes; at most 16384"));
+  EXPECT_THAT(v, HasSubstr("job.labels: at most 64 labels"));
+  EXPECT_THAT(v, HasSubstr("dataset.path: is 5000 bytes; at most 4096"));
+  EXPECT_LT(v.size(), 2000u);
 }
 
 }  // namespace

@@ -237,9 +237,9 @@ TEST(LlamaConfigTest, ReadsTransformers5RopeParameters) {
   nlohmann::json j = LlamaConfig::FromFlavor("llama3.2-1b")->ToHfJson();
   j.erase("rope_theta");
   j.erase("rope_scaling");
-  j["rope_parameters"] = {{"rope_type", "llama3"},        {"rope_theta", 500000.0},
-                          {"factor", 32.0},               {"low_freq_factor", 1.0},
-                          {"high_freq_factor", 4.0},      {"original_max_position_embeddings", 8192}};
+  j["rope_parameters"] = {{"rope_type", "llama3"},   {"rope_theta", 500000.0},
+                          {"factor", 32.0},          {"low_freq_factor", 1.0},
+                          {"high_freq_factor", 4.0}, {"original_max_position_embeddings", 8192}};
   auto c = LlamaConfig::FromHfJson(j);
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->rope_theta, 500000.0);
@@ -251,11 +251,11 @@ TEST(LlamaConfigTest, ReadsTransformers5RopeParameters) {
 }
 
 TEST(LlamaConfigTest, Qwen3HasQkNormAndSlidingWindowsFollowTransformersRules) {
-  nlohmann::json j = {{"model_type", "qwen3"},      {"hidden_size", 64},
-                      {"intermediate_size", 128},   {"num_hidden_layers", 3},
-                      {"num_attention_heads", 4},   {"num_key_value_heads", 2},
-                      {"head_dim", 24},             {"vocab_size", 100},
-                      {"use_sliding_window", false}, {"sliding_window", 8}};
+  nlohmann::json j = {
+      {"model_type", "qwen3"},  {"hidden_size", 64},        {"intermediate_size", 128},
+      {"num_hidden_layers", 3}, {"num_attention_heads", 4}, {"num_key_value_heads", 2},
+      {"head_dim", 24},         {"vocab_size", 100},        {"use_sliding_window", false},
+      {"sliding_window", 8}};
   auto c = LlamaConfig::FromHfJson(j);
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_TRUE(c->qk_norm);
@@ -287,9 +287,10 @@ TEST(LlamaConfigTest, Qwen3HasQkNormAndSlidingWindowsFollowTransformersRules) {
   EXPECT_THAT(std::string(LlamaConfig::FromHfJson(j).status().message()),
               ::testing::HasSubstr("layer_types: must be a list of num_hidden_layers (3)"));
 
-  nlohmann::json m = {{"model_type", "mistral"}, {"hidden_size", 64},  {"intermediate_size", 128},
-                      {"num_hidden_layers", 2},  {"num_attention_heads", 4},
-                      {"vocab_size", 100},       {"sliding_window", 4096}};
+  nlohmann::json m = {{"model_type", "mistral"},  {"hidden_size", 64},
+                      {"intermediate_size", 128}, {"num_hidden_layers", 2},
+                      {"num_attention_heads", 4}, {"vocab_size", 100},
+                      {"sliding_window", 4096}};
   auto mistral = LlamaConfig::FromHfJson(m);
   ASSERT_TRUE(mistral.ok()) << mistral.status();
   EXPECT_EQ(mistral->sliding_layers, (std::vector<bool>{true, true}));

@@ -154,7 +154,8 @@ int RunEval(const EvalOptions& o) {
     tokens += targets.ne(-100).sum().item<int64_t>();
     if (!o.dump_logits.empty()) {
       for (int64_t r = 0; r < rows; ++r) {
-        const int64_t n = static_cast<int64_t>(chunks[b + static_cast<size_t>(r)].tokens.size()) - 1;
+        const int64_t n =
+            static_cast<int64_t>(chunks[b + static_cast<size_t>(r)].tokens.size()) - 1;
         dumped.emplace_back(absl::StrCat("chunk", b + static_cast<size_t>(r)),
                             logits[r].narrow(0, 0, n).to(torch::kFloat32).contiguous());
       }

@@ -21,7 +21,8 @@ absl::StatusOr<std::vector<Turn>> ParseMessages(const nlohmann::json& line) {
   for (size_t i = 0; i < it->size(); ++i) {
     const nlohmann::json& m = (*it)[i];
     const std::string where = absl::StrCat("messages[", i, "]");
-    if (!m.is_object()) return absl::InvalidArgumentError(absl::StrCat(where, ": must be an object"));
+    if (!m.is_object())
+      return absl::InvalidArgumentError(absl::StrCat(where, ": must be an object"));
     Turn t;
     auto role = m.find("role");
     if (role == m.end() || !role->is_string())
@@ -79,8 +80,8 @@ absl::StatusOr<ChatTemplate> TokenizerChatTemplate(const Tokenizer& tokenizer) {
   }
   auto parsed = ChatTemplate::Parse(tokenizer.chat_template());
   if (!parsed.ok()) {
-    return absl::Status(parsed.status().code(),
-                        absl::StrCat("model.tokenizer: chat_template: ", parsed.status().message()));
+    return absl::Status(parsed.status().code(), absl::StrCat("model.tokenizer: chat_template: ",
+                                                             parsed.status().message()));
   }
   return parsed;
 }
@@ -88,9 +89,9 @@ absl::StatusOr<ChatTemplate> TokenizerChatTemplate(const Tokenizer& tokenizer) {
 absl::StatusOr<Example> ChatExample(const nlohmann::json& line, const Tokenizer& tokenizer,
                                     const ChatTemplate& chat_template) {
   LORA_ASSIGN_OR_RETURN(std::vector<Turn> turns, ParseMessages(line));
-  LORA_ASSIGN_OR_RETURN(RenderedChat chat, RenderForTraining(chat_template, turns,
-                                                             tokenizer.bos_token(),
-                                                             tokenizer.eos_token()));
+  LORA_ASSIGN_OR_RETURN(
+      RenderedChat chat,
+      RenderForTraining(chat_template, turns, tokenizer.bos_token(), tokenizer.eos_token()));
   Example ex;
   ex.tokens = tokenizer.Encode(chat.text);
   ex.target.assign(ex.tokens.size(), 0);

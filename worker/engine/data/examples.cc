@@ -34,9 +34,9 @@ Example MakeExample(const Tokenizer& tok, const std::string& prompt, const std::
 absl::Status CheckVocab(const Example& ex, int64_t vocab_size) {
   for (int64_t id : ex.tokens) {
     if (id < 0 || id >= vocab_size) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "token id ", id, " is outside the model's vocabulary [0, ", vocab_size,
-          ") (vocab_size in the model's config.json)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("token id ", id, " is outside the model's vocabulary [0, ", vocab_size,
+                       ") (vocab_size in the model's config.json)"));
     }
   }
   return absl::OkStatus();
@@ -127,16 +127,17 @@ absl::StatusOr<Example> TokenExample(const nlohmann::json& j) {
     const char* key = has_labels ? "labels" : "loss_mask";
     LORA_ASSIGN_OR_RETURN(std::vector<int64_t> v, IntList(j, key));
     if (v.size() != ex.tokens.size()) {
-      return absl::InvalidArgumentError(absl::StrCat("\"", key, "\" has ", v.size(),
-                                                     " entries but \"input_ids\" has ",
-                                                     ex.tokens.size()));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "\"", key, "\" has ", v.size(), " entries but \"input_ids\" has ", ex.tokens.size()));
     }
     for (size_t i = 0; i < v.size(); ++i) {
       if (has_labels) {
         if (v[i] != kIgnoredLabel && v[i] != ex.tokens[i]) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              "labels[", i, "] is ", v[i], ": each label must be -100 (not scored) or equal "
-              "input_ids[", i, "] (lora-train trains next-token prediction of the sequence)"));
+          return absl::InvalidArgumentError(
+              absl::StrCat("labels[", i, "] is ", v[i],
+                           ": each label must be -100 (not scored) or equal "
+                           "input_ids[",
+                           i, "] (lora-train trains next-token prediction of the sequence)"));
         }
         ex.target[i] = v[i] != kIgnoredLabel;
       } else {
@@ -157,49 +158,52 @@ absl::StatusOr<std::vector<Example>> ReadExamplesFile(const std::string& path,
   std::string format = configured_format == "auto" ? "" : configured_format;
   int64_t detected_on = 0;
   std::optional<ChatTemplate> chat_template;  // parsed at the first chat line
-  absl::Status s = ForEachJsonLine(path, [&](int64_t line, const nlohmann::json& j) -> absl::Status {
-    if (!j.is_object()) return absl::InvalidArgumentError("expected a JSON object");
-    if (format.empty()) {
-      LORA_ASSIGN_OR_RETURN(format, DetectFormat(j));
-      detected_on = line;
-    } else if (detected_on > 0) {
-      auto here = DetectFormat(j);
-      if (!here.ok() || *here != format) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "this line is not in the dataset's format \"", format, "\" (detected from line ",
-            detected_on, ")"));
-      }
-    }
-    Example ex;
-    if (tok == nullptr && format != "input_ids") {
-      return absl::FailedPreconditionError(
-          absl::StrCat("\"", format, "\" data needs a tokenizer and none was loaded"));
-    }
-    if (format == "text") {
-      LORA_ASSIGN_OR_RETURN(std::string text, StringField(j, "text"));
-      ex = MakeExample(*tok, "", text, false);
-    } else if (format == "prompt_completion") {
-      LORA_ASSIGN_OR_RETURN(std::string prompt, StringField(j, "prompt"));
-      LORA_ASSIGN_OR_RETURN(std::string completion, StringField(j, "completion"));
-      ex = MakeExample(*tok, prompt, completion, true);
-    } else if (format == "messages") {
-      if (!chat_template.has_value()) {
-        auto parsed = TokenizerChatTemplate(*tok);
-        // Not the line's fault: report it without the "path:line: " prefix's implication.
-        if (!parsed.ok()) return parsed.status();
-        chat_template = std::move(*parsed);
-      }
-      LORA_ASSIGN_OR_RETURN(ex, ChatExample(j, *tok, *chat_template));
-    } else {
-      LORA_ASSIGN_OR_RETURN(ex, TokenExample(j));
-    }
-    if (ex.tokens.size() < 2) return absl::InvalidArgumentError("example has fewer than 2 tokens");
-    LORA_RETURN_IF_ERROR(CheckVocab(ex, vocab_size));
-    out.push_back(std::move(ex));
-    return absl::OkStatus();
-  });
+  absl::Status s =
+      ForEachJsonLine(path, [&](int64_t line, const nlohmann::json& j) -> absl::Status {
+        if (!j.is_object()) return absl::InvalidArgumentError("expected a JSON object");
+        if (format.empty()) {
+          LORA_ASSIGN_OR_RETURN(format, DetectFormat(j));
+          detected_on = line;
+        } else if (detected_on > 0) {
+          auto here = DetectFormat(j);
+          if (!here.ok() || *here != format) {
+            return absl::InvalidArgumentError(
+                absl::StrCat("this line is not in the dataset's format \"", format,
+                             "\" (detected from line ", detected_on, ")"));
+          }
+        }
+        Example ex;
+        if (tok == nullptr && format != "input_ids") {
+          return absl::FailedPreconditionError(
+              absl::StrCat("\"", format, "\" data needs a tokenizer and none was loaded"));
+        }
+        if (format == "text") {
+          LORA_ASSIGN_OR_RETURN(std::string text, StringField(j, "text"));
+          ex = MakeExample(*tok, "", text, false);
+        } else if (format == "prompt_completion") {
+          LORA_ASSIGN_OR_RETURN(std::string prompt, StringField(j, "prompt"));
+          LORA_ASSIGN_OR_RETURN(std::string completion, StringField(j, "completion"));
+          ex = MakeExample(*tok, prompt, completion, true);
+        } else if (format == "messages") {
+          if (!chat_template.has_value()) {
+            auto parsed = TokenizerChatTemplate(*tok);
+            // Not the line's fault: report it without the "path:line: " prefix's implication.
+            if (!parsed.ok()) return parsed.status();
+            chat_template = std::move(*parsed);
+          }
+          LORA_ASSIGN_OR_RETURN(ex, ChatExample(j, *tok, *chat_template));
+        } else {
+          LORA_ASSIGN_OR_RETURN(ex, TokenExample(j));
+        }
+        if (ex.tokens.size() < 2)
+          return absl::InvalidArgumentError("example has fewer than 2 tokens");
+        LORA_RETURN_IF_ERROR(CheckVocab(ex, vocab_size));
+        out.push_back(std::move(ex));
+        return absl::OkStatus();
+      });
   if (!s.ok()) return s;
-  if (out.empty()) return absl::InvalidArgumentError(absl::StrCat(path, ": dataset has no examples"));
+  if (out.empty())
+    return absl::InvalidArgumentError(absl::StrCat(path, ": dataset has no examples"));
   return out;
 }
 
@@ -222,8 +226,9 @@ absl::StatusOr<std::vector<Example>> LoadExamples(const lora::v1::DatasetSection
   return ReadExamplesFile(dataset.path(), dataset.format(), &tok, vocab_size);
 }
 
-absl::StatusOr<std::vector<Example>> LoadValidationExamples(
-    const lora::v1::DatasetSection& dataset, const Tokenizer* tok, int64_t vocab_size) {
+absl::StatusOr<std::vector<Example>> LoadValidationExamples(const lora::v1::DatasetSection& dataset,
+                                                            const Tokenizer* tok,
+                                                            int64_t vocab_size) {
   return ReadExamplesFile(dataset.validation_path(), dataset.format(), tok, vocab_size);
 }
 

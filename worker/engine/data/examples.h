@@ -34,8 +34,9 @@ struct Example {
 absl::StatusOr<std::vector<Example>> LoadExamples(const lora::v1::DatasetSection& dataset,
                                                   const Tokenizer& tokenizer, int64_t vocab_size);
 // dataset.validation_path, in the dataset's format (tokenizer null: input_ids only).
-absl::StatusOr<std::vector<Example>> LoadValidationExamples(
-    const lora::v1::DatasetSection& dataset, const Tokenizer* tokenizer, int64_t vocab_size);
+absl::StatusOr<std::vector<Example>> LoadValidationExamples(const lora::v1::DatasetSection& dataset,
+                                                            const Tokenizer* tokenizer,
+                                                            int64_t vocab_size);
 
 // input_ids data needs no tokenizer (a checkpoint without tokenizer files trains on it).
 absl::StatusOr<bool> DatasetNeedsTokenizer(const lora::v1::DatasetSection& dataset);

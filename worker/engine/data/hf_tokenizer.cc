@@ -9,9 +9,9 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
-#include "common/nesting.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
+#include "common/nesting.h"
 #include "common/status_macros.h"
 #include "worker/engine/data/unicode.h"
 

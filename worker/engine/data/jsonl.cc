@@ -1,36 +1,67 @@
 #include "worker/engine/data/jsonl.h"
 
-#include <fstream>
+#include <cstdio>
+#include <filesystem>
+#include <memory>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "common/nesting.h"
+#include "common/status_macros.h"
 
 namespace lora {
 
 absl::Status ForEachJsonLine(
     const std::string& path,
     const std::function<absl::Status(int64_t, const nlohmann::json&)>& fn) {
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open dataset file"));
-  std::string text;
+  // Only regular files: a device (/dev/zero) or a FIFO would be read without end.
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec)) {
+    return absl::NotFoundError(absl::StrCat(path, ": cannot open dataset file"));
+  }
+  if (!std::filesystem::is_regular_file(path, ec)) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": not a regular file"));
+  }
+  std::unique_ptr<FILE, int (*)(FILE*)> file(std::fopen(path.c_str(), "rb"), &std::fclose);
+  if (file == nullptr) return absl::NotFoundError(absl::StrCat(path, ": cannot open dataset file"));
+  std::string text, block(1 << 20, '\0');
   int64_t line = 0;
-  while (std::getline(in, text)) {
+  auto handle = [&]() -> absl::Status {
     ++line;
-    if (absl::StripAsciiWhitespace(text).empty()) continue;
+    if (absl::StripAsciiWhitespace(text).empty()) return absl::OkStatus();
+    const std::string where = absl::StrCat(path, ":", line);
+    LORA_RETURN_IF_ERROR(CheckJsonNesting(text, where));
     nlohmann::json j;
-    absl::Status bounded = CheckJsonNesting(text, absl::StrCat(path, ":", line));
-    if (!bounded.ok()) return bounded;
     try {
       j = nlohmann::json::parse(text);
-    } catch (const nlohmann::json::exception& e) {
+    } catch (const nlohmann::json::parse_error& e) {
+      // e.what() quotes the line; say only where the problem is.
       return absl::InvalidArgumentError(
-          absl::StrCat(path, ":", line, ": invalid JSON: ", e.what()));
+          absl::StrCat(where, ": invalid JSON near byte ", e.byte, " of the line"));
     }
     absl::Status s = fn(line, j);
-    if (!s.ok()) return absl::Status(s.code(), absl::StrCat(path, ":", line, ": ", s.message()));
+    if (!s.ok()) return absl::Status(s.code(), absl::StrCat(where, ": ", s.message()));
+    return absl::OkStatus();
+  };
+  while (true) {
+    const size_t got = std::fread(block.data(), 1, block.size(), file.get());
+    if (got == 0) break;
+    size_t begin = 0;
+    for (size_t i = 0; i < got; ++i) {
+      if (block[i] != '\n') continue;
+      text.append(block, begin, i - begin);
+      LORA_RETURN_IF_ERROR(handle());
+      text.clear();
+      begin = i + 1;
+    }
+    text.append(block, begin, got - begin);
+    if (text.size() > kMaxJsonLineBytes) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ":", line + 1, ": a line longer than ", kMaxJsonLineBytes, " bytes"));
+    }
   }
-  if (in.bad()) return absl::InternalError(absl::StrCat(path, ": read error"));
+  if (std::ferror(file.get())) return absl::InternalError(absl::StrCat(path, ": read error"));
+  if (!text.empty()) LORA_RETURN_IF_ERROR(handle());
   return absl::OkStatus();
 }
 

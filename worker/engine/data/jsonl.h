@@ -17,7 +17,12 @@
 
 namespace lora {
 
-// Calls `fn` for every non-blank line. Stops at the first error.
+// A line may hold a long conversation or token list, but not an unbounded one.
+inline constexpr size_t kMaxJsonLineBytes = 64 << 20;
+
+// Calls `fn` for every non-blank line of a regular file. Stops at the first error. Lines over
+// kMaxJsonLineBytes or nested deeper than kMaxDocumentNesting are errors naming file:line;
+// errors never quote the line.
 absl::Status ForEachJsonLine(
     const std::string& path,
     const std::function<absl::Status(int64_t line, const nlohmann::json&)>& fn);

@@ -20,8 +20,8 @@ absl::StatusOr<TrainingData> LoadTrainingData(const lora::v1::JobSpec& spec, int
   }
   if (!spec.dataset().validation_path().empty()) {
     data.train = std::move(examples);
-    LORA_ASSIGN_OR_RETURN(data.validation, LoadValidationExamples(spec.dataset(),
-                                                                  data.tokenizer.get(), vocab_size));
+    LORA_ASSIGN_OR_RETURN(data.validation,
+                          LoadValidationExamples(spec.dataset(), data.tokenizer.get(), vocab_size));
     return data;
   }
   DatasetSplit split = SplitExamples(std::move(examples), spec.dataset().validation_fraction());

@@ -152,8 +152,8 @@ absl::Status ParallelLlama::Setup(const lora::v1::JobSpec& spec) {
     // Each CP rank sees its own slice of keys; the window's bounds are not carried across the
     // gather or the ring, so a binding window would be silently ignored.
     return absl::InvalidArgumentError(absl::StrCat(
-        "parallelism.context_parallel_degree: the model's sliding_window (",
-        c.sliding_window, ") is shorter than training.seq_len (", spec.training().seq_len(),
+        "parallelism.context_parallel_degree: the model's sliding_window (", c.sliding_window,
+        ") is shorter than training.seq_len (", spec.training().seq_len(),
         "); context parallelism does not implement sliding windows: use seq_len <= ",
         c.sliding_window, " or context_parallel_degree = 1"));
   }

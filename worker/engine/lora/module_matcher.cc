@@ -70,10 +70,11 @@ absl::StatusOr<PatternMap<T>> PatternMap<T>::Create(std::vector<std::pair<std::s
   PatternMap<T> m;
   for (const auto& [key, value] : patterns) {
     if (key.size() > kMaxUserPatternBytes) {
-      return absl::InvalidArgumentError(absl::StrCat(field, ": a key of ", key.size(),
-                                                     " bytes; at most ", kMaxUserPatternBytes));
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ": a key of ", key.size(), " bytes; at most ", kMaxUserPatternBytes));
     }
-    auto re = UserPattern::Compile(absl::StrCat("(.*\\.)?(", key, ")"), absl::StrCat(field, ".", key));
+    auto re =
+        UserPattern::Compile(absl::StrCat("(.*\\.)?(", key, ")"), absl::StrCat(field, ".", key));
     if (!re.ok()) return re.status();
     m.regexes_.push_back(std::move(*re));
   }

@@ -122,7 +122,8 @@ absl::StatusOr<json> PeftConfigJson(const std::vector<AdapterRecord>& adapted,
           "adapters mix rsLoRA and plain scaling; PEFT cannot express that");
     }
     if (r.magnitude.defined() != dora) {
-      return absl::FailedPreconditionError("adapters mix DoRA and plain LoRA; PEFT cannot express that");
+      return absl::FailedPreconditionError(
+          "adapters mix DoRA and plain LoRA; PEFT cannot express that");
     }
   }
   // Prefer the user's r / lora_alpha; fall back to the most common values when patterns cannot

@@ -37,7 +37,7 @@ struct AdapterRecord {
   int64_t rank = 0;
   double alpha = 0;
   bool use_rslora = false;
-  torch::Tensor a, b;  // [r, in], [out, r]
+  torch::Tensor a, b;       // [r, in], [out, r]
   torch::Tensor magnitude;  // DoRA: [out]; undefined for plain LoRA
 };
 

@@ -235,14 +235,15 @@ absl::Status WriteConfigAndCompanions(const LlamaConfig& model_config, const std
         return absl::InternalError(
             absl::StrCat("copying ", from, " into ", dir, ": ", ec.message()));
       }
-      has_generation_config = has_generation_config || std::string(name) == "generation_config.json";
+      has_generation_config =
+          has_generation_config || std::string(name) == "generation_config.json";
     }
   }
   if (!has_generation_config) {
     json generation = {{"bos_token_id", model_config.bos_token_id},
                        {"eos_token_id", model_config.eos_token_id}};
-    LORA_RETURN_IF_ERROR(WriteFileAtomically(JoinPath(dir, "generation_config.json"),
-                                             generation.dump(2) + "\n"));
+    LORA_RETURN_IF_ERROR(
+        WriteFileAtomically(JoinPath(dir, "generation_config.json"), generation.dump(2) + "\n"));
   }
   return absl::OkStatus();
 }
@@ -257,7 +258,8 @@ std::string BaseModelId(const std::string& model) {
     auto it = config->find("_name_or_path");
     if (it != config->end() && it->is_string()) {
       const std::string id = it->get<std::string>();
-      if (!id.empty() && id[0] != '/' && id[0] != '.' && !std::filesystem::exists(id, ec)) return id;
+      if (!id.empty() && id[0] != '/' && id[0] != '.' && !std::filesystem::exists(id, ec))
+        return id;
     }
   }
   const std::filesystem::path p = std::filesystem::absolute(model, ec).lexically_normal();

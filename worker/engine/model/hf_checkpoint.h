@@ -67,11 +67,11 @@ struct SaveOptions {
 };
 
 // Files of a model directory that are not weights but belong with them.
-inline constexpr const char* kCompanionFiles[] = {
-    "tokenizer.json",      "tokenizer_config.json", "tokenizer.model",
-    "special_tokens_map.json", "added_tokens.json", "vocab.json",
-    "merges.txt",          "chat_template.jinja",   "chat_template.json",
-    "generation_config.json"};
+inline constexpr const char* kCompanionFiles[] = {"tokenizer.json",     "tokenizer_config.json",
+                                                  "tokenizer.model",    "special_tokens_map.json",
+                                                  "added_tokens.json",  "vocab.json",
+                                                  "merges.txt",         "chat_template.jinja",
+                                                  "chat_template.json", "generation_config.json"};
 
 // The id a PEFT adapter or merged model names as its base: config.json's `_name_or_path` when
 // it is a hub id, a hub cache snapshot's "org/name", else the directory's own name; a built-in
