@@ -38,6 +38,12 @@ std::string JobSpecToToml(const lora::v1::JobSpec& spec);
 // "section.key=<TOML value>", e.g. "training.steps=100", "lora.target_modules=[\"q_proj\"]".
 absl::Status ApplyOverride(const std::string& assignment, lora::v1::JobSpec* spec);
 
+// The one message-size policy: a spec lorad accepts is at most kMaxJobSpecBytes encoded, which
+// fits every channel it travels (CreateJob, the worker stream's 4 MiB assignments), and a
+// ListJobs page stops at kMaxListResponseBytes (clients receive up to 8 MiB).
+inline constexpr size_t kMaxJobSpecBytes = 1 << 20;
+inline constexpr size_t kMaxListResponseBytes = 4 << 20;
+
 // Fills every unset field with its documented default.
 void ApplyJobSpecDefaults(lora::v1::JobSpec* spec);
 

@@ -105,6 +105,11 @@ std::vector<FieldViolation> JobSpecViolations(const JobSpec& spec) {
   const auto kind = spec.job().kind();
   const bool train = kind == lora::v1::JOB_KIND_TRAIN;
   if (kind == lora::v1::JOB_KIND_UNSPECIFIED) c.Fail("job.kind", "must be train, convert or merge");
+  // The whole spec is bounded too: it is stored, listed and sent to workers in one message.
+  if (spec.ByteSizeLong() > kMaxJobSpecBytes) {
+    c.Fail("(spec)",
+           absl::StrCat("is ", spec.ByteSizeLong(), " bytes encoded; at most ", kMaxJobSpecBytes));
+  }
   // Caps on what a client controls, so that every spec lorad accepts stays small (it is stored,
   // listed and sent to workers) and every run it starts is bounded.
   if (spec.job().labels_size() > kMaxLabels) {

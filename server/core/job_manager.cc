@@ -355,8 +355,16 @@ absl::StatusOr<lora::v1::ListJobsResponse> JobManager::ListJobs(
   LORA_ASSIGN_OR_RETURN(std::vector<Job> jobs, store_->ListJobs(q));
   lora::v1::ListJobsResponse response;
   const size_t page = static_cast<size_t>(q.limit - 1);
-  for (size_t i = 0; i < jobs.size() && i < page; ++i) *response.add_jobs() = jobs[i];
-  if (jobs.size() > page) response.set_next_page_token(PageToken(jobs[page - 1]));
+  // A page also ends at kMaxListResponseBytes, so it always fits a client's receive limit
+  // (one job is at most a spec of kMaxJobSpecBytes plus its status).
+  size_t bytes = 0, taken = 0;
+  for (; taken < jobs.size() && taken < page; ++taken) {
+    const size_t size = jobs[taken].ByteSizeLong();
+    if (taken > 0 && bytes + size > kMaxListResponseBytes) break;
+    bytes += size;
+    *response.add_jobs() = jobs[taken];
+  }
+  if (jobs.size() > taken) response.set_next_page_token(PageToken(jobs[taken - 1]));
   return response;
 }
 

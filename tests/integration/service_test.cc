@@ -245,6 +245,31 @@ TEST_F(ServiceTest, HostilePatternsAreRefusedAndLoradKeepsServing) {
   EXPECT_TRUE(ok.ok()) << ok.status();
 }
 
+// Issue 12, finding 6: once jobs with large specs existed, `loractl list` failed for everyone
+// (a page over the client's receive limit). A page now also ends at a byte cap.
+TEST_F(ServiceTest, ListJobsPagesStayUnderTheClientsReceiveLimit) {
+  auto lorad = StartLorad(0);
+  auto client = lorad->Client();
+  auto big = TinyTrainSpec(2);
+  for (int i = 0; i < 220; ++i) {
+    (*big.mutable_lora()->mutable_rank_pattern())[absl::StrCat("k", i, std::string(4000, 'x'))] = 4;
+  }
+  ASSERT_LT(big.ByteSizeLong(), size_t{1} << 20);
+  for (int i = 0; i < 6; ++i) ASSERT_TRUE(client->CreateJob(big, "").ok());
+  lora::v1::ListJobsRequest request;
+  request.set_page_size(100);
+  int seen = 0, pages = 0;
+  do {
+    auto page = client->ListJobs(request);
+    ASSERT_TRUE(page.ok()) << page.status();
+    seen += page->jobs_size();
+    ++pages;
+    request.set_page_token(page->next_page_token());
+  } while (!request.page_token().empty());
+  EXPECT_EQ(seen, 6);
+  EXPECT_GT(pages, 1);
+}
+
 TEST_F(ServiceTest, ListJobsPagesNewestFirstAndFilters) {
   auto lorad = StartLorad(0);
   auto client = lorad->Client();

@@ -325,5 +325,17 @@ TEST(JobSpecTest, ClientControlledSizesHaveMaxima) {
   EXPECT_LT(v.size(), 2000u);
 }
 
+// Issue 12, finding 6: a spec lorad accepted (8 MiB) could not be delivered to a worker
+// (4 MiB). The encoded spec is capped at 1 MiB, under every channel's limit.
+TEST(JobSpecTest, TheWholeSpecFitsEveryChannel) {
+  JobSpec spec = Defaulted("[dataset]\npath = \"d\"\n");
+  for (int i = 0; i < 1000; ++i) {
+    (*spec.mutable_lora()->mutable_rank_pattern())[absl::StrCat("k", i, std::string(2000, 'x'))] =
+        4;
+  }
+  EXPECT_THAT(Violations(spec), HasSubstr("(spec): is "));
+  EXPECT_THAT(Violations(spec), HasSubstr("bytes encoded; at most 1048576"));
+}
+
 }  // namespace
 }  // namespace lora
