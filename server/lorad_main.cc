@@ -7,20 +7,26 @@
 #include <atomic>
 #include <chrono>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <thread>
+#include <tuple>
+#include <utility>
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 
 #include "CLI/CLI.hpp"
+#include "absl/status/statusor.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
 #include "server/core/artifact_store.h"
 #include "server/core/executor.h"
 #include "server/core/job_manager.h"
 #include "server/core/local_workers.h"
+#include "server/grpc/auth.h"
 #include "server/grpc/job_service.h"
 #include "server/grpc/worker_service.h"
 #include "server/metrics/metrics.h"
@@ -52,6 +58,17 @@ struct Flags {
 int Fail(const std::string& message) {
   std::cerr << "lorad: error: " << message << std::endl;
   return 1;
+}
+
+// The first line of `path`, surrounding whitespace removed; the content is never echoed.
+absl::StatusOr<std::string> ReadSecretFile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
+  std::string line;
+  std::getline(in, line);
+  line = std::string(absl::StripAsciiWhitespace(line));
+  if (line.empty()) return absl::InvalidArgumentError(absl::StrCat(path, ": empty"));
+  return line;
 }
 
 std::string SiblingBinary(const std::string& name) {
@@ -100,11 +117,31 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--pool-threads", f.pool_threads, "Threads for store and file work")
       ->capture_default_str();
-  app.add_option("--auth-token", f.auth_token,
-                 "Bearer token clients must send (env LORAD_AUTH_TOKEN); empty = none");
-  app.add_option("--worker-token", f.worker_token,
-                 "Bearer token workers must send (env LORAD_WORKER_TOKEN)");
+  // Secrets from files or the environment only: a command line is visible to every user (ps).
+  std::string auth_token_file, worker_token_file;
+  app.add_option("--auth-token-file", auth_token_file,
+                 "File whose first line is the bearer token clients must send (or env "
+                 "LORAD_AUTH_TOKEN); none = no check");
+  app.add_option("--worker-token-file", worker_token_file,
+                 "File whose first line is the bearer token workers must send (or env "
+                 "LORAD_WORKER_TOKEN)");
   CLI11_PARSE(app, argc, argv);
+  for (const auto& [file, out, name] :
+       {std::tuple{&auth_token_file, &f.auth_token, "--auth-token-file"},
+        std::tuple{&worker_token_file, &f.worker_token, "--worker-token-file"}}) {
+    if (file->empty()) continue;
+    auto secret = ReadSecretFile(*file);
+    if (!secret.ok()) return Fail(absl::StrCat(name, ": ", secret.status().message()));
+    *out = *secret;
+  }
+  for (const auto& [secret, name] :
+       {std::pair{&f.auth_token, "the client token (--auth-token-file / LORAD_AUTH_TOKEN)"},
+        std::pair{&f.worker_token,
+                  "the worker token (--worker-token-file / LORAD_WORKER_TOKEN)"}}) {
+    if (absl::Status s = lora::server::CheckServingSecret(*secret, name); !s.ok()) {
+      return Fail(std::string(s.message()));
+    }
+  }
 
   if (absl::Status s = lora::MakeDirectories(lora::JoinPath(f.data_dir, "artifacts")); !s.ok()) {
     return Fail(std::string(s.message()));

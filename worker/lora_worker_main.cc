@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "CLI/CLI.hpp"
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
 #include "worker/agent/engine_probe.h"
@@ -49,8 +50,19 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   std::string token_env = "LORA_WORKER_TOKEN";
   if (const char* t = std::getenv(token_env.c_str())) o.token = t;
-  app.add_option("--token", o.token, "Worker bearer token (env LORA_WORKER_TOKEN)");
+  // The secret comes from a file or the environment, never the command line (visible in ps).
+  std::string token_file;
+  app.add_option("--token-file", token_file,
+                 "File whose first line is the worker bearer token (or env LORA_WORKER_TOKEN)");
   CLI11_PARSE(app, argc, argv);
+  if (!token_file.empty()) {
+    auto text = lora::ReadFileToString(token_file);
+    if (!text.ok()) {
+      std::cerr << "lora-worker: --token-file: " << text.status().message() << std::endl;
+      return 1;
+    }
+    o.token = std::string(absl::StripAsciiWhitespace(text->substr(0, text->find('\n'))));
+  }
   // Advertise only what the engine can run: no cuda slots without GPUs the engine sees.
   absl::StatusOr<lora::EngineProbe> probe = lora::CheckEngineSupportsDevice(o.lora_train, o.device);
   if (!probe.ok()) {

@@ -1,5 +1,7 @@
-// Bearer-token authentication: "authorization: Bearer <token>" request metadata. An empty
-// expected token disables the check (loopback development setups).
+// Bearer-token authentication: "authorization: Bearer <token>" request metadata (the scheme in
+// any case). An empty expected token disables the check (loopback development setups).
+// Secrets reach lorad from files or the environment, never its command line (visible in ps),
+// and known placeholders or short values are refused at start.
 #ifndef LORA_SERVER_GRPC_AUTH_H_
 #define LORA_SERVER_GRPC_AUTH_H_
 
@@ -11,8 +13,14 @@
 
 namespace lora::server {
 
+inline constexpr size_t kMinSecretBytes = 16;
+
 absl::Status CheckBearerToken(const grpc::CallbackServerContext* context,
                               const std::string& expected);
+
+// OK for an empty secret (no check) or a real one; INVALID_ARGUMENT naming `name` for a known
+// placeholder ("change-me", ...) or one shorter than kMinSecretBytes. Never echoes the value.
+absl::Status CheckServingSecret(const std::string& secret, const std::string& name);
 
 }  // namespace lora::server
 

@@ -21,6 +21,7 @@
 #include "common/sha256.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "lora/v1/job_service.grpc.pb.h"
 #include "nlohmann/json.hpp"
 #include "tests/integration/lorad_harness.h"
 #include "tests/integration/subprocess.h"
@@ -34,6 +35,7 @@ using lora::v1::JobEvent;
 using ::testing::HasSubstr;
 using testing::Lorad;
 using testing::ProcessResult;
+using testing::RunProcess;
 using testing::TinyTrainSpec;
 using testing::WaitForJob;
 namespace fs = std::filesystem;
@@ -616,11 +618,60 @@ TEST_F(ServiceTest, CudaJobsWaitWithAReasonWithoutHoldingUpCpuJobs) {
 }
 
 TEST_F(ServiceTest, TokensAreRequiredWhenConfigured) {
-  auto lorad = StartLorad(0, {"--auth-token", "s3cret"});
+  const std::string secret = "s3cret-0123456789abcdef";
+  std::ofstream(dir_.Join("client.token")) << secret << "\n";
+  auto lorad = StartLorad(0, {"--auth-token-file", dir_.Join("client.token")});
   EXPECT_EQ(lorad->Client()->GetJob("jobs/x").status().code(), absl::StatusCode::kUnauthenticated);
   EXPECT_EQ(lorad->Client("wrong")->GetJob("jobs/x").status().code(),
             absl::StatusCode::kUnauthenticated);
-  EXPECT_EQ(lorad->Client("s3cret")->GetJob("jobs/x").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(lorad->Client(secret)->GetJob("jobs/x").status().code(), absl::StatusCode::kNotFound);
+}
+
+// Issue 12, finding 3: the shipped Secret's "change-me" was accepted, and --auth-token put the
+// secret in `ps`. Placeholders and short secrets stop lorad at start, naming the setting (not
+// the value); the flag is gone (files and environment only).
+TEST_F(ServiceTest, PlaceholderOrShortSecretsStopLoradAtStart) {
+  std::ofstream(dir_.Join("placeholder.token")) << "change-me\n";
+  std::ofstream(dir_.Join("short.token")) << "abc123\n";
+  const std::string lorad = testing::BinaryPath("server/lorad");
+  ProcessResult placeholder =
+      RunProcess({lorad, "--data-dir", dir_.Join("d1"), "--listen", "127.0.0.1:0",
+                  "--worker-token-file", dir_.Join("placeholder.token")},
+                 30);
+  EXPECT_NE(placeholder.exit_code, 0);
+  EXPECT_THAT(placeholder.err, HasSubstr("the worker token (--worker-token-file / "
+                                         "LORAD_WORKER_TOKEN) is a placeholder value"));
+  ProcessResult short_one =
+      RunProcess({lorad, "--data-dir", dir_.Join("d2"), "--listen", "127.0.0.1:0",
+                  "--auth-token-file", dir_.Join("short.token")},
+                 30);
+  EXPECT_NE(short_one.exit_code, 0);
+  EXPECT_THAT(short_one.err, HasSubstr("is 6 bytes; a secret needs at least 16"));
+  EXPECT_EQ(short_one.err.find("abc123"), std::string::npos) << "the secret is never echoed";
+  ProcessResult env = RunProcess({lorad, "--data-dir", dir_.Join("d3"), "--listen", "127.0.0.1:0"},
+                                 30, {"LORAD_AUTH_TOKEN=change-me"});
+  EXPECT_THAT(env.err, HasSubstr("the client token (--auth-token-file / LORAD_AUTH_TOKEN)"));
+  ProcessResult flag = RunProcess(
+      {lorad, "--data-dir", dir_.Join("d4"), "--auth-token", "s3cret-0123456789abcdef"}, 30);
+  EXPECT_NE(flag.exit_code, 0);
+}
+
+// The scheme name is case-insensitive (RFC 9110): "bearer" and "BEARER" work.
+TEST_F(ServiceTest, BearerSchemeIsCaseInsensitive) {
+  const std::string secret = "s3cret-0123456789abcdef";
+  std::ofstream(dir_.Join("client.token")) << secret << "\n";
+  auto lorad = StartLorad(0, {"--auth-token-file", dir_.Join("client.token")});
+  for (const char* scheme : {"bearer ", "BEARER ", "Bearer "}) {
+    auto channel = grpc::CreateChannel(lorad->address(), grpc::InsecureChannelCredentials());
+    auto stub = lora::v1::JobService::NewStub(channel);
+    grpc::ClientContext ctx;
+    ctx.AddMetadata("authorization", std::string(scheme) + secret);
+    lora::v1::GetJobRequest request;
+    request.set_name("jobs/x");
+    lora::v1::Job job;
+    grpc::Status status = stub->GetJob(&ctx, request, &job);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND) << scheme;
+  }
 }
 
 TEST_F(ServiceTest, StandardHealthServiceReportsServing) {
