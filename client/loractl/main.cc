@@ -2,9 +2,11 @@
 #include <signal.h>
 
 #include <cstdlib>
+#include <fstream>
 #include <iostream>
 
 #include "CLI/CLI.hpp"
+#include "absl/strings/ascii.h"
 #include "client/loractl/commands.h"
 
 namespace {
@@ -61,7 +63,10 @@ int main(int argc, char** argv) {
   app.fallthrough();  // global flags may follow the subcommand: `loractl list -o json`
   app.add_option("--addr", g.client.address, "lorad address (env LORACTL_ADDR)")
       ->capture_default_str();
-  app.add_option("--token", g.client.token, "Bearer token (env LORACTL_TOKEN)");
+  // A token on the command line is visible to every user (ps): file or environment only.
+  std::string token_file;
+  app.add_option("--token-file", token_file,
+                 "File whose first line is the bearer token (or env LORACTL_TOKEN)");
   app.add_option("--tls-ca", g.client.tls_ca, "CA certificate (PEM): use TLS");
   app.add_option("--tls-cert", g.client.tls_cert, "Client certificate (PEM) for mutual TLS");
   app.add_option("--tls-key", g.client.tls_key, "Client key (PEM) for mutual TLS");
@@ -149,6 +154,15 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     const int code = app.exit(e);
     return code == 0 ? kOk : kUsage;
+  }
+  if (!token_file.empty()) {
+    std::ifstream in(token_file);
+    std::string line;
+    if (!in || !std::getline(in, line)) {
+      std::cerr << "loractl: --token-file: cannot read " << token_file << std::endl;
+      return kUsage;
+    }
+    g.client.token = std::string(absl::StripAsciiWhitespace(line));
   }
   g.format = format == "json" ? Format::kJson : format == "yaml" ? Format::kYaml : Format::kTable;
   g.client.timeout = std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000));

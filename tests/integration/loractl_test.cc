@@ -272,5 +272,24 @@ TEST_F(LoractlTest, CtrlCStopsWatchingNotTheJob) {
   EXPECT_EQ(Loractl({"cancel", name}).exit_code, 0);
 }
 
+// Issue 12, finding 3: a token on loractl's command line is visible in ps. It comes from a
+// file (--token-file) or LORACTL_TOKEN; the --token flag is gone.
+TEST(LoractlTokens, TheTokenComesFromAFileOrTheEnvironment) {
+  testing::TempDir dir;
+  const std::string secret = "s3cret-0123456789abcdef";
+  std::ofstream(dir.Join("token")) << secret << "\n";
+  testing::Lorad lorad({dir.Join("data"), 0, 0, {"--auth-token-file", dir.Join("token")}});
+  ASSERT_TRUE(lorad.Start()) << lorad.log();
+  auto run = [&](std::vector<std::string> args, std::vector<std::string> env) {
+    args.insert(args.begin(), testing::BinaryPath("client/loractl"));
+    env.push_back("LORACTL_ADDR=" + lorad.address());
+    return testing::RunProcess(args, 60, env);
+  };
+  EXPECT_EQ(run({"list", "--token-file", dir.Join("token")}, {}).exit_code, 0);
+  EXPECT_EQ(run({"list"}, {"LORACTL_TOKEN=" + secret}).exit_code, 0);
+  EXPECT_NE(run({"list"}, {}).exit_code, 0);
+  EXPECT_NE(run({"list", "--token", secret}, {}).exit_code, 0);
+}
+
 }  // namespace
 }  // namespace lora
