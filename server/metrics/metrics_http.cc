@@ -121,15 +121,17 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Create(
   std::call_once(init_once, [] { mg_init_library(0); });
 
   std::unique_ptr<MetricsHttpServer> server(new MetricsHttpServer());
-  // Scrapes are rare and short: two threads are plenty, and a stuck client cannot hold one
-  // for long.
+  // Scrapes and probes are short, but clients that connect and send nothing each hold a
+  // civetweb thread until the request timeout: enough threads that dozens of them leave one
+  // free for /healthz (the liveness probe), and a timeout short enough that more are shed
+  // quickly.
   std::string ports_option = CivetwebPorts(listen);
   const char* options[] = {"listening_ports",
                            ports_option.c_str(),
                            "num_threads",
-                           "2",
+                           "64",
                            "request_timeout_ms",
-                           "10000",
+                           "2000",
                            nullptr};
   mg_callbacks callbacks;
   std::memset(&callbacks, 0, sizeof(callbacks));

@@ -390,6 +390,32 @@ TEST(MetricsHttpServerTest, ServesMetricsAndHealthOnAnEphemeralPort) {
   EXPECT_EQ(HttpRequest(port, "GET", "/metricsx").status, 404);
 }
 
+// Issue 12, finding 6: 40 connections that send nothing starved /healthz (the liveness probe)
+// for minutes: 2 threads, each held 10 s per idle client. Health answers within 3 s now.
+TEST(MetricsHttpServerTest, IdleConnectionsDoNotStarveHealth) {
+  MetricsRegistry registry;
+  auto server = MetricsHttpServer::Create(&registry, "127.0.0.1:0");
+  ASSERT_TRUE(server.ok()) << server.status();
+  const int port = (*server)->port();
+  std::vector<int> idle;
+  for (int i = 0; i < 40; ++i) {
+    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(static_cast<uint16_t>(port));
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+    idle.push_back(fd);
+  }
+  const auto start = std::chrono::steady_clock::now();
+  HttpResponse health = HttpRequest(port, "GET", "/healthz");
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_EQ(health.status, 200);
+  EXPECT_LT(seconds, 3.0);
+  for (int fd : idle) ::close(fd);
+}
+
 TEST(MetricsHttpServerTest, StopsOnDestructionAndReportsBindFailures) {
   MetricsRegistry registry;
   auto first = MetricsHttpServer::Create(&registry, "127.0.0.1:0");
