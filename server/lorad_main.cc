@@ -20,6 +20,7 @@
 #include "CLI/CLI.hpp"
 #include "absl/status/statusor.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
 #include "server/core/artifact_store.h"
@@ -58,6 +59,16 @@ struct Flags {
 int Fail(const std::string& message) {
   std::cerr << "lorad: error: " << message << std::endl;
   return 1;
+}
+
+// 127.0.0.0/8, ::1, localhost, or a Unix socket: reachable only from this machine.
+bool IsLoopbackListen(const std::string& listen) {
+  if (absl::StartsWith(listen, "unix:")) return true;
+  std::string host = listen.substr(0, listen.rfind(':'));
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  return host == "localhost" || host == "::1" || absl::StartsWith(host, "127.");
 }
 
 // The first line of `path`, surrounding whitespace removed; the content is never echoed.
@@ -133,6 +144,14 @@ int main(int argc, char** argv) {
     auto secret = ReadSecretFile(*file);
     if (!secret.ok()) return Fail(absl::StrCat(name, ": ", secret.status().message()));
     *out = *secret;
+  }
+  // Any process that reaches the port can register as a worker and receive jobs and their
+  // data paths: beyond loopback, the worker plane needs a credential.
+  if (!IsLoopbackListen(f.listen) && f.worker_token.empty()) {
+    return Fail(
+        absl::StrCat("--listen ", f.listen,
+                     " accepts workers from the network, and no worker token is set: set one "
+                     "(--worker-token-file or LORAD_WORKER_TOKEN) or listen on loopback"));
   }
   for (const auto& [secret, name] :
        {std::pair{&f.auth_token, "the client token (--auth-token-file / LORAD_AUTH_TOKEN)"},

@@ -656,6 +656,19 @@ TEST_F(ServiceTest, PlaceholderOrShortSecretsStopLoradAtStart) {
   EXPECT_NE(flag.exit_code, 0);
 }
 
+// Issue 12, finding 2: with only a client token, any process could register as a worker. A
+// lorad that accepts workers from the network without a worker credential refuses to start.
+TEST_F(ServiceTest, ANetworkListenerWithoutAWorkerTokenRefusesToStart) {
+  const std::string lorad = testing::BinaryPath("server/lorad");
+  ProcessResult open = RunProcess(
+      {lorad, "--data-dir", dir_.Join("d1"), "--listen", "0.0.0.0:0", "--metrics-listen", ""}, 30);
+  EXPECT_NE(open.exit_code, 0);
+  EXPECT_THAT(open.err, HasSubstr("accepts workers from the network, and no worker token is set"));
+  ProcessResult v6 = RunProcess(
+      {lorad, "--data-dir", dir_.Join("d2"), "--listen", "[::]:0", "--metrics-listen", ""}, 30);
+  EXPECT_NE(v6.exit_code, 0);
+}
+
 // The scheme name is case-insensitive (RFC 9110): "bearer" and "BEARER" work.
 TEST_F(ServiceTest, BearerSchemeIsCaseInsensitive) {
   const std::string secret = "s3cret-0123456789abcdef";
