@@ -10,6 +10,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 
 namespace lora {
@@ -87,6 +88,16 @@ absl::Status WriteFileAtomically(const std::string& path, absl::string_view cont
   absl::Status status = (*file)->Write(contents);
   if (!status.ok()) return status;
   return (*file)->Commit();
+}
+
+absl::StatusOr<std::string> ReadSecretFile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
+  std::string line;
+  std::getline(in, line);
+  line = std::string(absl::StripAsciiWhitespace(line));
+  if (line.empty()) return absl::InvalidArgumentError(absl::StrCat(path, ": empty"));
+  return line;
 }
 
 absl::StatusOr<std::string> ReadFileToString(const std::string& path) {

@@ -47,6 +47,10 @@ absl::Status WriteFileAtomically(const std::string& path, absl::string_view cont
 
 absl::StatusOr<std::string> ReadFileToString(const std::string& path);
 
+// A secret kept in a file (never on a command line, where ps shows it): the first line,
+// surrounding whitespace removed. An empty one is an error; errors never quote the file.
+absl::StatusOr<std::string> ReadSecretFile(const std::string& path);
+
 // fsyncs a directory so that renames and creations inside it survive a crash.
 absl::Status SyncDirectory(const std::string& dir);
 

@@ -1,5 +1,8 @@
 #include "common/nesting.h"
 
+#include <filesystem>
+#include <fstream>
+
 #include "absl/strings/str_cat.h"
 
 namespace lora {
@@ -62,6 +65,37 @@ absl::Status CheckTomlNesting(absl::string_view text, absl::string_view source, 
     ++i;
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<nlohmann::json> ParseJsonDocument(absl::string_view text, absl::string_view source,
+                                                 int max_depth) {
+  absl::Status bounded = CheckJsonNesting(text, source, max_depth);
+  if (!bounded.ok()) return bounded;
+  try {
+    return nlohmann::json::parse(text.begin(), text.end());
+  } catch (const nlohmann::json::parse_error& e) {
+    // e.what() quotes the offending text; report only where it is.
+    return absl::InvalidArgumentError(
+        absl::StrCat(source, ": invalid JSON near byte ", e.byte, " of ", text.size()));
+  }
+}
+
+absl::StatusOr<nlohmann::json> ReadJsonDocument(const std::string& path, uint64_t max_bytes,
+                                                int max_depth) {
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec))
+    return absl::NotFoundError(absl::StrCat(path, ": no such file"));
+  const uint64_t size = std::filesystem::file_size(path, ec);
+  if (ec) return absl::NotFoundError(absl::StrCat(path, ": cannot read its size"));
+  if (size > max_bytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": ", size, " bytes, more than the ", max_bytes, " allowed"));
+  }
+  std::ifstream in(path, std::ios::binary);
+  std::string text(size, '\0');
+  if (!in.read(text.data(), static_cast<std::streamsize>(size)))
+    return absl::DataLossError(absl::StrCat(path, ": read failed"));
+  return ParseJsonDocument(text, path, max_depth);
 }
 
 }  // namespace lora

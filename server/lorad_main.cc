@@ -7,7 +7,6 @@
 #include <atomic>
 #include <chrono>
 #include <filesystem>
-#include <fstream>
 #include <iostream>
 #include <thread>
 #include <tuple>
@@ -18,8 +17,6 @@
 #include <grpcpp/health_check_service_interface.h>
 
 #include "CLI/CLI.hpp"
-#include "absl/status/statusor.h"
-#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
@@ -69,17 +66,6 @@ bool IsLoopbackListen(const std::string& listen) {
     host = host.substr(1, host.size() - 2);
   }
   return host == "localhost" || host == "::1" || absl::StartsWith(host, "127.");
-}
-
-// The first line of `path`, surrounding whitespace removed; the content is never echoed.
-absl::StatusOr<std::string> ReadSecretFile(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
-  std::string line;
-  std::getline(in, line);
-  line = std::string(absl::StripAsciiWhitespace(line));
-  if (line.empty()) return absl::InvalidArgumentError(absl::StrCat(path, ": empty"));
-  return line;
 }
 
 std::string SiblingBinary(const std::string& name) {
@@ -141,7 +127,7 @@ int main(int argc, char** argv) {
        {std::tuple{&auth_token_file, &f.auth_token, "--auth-token-file"},
         std::tuple{&worker_token_file, &f.worker_token, "--worker-token-file"}}) {
     if (file->empty()) continue;
-    auto secret = ReadSecretFile(*file);
+    auto secret = lora::ReadSecretFile(*file);
     if (!secret.ok()) return Fail(absl::StrCat(name, ": ", secret.status().message()));
     *out = *secret;
   }

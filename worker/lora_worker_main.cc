@@ -6,7 +6,6 @@
 #include <thread>
 
 #include "CLI/CLI.hpp"
-#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
 #include "worker/agent/engine_probe.h"
@@ -56,12 +55,12 @@ int main(int argc, char** argv) {
                  "File whose first line is the worker bearer token (or env LORA_WORKER_TOKEN)");
   CLI11_PARSE(app, argc, argv);
   if (!token_file.empty()) {
-    auto text = lora::ReadFileToString(token_file);
-    if (!text.ok()) {
-      std::cerr << "lora-worker: --token-file: " << text.status().message() << std::endl;
+    auto token = lora::ReadSecretFile(token_file);
+    if (!token.ok()) {
+      std::cerr << "lora-worker: --token-file: " << token.status().message() << std::endl;
       return 1;
     }
-    o.token = std::string(absl::StripAsciiWhitespace(text->substr(0, text->find('\n'))));
+    o.token = *token;
   }
   // Advertise only what the engine can run: no cuda slots without GPUs the engine sees.
   absl::StatusOr<lora::EngineProbe> probe = lora::CheckEngineSupportsDevice(o.lora_train, o.device);

@@ -2,12 +2,11 @@
 #include <signal.h>
 
 #include <cstdlib>
-#include <fstream>
 #include <iostream>
 
 #include "CLI/CLI.hpp"
-#include "absl/strings/ascii.h"
 #include "client/loractl/commands.h"
+#include "common/file_util.h"
 
 namespace {
 
@@ -156,13 +155,12 @@ int main(int argc, char** argv) {
     return code == 0 ? kOk : kUsage;
   }
   if (!token_file.empty()) {
-    std::ifstream in(token_file);
-    std::string line;
-    if (!in || !std::getline(in, line)) {
-      std::cerr << "loractl: --token-file: cannot read " << token_file << std::endl;
+    auto token = lora::ReadSecretFile(token_file);
+    if (!token.ok()) {
+      std::cerr << "loractl: --token-file: " << token.status().message() << std::endl;
       return kUsage;
     }
-    g.client.token = std::string(absl::StripAsciiWhitespace(line));
+    g.client.token = *token;
   }
   g.format = format == "json" ? Format::kJson : format == "yaml" ? Format::kYaml : Format::kTable;
   g.client.timeout = std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000));

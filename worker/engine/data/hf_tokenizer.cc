@@ -110,35 +110,6 @@ constexpr const char* kEosCandidates[] = {"</s>",  "<|end_of_text|>", "<|endofte
 
 }  // namespace
 
-absl::StatusOr<json> ParseJson(absl::string_view text, absl::string_view source) {
-  // nlohmann's parser recurses once per nesting level: bound the depth before it runs.
-  LORA_RETURN_IF_ERROR(CheckJsonNesting(text, source, kMaxJsonDepth));
-  try {
-    return json::parse(text.begin(), text.end());
-  } catch (const json::parse_error& e) {
-    // e.what() quotes the offending text; report only where it is.
-    return absl::InvalidArgumentError(
-        absl::StrCat(source, ": invalid JSON near byte ", e.byte, " of ", text.size()));
-  }
-}
-
-absl::StatusOr<json> ReadJsonFile(const std::string& path, uint64_t max_bytes) {
-  std::error_code ec;
-  if (!std::filesystem::is_regular_file(path, ec))
-    return absl::NotFoundError(absl::StrCat(path, ": no such file"));
-  const uint64_t size = std::filesystem::file_size(path, ec);
-  if (ec) return absl::NotFoundError(absl::StrCat(path, ": cannot read its size"));
-  if (size > max_bytes) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(path, ": ", size, " bytes, more than the ", max_bytes, " allowed"));
-  }
-  std::ifstream in(path, std::ios::binary);
-  std::string text(size, '\0');
-  if (!in.read(text.data(), static_cast<std::streamsize>(size)))
-    return absl::DataLossError(absl::StrCat(path, ": read failed"));
-  return ParseJson(text, path);
-}
-
 absl::StatusOr<TokenizerConfig> ParseTokenizerConfig(const json& j, absl::string_view source) {
   if (!j.is_object()) return Invalid(source, "must be a JSON object");
   TokenizerConfig config;
@@ -168,13 +139,13 @@ absl::StatusOr<TokenizerConfig> ParseTokenizerConfig(const json& j, absl::string
 }
 
 absl::StatusOr<TokenizerConfig> LoadTokenizerConfig(const std::string& path) {
-  LORA_ASSIGN_OR_RETURN(json j, ReadJsonFile(path, kMaxTokenizerConfigBytes));
+  LORA_ASSIGN_OR_RETURN(json j, ReadJsonDocument(path, kMaxTokenizerConfigBytes, kMaxJsonDepth));
   return ParseTokenizerConfig(j, path);
 }
 
 absl::StatusOr<std::unique_ptr<HfTokenizer>> HfTokenizer::FromFile(const std::string& path,
                                                                    const TokenizerConfig* config) {
-  LORA_ASSIGN_OR_RETURN(json j, ReadJsonFile(path, kMaxTokenizerJsonBytes));
+  LORA_ASSIGN_OR_RETURN(json j, ReadJsonDocument(path, kMaxTokenizerJsonBytes, kMaxJsonDepth));
   return FromJson(j, path, config);
 }
 

@@ -48,11 +48,7 @@ namespace lora::hf {
 inline constexpr uint64_t kMaxTokenizerJsonBytes = uint64_t{256} << 20;
 inline constexpr uint64_t kMaxTokenizerConfigBytes = uint64_t{16} << 20;
 inline constexpr int kMaxJsonDepth = 64;
-
-// Reads and parses a JSON file within those bounds. Errors name `path` and never quote it.
-absl::StatusOr<nlohmann::json> ReadJsonFile(const std::string& path, uint64_t max_bytes);
-// The same for JSON already in memory; `source` names it in errors.
-absl::StatusOr<nlohmann::json> ParseJson(absl::string_view text, absl::string_view source);
+// (Files are read within those bounds by ReadJsonDocument, common/nesting.h.)
 
 // The parts of tokenizer_config.json lora uses. bos_token/eos_token may be strings or objects
 // with "content"; chat_template a string or a list of {name, template} (the "default" one).

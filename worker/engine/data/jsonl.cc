@@ -30,15 +30,7 @@ absl::Status ForEachJsonLine(
     ++line;
     if (absl::StripAsciiWhitespace(text).empty()) return absl::OkStatus();
     const std::string where = absl::StrCat(path, ":", line);
-    LORA_RETURN_IF_ERROR(CheckJsonNesting(text, where));
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(text);
-    } catch (const nlohmann::json::parse_error& e) {
-      // e.what() quotes the line; say only where the problem is.
-      return absl::InvalidArgumentError(
-          absl::StrCat(where, ": invalid JSON near byte ", e.byte, " of the line"));
-    }
+    LORA_ASSIGN_OR_RETURN(nlohmann::json j, ParseJsonDocument(text, where));
     absl::Status s = fn(line, j);
     if (!s.ok()) return absl::Status(s.code(), absl::StrCat(where, ": ", s.message()));
     return absl::OkStatus();

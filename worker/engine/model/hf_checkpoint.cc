@@ -36,17 +36,9 @@ std::string ListForError(const std::vector<std::string>& items) {
 }  // namespace
 
 absl::StatusOr<json> ReadJsonFile(const std::string& path) {
-  LORA_ASSIGN_OR_RETURN(std::string text, ReadFileToString(path));
-  LORA_RETURN_IF_ERROR(CheckJsonNesting(text, path));
-  try {
-    return json::parse(text);
-  } catch (const json::parse_error& e) {
-    // e.what() quotes the file's text; say only where the problem is.
-    return absl::InvalidArgumentError(
-        absl::StrCat(path, ": invalid JSON near byte ", e.byte, " of ", text.size()));
-  } catch (const json::exception& e) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": invalid JSON"));
-  }
+  // Checkpoint metadata (config.json, shard indexes, adapter configs) is small.
+  constexpr uint64_t kMaxMetadataBytes = uint64_t{256} << 20;
+  return ReadJsonDocument(path, kMaxMetadataBytes);
 }
 
 absl::StatusOr<std::unique_ptr<CheckpointReader>> CheckpointReader::Open(const std::string& dir) {
