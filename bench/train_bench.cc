@@ -15,7 +15,7 @@
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
-#include <torch/csrc/autograd/profiler_legacy.h>
+#include <torch/csrc/autograd/profiler_kineto.h>
 #include <torch/cuda.h>
 #include <unistd.h>
 
@@ -23,6 +23,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
+#include <set>
 #include <thread>
 
 #include "CLI/CLI.hpp"
@@ -43,6 +44,12 @@ namespace {
 
 double Now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// The CUDA allocator's statistics take a real index: "cuda" means device 0.
+torch::Device ResolveDevice(const std::string& name) {
+  torch::Device device(name);
+  return device.is_cuda() && !device.has_index() ? torch::Device(torch::kCUDA, 0) : device;
 }
 
 void Sync(const torch::Device& device) {
@@ -89,7 +96,7 @@ int RunRow(const RowOptions& o) {
   // LoRA keeps the frozen base in bf16 (no master copy needed); full fine-tuning needs fp32
   // master weights and runs bf16 through autocast.
   const torch::Dtype base_dtype = (bf16 && !full) ? torch::kBFloat16 : torch::kFloat32;
-  const torch::Device device(o.device);
+  const torch::Device device = ResolveDevice(o.device);
   LlamaForCausalLM model(c, base_dtype);
   InitializeWeights(*model, 0);
   model->model->set_activation_checkpointing(o.checkpointing);
@@ -119,10 +126,20 @@ int RunRow(const RowOptions& o) {
   }
   model->train();
   std::vector<double> times;
-  std::unique_ptr<torch::autograd::profiler::RecordProfile> profiler;
+  // Kineto: host operator spans, and on CUDA the kernels themselves (what the GPU ran, and
+  // when it sat idle waiting for the host).
+  namespace prof = torch::autograd::profiler;
+  using torch::profiler::impl::ActivityType;
+  const torch::profiler::impl::ProfilerConfig profiler_config(
+      torch::profiler::impl::ProfilerState::KINETO);
+  std::set<ActivityType> activities = {ActivityType::CPU};
+  if (device.is_cuda()) activities.insert(ActivityType::CUDA);
+  bool profiling = false;
   for (int step = 0; step < o.warmup + o.steps; ++step) {
     if (step == o.warmup && !o.profile.empty()) {
-      profiler = std::make_unique<torch::autograd::profiler::RecordProfile>(o.profile);
+      prof::prepareProfiler(profiler_config, activities);
+      prof::enableProfiler(profiler_config, activities);
+      profiling = true;
     }
     if (step == o.warmup && device.is_cuda())
       c10::cuda::CUDACachingAllocator::resetPeakStats(device.index());
@@ -131,14 +148,15 @@ int RunRow(const RowOptions& o) {
     for (auto& [name, p] : trainable) p.mutable_grad() = torch::Tensor();
     torch::Tensor loss = BatchLossSum(*model, batch) / static_cast<double>(batch.num_targets);
     loss.backward();
-    ClipGradNorm(trainable, 1.0);
+    const torch::Tensor norm = ClipGradNorm(trainable, 1.0);
     opt.Step(1e-4);
-    (void)loss.item<double>();  // the step's logged loss: one host sync, as `lora-train run`
+    // The step's logged loss and gradient norm: one host read, as `lora-train run`.
+    (void)at::stack({loss.detach().to(torch::kFloat64), norm.to(loss.device())}).to(torch::kCPU);
     if (full && bf16) at::autocast::clear_cache();
     Sync(device);
     if (step >= o.warmup) times.push_back(Now() - t0);
   }
-  profiler.reset();
+  if (profiling) prof::disableProfiler()->save(o.profile);
   std::sort(times.begin(), times.end());
   const double step_s = times[times.size() / 2];
   const double tps = static_cast<double>(o.batch * o.seq_len) / step_s;
@@ -187,8 +205,11 @@ nlohmann::json RunChild(const std::vector<std::string>& argv) {
 }
 
 int RunTable(const RowOptions& base) {
+  // Each row reaches the log as soon as it is measured: a run stopped at its time limit (the
+  // accelerator's per-command limit) keeps the rows it finished.
+  std::cout << std::unitbuf;
   at::set_num_threads(static_cast<int>(std::thread::hardware_concurrency()));
-  const torch::Device device(base.device);
+  const torch::Device device = ResolveDevice(base.device);
   const bool gpu = device.is_cuda();
   const double peak_fp32 = MatmulGflops(torch::kFloat32, device),
                peak_bf16 = MatmulGflops(torch::kBFloat16, device);

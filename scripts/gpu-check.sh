@@ -33,6 +33,15 @@ for sp in site.getsitepackages():
 print(":".join(dict.fromkeys(dirs)))
 PY
 )
+# The packed Debian copies of system libraries give way to the machine's own where those are
+# at least as new (a newer image's Python extensions may need its newer libstdc++).
+for lib in libstdc++.so.6 libutil.so.1 libz.so.1; do
+  sys=$(ldconfig -p 2>/dev/null | awk -v n="$lib" '$1 == n && /x86-64/ {print $NF; exit}')
+  [ -n "$sys" ] && [ -f "$B/deps/$lib" ] || continue
+  if [ "$lib" = libstdc++.so.6 ] && ! grep -aq GLIBCXX_3.4.29 "$sys"; then continue; fi
+  echo "gpu-check: using the machine's $sys"
+  rm -f "$B/deps/$lib"
+done
 export LD_LIBRARY_PATH="$B/deps:$TORCH_LIB:$NV_LIBS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export LORA_TEST_BINARY_DIR=$B LORA_TEST_SOURCE_DIR=$ROOT LORA_PYTHON=$PY
 {
@@ -42,8 +51,10 @@ export LORA_TEST_BINARY_DIR=$B LORA_TEST_SOURCE_DIR=$ROOT LORA_PYTHON=$PY
 } > "$OUT/machine.txt" 2>&1
 cat "$OUT/machine.txt"
 
+# GPU_CHECK_STEPS="bench_llama1b profile_llama1b": only those steps (a rerun inside one lease).
 step() {  # step NAME SECONDS CMD...
   local name=$1 secs=$2; shift 2
+  if [ -n "${GPU_CHECK_STEPS:-}" ] && [[ " $GPU_CHECK_STEPS " != *" $name "* ]]; then return; fi
   echo "=== $name (limit ${secs}s)"
   local t0=$SECONDS
   timeout --kill-after=10 "$secs" "$@" > "$OUT/$name.txt" 2>&1
@@ -54,7 +65,10 @@ step() {  # step NAME SECONDS CMD...
 
 step version 30 "$B/worker/lora-train" version
 step gpu_test 140 "$B/tests/gpu_test" --gtest_color=no
-step nccl_two_ranks_one_gpu 60 "$PY" - <<'PY'
+# mp.spawn re-imports the main module, so the check lives in a file (not $OUT: at most 8 files
+# come back from there).
+NCCL_PY=$(mktemp /tmp/nccl_two_ranks.XXXXXX.py)
+cat > "$NCCL_PY" <<'PY'
 # NCCL with two ranks of one communicator on the same GPU: expected to fail ("Duplicate GPU").
 import os, torch, torch.distributed as dist, torch.multiprocessing as mp
 def rank(r):
@@ -67,11 +81,19 @@ def rank(r):
     except Exception as e:
         print(f"rank {r}: NCCL refused: {type(e).__name__}: {str(e)[:300]}")
     dist.destroy_process_group()
-mp.spawn(rank, nprocs=2)
+if __name__ == "__main__":
+    mp.spawn(rank, nprocs=2)
 PY
+step nccl_two_ranks_one_gpu 60 "$PY" "$NCCL_PY"
 step bench_debugmodel 70 "$B/bench/train_bench" --device cuda --flavor debugmodel \
   --seq-len 2048 --batch 8 --steps 20 --warmup 5 --dtypes bf16
 step bench_llama1b 280 "$B/bench/train_bench" --device cuda --flavor llama3.2-1b \
   --seq-len 2048 --batch 4 --steps 10 --warmup 3 --dtypes bf16
-cp "$OUT/summary.txt" "$OUT/summary.final.txt" 2>/dev/null
+# Where lora-train spends host time on the GPU (the trace holds host-side operator spans: when
+# they add up to the step time the loop is launch-bound): LoRA bf16 steps, summarised
+# by bench/profile_summary.py.
+step profile_llama1b 90 bash -c '"$0" --row lora --dtype bf16 --device cuda:0 \
+  --flavor llama3.2-1b --seq-len 2048 --batch 4 --steps 3 --warmup 2 --profile /tmp/lora1b.json \
+  && "$1" "$2/bench/profile_summary.py" /tmp/lora1b.json' \
+  "$B/bench/train_bench" "$PY" "$ROOT"
 echo "results in $OUT"

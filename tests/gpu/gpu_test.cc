@@ -21,6 +21,7 @@
 #include "tests/integration/tiny_job.h"
 #include "tests/test_util.h"
 #include "tests/unit/gloo_ranks.h"
+#include "worker/engine/model/llama.h"
 #include "worker/engine/train/device.h"
 
 namespace lora {
@@ -68,6 +69,43 @@ class GpuTest : public ::testing::Test {
   }
   testing::TempDir dir_;
 };
+
+// On CUDA the norm is one fused kernel; on the CPU it is HF's arithmetic (normalise in fp32,
+// round, then scale). fp32: equal up to rounding, values and input gradients; bf16: the fused
+// kernel rounds once where HF rounds twice, so within two bf16 ulps (2^-7 relative).
+TEST_F(GpuTest, FusedRmsNormOnCudaMatchesHfArithmetic) {
+  LORA_REQUIRE_GPU();
+  for (torch::Dtype dtype : {torch::kFloat32, torch::kBFloat16}) {
+    RMSNorm cpu(64, 1e-5, dtype), gpu(64, 1e-5, dtype);
+    torch::NoGradGuard no_grad;
+    cpu->weight.copy_(torch::rand({64}) + 0.5);
+    gpu->weight.copy_(cpu->weight);
+    gpu->to(torch::kCUDA);
+    torch::Tensor x = (torch::randn({3, 5, 64}) * 3).to(dtype);
+    torch::Tensor up = torch::randn({3, 5, 64});
+    torch::Tensor xc = x.clone().requires_grad_(true), xg = x.to(torch::kCUDA).requires_grad_(true);
+    torch::Tensor yc, yg;
+    {
+      torch::AutoGradMode grad(true);
+      yc = cpu(xc);
+      yg = gpu(xg);
+      (yc.to(torch::kFloat32) * up).sum().backward();
+      (yg.to(torch::kFloat32) * up.to(torch::kCUDA)).sum().backward();
+    }
+    const double tol = dtype == torch::kFloat32 ? 1e-5 : 2.0 / 128;
+    auto rel = [](const torch::Tensor& a, const torch::Tensor& b) {
+      torch::Tensor d = (a.to(torch::kCPU, torch::kFloat32) - b.to(torch::kCPU, torch::kFloat32));
+      return (d.abs() / (b.to(torch::kFloat32).abs() + 1e-3)).max().item<double>();
+    };
+    EXPECT_LE(rel(yg, yc), tol) << dtype;
+    EXPECT_LE((xg.grad().cpu().to(torch::kFloat32) - xc.grad().to(torch::kFloat32))
+                  .abs()
+                  .max()
+                  .item<double>(),
+              dtype == torch::kFloat32 ? 1e-4 : 5e-2)
+        << dtype;
+  }
+}
 
 TEST_F(GpuTest, Fp32OnCudaTrainsLikeTheCpu) {
   LORA_REQUIRE_GPU();

@@ -56,9 +56,13 @@ TEST(AdamWTest, ClipGradNorm) {
   a.mutable_grad() = torch::tensor({3.0f, 0.0f});
   b.mutable_grad() = torch::tensor({4.0f});
   NamedTensors params = {{"a", a}, {"b", b}};
-  EXPECT_NEAR(ClipGradNorm(params, 1.0), 5.0, 1e-6);
-  EXPECT_NEAR(std::sqrt(GradSquaredSum(params)), 1.0, 1e-5);
-  EXPECT_NEAR(ClipGradNorm(params, 0), 1.0, 1e-5);  // 0 disables clipping
+  EXPECT_NEAR(ClipGradNorm(params, 1.0).item<double>(), 5.0, 1e-6);
+  EXPECT_NEAR(std::sqrt(GradSquaredSum(params).item<double>()), 1.0, 1e-5);
+  EXPECT_NEAR(ClipGradNorm(params, 0).item<double>(), 1.0, 1e-5);  // 0 disables clipping
+  // Within bounds the gradients are left bit-identical (scaled by exactly 1).
+  const torch::Tensor before = a.grad().clone();
+  ClipGradNorm(params, 10.0);
+  EXPECT_TRUE(torch::equal(a.grad(), before));
 }
 
 TEST(LrScheduleTest, HandComputedValues) {

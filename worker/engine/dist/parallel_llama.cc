@@ -422,17 +422,17 @@ void ParallelLlama::SyncGradients() {
 }
 
 double ParallelLlama::ClipGradients(double max_norm) {
-  double local = 0;
+  NamedTensors counted;
   for (const auto& [name, p] : trainable_) {
-    if (!p.grad().defined()) continue;
     const bool replicated =
         std::find(tp_replicated_.begin(), tp_replicated_.end(), name) != tp_replicated_.end();
     if (replicated && tp_->rank() != 0) continue;  // counted once per TP group
-    local += p.grad().to(torch::kFloat64).pow(2).sum().item<double>();
+    counted.emplace_back(name, p);
   }
-  torch::Tensor total = torch::tensor({local}, torch::kFloat64);
+  // Summed on the device and reduced across ranks: one host read for the logged value.
+  torch::Tensor total = GradSquaredSum(counted).reshape({1});
   dist_->group({Dim::kPp, Dim::kTp}).AllReduceSum(total);
-  return ClipGradientsToNorm(trainable_, std::sqrt(total.item<double>()), max_norm);
+  return ClipGradientsToNorm(trainable_, total.sqrt().squeeze(), max_norm).item<double>();
 }
 
 torch::Tensor ParallelLlama::Full(const torch::Tensor& local, const std::string& name, bool owned) {

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <map>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 
@@ -24,16 +25,28 @@ void AdamW::Step(double lr) {
   const double bc2 = 1.0 - std::pow(options_.beta2, static_cast<double>(step_));
   const double step_size = lr / bc1;
   const double bc2_sqrt = std::sqrt(bc2);
+  // The same elementwise arithmetic as one tensor at a time, as multi-tensor kernels: on CUDA a
+  // handful of launches for all parameters instead of eight per parameter (a LoRA'd 1B model
+  // has 224 adapter matrices); on the CPU the same per-tensor loops as before.
+  std::vector<torch::Tensor> ps, gs, ms, vs;
   for (size_t i = 0; i < params_.size(); ++i) {
-    torch::Tensor p = params_[i].second;
+    const torch::Tensor& p = params_[i].second;
     if (!p.grad().defined()) continue;
-    torch::Tensor g = p.grad().to(torch::kFloat32);
-    if (options_.weight_decay != 0) p.mul_(1.0 - lr * options_.weight_decay);
-    exp_avg_[i].lerp_(g, 1.0 - options_.beta1);
-    exp_avg_sq_[i].mul_(options_.beta2).addcmul_(g, g, 1.0 - options_.beta2);
-    torch::Tensor denom = (exp_avg_sq_[i].sqrt() / bc2_sqrt).add_(options_.eps);
-    p.addcdiv_(exp_avg_[i], denom, -step_size);
+    ps.push_back(p);
+    gs.push_back(p.grad().scalar_type() == torch::kFloat32 ? p.grad()
+                                                             : p.grad().to(torch::kFloat32));
+    ms.push_back(exp_avg_[i]);
+    vs.push_back(exp_avg_sq_[i]);
   }
+  if (ps.empty()) return;
+  if (options_.weight_decay != 0) at::_foreach_mul_(ps, 1.0 - lr * options_.weight_decay);
+  at::_foreach_lerp_(ms, gs, 1.0 - options_.beta1);
+  at::_foreach_mul_(vs, options_.beta2);
+  at::_foreach_addcmul_(vs, gs, gs, 1.0 - options_.beta2);
+  std::vector<torch::Tensor> denom = at::_foreach_sqrt(vs);
+  at::_foreach_div_(denom, bc2_sqrt);
+  at::_foreach_add_(denom, options_.eps);
+  at::_foreach_addcdiv_(ps, ms, denom, -step_size);
 }
 
 NamedTensors AdamW::State() const {
@@ -67,26 +80,43 @@ absl::Status AdamW::LoadState(const NamedTensors& state, int64_t step) {
   return absl::OkStatus();
 }
 
-double GradSquaredSum(const NamedTensors& params) {
-  double total = 0;
+namespace {
+
+std::vector<torch::Tensor> DefinedGrads(const NamedTensors& params) {
+  std::vector<torch::Tensor> grads;
   for (const auto& [name, p] : params) {
-    if (p.grad().defined()) total += p.grad().to(torch::kFloat32).pow(2).sum().item<double>();
+    if (p.grad().defined()) grads.push_back(p.grad());
   }
-  return total;
+  return grads;
 }
 
-double ClipGradNorm(const NamedTensors& params, double max_norm) {
-  return ClipGradientsToNorm(params, std::sqrt(GradSquaredSum(params)), max_norm);
+}  // namespace
+
+torch::Tensor GradSquaredSum(const NamedTensors& params) {
+  std::vector<torch::Tensor> grads = DefinedGrads(params);
+  if (grads.empty()) return torch::zeros({}, torch::kFloat64);
+  // Per-tensor norms accumulated in fp32 (bf16 gradients too), summed in fp64; stays on the
+  // device: no host synchronisation.
+  std::vector<torch::Tensor> norms = at::_foreach_norm(grads, 2, torch::kFloat32);
+  return at::stack(norms).to(torch::kFloat64).pow(2).sum();
 }
 
-double ClipGradientsToNorm(const NamedTensors& params, double norm, double max_norm) {
-  if (max_norm > 0 && norm > max_norm) {
-    const double scale = max_norm / (norm + 1e-6);
-    torch::NoGradGuard no_grad;
-    for (const auto& [name, p] : params) {
-      if (p.grad().defined()) p.grad().mul_(scale);
-    }
-  }
+torch::Tensor ClipGradNorm(const NamedTensors& params, double max_norm) {
+  return ClipGradientsToNorm(params, GradSquaredSum(params).sqrt(), max_norm);
+}
+
+torch::Tensor ClipGradientsToNorm(const NamedTensors& params, const torch::Tensor& norm,
+                                  double max_norm) {
+  if (max_norm <= 0) return norm;
+  std::vector<torch::Tensor> grads = DefinedGrads(params);
+  if (grads.empty()) return norm;
+  torch::NoGradGuard no_grad;
+  // min(1, max_norm / (norm + 1e-6)) computed on the device; multiplying by exactly 1 when the
+  // norm is within bounds leaves the gradients bit-identical, without asking the host.
+  const torch::Tensor scale = (max_norm / (norm + 1e-6))
+                                  .clamp_max(1.0)
+                                  .to(grads.front().device(), torch::kFloat32);
+  at::_foreach_mul_(grads, scale);
   return norm;
 }
 

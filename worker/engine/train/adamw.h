@@ -49,16 +49,20 @@ class AdamW {
   int64_t step_ = 0;
 };
 
-// Global L2 norm of the gradients (fp32 accumulation); scales them so the norm is at most
-// `max_norm` when max_norm > 0. Returns the norm before clipping.
-double ClipGradNorm(const NamedTensors& params, double max_norm);
+// Global L2 norm of the gradients (fp32 per tensor, fp64 across tensors); scales them so the
+// norm is at most `max_norm` when max_norm > 0. Returns the norm before clipping as a 0-dim
+// fp64 tensor on the gradients' device: nothing here waits for the device, so the caller
+// reads the value (`.item<double>()`) only when it logs it.
+torch::Tensor ClipGradNorm(const NamedTensors& params, double max_norm);
 
 // The clipping step alone, for a `norm` computed elsewhere (e.g. summed over ranks): scales
 // the gradients to max_norm when it is exceeded (max_norm <= 0: never). Returns `norm`.
-double ClipGradientsToNorm(const NamedTensors& params, double norm, double max_norm);
+torch::Tensor ClipGradientsToNorm(const NamedTensors& params, const torch::Tensor& norm,
+                                  double max_norm);
 
-// Sum of squared gradient entries, for callers that combine norms across ranks.
-double GradSquaredSum(const NamedTensors& params);
+// Sum of squared gradient entries (0-dim fp64 tensor on the gradients' device), for callers
+// that combine norms across ranks.
+torch::Tensor GradSquaredSum(const NamedTensors& params);
 
 }  // namespace lora
 

@@ -275,9 +275,13 @@ absl::StatusOr<TrainResult> RunTraining(const TrainerOptions& options) {
       (loss / denom).backward();
       loss_sum = m == 0 ? loss.detach().to(torch::kFloat64) : loss_sum + loss.detach();
     }
-    const double grad_norm = ClipGradNorm(trainable, tcfg.max_norm());
+    const torch::Tensor norm = ClipGradNorm(trainable, tcfg.max_norm());
     optimizer.Step(lr);
-    const double loss = loss_sum.item<double>() / denom;
+    // The step's one host synchronisation: the logged loss and gradient norm in one read.
+    const torch::Tensor logged =
+        at::stack({loss_sum.reshape({}), norm.to(loss_sum.device())}).to(torch::kCPU);
+    const double loss = logged[0].item<double>() / denom;
+    const double grad_norm = logged[1].item<double>();
     last_train_loss = loss;
     tokens_seen += rows_per_step * T;
     const double now = Now();
