@@ -1,8 +1,9 @@
-// lorad figures: CreateJob throughput and latency with durable writes, submit-to-first-step
-// latency, event delivery to 500 concurrent watchers (and lorad's RSS), artifact download rate.
-// Starts its own lorad (and workers) on 127.0.0.1; prints a table.
+// lorad figures: CreateJob throughput and latency with durable writes, plaintext and over TLS
+// in the same run, submit-to-first-step latency, event delivery to 500 concurrent watchers (and
+// lorad's RSS), artifact download rate. Starts its own lorad (and workers) on 127.0.0.1; prints
+// a table. The TLS certificates are made with the openssl CLI at run time.
 //
-//   service_bench [--jobs 1000] [--clients 8] [--watchers 500]
+//   service_bench [--jobs 1000] [--clients 8] [--watchers 500] [--only create]
 #include <signal.h>
 #include <unistd.h>
 
@@ -18,6 +19,7 @@
 #include "common/sha256.h"
 #include "tests/integration/lorad_harness.h"
 #include "tests/integration/subprocess.h"
+#include "tests/integration/test_pki.h"
 #include "tests/test_util.h"
 
 namespace lora {
@@ -54,23 +56,39 @@ void Row(const std::string& what, const std::string& value) {
   std::cout << absl::StrFormat("%-58s %s\n", what, value);
 }
 
-void CreateJobs(testing::TempDir& dir, int jobs, int clients) {
-  testing::Lorad lorad({dir.Join("create"), 0, 0, {}});
-  if (!lorad.Start()) return;
+// `tls_ca` empty: plaintext; otherwise lorad serves `tls` and clients trust `tls_ca`. Each
+// client opens one connection (its handshake counts in its first call) and reuses it.
+void CreateJobs(testing::TempDir& dir, int jobs, int clients, const testing::CertFiles* tls,
+                const std::string& tls_ca) {
+  const std::string name = tls ? "create-tls" : "create";
+  std::vector<std::string> args;
+  if (tls) args = {"--tls-cert", tls->cert, "--tls-key", tls->key};
+  testing::Lorad lorad({dir.Join(name), 0, 0, args});
+  if (!lorad.Start()) {
+    Row(absl::StrCat("CreateJob (", tls ? "TLS" : "plaintext", ")"), "lorad did not start");
+    return;
+  }
   std::vector<std::vector<double>> latencies(static_cast<size_t>(clients));
+  std::vector<double> first(static_cast<size_t>(clients), 0.0);  // includes connect/handshake
   std::atomic<int> next{0}, errors{0};
   const auto t0 = Clock::now();
   std::vector<std::thread> threads;
   for (int c = 0; c < clients; ++c) {
     threads.emplace_back([&, c] {
-      auto client = lorad.Client();
+      ClientOptions o;
+      o.address = lorad.address();
+      o.tls_ca = tls_ca;
+      auto client = std::move(*LoraClient::Create(o));
       while (true) {
         const int i = next++;
         if (i >= jobs) break;
         auto spec = testing::TinyTrainSpec(10);
         const auto s = Clock::now();
         auto job = client->CreateJob(spec, "bench-" + std::to_string(i));
-        latencies[static_cast<size_t>(c)].push_back(Ms(Clock::now() - s));
+        const double ms = Ms(Clock::now() - s);
+        auto& mine = latencies[static_cast<size_t>(c)];
+        if (mine.empty()) first[static_cast<size_t>(c)] = ms;
+        mine.push_back(ms);
         if (!job.ok()) ++errors;
       }
     });
@@ -79,9 +97,12 @@ void CreateJobs(testing::TempDir& dir, int jobs, int clients) {
   const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   std::vector<double> all;
   for (auto& v : latencies) all.insert(all.end(), v.begin(), v.end());
-  Row(absl::StrFormat("CreateJob, %d jobs, %d concurrent clients (fsync each)", jobs, clients),
-      absl::StrFormat("%.0f jobs/s; p50 %.2f ms, p99 %.2f ms; %d errors", jobs / seconds,
-                      Percentile(all, 0.5), Percentile(all, 0.99), errors.load()));
+  Row(absl::StrFormat("CreateJob %s, %d jobs, %d concurrent clients (fsync each)",
+                      tls ? "TLS      " : "plaintext", jobs, clients),
+      absl::StrFormat("%.0f jobs/s; p50 %.2f ms, p99 %.2f ms; first call (connect%s) median "
+                      "%.2f ms; %d errors",
+                      jobs / seconds, Percentile(all, 0.5), Percentile(all, 0.99),
+                      tls ? " + TLS handshake" : "", Percentile(first, 0.5), errors.load()));
 }
 
 void SubmitToFirstStep(testing::TempDir& dir) {
@@ -201,13 +222,24 @@ void Downloads(testing::TempDir& dir) {
 
 int main(int argc, char** argv) {
   int jobs = 1000, clients = 8, watchers = 500;
+  std::string only;
   CLI::App app{"lorad service benchmark"};
   app.add_option("--jobs", jobs);
   app.add_option("--clients", clients);
   app.add_option("--watchers", watchers);
+  app.add_option("--only", only, "Run one part: create (CreateJob, plaintext and TLS)");
   CLI11_PARSE(app, argc, argv);
   lora::testing::TempDir dir;
-  lora::CreateJobs(dir, jobs, clients);
+  lora::testing::TestPki pki(dir.Join("pki"));
+  auto ca = pki.MakeCa("ca");
+  auto server = ca ? pki.MakeLeaf(*ca, "server", "lorad", true) : std::nullopt;
+  lora::CreateJobs(dir, jobs, clients, nullptr, "");
+  if (server) {
+    lora::CreateJobs(dir, jobs, clients, &*server, ca->cert);
+  } else {
+    lora::Row("CreateJob TLS", "no certificates: " + pki.error());
+  }
+  if (only == "create") return 0;
   lora::SubmitToFirstStep(dir);
   lora::ManyWatchers(dir, watchers);
   lora::Downloads(dir);

@@ -77,6 +77,9 @@ absl::StatusOr<nlohmann::json> ParseJsonDocument(absl::string_view text, absl::s
     // e.what() quotes the offending text; report only where it is.
     return absl::InvalidArgumentError(
         absl::StrCat(source, ": invalid JSON near byte ", e.byte, " of ", text.size()));
+  } catch (const nlohmann::json::out_of_range&) {
+    // A number beyond double's range ("1e999") throws this, not parse_error.
+    return absl::InvalidArgumentError(absl::StrCat(source, ": invalid JSON: number out of range"));
   }
 }
 

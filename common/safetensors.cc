@@ -141,12 +141,14 @@ absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeader(const uint8_t* bytes, s
                    absl::StrCat("file is ", size, " bytes, shorter than the 8-byte header length"));
   }
   uint64_t header_len = ReadLittleEndian64(bytes);
+  // The length is not quoted: for a file that is no safetensors file at all (a link to a
+  // secret), it would be the file's first 8 bytes.
   if (header_len > kMaxSafetensorsHeaderBytes) {
-    return Corrupt(source, absl::StrCat("header length ", header_len, " exceeds the limit of ",
+    return Corrupt(source, absl::StrCat("header length exceeds the limit of ",
                                         kMaxSafetensorsHeaderBytes, " bytes"));
   }
   if (header_len > size - 8) {
-    return Corrupt(source, absl::StrCat("header length ", header_len, " exceeds the file (", size,
+    return Corrupt(source, absl::StrCat("header length exceeds the file (", size,
                                         " bytes); the file is truncated"));
   }
   const char* text = reinterpret_cast<const char*>(bytes + 8);
@@ -167,8 +169,12 @@ absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeader(const uint8_t* bytes, s
   json header;
   try {
     header = json::parse(text, text + header_len, on_event);
-  } catch (const json::exception& e) {
-    return Corrupt(source, absl::StrCat("header is not valid UTF-8 JSON: ", e.what()));
+  } catch (const json::parse_error& e) {
+    // nlohmann's message quotes the text it last read; say where instead.
+    return Corrupt(source, absl::StrCat("header is not valid UTF-8 JSON (near byte ", e.byte,
+                                        " of ", header_len, ")"));
+  } catch (const json::exception&) {
+    return Corrupt(source, "header is not valid UTF-8 JSON");
   }
   if (!duplicate.empty()) return CorruptTensor(source, duplicate, "duplicate tensor name");
   if (!header.is_object()) return Corrupt(source, "header is not a JSON object");

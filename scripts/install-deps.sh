@@ -10,7 +10,7 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 PACKAGES=(
   # toolchain
-  build-essential cmake ninja-build ccache pkg-config git clang-format sentencepiece
+  build-essential cmake ninja-build ccache pkg-config git clang-format sentencepiece clang libclang-rt-14-dev
   # engine: LibTorch comes from PyPI (requirements.txt). The torch wheel leaves out gloo's
   # headers, which its ProcessGroupGloo.hpp includes for declarations only: Debian's
   # libgloo-dev supplies them (nothing links libgloo; the Gloo that runs is inside

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <filesystem>
 #include <iostream>
+#include <random>
 #include <thread>
 #include <tuple>
 #include <utility>
@@ -25,7 +26,9 @@
 #include "server/core/job_manager.h"
 #include "server/core/local_workers.h"
 #include "server/grpc/auth.h"
+#include "server/grpc/credentials.h"
 #include "server/grpc/job_service.h"
+#include "server/grpc/tls.h"
 #include "server/grpc/worker_service.h"
 #include "server/metrics/metrics.h"
 #include "server/metrics/metrics_http.h"
@@ -35,6 +38,19 @@ namespace {
 
 std::atomic<bool> g_stop{false};
 void OnSignal(int) { g_stop = true; }
+// SIGHUP: re-read the tokens file now (RequestReload only sets an atomic flag).
+lora::server::CredentialStore* g_credentials = nullptr;
+void OnHangup(int) {
+  if (g_credentials != nullptr) g_credentials->RequestReload();
+}
+
+// The local workers' per-process secret: 32 random bytes, hex.
+std::string NewLocalSecret() {
+  std::random_device rd;  // /dev/urandom
+  std::string hex;
+  for (int i = 0; i < 8; ++i) absl::StrAppend(&hex, absl::Hex(rd(), absl::kZeroPad8));
+  return hex;
+}
 
 struct Flags {
   std::string data_dir;
@@ -51,6 +67,11 @@ struct Flags {
   int pool_threads = 8;
   std::string auth_token;
   std::string worker_token;
+  std::string auth_tokens_file;
+  int tenant_max_queued_jobs = 0;
+  int tenant_max_running_ranks = 0;
+  std::vector<std::string> data_roots;
+  lora::server::TlsServerOptions tls;
 };
 
 int Fail(const std::string& message) {
@@ -122,7 +143,29 @@ int main(int argc, char** argv) {
   app.add_option("--worker-token-file", worker_token_file,
                  "File whose first line is the bearer token workers must send (or env "
                  "LORAD_WORKER_TOKEN)");
+  app.add_option("--auth-tokens-file", f.auth_tokens_file,
+                 "Credentials, one 'token,tenant,role' line each (role user, admin or worker); "
+                 "re-read when it changes and on SIGHUP");
+  app.add_option("--tenant-max-queued-jobs", f.tenant_max_queued_jobs,
+                 "Queued jobs a tenant may have (0 = no limit)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--tenant-max-running-ranks", f.tenant_max_running_ranks,
+                 "Ranks a tenant may run at once (0 = no limit)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--data-root", f.data_roots,
+                 "Directory the workers' data lives under (repeatable, absolute): jobs naming "
+                 "paths elsewhere are refused at submission (workers check again with theirs)");
+  app.add_option("--tls-cert", f.tls.cert_file,
+                 "Server certificate chain (PEM) to serve TLS with; re-read when it changes");
+  app.add_option("--tls-key", f.tls.key_file, "Private key (PEM) of --tls-cert");
+  app.add_option("--tls-client-ca", f.tls.client_ca_file,
+                 "CA (PEM) for client certificates: asked of every peer, verified when "
+                 "presented, not required (workers may authenticate with one)");
   CLI11_PARSE(app, argc, argv);
+  // Checked before anything else is opened: a bad certificate setup is a configuration error.
+  auto credentials = lora::server::MakeServerCredentials(f.tls);
+  if (!credentials.ok()) return Fail(std::string(credentials.status().message()));
+  const bool tls = !f.tls.cert_file.empty();
   for (const auto& [file, out, name] :
        {std::tuple{&auth_token_file, &f.auth_token, "--auth-token-file"},
         std::tuple{&worker_token_file, &f.worker_token, "--worker-token-file"}}) {
@@ -131,21 +174,24 @@ int main(int argc, char** argv) {
     if (!secret.ok()) return Fail(absl::StrCat(name, ": ", secret.status().message()));
     *out = *secret;
   }
+  lora::server::CredentialStore::Options co;
+  co.tokens_file = f.auth_tokens_file;
+  co.user_token = f.auth_token;
+  co.worker_token = f.worker_token;
+  co.client_certificates_are_workers = !f.tls.client_ca_file.empty();
+  if (f.local_workers > 0) co.local_worker_token = NewLocalSecret();
+  auto creds = lora::server::CredentialStore::Create(co);
+  if (!creds.ok()) return Fail(std::string(creds.status().message()));
   // Any process that reaches the port can register as a worker and receive jobs and their
-  // data paths: beyond loopback, the worker plane needs a credential.
-  if (!IsLoopbackListen(f.listen) && f.worker_token.empty()) {
-    return Fail(
-        absl::StrCat("--listen ", f.listen,
-                     " accepts workers from the network, and no worker token is set: set one "
-                     "(--worker-token-file or LORAD_WORKER_TOKEN) or listen on loopback"));
-  }
-  for (const auto& [secret, name] :
-       {std::pair{&f.auth_token, "the client token (--auth-token-file / LORAD_AUTH_TOKEN)"},
-        std::pair{&f.worker_token,
-                  "the worker token (--worker-token-file / LORAD_WORKER_TOKEN)"}}) {
-    if (absl::Status s = lora::server::CheckServingSecret(*secret, name); !s.ok()) {
-      return Fail(std::string(s.message()));
-    }
+  // data paths: beyond loopback, the worker plane needs a credential (a token, or a client
+  // certificate verified against --tls-client-ca).
+  if (!IsLoopbackListen(f.listen) && !(*creds)->has_worker_credentials()) {
+    return Fail(absl::StrCat(
+        "--listen ", f.listen,
+        " accepts workers from the network, and no worker credential is set: set a worker "
+        "token (--worker-token-file, LORAD_WORKER_TOKEN or a worker line in "
+        "--auth-tokens-file) or worker certificates (--tls-cert, --tls-key and "
+        "--tls-client-ca), or listen on loopback"));
   }
 
   if (absl::Status s = lora::MakeDirectories(lora::JoinPath(f.data_dir, "artifacts")); !s.ok()) {
@@ -159,6 +205,14 @@ int main(int argc, char** argv) {
   mo.heartbeat_timeout = absl::Seconds(f.heartbeat_timeout_s);
   mo.cancel_grace = absl::Seconds(f.cancel_grace_s);
   mo.reattach_grace = absl::Seconds(f.reattach_grace_s);
+  mo.max_queued_jobs_per_tenant = f.tenant_max_queued_jobs;
+  mo.max_running_ranks_per_tenant = f.tenant_max_running_ranks;
+  for (const std::string& root : f.data_roots) {
+    if (root.empty() || root.front() != '/') {
+      return Fail(absl::StrCat("--data-root ", root, ": must be an absolute path"));
+    }
+  }
+  mo.declared_data_roots = f.data_roots;
   mo.heartbeat_interval_ms = static_cast<int>(std::max(200.0, f.heartbeat_timeout_s * 1000 / 5));
   auto manager = lora::server::JobManager::Create(mo, store->get(), &artifacts);
   if (!manager.ok()) return Fail(std::string(manager.status().message()));
@@ -228,14 +282,29 @@ int main(int argc, char** argv) {
 
   // gRPC.
   lora::server::ThreadPool pool(f.pool_threads);
-  lora::server::JobServiceImpl job_service(manager->get(), &artifacts, &pool, &hooks, f.auth_token);
+  lora::server::JobServiceImpl job_service(manager->get(), &artifacts, &pool, &hooks, creds->get());
   lora::server::WorkerServiceImpl worker_service(manager->get(), &artifacts, &pool, &hooks,
-                                                 f.worker_token);
+                                                 creds->get());
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(f.listen, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(f.listen, *credentials, &port);
+  // Local workers would need a CA that signed the server certificate: with TLS they connect
+  // over a Unix socket in the data directory instead (plaintext, reachable only by users who
+  // can enter that directory).
+  std::string local_socket;
+  if (tls && f.local_workers > 0) {
+    std::error_code ec;
+    local_socket = absl::StrCat(
+        "unix:", std::filesystem::absolute(lora::JoinPath(f.data_dir, "lorad.sock"), ec).string());
+    if (local_socket.size() - 5 >= 108) {  // sockaddr_un.sun_path
+      return Fail(absl::StrCat("--local-workers with TLS: the socket path ", local_socket,
+                               " is too long for a Unix socket; use a shorter --data-dir"));
+    }
+    std::filesystem::remove(local_socket.substr(5), ec);
+    builder.AddListeningPort(local_socket, grpc::InsecureServerCredentials());
+  }
   builder.RegisterService(&job_service);
   builder.RegisterService(&worker_service);
   builder.SetMaxReceiveMessageSize(8 << 20);
@@ -246,6 +315,13 @@ int main(int argc, char** argv) {
   server->GetHealthCheckService()->SetServingStatus(true);
   const std::string host = f.listen.substr(0, f.listen.rfind(':'));
   std::cerr << "lorad: serving on " << host << ":" << port
+            << (tls ? absl::StrCat(
+                          " with TLS (", f.tls.cert_file,
+                          f.tls.client_ca_file.empty()
+                              ? ""
+                              : absl::StrCat("; client certificates from ", f.tls.client_ca_file),
+                          "; re-read every ", f.tls.refresh_interval_s, " s)")
+                    : " (plaintext)")
             << (metrics_http ? absl::StrCat(", metrics on port ", metrics_http->port()) : "")
             << ", data in " << f.data_dir << std::endl;
   if (!f.port_file.empty()) (void)lora::WriteFileAtomically(f.port_file, absl::StrCat(port, "\n"));
@@ -254,13 +330,20 @@ int main(int argc, char** argv) {
   sa.sa_handler = OnSignal;
   ::sigaction(SIGTERM, &sa, nullptr);
   ::sigaction(SIGINT, &sa, nullptr);
+  g_credentials = creds->get();
+  struct sigaction hup = {};
+  hup.sa_handler = OnHangup;
+  ::sigaction(SIGHUP, &hup, nullptr);
 
   lora::server::LocalWorkersOptions lw;
   lw.count = f.local_workers;
   lw.lora_worker = f.lora_worker;
-  lw.controller = absl::StrCat(host == "0.0.0.0" || host.empty() ? "127.0.0.1" : host, ":", port);
+  lw.controller =
+      !local_socket.empty()
+          ? local_socket
+          : absl::StrCat(host == "0.0.0.0" || host.empty() ? "127.0.0.1" : host, ":", port);
   lw.work_dir = lora::JoinPath(f.data_dir, "workers");
-  lw.token = f.worker_token;
+  lw.token = co.local_worker_token;
   lw.threads_per_rank = f.threads_per_rank;
   lora::server::LocalWorkers local(lw);
   if (f.local_workers > 0) local.Start();
@@ -286,6 +369,7 @@ int main(int argc, char** argv) {
   std::cerr << "lorad: shutting down" << std::endl;
   server->GetHealthCheckService()->SetServingStatus(false);
   (*manager)->Shutdown();  // watchers get UNAVAILABLE and resume elsewhere by sequence
+  g_credentials = nullptr;
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   local.Stop();
   server->Wait();

@@ -22,6 +22,16 @@ std::string DefaultLoraTrain() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // SIGTERM/SIGINT are taken by one thread with sigwait, never by a handler: Stop() locks the
+  // agent's mutex, and a handler running on a thread that already held it deadlocked the worker
+  // (seen when a SIGTERM arrived while a cancel was being dispatched). Blocked before any other
+  // thread exists (gRPC starts its own as soon as credentials are made), so every thread
+  // inherits the mask; children unblock them before exec.
+  sigset_t stop_signals;
+  ::sigemptyset(&stop_signals);
+  ::sigaddset(&stop_signals, SIGTERM);
+  ::sigaddset(&stop_signals, SIGINT);
+  ::pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
   lora::WorkerAgentOptions o;
   char host[256] = "localhost";
   ::gethostname(host, sizeof(host) - 1);
@@ -47,13 +57,29 @@ int main(int argc, char** argv) {
   app.add_option("--threads-per-rank", o.threads_per_rank,
                  "Intra-op threads per rank (0 = all cores)")
       ->capture_default_str();
+  std::vector<std::string> data_roots;
+  app.add_option("--data-root", data_roots,
+                 "Directory that jobs' model, tokenizer, adapter and dataset paths must lie under "
+                 "(repeatable; symbolic links and .. count where they lead). Without any, jobs "
+                 "may name every file this worker can read: set it in production");
   std::string token_env = "LORA_WORKER_TOKEN";
   if (const char* t = std::getenv(token_env.c_str())) o.token = t;
   // The secret comes from a file or the environment, never the command line (visible in ps).
   std::string token_file;
   app.add_option("--token-file", token_file,
                  "File whose first line is the worker bearer token (or env LORA_WORKER_TOKEN)");
+  std::string tls_ca, tls_cert, tls_key;
+  app.add_option("--tls-ca", tls_ca, "CA certificate (PEM) of lorad's certificate: use TLS");
+  app.add_option("--tls-cert", tls_cert,
+                 "Client certificate (PEM) to present to lorad (mutual TLS; needs --tls-ca)");
+  app.add_option("--tls-key", tls_key, "Private key (PEM) of --tls-cert");
   CLI11_PARSE(app, argc, argv);
+  auto tls = lora::ReadWorkerTls(tls_ca, tls_cert, tls_key);
+  if (!tls.ok()) {
+    std::cerr << "lora-worker: " << tls.status().message() << std::endl;
+    return 1;
+  }
+  o.tls = *std::move(tls);
   if (!token_file.empty()) {
     auto token = lora::ReadSecretFile(token_file);
     if (!token.ok()) {
@@ -62,6 +88,12 @@ int main(int argc, char** argv) {
     }
     o.token = *token;
   }
+  auto roots = lora::DataRoots::Create(data_roots);
+  if (!roots.ok()) {
+    std::cerr << "lora-worker: --data-root: " << roots.status().message() << std::endl;
+    return 1;
+  }
+  o.data_roots = *std::move(roots);
   // Advertise only what the engine can run: no cuda slots without GPUs the engine sees.
   absl::StatusOr<lora::EngineProbe> probe = lora::CheckEngineSupportsDevice(o.lora_train, o.device);
   if (!probe.ok()) {
@@ -87,15 +119,6 @@ int main(int argc, char** argv) {
     std::cerr << "lora-worker: " << s.message() << std::endl;
     return 1;
   }
-  // SIGTERM/SIGINT are taken by one thread with sigwait, never by a handler: Stop() locks the
-  // agent's mutex, and a handler running on a thread that already held it deadlocked the worker
-  // (seen when a SIGTERM arrived while a cancel was being dispatched). Blocked before any other
-  // thread exists, so every thread inherits the mask; children unblock them before exec.
-  sigset_t stop_signals;
-  ::sigemptyset(&stop_signals);
-  ::sigaddset(&stop_signals, SIGTERM);
-  ::sigaddset(&stop_signals, SIGINT);
-  ::pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
   lora::WorkerAgent agent(o);
   std::atomic<bool> done{false};
   std::thread signals([&] {

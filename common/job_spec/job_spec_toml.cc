@@ -321,6 +321,37 @@ std::string TomlKey(const std::string& key) {
   return key.empty() ? "\"\"" : key;
 }
 
+// Offset of the first byte that is not well-formed UTF-8 (Unicode table 3-7), or -1.
+int64_t FirstInvalidUtf8(const std::string& s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    const auto byte = [&](size_t k) { return static_cast<unsigned char>(s[k]); };
+    const unsigned char c = byte(i);
+    size_t n = 1;
+    unsigned char lo = 0x80, hi = 0xBF;  // range of the second byte
+    if (c >= 0xC2 && c <= 0xDF) {
+      n = 2;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+      n = 3;
+      if (c == 0xE0) lo = 0xA0;  // overlong
+      if (c == 0xED) hi = 0x9F;  // surrogates
+    } else if (c >= 0xF0 && c <= 0xF4) {
+      n = 4;
+      if (c == 0xF0) lo = 0x90;  // overlong
+      if (c == 0xF4) hi = 0x8F;  // above U+10FFFF
+    } else if (c >= 0x80) {
+      return static_cast<int64_t>(i);
+    }
+    if (n > s.size() - i) return static_cast<int64_t>(i);
+    for (size_t k = 1; k < n; ++k) {
+      const unsigned char min = k == 1 ? lo : 0x80, max = k == 1 ? hi : 0xBF;
+      if (byte(i + k) < min || byte(i + k) > max) return static_cast<int64_t>(i);
+    }
+    i += n;
+  }
+  return -1;
+}
+
 }  // namespace
 
 absl::StatusOr<ParsedJobSpec> ParseJobSpecToml(const std::string& text, const std::string& source) {
@@ -328,6 +359,12 @@ absl::StatusOr<ParsedJobSpec> ParseJobSpecToml(const std::string& text, const st
   toml::value root;
   // toml11 parses recursively: bound the nesting before it sees the document.
   LORA_RETURN_IF_ERROR(CheckTomlNesting(text, source));
+  // TOML is UTF-8 only, and toml11 3.7 overreads its buffer while reporting an invalid
+  // sequence inside a string (tests/fuzz/regressions/job_spec_toml/): refuse it first.
+  if (int64_t bad = FirstInvalidUtf8(text); bad >= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(source, ": invalid TOML: not UTF-8 (byte ", bad, ")"));
+  }
   try {
     std::istringstream in(text);
     root = toml::parse(in, source);

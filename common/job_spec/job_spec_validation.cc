@@ -315,7 +315,7 @@ std::vector<FieldViolation> JobSpecViolations(const JobSpec& spec) {
                                          " but resources.world_size = ", world));
     }
   }
-  if (p.pipeline_parallel_degree() > 1 &&
+  if (p.pipeline_parallel_degree() > 1 && p.pipeline_parallel_microbatches() >= 1 &&
       t.local_batch_size() % p.pipeline_parallel_microbatches() != 0) {
     c.Fail("parallelism.pipeline_parallel_microbatches",
            absl::StrCat("must divide training.local_batch_size (", t.local_batch_size(), ")"));

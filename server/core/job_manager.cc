@@ -8,6 +8,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "common/data_roots.h"
 #include "common/job_spec/job_spec.h"
 #include "common/nesting.h"
 #include "common/status_macros.h"
@@ -281,12 +282,20 @@ void JobManager::MaybeComplete(ActiveJob& a) {
 // ---------------------------------------------------------------- public API
 
 absl::StatusOr<Job> JobManager::CreateJob(lora::v1::JobSpec spec, const std::string& request_id,
-                                          bool* created) {
+                                          bool* created, const std::string& tenant) {
   if (request_id.size() > 128)
     return absl::InvalidArgumentError("request_id: must be at most 128 characters");
   ApplyJobSpecDefaults(&spec);
   LORA_RETURN_IF_ERROR(ValidateJobSpec(spec));
+  LORA_RETURN_IF_ERROR(CheckSpecPaths(spec, options_.declared_data_roots));
+  const int ranks = std::max(1, spec.resources().world_size());
+  if (options_.max_running_ranks_per_tenant > 0 && ranks > options_.max_running_ranks_per_tenant) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("resources.world_size: ", ranks, " ranks, but tenant '", tenant,
+                     "' may run at most ", options_.max_running_ranks_per_tenant, " at once"));
+  }
   Job job;
+  job.set_tenant(tenant);
   job.set_id(NewJobId());
   job.set_name(absl::StrCat("jobs/", job.id()));
   job.set_request_id(request_id);
@@ -306,6 +315,27 @@ absl::StatusOr<Job> JobManager::CreateJob(lora::v1::JobSpec spec, const std::str
 
   absl::MutexLock lock(&mu_);
   if (shutdown_) return absl::UnavailableError("lorad is shutting down");
+  if (options_.max_queued_jobs_per_tenant > 0) {
+    int queued = 0;
+    for (const auto& [id, a] : active_) {
+      if (a.job.tenant() == tenant && a.job.state() == lora::v1::QUEUED) ++queued;
+    }
+    if (queued >= options_.max_queued_jobs_per_tenant) {
+      // A retry of a request that already created its job still gets that job.
+      if (!request_id.empty()) {
+        auto existing = store_->FindJobByRequestId(tenant, request_id);
+        if (existing.ok()) {
+          *created = false;
+          auto it = active_.find(existing->id());
+          return it != active_.end() ? it->second.job : *existing;
+        }
+      }
+      return absl::ResourceExhaustedError(
+          absl::StrCat("tenant '", tenant, "' has ", queued,
+                       " queued jobs, its limit; wait for one to start "
+                       "or cancel one"));
+    }
+  }
   Job existing;
   absl::Status s = store_->InsertJob(job, first, &existing);
   if (absl::IsAlreadyExists(s)) {
@@ -334,9 +364,10 @@ absl::StatusOr<Job> JobManager::GetJob(const std::string& name) {
 }
 
 absl::StatusOr<lora::v1::ListJobsResponse> JobManager::ListJobs(
-    const lora::v1::ListJobsRequest& request) {
+    const lora::v1::ListJobsRequest& request, const std::optional<std::string>& tenant) {
   if (request.page_size() < 0) return absl::InvalidArgumentError("page_size: must be >= 0");
   ListJobsQuery q;
+  q.tenant = tenant;
   q.limit = request.page_size() == 0 ? 50 : std::min(request.page_size(), 1000);
   for (int s : request.states()) q.states.push_back(static_cast<JobState>(s));
   for (int k : request.kinds()) q.kinds.push_back(static_cast<lora::v1::JobKind>(k));
@@ -878,6 +909,13 @@ std::string JobManager::QueueReason(const std::string& device, int ranks, const 
   return absl::StrCat("waiting for ", slots, " (", free_slots, " free)");
 }
 
+std::string JobManager::TenantQuotaReason(const std::string& tenant, int running, int ranks,
+                                          int limit) {
+  if (limit <= 0 || running + ranks <= limit) return "";
+  return absl::StrCat("tenant '", tenant, "' runs ", running, " of its ", limit,
+                      " ranks; this job needs ", ranks, " (waits for the tenant's own jobs)");
+}
+
 void JobManager::Schedule() {
   if (shutdown_) return;
   std::vector<ActiveJob*> queued;
@@ -893,12 +931,25 @@ void JobManager::Schedule() {
   // The job holding the line of each device pool (cpu, cuda): pools do not share slots, so a
   // job waiting for a GPU never holds up CPU jobs.
   std::map<std::string, const ActiveJob*> blocked_by;
+  std::map<std::string, int> running_by_tenant;
+  for (const auto& [id, a] : active_) {
+    if (a.job.state() != lora::v1::QUEUED) {
+      running_by_tenant[a.job.tenant()] += static_cast<int>(a.rt.ranks.size());
+    }
+  }
   std::map<std::string, DevicePool> pools = ConnectedPools();
   int connected = 0;
   for (const auto& [device, pool] : pools) connected += pool.workers;
   for (ActiveJob* a : queued) {
     const int n = std::max(1, a->job.spec().resources().world_size());
     const std::string& device = a->job.spec().resources().device();
+    // Over its quota a job waits for its own tenant's jobs, and does not hold the line.
+    if (std::string why = TenantQuotaReason(a->job.tenant(), running_by_tenant[a->job.tenant()], n,
+                                            options_.max_running_ranks_per_tenant);
+        !why.empty()) {
+      a->job.set_queue_reason(why);
+      continue;
+    }
     if (auto it = blocked_by.find(device); it != blocked_by.end()) {
       a->job.set_queue_reason(absl::StrCat("behind ", it->second->job.name(), " in the ", device,
                                            " queue (FIFO within priority)"));
@@ -933,6 +984,7 @@ void JobManager::Schedule() {
       status->set_rank(r);
       status->set_worker_id(picked[static_cast<size_t>(r)]);
     }
+    running_by_tenant[a->job.tenant()] += n;
     a->rt.master_addr = workers_[picked[0]].address;
     if (!Transition(*a, lora::v1::STARTING,
                     absl::StrCat("assigned to ", n, n == 1 ? " worker slot: " : " worker slots: ",

@@ -15,6 +15,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <tuple>
@@ -72,17 +73,29 @@ class JobManager {
     // After a restart, how long running jobs wait for their workers to reconnect.
     absl::Duration reattach_grace = absl::Seconds(30);
     int heartbeat_interval_ms = 2000;
+    // Per-tenant quotas (0 = none): jobs waiting in QUEUED (CreateJob beyond it is
+    // RESOURCE_EXHAUSTED), and ranks running at once (further jobs of the tenant wait, without
+    // holding up other tenants).
+    int max_queued_jobs_per_tenant = 0;
+    int max_running_ranks_per_tenant = 0;
+    // lorad --data-root: where the workers' data lives; specs naming paths elsewhere are
+    // refused at CreateJob (CheckSpecPaths). Empty: no check here (the workers still check).
+    std::vector<std::string> declared_data_roots;
   };
 
   static absl::StatusOr<std::unique_ptr<JobManager>> Create(const Options& options, JobStore* store,
                                                             ArtifactStore* artifacts);
 
   // --- public API (lora.v1.JobService)
-  // `created` tells a new job from an idempotent replay.
+  // `created` tells a new job from an idempotent replay (request ids are per tenant). The job
+  // belongs to `tenant`.
   absl::StatusOr<lora::v1::Job> CreateJob(lora::v1::JobSpec spec, const std::string& request_id,
-                                          bool* created);
+                                          bool* created, const std::string& tenant = "");
   absl::StatusOr<lora::v1::Job> GetJob(const std::string& name);
-  absl::StatusOr<lora::v1::ListJobsResponse> ListJobs(const lora::v1::ListJobsRequest& request);
+  // `tenant` set: only that tenant's jobs.
+  absl::StatusOr<lora::v1::ListJobsResponse> ListJobs(
+      const lora::v1::ListJobsRequest& request,
+      const std::optional<std::string>& tenant = std::nullopt);
   absl::StatusOr<lora::v1::Job> CancelJob(const std::string& name);
   absl::StatusOr<std::vector<lora::v1::Checkpoint>> ListCheckpoints(const std::string& name);
   absl::StatusOr<lora::v1::ArtifactFile> GetArtifact(const std::string& name,
@@ -177,6 +190,10 @@ class JobManager {
     int slots = 0;
   };
   std::map<std::string, DevicePool> ConnectedPools() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Why a job of `ranks` more ranks of `tenant` must wait for the tenant's own jobs, or ""
+  // when its quota allows it (limit 0: none).
+  static std::string TenantQuotaReason(const std::string& tenant, int running, int ranks,
+                                       int limit);
   // Why a job of `ranks` ranks on `device` cannot start now, for Job.queue_reason.
   static std::string QueueReason(const std::string& device, int ranks, const DevicePool& pool,
                                  int free_slots, int connected_workers);

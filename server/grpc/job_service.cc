@@ -2,9 +2,13 @@
 
 #include <chrono>
 #include <deque>
+#include <functional>
 #include <mutex>
+#include <optional>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
 #include "server/grpc/artifact_reader.h"
 #include "server/grpc/auth.h"
 #include "server/grpc/reactor_lifetime.h"
@@ -24,8 +28,13 @@ double SecondsSince(std::chrono::steady_clock::time_point start) {
 class WatchReactor : public grpc::ServerWriteReactor<JobEvent>, public EventSubscriber {
  public:
   WatchReactor(JobManager* manager, ThreadPool* pool, const ServiceHooks* hooks, std::string name,
-               int64_t after, absl::Status auth)
-      : manager_(manager), pool_(pool), hooks_(hooks), name_(std::move(name)), after_(after) {
+               int64_t after, absl::Status auth, std::function<absl::Status()> authorize)
+      : manager_(manager),
+        pool_(pool),
+        hooks_(hooks),
+        name_(std::move(name)),
+        after_(after),
+        authorize_(std::move(authorize)) {
     if (hooks_->on_watch_streams) hooks_->on_watch_streams(+1);
     if (!auth.ok()) {
       FinishOnce(auth);
@@ -77,6 +86,7 @@ class WatchReactor : public grpc::ServerWriteReactor<JobEvent>, public EventSubs
 
  private:
   void Start() {
+    if (absl::Status allowed = authorize_(); !allowed.ok()) return FinishOnce(allowed);
     int64_t last = 0;
     bool terminal = false;
     absl::Status s = manager_->Subscribe(name_, this, &last, &terminal);
@@ -142,6 +152,7 @@ class WatchReactor : public grpc::ServerWriteReactor<JobEvent>, public EventSubs
   const ServiceHooks* hooks_;
   std::string name_, job_id_;
   int64_t after_;
+  std::function<absl::Status()> authorize_;
   bool subscribed_ = false;
   std::mutex mu_;
   std::deque<JobEvent> queue_, live_during_load_;
@@ -158,87 +169,162 @@ grpc::ServerUnaryReactor* JobServiceImpl::Unary(grpc::CallbackServerContext* con
                                                 const char* method, Fn fn) {
   auto* reactor = context->DefaultReactor();
   const auto start = std::chrono::steady_clock::now();
-  absl::Status auth = CheckBearerToken(context, auth_token_);
-  if (!auth.ok()) {
-    hooks_->Rpc(method, ToGrpcStatus(auth).error_code(), 0);
-    reactor->Finish(ToGrpcStatus(auth));
+  absl::StatusOr<Principal> caller = credentials_->Authenticate(*context, Plane::kUser);
+  if (!caller.ok()) {
+    hooks_->Rpc(method, ToGrpcStatus(caller.status()).error_code(), 0);
+    reactor->Finish(ToGrpcStatus(caller.status()));
     return reactor;
   }
-  pool_->Schedule([this, reactor, method, start, fn = std::move(fn)]() mutable {
-    grpc::Status status = ToGrpcStatus(fn());
-    hooks_->Rpc(method, status.error_code(), SecondsSince(start));
-    reactor->Finish(status);
-  });
+  pool_->Schedule(
+      [this, reactor, method, start, p = *std::move(caller), fn = std::move(fn)]() mutable {
+        grpc::Status status = ToGrpcStatus(fn(p));
+        hooks_->Rpc(method, status.error_code(), SecondsSince(start));
+        reactor->Finish(status);
+      });
   return reactor;
 }
 
+absl::Status JobServiceImpl::Authorize(const Principal& caller, const std::string& name) {
+  absl::StatusOr<lora::v1::Job> job = manager_->GetJob(name);
+  if (!job.ok()) return job.status();
+  if (!caller.SeesTenant(job->tenant())) {
+    return absl::NotFoundError(absl::StrCat(name, " not found"));  // as for a missing job
+  }
+  return absl::OkStatus();
+}
+
+absl::Status JobServiceImpl::DoCreateJob(const Principal& caller,
+                                         const lora::v1::CreateJobRequest& request,
+                                         lora::v1::Job* response) {
+  bool created = false;
+  auto job = manager_->CreateJob(request.spec(), request.request_id(), &created, caller.tenant);
+  if (!job.ok()) return job.status();
+  *response = std::move(*job);
+  return absl::OkStatus();
+}
+
+absl::Status JobServiceImpl::DoGetJob(const Principal& caller,
+                                      const lora::v1::GetJobRequest& request,
+                                      lora::v1::Job* response) {
+  auto job = manager_->GetJob(request.name());
+  if (!job.ok()) return job.status();
+  if (!caller.SeesTenant(job->tenant())) {
+    return absl::NotFoundError(absl::StrCat(request.name(), " not found"));
+  }
+  *response = std::move(*job);
+  return absl::OkStatus();
+}
+
+absl::Status JobServiceImpl::DoListJobs(const Principal& caller,
+                                        const lora::v1::ListJobsRequest& request,
+                                        lora::v1::ListJobsResponse* response) {
+  auto list =
+      manager_->ListJobs(request, caller.admin() ? std::nullopt : std::optional(caller.tenant));
+  if (!list.ok()) return list.status();
+  *response = std::move(*list);
+  return absl::OkStatus();
+}
+
+absl::Status JobServiceImpl::DoCancelJob(const Principal& caller,
+                                         const lora::v1::CancelJobRequest& request,
+                                         lora::v1::Job* response) {
+  LORA_RETURN_IF_ERROR(Authorize(caller, request.name()));
+  auto job = manager_->CancelJob(request.name());
+  if (!job.ok()) return job.status();
+  *response = std::move(*job);
+  return absl::OkStatus();
+}
+
+absl::Status JobServiceImpl::DoListCheckpoints(const Principal& caller,
+                                               const lora::v1::ListCheckpointsRequest& request,
+                                               lora::v1::ListCheckpointsResponse* response) {
+  LORA_RETURN_IF_ERROR(Authorize(caller, request.name()));
+  auto list = manager_->ListCheckpoints(request.name());
+  if (!list.ok()) return list.status();
+  for (auto& c : *list) *response->add_checkpoints() = std::move(c);
+  return absl::OkStatus();
+}
+
+template <typename Req, typename Resp>
+grpc::ServerUnaryReactor* JobServiceImpl::RawUnary(
+    grpc::CallbackServerContext* context, const char* method, const grpc::ByteBuffer* in,
+    grpc::ByteBuffer* out,
+    absl::Status (JobServiceImpl::*handler)(const Principal&, const Req&, Resp*)) {
+  // gRPC answers a request its generated handler cannot parse with a bare UNIMPLEMENTED; these
+  // methods take the bytes and parse them here, so a malformed request is INVALID_ARGUMENT.
+  auto request = std::make_shared<Req>();
+  std::vector<grpc::Slice> slices;
+  std::string bytes;
+  if (in->Dump(&slices).ok()) {
+    for (const grpc::Slice& slice : slices)
+      bytes.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
+  }
+  if (!request->ParseFromString(bytes)) {
+    const absl::Status bad = absl::InvalidArgumentError(
+        absl::StrCat("request: not a valid ", Req::descriptor()->full_name(), " message"));
+    hooks_->Rpc(method, ToGrpcStatus(bad).error_code(), 0);
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    reactor->Finish(ToGrpcStatus(bad));
+    return reactor;
+  }
+  return Unary(context, method,
+               [this, request, out, handler](const Principal& caller) -> absl::Status {
+                 Resp response;
+                 LORA_RETURN_IF_ERROR((this->*handler)(caller, *request, &response));
+                 const std::string wire = response.SerializeAsString();
+                 grpc::Slice slice(wire);
+                 *out = grpc::ByteBuffer(&slice, 1);
+                 return absl::OkStatus();
+               });
+}
+
 grpc::ServerUnaryReactor* JobServiceImpl::CreateJob(grpc::CallbackServerContext* context,
-                                                    const lora::v1::CreateJobRequest* request,
-                                                    lora::v1::Job* response) {
-  return Unary(context, "CreateJob", [this, request, response]() -> absl::Status {
-    bool created = false;
-    auto job = manager_->CreateJob(request->spec(), request->request_id(), &created);
-    if (!job.ok()) return job.status();
-    *response = std::move(*job);
-    return absl::OkStatus();
-  });
+                                                    const grpc::ByteBuffer* request,
+                                                    grpc::ByteBuffer* response) {
+  return RawUnary(context, "CreateJob", request, response, &JobServiceImpl::DoCreateJob);
 }
 
 grpc::ServerUnaryReactor* JobServiceImpl::GetJob(grpc::CallbackServerContext* context,
-                                                 const lora::v1::GetJobRequest* request,
-                                                 lora::v1::Job* response) {
-  return Unary(context, "GetJob", [this, request, response]() -> absl::Status {
-    auto job = manager_->GetJob(request->name());
-    if (!job.ok()) return job.status();
-    *response = std::move(*job);
-    return absl::OkStatus();
-  });
+                                                 const grpc::ByteBuffer* request,
+                                                 grpc::ByteBuffer* response) {
+  return RawUnary(context, "GetJob", request, response, &JobServiceImpl::DoGetJob);
 }
 
 grpc::ServerUnaryReactor* JobServiceImpl::ListJobs(grpc::CallbackServerContext* context,
-                                                   const lora::v1::ListJobsRequest* request,
-                                                   lora::v1::ListJobsResponse* response) {
-  return Unary(context, "ListJobs", [this, request, response]() -> absl::Status {
-    auto list = manager_->ListJobs(*request);
-    if (!list.ok()) return list.status();
-    *response = std::move(*list);
-    return absl::OkStatus();
-  });
+                                                   const grpc::ByteBuffer* request,
+                                                   grpc::ByteBuffer* response) {
+  return RawUnary(context, "ListJobs", request, response, &JobServiceImpl::DoListJobs);
 }
 
 grpc::ServerUnaryReactor* JobServiceImpl::CancelJob(grpc::CallbackServerContext* context,
-                                                    const lora::v1::CancelJobRequest* request,
-                                                    lora::v1::Job* response) {
-  return Unary(context, "CancelJob", [this, request, response]() -> absl::Status {
-    auto job = manager_->CancelJob(request->name());
-    if (!job.ok()) return job.status();
-    *response = std::move(*job);
-    return absl::OkStatus();
-  });
+                                                    const grpc::ByteBuffer* request,
+                                                    grpc::ByteBuffer* response) {
+  return RawUnary(context, "CancelJob", request, response, &JobServiceImpl::DoCancelJob);
 }
 
-grpc::ServerUnaryReactor* JobServiceImpl::ListCheckpoints(
-    grpc::CallbackServerContext* context, const lora::v1::ListCheckpointsRequest* request,
-    lora::v1::ListCheckpointsResponse* response) {
-  return Unary(context, "ListCheckpoints", [this, request, response]() -> absl::Status {
-    auto list = manager_->ListCheckpoints(request->name());
-    if (!list.ok()) return list.status();
-    for (auto& c : *list) *response->add_checkpoints() = std::move(c);
-    return absl::OkStatus();
-  });
+grpc::ServerUnaryReactor* JobServiceImpl::ListCheckpoints(grpc::CallbackServerContext* context,
+                                                          const grpc::ByteBuffer* request,
+                                                          grpc::ByteBuffer* response) {
+  return RawUnary(context, "ListCheckpoints", request, response,
+                  &JobServiceImpl::DoListCheckpoints);
 }
 
 grpc::ServerWriteReactor<JobEvent>* JobServiceImpl::WatchJob(
     grpc::CallbackServerContext* context, const lora::v1::WatchJobRequest* request) {
+  absl::StatusOr<Principal> caller = credentials_->Authenticate(*context, Plane::kUser);
+  Principal p = caller.ok() ? *caller : Principal{};
   return new WatchReactor(manager_, pool_, hooks_, request->name(), request->after_sequence(),
-                          CheckBearerToken(context, auth_token_));
+                          caller.status(),
+                          [this, p, name = request->name()] { return Authorize(p, name); });
 }
 
 grpc::ServerWriteReactor<lora::v1::ArtifactChunk>* JobServiceImpl::DownloadArtifact(
     grpc::CallbackServerContext* context, const lora::v1::DownloadArtifactRequest* request) {
   std::string name = request->name(), path = request->path();
-  ArtifactResolver resolve =
-      [this, name, path]() -> absl::StatusOr<std::pair<lora::v1::ArtifactFile, std::string>> {
+  absl::StatusOr<Principal> caller = credentials_->Authenticate(*context, Plane::kUser);
+  ArtifactResolver resolve = [this, name, path, p = caller.ok() ? *caller : Principal{}]()
+      -> absl::StatusOr<std::pair<lora::v1::ArtifactFile, std::string>> {
+    if (absl::Status allowed = Authorize(p, name); !allowed.ok()) return allowed;
     auto file = manager_->GetArtifact(name, path);
     if (!file.ok()) return file.status();
     auto where = artifacts_->PathOf(name.substr(5), path);
@@ -246,7 +332,7 @@ grpc::ServerWriteReactor<lora::v1::ArtifactChunk>* JobServiceImpl::DownloadArtif
     return std::make_pair(*file, *where);
   };
   return StreamArtifact(pool_, std::move(resolve), request->offset(), hooks_, "DownloadArtifact",
-                        CheckBearerToken(context, auth_token_));
+                        caller.status());
 }
 
 }  // namespace lora::server

@@ -1,6 +1,8 @@
 // lora.v1.JobService over the callback API: translate, call one JobManager method on the
 // thread pool (store writes may fsync), map the status. WatchJob is a write reactor fed by the
-// manager's event subscription.
+// manager's event subscription. Every call is authenticated (CredentialStore, user plane) and
+// scoped to the caller's tenant: another tenant's job answers NOT_FOUND exactly like a job that
+// does not exist (authorization before existence, AIP-211); admins see every tenant.
 #ifndef LORA_SERVER_GRPC_JOB_SERVICE_H_
 #define LORA_SERVER_GRPC_JOB_SERVICE_H_
 
@@ -10,35 +12,45 @@
 #include "server/core/artifact_store.h"
 #include "server/core/executor.h"
 #include "server/core/job_manager.h"
+#include "server/grpc/credentials.h"
 #include "server/grpc/service_hooks.h"
 
 namespace lora::server {
 
-class JobServiceImpl final : public lora::v1::JobService::CallbackService {
+// The unary methods take raw bytes and parse them here (see RawUnary); the streaming ones are
+// typed.
+using JobServiceBase = lora::v1::JobService::WithRawCallbackMethod_CreateJob<
+    lora::v1::JobService::WithRawCallbackMethod_GetJob<
+        lora::v1::JobService::WithRawCallbackMethod_ListJobs<
+            lora::v1::JobService::WithRawCallbackMethod_CancelJob<
+                lora::v1::JobService::WithRawCallbackMethod_ListCheckpoints<
+                    lora::v1::JobService::CallbackService>>>>>;
+
+class JobServiceImpl final : public JobServiceBase {
  public:
   JobServiceImpl(JobManager* manager, ArtifactStore* artifacts, ThreadPool* pool,
-                 const ServiceHooks* hooks, std::string auth_token)
+                 const ServiceHooks* hooks, const CredentialStore* credentials)
       : manager_(manager),
         artifacts_(artifacts),
         pool_(pool),
         hooks_(hooks),
-        auth_token_(std::move(auth_token)) {}
+        credentials_(credentials) {}
 
   grpc::ServerUnaryReactor* CreateJob(grpc::CallbackServerContext* context,
-                                      const lora::v1::CreateJobRequest* request,
-                                      lora::v1::Job* response) override;
+                                      const grpc::ByteBuffer* request,
+                                      grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* GetJob(grpc::CallbackServerContext* context,
-                                   const lora::v1::GetJobRequest* request,
-                                   lora::v1::Job* response) override;
+                                   const grpc::ByteBuffer* request,
+                                   grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* ListJobs(grpc::CallbackServerContext* context,
-                                     const lora::v1::ListJobsRequest* request,
-                                     lora::v1::ListJobsResponse* response) override;
+                                     const grpc::ByteBuffer* request,
+                                     grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* CancelJob(grpc::CallbackServerContext* context,
-                                      const lora::v1::CancelJobRequest* request,
-                                      lora::v1::Job* response) override;
+                                      const grpc::ByteBuffer* request,
+                                      grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* ListCheckpoints(grpc::CallbackServerContext* context,
-                                            const lora::v1::ListCheckpointsRequest* request,
-                                            lora::v1::ListCheckpointsResponse* response) override;
+                                            const grpc::ByteBuffer* request,
+                                            grpc::ByteBuffer* response) override;
   grpc::ServerWriteReactor<lora::v1::JobEvent>* WatchJob(
       grpc::CallbackServerContext* context, const lora::v1::WatchJobRequest* request) override;
   grpc::ServerWriteReactor<lora::v1::ArtifactChunk>* DownloadArtifact(
@@ -46,14 +58,35 @@ class JobServiceImpl final : public lora::v1::JobService::CallbackService {
       const lora::v1::DownloadArtifactRequest* request) override;
 
  private:
+  absl::Status DoCreateJob(const Principal& caller, const lora::v1::CreateJobRequest& request,
+                           lora::v1::Job* response);
+  absl::Status DoGetJob(const Principal& caller, const lora::v1::GetJobRequest& request,
+                        lora::v1::Job* response);
+  absl::Status DoListJobs(const Principal& caller, const lora::v1::ListJobsRequest& request,
+                          lora::v1::ListJobsResponse* response);
+  absl::Status DoCancelJob(const Principal& caller, const lora::v1::CancelJobRequest& request,
+                           lora::v1::Job* response);
+  absl::Status DoListCheckpoints(const Principal& caller,
+                                 const lora::v1::ListCheckpointsRequest& request,
+                                 lora::v1::ListCheckpointsResponse* response);
+  // Parses the request (INVALID_ARGUMENT if it does not parse), runs `handler` through Unary,
+  // serializes the response.
+  template <typename Req, typename Resp>
+  grpc::ServerUnaryReactor* RawUnary(grpc::CallbackServerContext* context, const char* method,
+                                     const grpc::ByteBuffer* in, grpc::ByteBuffer* out,
+                                     absl::Status (JobServiceImpl::*handler)(const Principal&,
+                                                                             const Req&, Resp*));
+  // Runs fn(principal) on the pool once the caller is authenticated.
   template <typename Fn>
   grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* context, const char* method, Fn fn);
+  // OK when `name` exists and the caller may see it; NOT_FOUND otherwise, whichever it is.
+  absl::Status Authorize(const Principal& caller, const std::string& name);
 
   JobManager* manager_;
   ArtifactStore* artifacts_;
   ThreadPool* pool_;
   const ServiceHooks* hooks_;
-  std::string auth_token_;
+  const CredentialStore* credentials_;
 };
 
 }  // namespace lora::server

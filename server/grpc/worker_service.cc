@@ -2,9 +2,11 @@
 
 #include <chrono>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "server/grpc/artifact_reader.h"
 #include "server/grpc/auth.h"
@@ -42,8 +44,13 @@ class StreamChannel : public WorkerChannel {
 
 class ConnectReactor : public grpc::ServerBidiReactor<wv1::WorkerMessage, wv1::ControllerMessage> {
  public:
-  ConnectReactor(JobManager* manager, ThreadPool* pool, absl::Status auth)
-      : manager_(manager), pool_(pool), channel_(std::make_shared<StreamChannel>(this)) {
+  // `claim` binds a registering worker id to the stream's credential.
+  ConnectReactor(JobManager* manager, ThreadPool* pool, absl::Status auth,
+                 std::function<absl::Status(const std::string&)> claim)
+      : manager_(manager),
+        pool_(pool),
+        claim_(std::move(claim)),
+        channel_(std::make_shared<StreamChannel>(this)) {
     if (!auth.ok()) {
       FinishOnce(auth);
       return;
@@ -112,6 +119,7 @@ class ConnectReactor : public grpc::ServerBidiReactor<wv1::WorkerMessage, wv1::C
     if (m.has_register_()) {
       if (!worker_id_.empty())
         return absl::FailedPreconditionError("register sent twice on one stream");
+      if (absl::Status claimed = claim_(m.register_().worker_id()); !claimed.ok()) return claimed;
       auto ack = manager_->WorkerConnected(m.register_(), channel_);
       if (!ack.ok()) return ack.status();
       {
@@ -164,6 +172,7 @@ class ConnectReactor : public grpc::ServerBidiReactor<wv1::WorkerMessage, wv1::C
 
   JobManager* manager_;
   ThreadPool* pool_;
+  std::function<absl::Status(const std::string&)> claim_;
   std::shared_ptr<StreamChannel> channel_;
   wv1::WorkerMessage in_;
   wv1::ControllerMessage current_;
@@ -189,13 +198,14 @@ class UploadReactor : public grpc::ServerReadReactor<wv1::UploadChunk> {
  public:
   UploadReactor(JobManager* manager, ArtifactStore* artifacts, ThreadPool* pool,
                 const ServiceHooks* hooks, std::string worker_id, wv1::UploadResult* result,
-                absl::Status auth)
+                absl::Status auth, std::function<absl::Status(const std::string&)> check_claim)
       : manager_(manager),
         artifacts_(artifacts),
         pool_(pool),
         hooks_(hooks),
         worker_id_(std::move(worker_id)),
-        result_(result) {
+        result_(result),
+        check_claim_(std::move(check_claim)) {
     if (!auth.ok()) {
       FinishOnce(auth);
       return;
@@ -226,6 +236,7 @@ class UploadReactor : public grpc::ServerReadReactor<wv1::UploadChunk> {
       if (upload_) return absl::InvalidArgumentError("header: sent twice");
       header_ = chunk.header();
       if (worker_id_.empty()) return absl::UnauthenticatedError("missing lora-worker-id metadata");
+      if (absl::Status claimed = check_claim_(worker_id_); !claimed.ok()) return claimed;
       absl::Status owner = manager_->CheckRankOwner(worker_id_, header_.ref());
       if (!owner.ok()) return owner;
       auto upload = artifacts_->BeginUpload(header_.ref().job_id(), header_.path(), header_.size(),
@@ -272,6 +283,7 @@ class UploadReactor : public grpc::ServerReadReactor<wv1::UploadChunk> {
   const ServiceHooks* hooks_;
   std::string worker_id_;
   wv1::UploadResult* result_;
+  std::function<absl::Status(const std::string&)> check_claim_;
   wv1::UploadChunk in_;
   wv1::UploadHeader header_;
   std::unique_ptr<ArtifactUpload> upload_;
@@ -283,23 +295,64 @@ class UploadReactor : public grpc::ServerReadReactor<wv1::UploadChunk> {
 
 }  // namespace
 
+namespace {
+
+// What a worker id is bound to: the credential's name, not the token, so rotating a worker
+// token (old and new lines under one name in the tokens file) keeps its workers' ids.
+std::string BindingKey(const Principal& p) {
+  if (absl::StartsWith(p.id, "cert:") || p.id == "local") return p.id;
+  return absl::StrCat("name:", p.tenant);
+}
+
+}  // namespace
+
+absl::Status WorkerServiceImpl::Claim(const std::string& worker_id, const Principal& caller) {
+  if (worker_id.empty()) return absl::InvalidArgumentError("register.worker_id: empty");
+  std::lock_guard<std::mutex> lock(owners_mu_);
+  auto [it, fresh] = owners_.emplace(worker_id, BindingKey(caller));
+  if (!fresh && it->second != BindingKey(caller)) {
+    return absl::PermissionDeniedError(absl::StrCat("register.worker_id: worker '", worker_id,
+                                                    "' is bound to another credential"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status WorkerServiceImpl::CheckClaim(const std::string& worker_id, const Principal& caller) {
+  std::lock_guard<std::mutex> lock(owners_mu_);
+  auto it = owners_.find(worker_id);
+  if (it == owners_.end() || it->second != BindingKey(caller)) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "lora-worker-id: this credential has not registered worker '", worker_id, "'"));
+  }
+  return absl::OkStatus();
+}
+
 grpc::ServerBidiReactor<wv1::WorkerMessage, wv1::ControllerMessage>* WorkerServiceImpl::Connect(
     grpc::CallbackServerContext* context) {
-  return new ConnectReactor(manager_, pool_, CheckBearerToken(context, token_));
+  absl::StatusOr<Principal> caller = credentials_->Authenticate(*context, Plane::kWorker);
+  return new ConnectReactor(manager_, pool_, caller.status(),
+                            [this, p = caller.ok() ? *caller : Principal{}](const std::string& id) {
+                              return Claim(id, p);
+                            });
 }
 
 grpc::ServerReadReactor<wv1::UploadChunk>* WorkerServiceImpl::UploadArtifact(
     grpc::CallbackServerContext* context, wv1::UploadResult* result) {
+  absl::StatusOr<Principal> caller = credentials_->Authenticate(*context, Plane::kWorker);
   return new UploadReactor(manager_, artifacts_, pool_, hooks_, WorkerIdOf(context), result,
-                           CheckBearerToken(context, token_));
+                           caller.status(),
+                           [this, p = caller.ok() ? *caller : Principal{}](const std::string& id) {
+                             return CheckClaim(id, p);
+                           });
 }
 
 grpc::ServerWriteReactor<lora::v1::ArtifactChunk>* WorkerServiceImpl::FetchArtifact(
     grpc::CallbackServerContext* context, const wv1::FetchArtifactRequest* request) {
   std::string worker = WorkerIdOf(context), job = request->job_id(), path = request->path();
-  ArtifactResolver resolve =
-      [this, worker, job,
-       path]() -> absl::StatusOr<std::pair<lora::v1::ArtifactFile, std::string>> {
+  absl::StatusOr<Principal> caller = credentials_->Authenticate(*context, Plane::kWorker);
+  ArtifactResolver resolve = [this, worker, job, path, p = caller.ok() ? *caller : Principal{}]()
+      -> absl::StatusOr<std::pair<lora::v1::ArtifactFile, std::string>> {
+    if (absl::Status claimed = CheckClaim(worker, p); !claimed.ok()) return claimed;
     absl::Status owner = manager_->CheckWorkerOnJob(worker, job);
     if (!owner.ok()) return owner;
     auto file = manager_->GetArtifact("jobs/" + job, path);
@@ -309,7 +362,7 @@ grpc::ServerWriteReactor<lora::v1::ArtifactChunk>* WorkerServiceImpl::FetchArtif
     return std::make_pair(*file, *where);
   };
   return StreamArtifact(pool_, std::move(resolve), request->offset(), hooks_, "FetchArtifact",
-                        CheckBearerToken(context, token_));
+                        caller.status());
 }
 
 }  // namespace lora::server

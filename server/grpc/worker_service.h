@@ -4,12 +4,15 @@
 #ifndef LORA_SERVER_GRPC_WORKER_SERVICE_H_
 #define LORA_SERVER_GRPC_WORKER_SERVICE_H_
 
+#include <map>
+#include <mutex>
 #include <string>
 
 #include "lora/worker/v1/worker_service.grpc.pb.h"
 #include "server/core/artifact_store.h"
 #include "server/core/executor.h"
 #include "server/core/job_manager.h"
+#include "server/grpc/credentials.h"
 #include "server/grpc/service_hooks.h"
 
 namespace lora::server {
@@ -17,12 +20,12 @@ namespace lora::server {
 class WorkerServiceImpl final : public lora::worker::v1::WorkerService::CallbackService {
  public:
   WorkerServiceImpl(JobManager* manager, ArtifactStore* artifacts, ThreadPool* pool,
-                    const ServiceHooks* hooks, std::string worker_token)
+                    const ServiceHooks* hooks, const CredentialStore* credentials)
       : manager_(manager),
         artifacts_(artifacts),
         pool_(pool),
         hooks_(hooks),
-        token_(std::move(worker_token)) {}
+        credentials_(credentials) {}
 
   grpc::ServerBidiReactor<lora::worker::v1::WorkerMessage, lora::worker::v1::ControllerMessage>*
   Connect(grpc::CallbackServerContext* context) override;
@@ -37,7 +40,18 @@ class WorkerServiceImpl final : public lora::worker::v1::WorkerService::Callback
   ArtifactStore* artifacts_;
   ThreadPool* pool_;
   const ServiceHooks* hooks_;
-  std::string token_;
+  const CredentialStore* credentials_;
+
+ public:
+  // Worker identity is bound to the credential that first registered it: a worker id belongs
+  // to one credential name for the life of this process, and every later call acting as that
+  // worker (stream, upload, fetch) must present a credential of that name.
+  absl::Status Claim(const std::string& worker_id, const Principal& caller);
+  absl::Status CheckClaim(const std::string& worker_id, const Principal& caller);
+
+ private:
+  std::mutex owners_mu_;
+  std::map<std::string, std::string> owners_;  // worker id -> credential name
 };
 
 }  // namespace lora::server

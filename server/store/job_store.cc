@@ -21,9 +21,9 @@ CREATE TABLE IF NOT EXISTS jobs (
   kind INTEGER NOT NULL,
   priority INTEGER NOT NULL,
   create_time_us INTEGER NOT NULL,
-  proto BLOB NOT NULL
+  proto BLOB NOT NULL,
+  tenant TEXT NOT NULL DEFAULT ''
 );
-CREATE UNIQUE INDEX IF NOT EXISTS jobs_request_id ON jobs(request_id) WHERE request_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs(create_time_us DESC, id DESC);
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE TABLE IF NOT EXISTS events (
@@ -47,6 +47,16 @@ CREATE TABLE IF NOT EXISTS artifacts (
   attempt INTEGER NOT NULL,
   PRIMARY KEY (job_id, path)
 ) WITHOUT ROWID;
+)sql";
+
+// After kSchema, on databases of every age: stores made before tenants get the column (their
+// jobs belong to tenant "", which only admins see), and request ids become unique per tenant
+// (one tenant's retry must never return another tenant's job).
+constexpr const char* kTenantIndexes = R"sql(
+DROP INDEX IF EXISTS jobs_request_id;
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_tenant_request_id ON jobs(tenant, request_id)
+  WHERE request_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_tenant_created ON jobs(tenant, create_time_us DESC, id DESC);
 )sql";
 
 absl::Status SqlError(sqlite3* db, const std::string& what) {
@@ -198,6 +208,20 @@ absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(const Options& options)
     if (absl::Status s = store->Exec(pragma); !s.ok()) return s;
   }
   if (absl::Status s = store->Exec(kSchema); !s.ok()) return s;
+  bool has_tenant = false;
+  {
+    Statement columns(db, "PRAGMA table_info(jobs)");
+    while (columns.Step() == SQLITE_ROW) {
+      if (columns.Text(1) == "tenant") has_tenant = true;
+    }
+  }
+  if (!has_tenant) {
+    if (absl::Status s = store->Exec("ALTER TABLE jobs ADD COLUMN tenant TEXT NOT NULL DEFAULT ''");
+        !s.ok()) {
+      return s;
+    }
+  }
+  if (absl::Status s = store->Exec(kTenantIndexes); !s.ok()) return s;
   return store;
 }
 
@@ -222,8 +246,8 @@ absl::Status JobStore::InsertJob(const Job& job, const JobEvent& first_event, Jo
   Transaction tx(db_);
   if (!tx.ok()) return SqlError(db_, "begin");
   if (!job.request_id().empty()) {
-    Statement find(db_, "SELECT proto FROM jobs WHERE request_id = ?");
-    find.Bind(1, job.request_id());
+    Statement find(db_, "SELECT proto FROM jobs WHERE tenant = ? AND request_id = ?");
+    find.Bind(1, job.tenant()).Bind(2, job.request_id());
     if (find.Step() == SQLITE_ROW) {
       auto found = Parse<Job>(find.Blob(0), "job");
       if (!found.ok()) return found.status();
@@ -233,8 +257,8 @@ absl::Status JobStore::InsertJob(const Job& job, const JobEvent& first_event, Jo
     }
   }
   Statement s(db_,
-              "INSERT INTO jobs (id, request_id, state, kind, priority, create_time_us, proto) "
-              "VALUES (?,?,?,?,?,?,?)");
+              "INSERT INTO jobs (id, request_id, state, kind, priority, create_time_us, proto, "
+              "tenant) VALUES (?,?,?,?,?,?,?,?)");
   if (!s.ok()) return SqlError(db_, "prepare job insert");
   s.Bind(1, job.id());
   if (job.request_id().empty())
@@ -246,6 +270,7 @@ absl::Status JobStore::InsertJob(const Job& job, const JobEvent& first_event, Jo
       .Bind(5, job.spec().job().priority())
       .Bind(6, ToMicros(job.create_time()));
   s.BindBlob(7, job.SerializeAsString());
+  s.Bind(8, job.tenant());
   if (s.Step() != SQLITE_DONE) return SqlError(db_, "insert job");
   if (absl::Status e = InsertEvent(db_, job.id(), first_event); !e.ok()) return e;
   return tx.Commit();
@@ -277,6 +302,17 @@ absl::StatusOr<Job> JobStore::GetJob(const std::string& id) {
   return Parse<Job>(s.Blob(0), "job");
 }
 
+absl::StatusOr<Job> JobStore::FindJobByRequestId(const std::string& tenant,
+                                                 const std::string& request_id) {
+  absl::MutexLock lock(&mu_);
+  Statement s(db_, "SELECT proto FROM jobs WHERE tenant = ? AND request_id = ?");
+  s.Bind(1, tenant).Bind(2, request_id);
+  const int rc = s.Step();
+  if (rc == SQLITE_DONE) return absl::NotFoundError("no job for this request_id");
+  if (rc != SQLITE_ROW) return SqlError(db_, "find job by request id");
+  return Parse<Job>(s.Blob(0), "job");
+}
+
 absl::StatusOr<std::vector<Job>> JobStore::ListJobs(const ListJobsQuery& q) {
   std::string sql = "SELECT proto FROM jobs WHERE 1";
   if (!q.states.empty()) {
@@ -289,6 +325,7 @@ absl::StatusOr<std::vector<Job>> JobStore::ListJobs(const ListJobsQuery& q) {
     for (auto k : q.kinds) v.push_back(std::to_string(static_cast<int>(k)));
     absl::StrAppend(&sql, " AND kind IN (", absl::StrJoin(v, ","), ")");
   }
+  if (q.tenant) absl::StrAppend(&sql, " AND tenant = ?");
   if (q.before)
     absl::StrAppend(&sql, " AND (create_time_us < ? OR (create_time_us = ? AND id < ?))");
   absl::StrAppend(&sql, " ORDER BY create_time_us DESC, id DESC LIMIT ?");
@@ -296,11 +333,11 @@ absl::StatusOr<std::vector<Job>> JobStore::ListJobs(const ListJobsQuery& q) {
   Statement s(db_, sql.c_str());
   if (!s.ok()) return SqlError(db_, "prepare list");
   int i = 1;
+  if (q.tenant) s.Bind(i++, *q.tenant);
   if (q.before) {
-    s.Bind(1, q.before->first);
-    s.Bind(2, q.before->first);
-    s.Bind(3, q.before->second);
-    i = 4;
+    s.Bind(i++, q.before->first);
+    s.Bind(i++, q.before->first);
+    s.Bind(i++, q.before->second);
   }
   s.Bind(i, q.limit);
   return ReadRecords<Job>(db_, s, "job", "list jobs");

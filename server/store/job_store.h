@@ -29,6 +29,7 @@ namespace lora::server {
 struct ListJobsQuery {
   std::vector<lora::v1::JobState> states;  // any of (empty = all)
   std::vector<lora::v1::JobKind> kinds;
+  std::optional<std::string> tenant;  // only this tenant's jobs (unset = all)
   // Keyset cursor: jobs strictly older than (create_time_us, id) in newest-first order.
   std::optional<std::pair<int64_t, std::string>> before;
   int limit = 50;
@@ -55,6 +56,9 @@ class JobStore {
   absl::Status UpdateJob(const lora::v1::Job& job, const std::vector<lora::v1::JobEvent>& events);
 
   absl::StatusOr<lora::v1::Job> GetJob(const std::string& id);
+  // The job a tenant's request id created (NOT_FOUND if none).
+  absl::StatusOr<lora::v1::Job> FindJobByRequestId(const std::string& tenant,
+                                                   const std::string& request_id);
   absl::StatusOr<std::vector<lora::v1::Job>> ListJobs(const ListJobsQuery& query);
   // Jobs not in a terminal state, oldest first (recovery after a restart).
   absl::StatusOr<std::vector<lora::v1::Job>> ListActiveJobs();

@@ -663,7 +663,8 @@ TEST_F(ServiceTest, ANetworkListenerWithoutAWorkerTokenRefusesToStart) {
   ProcessResult open = RunProcess(
       {lorad, "--data-dir", dir_.Join("d1"), "--listen", "0.0.0.0:0", "--metrics-listen", ""}, 30);
   EXPECT_NE(open.exit_code, 0);
-  EXPECT_THAT(open.err, HasSubstr("accepts workers from the network, and no worker token is set"));
+  EXPECT_THAT(open.err,
+              HasSubstr("accepts workers from the network, and no worker credential is set"));
   ProcessResult v6 = RunProcess(
       {lorad, "--data-dir", dir_.Join("d2"), "--listen", "[::]:0", "--metrics-listen", ""}, 30);
   EXPECT_NE(v6.exit_code, 0);
@@ -685,6 +686,59 @@ TEST_F(ServiceTest, BearerSchemeIsCaseInsensitive) {
     grpc::Status status = stub->GetJob(&ctx, request, &job);
     EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND) << scheme;
   }
+}
+
+// Issue 12, finding 5: any file a worker could read, a client could name. With declared data
+// roots, lorad refuses at submission what is plainly outside them (workers check again).
+TEST_F(ServiceTest, PathsOutsideTheDeclaredDataRootsAreRefusedAtSubmission) {
+  auto lorad = StartLorad(0, {"--data-root", "/data", "--data-root", "/models"});
+  auto client = lorad->Client();
+  for (const char* path :
+       {"/etc/shadow", "/proc/self/environ", "/data/../etc/passwd", "relative/train.jsonl"}) {
+    lora::v1::JobSpec spec = TinyTrainSpec(2);
+    spec.mutable_dataset()->clear_name();
+    spec.mutable_dataset()->set_path(path);
+    auto job = client->CreateJob(spec, "");
+    EXPECT_EQ(job.status().code(), absl::StatusCode::kInvalidArgument) << path;
+    EXPECT_THAT(job.status().message(), HasSubstr("dataset.path")) << path;
+  }
+  lora::v1::JobSpec inside = TinyTrainSpec(2);
+  inside.mutable_dataset()->clear_name();
+  inside.mutable_dataset()->set_path("/data/team-a/train.jsonl");
+  auto ok = client->CreateJob(inside, "");
+  EXPECT_TRUE(ok.ok()) << ok.status();
+}
+
+// Issue 12, finding 6: a request that does not parse was answered UNIMPLEMENTED (gRPC's
+// generated handlers do that, with no message). The unary methods parse the bytes themselves.
+TEST_F(ServiceTest, UnparsableRequestsAreInvalidArgument) {
+  auto lorad = StartLorad(0);
+  auto channel = grpc::CreateChannel(lorad->address(), grpc::InsecureChannelCredentials());
+  grpc::GenericStub stub(channel);
+  for (const char* method : {"CreateJob", "GetJob", "ListJobs", "CancelJob", "ListCheckpoints"}) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    // A field 1 (string) whose length runs past the end of the message.
+    grpc::Slice garbage(std::string("\x0a\xff\xff\x03 truncated", 15));
+    grpc::ByteBuffer request(&garbage, 1), response;
+    std::mutex mu;
+    std::condition_variable cv;
+    bool done = false;
+    grpc::Status status;
+    stub.UnaryCall(&ctx, absl::StrCat("/lora.v1.JobService/", method), grpc::StubOptions(),
+                   &request, &response, [&](grpc::Status s) {
+                     std::lock_guard<std::mutex> lock(mu);
+                     status = s;
+                     done = true;
+                     cv.notify_one();
+                   });
+    std::unique_lock<std::mutex> lock(mu);
+    ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(15), [&] { return done; })) << method;
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << method;
+    EXPECT_THAT(status.error_message(), HasSubstr("request: not a valid lora.v1.")) << method;
+  }
+  // lorad still serves.
+  EXPECT_EQ(lorad->Client()->GetJob("jobs/x").status().code(), absl::StatusCode::kNotFound);
 }
 
 TEST_F(ServiceTest, StandardHealthServiceReportsServing) {

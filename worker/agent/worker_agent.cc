@@ -60,6 +60,34 @@ bool Transient(const grpc::Status& s) {
 
 }  // namespace
 
+absl::StatusOr<WorkerAgentOptions::Tls> ReadWorkerTls(const std::string& ca_file,
+                                                      const std::string& cert_file,
+                                                      const std::string& key_file) {
+  if (cert_file.empty() != key_file.empty()) {
+    return absl::InvalidArgumentError("--tls-cert and --tls-key go together");
+  }
+  if (ca_file.empty()) {
+    if (!cert_file.empty()) {
+      return absl::InvalidArgumentError(
+          "--tls-cert/--tls-key need --tls-ca (the CA that signed lorad's certificate)");
+    }
+    return WorkerAgentOptions::Tls{};
+  }
+  WorkerAgentOptions::Tls tls;
+  for (const auto& [flag, path, out] : {std::tuple{"--tls-ca", &ca_file, &tls.ca_pem},
+                                        std::tuple{"--tls-cert", &cert_file, &tls.cert_pem},
+                                        std::tuple{"--tls-key", &key_file, &tls.key_pem}}) {
+    if (path->empty()) continue;
+    absl::StatusOr<std::string> pem = ReadFileToString(*path);
+    if (!pem.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(flag, ": cannot read ", pem.status().message()));
+    }
+    *out = std::move(*pem);
+  }
+  return tls;
+}
+
 WorkerAgent::WorkerAgent(WorkerAgentOptions options) : options_(std::move(options)) {
   channel_ = MakeChannel();
   stub_ = wv1::WorkerService::NewStub(channel_);
@@ -74,7 +102,14 @@ std::shared_ptr<grpc::Channel> WorkerAgent::MakeChannel() {
   args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 200);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
-  return grpc::CreateCustomChannel(options_.controller, grpc::InsecureChannelCredentials(), args);
+  if (options_.tls.ca_pem.empty()) {
+    return grpc::CreateCustomChannel(options_.controller, grpc::InsecureChannelCredentials(), args);
+  }
+  grpc::SslCredentialsOptions ssl;
+  ssl.pem_root_certs = options_.tls.ca_pem;
+  ssl.pem_cert_chain = options_.tls.cert_pem;
+  ssl.pem_private_key = options_.tls.key_pem;
+  return grpc::CreateCustomChannel(options_.controller, grpc::SslCredentials(ssl), args);
 }
 
 void WorkerAgent::AddMetadata(grpc::ClientContext* ctx) const {
@@ -206,7 +241,13 @@ void WorkerAgent::Session() {
     stream_ = std::move(stream);
     connected_ = false;
     if (!stream_->Write(reg)) {
-      stream_->Finish().error_message();
+      // Said every attempt: a TLS or credential problem never heals by itself, and the
+      // operator needs gRPC's reason (e.g. a handshake failure) to see which it is.
+      const grpc::Status status = stream_->Finish();
+      if (!stopping_) {
+        Log(absl::StrCat("cannot reach ", options_.controller, ": ", status.error_message(),
+                         " (code ", static_cast<int>(status.error_code()), "); retrying"));
+      }
       stream_.reset();
       context_.reset();
       return;
@@ -441,7 +482,8 @@ void WorkerAgent::RunRank(Key key) {
     FlushLocked();
     cv_.notify_all();
   };
-  auto fail = [&](const std::string& reason) {
+  auto fail = [&](const std::string& reason,
+                  absl::StatusCode code = absl::StatusCode::kFailedPrecondition) {
     Log(reason);
     // Report as an engine failure event plus a non-zero exit so the job fails with the reason.
     {
@@ -449,13 +491,16 @@ void WorkerAgent::RunRank(Key key) {
       wv1::RankEvent ev;
       *ev.mutable_ref() = ref;
       ev.set_worker_seq(static_cast<int64_t>(r->events.size()) + 1);
-      ev.set_json(
-          nlohmann::json{{"event", "failed"}, {"reason", reason}, {"code", "FAILED_PRECONDITION"}}
-              .dump());
+      const nlohmann::json failed = {
+          {"event", "failed"}, {"reason", reason}, {"code", absl::StatusCodeToString(code)}};
+      ev.set_json(failed.dump());
       r->events.push_back(ev);
     }
     finish(1, 0, reason);
   };
+  // Before anything runs: the spec's paths come from a client, the reads would be ours.
+  if (absl::Status s = options_.data_roots.CheckSpec(a.spec()); !s.ok())
+    return fail(std::string(s.message()), s.code());
   if (absl::Status s = MakeDirectories(run_dir); !s.ok()) return fail(std::string(s.message()));
   for (const auto& f : a.resume().files()) {
     absl::Status s = Fetch(ref.job_id(), f.path(), JoinPath(run_dir, f.path()), f.sha256());
@@ -497,6 +542,8 @@ void WorkerAgent::RunRank(Key key) {
                                    std::to_string(ChildProcess::kEventsFd),
                                    "--quiet"};
   if (a.resume().step() > 0) argv.insert(argv.end(), {"--resume", run_dir});
+  for (const std::string& root : options_.data_roots.roots())
+    argv.insert(argv.end(), {"--data-root", root});
   if (options_.threads_per_rank > 0) {
     argv.insert(argv.end(),
                 {"--set", absl::StrCat("training.num_threads=", options_.threads_per_rank)});

@@ -24,6 +24,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/data_roots.h"
 #include "lora/worker/v1/worker_service.grpc.pb.h"
 #include "worker/agent/child_process.h"
 
@@ -40,7 +41,24 @@ struct WorkerAgentOptions {
   std::vector<lora::worker::v1::GpuInfo> gpus;  // advertised; rank slot i runs on GPU gpus[i]
   std::string token;                            // worker bearer token
   int threads_per_rank = 0;  // passed to lora-train as training.num_threads (0 = all cores)
+  // What a job's path fields may name (--data-root); checked before a rank starts and passed on
+  // to lora-train, which checks again. Default: no restriction.
+  DataRoots data_roots;
+  // TLS to the controller (ReadWorkerTls); empty ca_pem = plaintext.
+  struct Tls {
+    std::string ca_pem;             // verifies lorad's certificate
+    std::string cert_pem, key_pem;  // this worker's client certificate (optional)
+  } tls;
 };
+
+// The TLS material for the controller channel from PEM files: the CA that signed lorad's
+// certificate, and optionally this worker's client certificate and key (lorad verifies them
+// against --tls-client-ca). All empty = plaintext. Errors name the flag (--tls-ca, --tls-cert,
+// --tls-key) and never quote the files. Only reads files: gRPC is not initialized here, so it
+// may run before the signal mask is set (gRPC's threads must inherit the mask).
+absl::StatusOr<WorkerAgentOptions::Tls> ReadWorkerTls(const std::string& ca_file,
+                                                      const std::string& cert_file,
+                                                      const std::string& key_file);
 
 // The lowest slot in [0, slots) that no running rank holds, or -1 when all are taken. A rank
 // keeps its slot, and so its GPU, from start to exit.

@@ -9,6 +9,7 @@
 #include <memory>
 
 #include "absl/strings/str_cat.h"
+#include "common/data_roots.h"
 #include "common/file_util.h"
 #include "common/job_spec/job_spec.h"
 #include "worker/engine/cli/cli_common.h"
@@ -43,6 +44,7 @@ struct RunOptions {
   std::vector<std::string> overrides;
   bool quiet = false;
   bool portable_kernels = false;
+  std::vector<std::string> data_roots;
 };
 
 absl::Status RunConvertJob(const lora::v1::JobSpec& spec, const std::string& out,
@@ -112,6 +114,14 @@ int RunJob(const RunOptions& o) {
                            {"code", absl::StatusCodeToString(s.code())}});
     return ReportError("run", s);
   };
+  // Every file a job names is opened below (models, tokenizers, adapters, datasets): check them
+  // all first. The worker checked too; this holds for lora-train run on its own as well.
+  auto roots = DataRoots::Create(o.data_roots);
+  if (!roots.ok()) {
+    return fail(
+        absl::InvalidArgumentError(absl::StrCat("--data-root: ", roots.status().message())));
+  }
+  if (absl::Status s = roots->CheckSpec(*spec); !s.ok()) return fail(s);
   const int world = spec->resources().world_size();
   struct sigaction sa = {};
   sa.sa_handler = OnStopSignal;
@@ -173,6 +183,9 @@ void AddRunCommand(CLI::App& app, CommandRunner* runner) {
                   "JSON-line events file (default <out>/events.jsonl)");
   cmd->add_option("--set", o->overrides, "Override a spec key: section.key=value (repeatable)");
   cmd->add_flag("--quiet", o->quiet, "No readable log on stderr");
+  cmd->add_option("--data-root", o->data_roots,
+                  "Directory the job's model, tokenizer, adapter and dataset paths must lie under "
+                  "(repeatable; symbolic links and .. count where they lead; default: anywhere)");
   cmd->add_flag("--portable-kernels", o->portable_kernels,
                 "Attention and SwiGLU as plain LibTorch ops (what CUDA runs) instead of the "
                 "fused CPU kernels; single-process training");
