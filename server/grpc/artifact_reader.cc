@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <mutex>
+#include <type_traits>
 
 #include "absl/strings/str_cat.h"
 #include "server/grpc/reactor_lifetime.h"
@@ -13,7 +14,10 @@
 namespace lora::server {
 namespace {
 
-class ArtifactStreamReactor : public grpc::ServerWriteReactor<lora::v1::ArtifactChunk> {
+// Msg: lora::v1::ArtifactChunk (typed methods), or grpc::ByteBuffer for methods registered raw
+// (so that they can parse their own requests), which then carry the serialized chunk.
+template <typename Msg>
+class ArtifactStreamReactor : public grpc::ServerWriteReactor<Msg> {
  public:
   ArtifactStreamReactor(ThreadPool* pool, ArtifactResolver resolve, int64_t offset,
                         const ServiceHooks* hooks, std::string method, absl::Status auth)
@@ -86,7 +90,14 @@ class ArtifactStreamReactor : public grpc::ServerWriteReactor<lora::v1::Artifact
     chunk_.set_sha256(file_.sha256());
     offset_ += want;
     sent_any_ = true;
-    StartWrite(&chunk_);
+    if constexpr (std::is_same_v<Msg, grpc::ByteBuffer>) {
+      const std::string wire = chunk_.SerializeAsString();
+      grpc::Slice slice(wire);
+      wire_ = grpc::ByteBuffer(&slice, 1);
+      this->StartWrite(&wire_);
+    } else {
+      this->StartWrite(&chunk_);
+    }
   }
 
   void FinishOnce(const absl::Status& status) {
@@ -98,7 +109,7 @@ class ArtifactStreamReactor : public grpc::ServerWriteReactor<lora::v1::Artifact
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
     hooks_->Rpc(method_, ToGrpcStatus(status).error_code(), seconds);
-    Finish(ToGrpcStatus(status));
+    this->Finish(ToGrpcStatus(status));
   }
 
   ThreadPool* pool_;
@@ -108,6 +119,7 @@ class ArtifactStreamReactor : public grpc::ServerWriteReactor<lora::v1::Artifact
   std::string method_;
   lora::v1::ArtifactFile file_;
   lora::v1::ArtifactChunk chunk_;
+  grpc::ByteBuffer wire_;
   int fd_ = -1;
   bool sent_any_ = false;
   std::mutex mu_;
@@ -121,8 +133,15 @@ class ArtifactStreamReactor : public grpc::ServerWriteReactor<lora::v1::Artifact
 grpc::ServerWriteReactor<lora::v1::ArtifactChunk>* StreamArtifact(
     ThreadPool* pool, ArtifactResolver resolve, int64_t offset, const ServiceHooks* hooks,
     std::string method, absl::Status auth) {
-  return new ArtifactStreamReactor(pool, std::move(resolve), offset, hooks, std::move(method),
-                                   std::move(auth));
+  return new ArtifactStreamReactor<lora::v1::ArtifactChunk>(
+      pool, std::move(resolve), offset, hooks, std::move(method), std::move(auth));
+}
+
+grpc::ServerWriteReactor<grpc::ByteBuffer>* StreamArtifactRaw(
+    ThreadPool* pool, ArtifactResolver resolve, int64_t offset, const ServiceHooks* hooks,
+    std::string method, absl::Status auth) {
+  return new ArtifactStreamReactor<grpc::ByteBuffer>(pool, std::move(resolve), offset, hooks,
+                                                     std::move(method), std::move(auth));
 }
 
 }  // namespace lora::server

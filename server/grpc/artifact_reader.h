@@ -24,6 +24,11 @@ grpc::ServerWriteReactor<lora::v1::ArtifactChunk>* StreamArtifact(
     ThreadPool* pool, ArtifactResolver resolve, int64_t offset, const ServiceHooks* hooks,
     std::string method, absl::Status auth);
 
+// The same stream for a method registered raw: each message is a serialized ArtifactChunk.
+grpc::ServerWriteReactor<grpc::ByteBuffer>* StreamArtifactRaw(
+    ThreadPool* pool, ArtifactResolver resolve, int64_t offset, const ServiceHooks* hooks,
+    std::string method, absl::Status auth);
+
 inline constexpr int64_t kArtifactChunkBytes = 1 << 20;
 
 }  // namespace lora::server

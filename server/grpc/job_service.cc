@@ -25,7 +25,8 @@ double SecondsSince(std::chrono::steady_clock::time_point start) {
 
 // Replays a job's stored events after `after_sequence`, then follows live ones until the job
 // ends. One write in flight; the queue absorbs bursts.
-class WatchReactor : public grpc::ServerWriteReactor<JobEvent>, public EventSubscriber {
+// Registered raw (it parses its own request): writes serialized JobEvents.
+class WatchReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer>, public EventSubscriber {
  public:
   WatchReactor(JobManager* manager, ThreadPool* pool, const ServiceHooks* hooks, std::string name,
                int64_t after, absl::Status auth, std::function<absl::Status()> authorize)
@@ -121,8 +122,10 @@ class WatchReactor : public grpc::ServerWriteReactor<JobEvent>, public EventSubs
   void MaybeWriteLocked(std::unique_lock<std::mutex>& lock) {
     if (writing_ || finished_) return;
     if (!queue_.empty()) {
-      current_ = std::move(queue_.front());
+      const std::string wire = queue_.front().SerializeAsString();
       queue_.pop_front();
+      grpc::Slice slice(wire);
+      current_ = grpc::ByteBuffer(&slice, 1);
       writing_ = true;
       lock.unlock();
       StartWrite(&current_);
@@ -156,7 +159,7 @@ class WatchReactor : public grpc::ServerWriteReactor<JobEvent>, public EventSubs
   bool subscribed_ = false;
   std::mutex mu_;
   std::deque<JobEvent> queue_, live_during_load_;
-  JobEvent current_;
+  grpc::ByteBuffer current_;
   bool loading_ = true, writing_ = false, closed_ = false, shutdown_ = false, finished_ = false;
   std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
   ReactorLifetime<WatchReactor> life_{this};
@@ -245,6 +248,26 @@ absl::Status JobServiceImpl::DoListCheckpoints(const Principal& caller,
   return absl::OkStatus();
 }
 
+namespace {
+
+// The request of a raw method, or INVALID_ARGUMENT naming its type.
+template <typename Req>
+absl::Status ParseRequest(const grpc::ByteBuffer& in, Req* request) {
+  std::vector<grpc::Slice> slices;
+  std::string bytes;
+  if (in.Dump(&slices).ok()) {
+    for (const grpc::Slice& slice : slices)
+      bytes.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
+  }
+  if (!request->ParseFromString(bytes)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("request: not a valid ", Req::descriptor()->full_name(), " message"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 template <typename Req, typename Resp>
 grpc::ServerUnaryReactor* JobServiceImpl::RawUnary(
     grpc::CallbackServerContext* context, const char* method, const grpc::ByteBuffer* in,
@@ -253,22 +276,11 @@ grpc::ServerUnaryReactor* JobServiceImpl::RawUnary(
   // gRPC answers a request its generated handler cannot parse with a bare UNIMPLEMENTED; these
   // methods take the bytes and parse them here, so a malformed request is INVALID_ARGUMENT.
   auto request = std::make_shared<Req>();
-  std::vector<grpc::Slice> slices;
-  std::string bytes;
-  if (in->Dump(&slices).ok()) {
-    for (const grpc::Slice& slice : slices)
-      bytes.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
-  }
-  if (!request->ParseFromString(bytes)) {
-    const absl::Status bad = absl::InvalidArgumentError(
-        absl::StrCat("request: not a valid ", Req::descriptor()->full_name(), " message"));
-    hooks_->Rpc(method, ToGrpcStatus(bad).error_code(), 0);
-    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-    reactor->Finish(ToGrpcStatus(bad));
-    return reactor;
-  }
+  // Checked after authentication (in Unary): an unauthenticated caller learns nothing else.
+  const absl::Status parsed = ParseRequest(*in, request.get());
   return Unary(context, method,
-               [this, request, out, handler](const Principal& caller) -> absl::Status {
+               [this, request, parsed, out, handler](const Principal& caller) -> absl::Status {
+                 LORA_RETURN_IF_ERROR(parsed);
                  Resp response;
                  LORA_RETURN_IF_ERROR((this->*handler)(caller, *request, &response));
                  const std::string wire = response.SerializeAsString();
@@ -309,19 +321,24 @@ grpc::ServerUnaryReactor* JobServiceImpl::ListCheckpoints(grpc::CallbackServerCo
                   &JobServiceImpl::DoListCheckpoints);
 }
 
-grpc::ServerWriteReactor<JobEvent>* JobServiceImpl::WatchJob(
-    grpc::CallbackServerContext* context, const lora::v1::WatchJobRequest* request) {
+grpc::ServerWriteReactor<grpc::ByteBuffer>* JobServiceImpl::WatchJob(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* raw) {
+  lora::v1::WatchJobRequest request;
   absl::StatusOr<Principal> caller = credentials_->Authenticate(*context, Plane::kUser);
+  absl::Status ready = caller.status();
+  if (ready.ok()) ready = ParseRequest(*raw, &request);
   Principal p = caller.ok() ? *caller : Principal{};
-  return new WatchReactor(manager_, pool_, hooks_, request->name(), request->after_sequence(),
-                          caller.status(),
-                          [this, p, name = request->name()] { return Authorize(p, name); });
+  return new WatchReactor(manager_, pool_, hooks_, request.name(), request.after_sequence(), ready,
+                          [this, p, name = request.name()] { return Authorize(p, name); });
 }
 
-grpc::ServerWriteReactor<lora::v1::ArtifactChunk>* JobServiceImpl::DownloadArtifact(
-    grpc::CallbackServerContext* context, const lora::v1::DownloadArtifactRequest* request) {
-  std::string name = request->name(), path = request->path();
+grpc::ServerWriteReactor<grpc::ByteBuffer>* JobServiceImpl::DownloadArtifact(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* raw) {
+  lora::v1::DownloadArtifactRequest request;
   absl::StatusOr<Principal> caller = credentials_->Authenticate(*context, Plane::kUser);
+  absl::Status ready = caller.status();
+  if (ready.ok()) ready = ParseRequest(*raw, &request);
+  std::string name = request.name(), path = request.path();
   ArtifactResolver resolve = [this, name, path, p = caller.ok() ? *caller : Principal{}]()
       -> absl::StatusOr<std::pair<lora::v1::ArtifactFile, std::string>> {
     if (absl::Status allowed = Authorize(p, name); !allowed.ok()) return allowed;
@@ -331,8 +348,8 @@ grpc::ServerWriteReactor<lora::v1::ArtifactChunk>* JobServiceImpl::DownloadArtif
     if (!where.ok()) return where.status();
     return std::make_pair(*file, *where);
   };
-  return StreamArtifact(pool_, std::move(resolve), request->offset(), hooks_, "DownloadArtifact",
-                        caller.status());
+  return StreamArtifactRaw(pool_, std::move(resolve), request.offset(), hooks_,
+                           "DownloadArtifact", ready);
 }
 
 }  // namespace lora::server

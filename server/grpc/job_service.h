@@ -17,14 +17,16 @@
 
 namespace lora::server {
 
-// The unary methods take raw bytes and parse them here (see RawUnary); the streaming ones are
-// typed.
+// Every method takes raw bytes and parses them here: gRPC 1.51's generated callback handlers
+// answer a request they cannot parse with a bare UNIMPLEMENTED, these with INVALID_ARGUMENT.
 using JobServiceBase = lora::v1::JobService::WithRawCallbackMethod_CreateJob<
     lora::v1::JobService::WithRawCallbackMethod_GetJob<
         lora::v1::JobService::WithRawCallbackMethod_ListJobs<
             lora::v1::JobService::WithRawCallbackMethod_CancelJob<
                 lora::v1::JobService::WithRawCallbackMethod_ListCheckpoints<
-                    lora::v1::JobService::CallbackService>>>>>;
+                    lora::v1::JobService::WithRawCallbackMethod_WatchJob<
+                        lora::v1::JobService::WithRawCallbackMethod_DownloadArtifact<
+                            lora::v1::JobService::CallbackService>>>>>>>;
 
 class JobServiceImpl final : public JobServiceBase {
  public:
@@ -51,11 +53,10 @@ class JobServiceImpl final : public JobServiceBase {
   grpc::ServerUnaryReactor* ListCheckpoints(grpc::CallbackServerContext* context,
                                             const grpc::ByteBuffer* request,
                                             grpc::ByteBuffer* response) override;
-  grpc::ServerWriteReactor<lora::v1::JobEvent>* WatchJob(
-      grpc::CallbackServerContext* context, const lora::v1::WatchJobRequest* request) override;
-  grpc::ServerWriteReactor<lora::v1::ArtifactChunk>* DownloadArtifact(
-      grpc::CallbackServerContext* context,
-      const lora::v1::DownloadArtifactRequest* request) override;
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* WatchJob(grpc::CallbackServerContext* context,
+                                                       const grpc::ByteBuffer* request) override;
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* DownloadArtifact(
+      grpc::CallbackServerContext* context, const grpc::ByteBuffer* request) override;
 
  private:
   absl::Status DoCreateJob(const Principal& caller, const lora::v1::CreateJobRequest& request,

@@ -737,6 +737,23 @@ TEST_F(ServiceTest, UnparsableRequestsAreInvalidArgument) {
     EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << method;
     EXPECT_THAT(status.error_message(), HasSubstr("request: not a valid lora.v1.")) << method;
   }
+  // The server-streaming methods too.
+  for (const char* method : {"WatchJob", "DownloadArtifact"}) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    grpc::Slice garbage(std::string("\x0a\xff\xff\x03 truncated", 15));
+    grpc::ByteBuffer request(&garbage, 1), message;
+    const std::string path = absl::StrCat("/lora.v1.JobService/", method);  // outlives rpc
+    grpc::internal::RpcMethod rpc(path.c_str(), grpc::internal::RpcMethod::SERVER_STREAMING);
+    std::unique_ptr<grpc::ClientReader<grpc::ByteBuffer>> reader(
+        grpc::internal::ClientReaderFactory<grpc::ByteBuffer>::Create(channel.get(), rpc, &ctx,
+                                                                     request));
+    while (reader->Read(&message)) {
+    }
+    grpc::Status status = reader->Finish();
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << method;
+    EXPECT_THAT(status.error_message(), HasSubstr("request: not a valid lora.v1.")) << method;
+  }
   // lorad still serves.
   EXPECT_EQ(lorad->Client()->GetJob("jobs/x").status().code(), absl::StatusCode::kNotFound);
 }
