@@ -35,7 +35,7 @@ configure() {
 ASAN_TESTS=(safetensors_test job_spec_test data_roots_test hf_tokenizer_test chat_template_test metrics_test
   fuzz_replay_safetensors fuzz_replay_job_spec_toml fuzz_replay_job_spec_json fuzz_replay_jsonl
   fuzz_replay_hf_config fuzz_replay_tokenizer fuzz_replay_nesting)
-TSAN_TESTS=(metrics_test)
+TSAN_TESTS=(metrics_test credentials_test)
 
 run_asan() {
   local dir=${LORA_ASAN_BUILD_DIR:-build-asan}

@@ -70,7 +70,11 @@ bool IsValidTenantName(absl::string_view name) {
 CredentialStore::CredentialStore(const Options& options) : options_(options) {}
 
 CredentialStore::~CredentialStore() {
-  stop_.Notify();
+  {
+    std::lock_guard<std::mutex> lock(stop_mu_);
+    stop_ = true;
+  }
+  stop_cv_.notify_all();
   if (poller_.joinable()) poller_.join();
 }
 
@@ -177,7 +181,12 @@ absl::Status CredentialStore::Reload() {
 }
 
 void CredentialStore::Poll() {
-  while (!stop_.WaitForNotificationWithTimeout(options_.poll_interval)) {
+  const auto interval = absl::ToChronoMilliseconds(options_.poll_interval);
+  while (true) {
+    {
+      std::unique_lock<std::mutex> lock(stop_mu_);
+      if (stop_cv_.wait_for(lock, interval, [this] { return stop_; })) return;
+    }
     const bool asked = reload_requested_.exchange(false);
     std::string stamp = FileStamp(options_.tokens_file);
     {

@@ -30,8 +30,10 @@
 #include <grpcpp/server_context.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 
@@ -39,7 +41,6 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
-#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 
 namespace lora::server {
@@ -114,7 +115,10 @@ class CredentialStore {
   std::string file_stamp_ ABSL_GUARDED_BY(mu_);  // mtime and size last loaded
   std::atomic<bool> reload_requested_{false};
   std::atomic<int64_t> reloads_{0};
-  absl::Notification stop_;
+  // The poller's stop signal (std primitives: ThreadSanitizer sees them natively).
+  std::mutex stop_mu_;
+  std::condition_variable stop_cv_;
+  bool stop_ = false;
   std::thread poller_;
 };
 
