@@ -8,6 +8,7 @@
 #include <type_traits>
 
 #include "absl/strings/str_cat.h"
+#include "server/grpc/raw_message.h"
 #include "server/grpc/reactor_lifetime.h"
 #include "server/grpc/status_util.h"
 
@@ -91,9 +92,7 @@ class ArtifactStreamReactor : public grpc::ServerWriteReactor<Msg> {
     offset_ += want;
     sent_any_ = true;
     if constexpr (std::is_same_v<Msg, grpc::ByteBuffer>) {
-      const std::string wire = chunk_.SerializeAsString();
-      grpc::Slice slice(wire);
-      wire_ = grpc::ByteBuffer(&slice, 1);
+      wire_ = ToByteBuffer(chunk_);
       this->StartWrite(&wire_);
     } else {
       this->StartWrite(&chunk_);
@@ -133,8 +132,8 @@ class ArtifactStreamReactor : public grpc::ServerWriteReactor<Msg> {
 grpc::ServerWriteReactor<lora::v1::ArtifactChunk>* StreamArtifact(
     ThreadPool* pool, ArtifactResolver resolve, int64_t offset, const ServiceHooks* hooks,
     std::string method, absl::Status auth) {
-  return new ArtifactStreamReactor<lora::v1::ArtifactChunk>(
-      pool, std::move(resolve), offset, hooks, std::move(method), std::move(auth));
+  return new ArtifactStreamReactor<lora::v1::ArtifactChunk>(pool, std::move(resolve), offset, hooks,
+                                                            std::move(method), std::move(auth));
 }
 
 grpc::ServerWriteReactor<grpc::ByteBuffer>* StreamArtifactRaw(

@@ -11,6 +11,7 @@
 #include "common/status_macros.h"
 #include "server/grpc/artifact_reader.h"
 #include "server/grpc/auth.h"
+#include "server/grpc/raw_message.h"
 #include "server/grpc/reactor_lifetime.h"
 #include "server/grpc/status_util.h"
 
@@ -122,10 +123,8 @@ class WatchReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer>, public E
   void MaybeWriteLocked(std::unique_lock<std::mutex>& lock) {
     if (writing_ || finished_) return;
     if (!queue_.empty()) {
-      const std::string wire = queue_.front().SerializeAsString();
+      current_ = ToByteBuffer(queue_.front());
       queue_.pop_front();
-      grpc::Slice slice(wire);
-      current_ = grpc::ByteBuffer(&slice, 1);
       writing_ = true;
       lock.unlock();
       StartWrite(&current_);
@@ -248,26 +247,6 @@ absl::Status JobServiceImpl::DoListCheckpoints(const Principal& caller,
   return absl::OkStatus();
 }
 
-namespace {
-
-// The request of a raw method, or INVALID_ARGUMENT naming its type.
-template <typename Req>
-absl::Status ParseRequest(const grpc::ByteBuffer& in, Req* request) {
-  std::vector<grpc::Slice> slices;
-  std::string bytes;
-  if (in.Dump(&slices).ok()) {
-    for (const grpc::Slice& slice : slices)
-      bytes.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
-  }
-  if (!request->ParseFromString(bytes)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("request: not a valid ", Req::descriptor()->full_name(), " message"));
-  }
-  return absl::OkStatus();
-}
-
-}  // namespace
-
 template <typename Req, typename Resp>
 grpc::ServerUnaryReactor* JobServiceImpl::RawUnary(
     grpc::CallbackServerContext* context, const char* method, const grpc::ByteBuffer* in,
@@ -277,15 +256,13 @@ grpc::ServerUnaryReactor* JobServiceImpl::RawUnary(
   // methods take the bytes and parse them here, so a malformed request is INVALID_ARGUMENT.
   auto request = std::make_shared<Req>();
   // Checked after authentication (in Unary): an unauthenticated caller learns nothing else.
-  const absl::Status parsed = ParseRequest(*in, request.get());
+  const absl::Status parsed = ParseMessage(*in, request.get());
   return Unary(context, method,
                [this, request, parsed, out, handler](const Principal& caller) -> absl::Status {
                  LORA_RETURN_IF_ERROR(parsed);
                  Resp response;
                  LORA_RETURN_IF_ERROR((this->*handler)(caller, *request, &response));
-                 const std::string wire = response.SerializeAsString();
-                 grpc::Slice slice(wire);
-                 *out = grpc::ByteBuffer(&slice, 1);
+                 *out = ToByteBuffer(response);
                  return absl::OkStatus();
                });
 }
@@ -326,7 +303,7 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* JobServiceImpl::WatchJob(
   lora::v1::WatchJobRequest request;
   absl::StatusOr<Principal> caller = credentials_->Authenticate(*context, Plane::kUser);
   absl::Status ready = caller.status();
-  if (ready.ok()) ready = ParseRequest(*raw, &request);
+  if (ready.ok()) ready = ParseMessage(*raw, &request);
   Principal p = caller.ok() ? *caller : Principal{};
   return new WatchReactor(manager_, pool_, hooks_, request.name(), request.after_sequence(), ready,
                           [this, p, name = request.name()] { return Authorize(p, name); });
@@ -337,7 +314,7 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* JobServiceImpl::DownloadArtifact(
   lora::v1::DownloadArtifactRequest request;
   absl::StatusOr<Principal> caller = credentials_->Authenticate(*context, Plane::kUser);
   absl::Status ready = caller.status();
-  if (ready.ok()) ready = ParseRequest(*raw, &request);
+  if (ready.ok()) ready = ParseMessage(*raw, &request);
   std::string name = request.name(), path = request.path();
   ArtifactResolver resolve = [this, name, path, p = caller.ok() ? *caller : Principal{}]()
       -> absl::StatusOr<std::pair<lora::v1::ArtifactFile, std::string>> {
@@ -348,8 +325,8 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* JobServiceImpl::DownloadArtifact(
     if (!where.ok()) return where.status();
     return std::make_pair(*file, *where);
   };
-  return StreamArtifactRaw(pool_, std::move(resolve), request.offset(), hooks_,
-                           "DownloadArtifact", ready);
+  return StreamArtifactRaw(pool_, std::move(resolve), request.offset(), hooks_, "DownloadArtifact",
+                           ready);
 }
 
 }  // namespace lora::server

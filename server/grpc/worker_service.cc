@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "server/grpc/artifact_reader.h"
 #include "server/grpc/auth.h"
+#include "server/grpc/raw_message.h"
 #include "server/grpc/reactor_lifetime.h"
 #include "server/grpc/status_util.h"
 
@@ -42,7 +43,8 @@ class StreamChannel : public WorkerChannel {
   ConnectReactor* reactor_;
 };
 
-class ConnectReactor : public grpc::ServerBidiReactor<wv1::WorkerMessage, wv1::ControllerMessage> {
+// Registered raw (see raw_message.h): reads WorkerMessages, writes ControllerMessages.
+class ConnectReactor : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
   // `claim` binds a registering worker id to the stream's credential.
   ConnectReactor(JobManager* manager, ThreadPool* pool, absl::Status auth,
@@ -80,7 +82,12 @@ class ConnectReactor : public grpc::ServerBidiReactor<wv1::WorkerMessage, wv1::C
       FinishOnce(absl::OkStatus());
       return;
     }
-    wv1::WorkerMessage message = std::move(in_);
+    wv1::WorkerMessage message;
+    if (absl::Status parsed = ParseMessage(in_, &message); !parsed.ok()) {
+      Disconnected();
+      FinishOnce(parsed);
+      return;
+    }
     if (!life_.Enter()) return;
     // Handled on the pool, one message at a time (the next read starts after), in order.
     pool_->Schedule([this, message = std::move(message)] {
@@ -163,7 +170,7 @@ class ConnectReactor : public grpc::ServerBidiReactor<wv1::WorkerMessage, wv1::C
   void WriteNextLocked(std::unique_lock<std::mutex>& lock) {
     // Nothing goes out before the RegisterAck (assignments may be queued while registering).
     if (!ready_ || writing_ || outbox_.empty() || finished_) return;
-    current_ = std::move(outbox_.front());
+    current_ = ToByteBuffer(outbox_.front());
     outbox_.pop_front();
     writing_ = true;
     lock.unlock();
@@ -174,8 +181,8 @@ class ConnectReactor : public grpc::ServerBidiReactor<wv1::WorkerMessage, wv1::C
   ThreadPool* pool_;
   std::function<absl::Status(const std::string&)> claim_;
   std::shared_ptr<StreamChannel> channel_;
-  wv1::WorkerMessage in_;
-  wv1::ControllerMessage current_;
+  grpc::ByteBuffer in_;
+  grpc::ByteBuffer current_;
   std::mutex mu_;
   std::deque<wv1::ControllerMessage> outbox_;
   std::string worker_id_;
@@ -194,10 +201,11 @@ void StreamChannel::Close() {
     reactor_->FinishOnce(absl::AbortedError("the controller replaced this stream"));
 }
 
-class UploadReactor : public grpc::ServerReadReactor<wv1::UploadChunk> {
+// Registered raw: reads UploadChunks.
+class UploadReactor : public grpc::ServerReadReactor<grpc::ByteBuffer> {
  public:
   UploadReactor(JobManager* manager, ArtifactStore* artifacts, ThreadPool* pool,
-                const ServiceHooks* hooks, std::string worker_id, wv1::UploadResult* result,
+                const ServiceHooks* hooks, std::string worker_id, grpc::ByteBuffer* result,
                 absl::Status auth, std::function<absl::Status(const std::string&)> check_claim)
       : manager_(manager),
         artifacts_(artifacts),
@@ -214,7 +222,13 @@ class UploadReactor : public grpc::ServerReadReactor<wv1::UploadChunk> {
   }
 
   void OnReadDone(bool ok) override {
-    wv1::UploadChunk chunk = std::move(in_);
+    wv1::UploadChunk chunk;
+    if (ok) {
+      if (absl::Status parsed = ParseMessage(in_, &chunk); !parsed.ok()) {
+        FinishOnce(parsed);
+        return;
+      }
+    }
     if (!life_.Enter()) return;
     pool_->Schedule([this, ok, chunk = std::move(chunk)] {
       absl::Status s = ok ? Consume(chunk) : Complete();
@@ -261,8 +275,10 @@ class UploadReactor : public grpc::ServerReadReactor<wv1::UploadChunk> {
     file.set_sha256(header_.sha256());
     s = manager_->OnArtifactStored(header_, file);
     if (!s.ok()) return s;
-    result_->set_size(file.size());
-    result_->set_sha256(file.sha256());
+    wv1::UploadResult result;
+    result.set_size(file.size());
+    result.set_sha256(file.sha256());
+    *result_ = ToByteBuffer(result);
     return absl::OkStatus();
   }
 
@@ -282,9 +298,9 @@ class UploadReactor : public grpc::ServerReadReactor<wv1::UploadChunk> {
   ThreadPool* pool_;
   const ServiceHooks* hooks_;
   std::string worker_id_;
-  wv1::UploadResult* result_;
+  grpc::ByteBuffer* result_;  // a serialized UploadResult
   std::function<absl::Status(const std::string&)> check_claim_;
-  wv1::UploadChunk in_;
+  grpc::ByteBuffer in_;
   wv1::UploadHeader header_;
   std::unique_ptr<ArtifactUpload> upload_;
   std::mutex mu_;
@@ -327,7 +343,7 @@ absl::Status WorkerServiceImpl::CheckClaim(const std::string& worker_id, const P
   return absl::OkStatus();
 }
 
-grpc::ServerBidiReactor<wv1::WorkerMessage, wv1::ControllerMessage>* WorkerServiceImpl::Connect(
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* WorkerServiceImpl::Connect(
     grpc::CallbackServerContext* context) {
   absl::StatusOr<Principal> caller = credentials_->Authenticate(*context, Plane::kWorker);
   return new ConnectReactor(manager_, pool_, caller.status(),
@@ -336,8 +352,8 @@ grpc::ServerBidiReactor<wv1::WorkerMessage, wv1::ControllerMessage>* WorkerServi
                             });
 }
 
-grpc::ServerReadReactor<wv1::UploadChunk>* WorkerServiceImpl::UploadArtifact(
-    grpc::CallbackServerContext* context, wv1::UploadResult* result) {
+grpc::ServerReadReactor<grpc::ByteBuffer>* WorkerServiceImpl::UploadArtifact(
+    grpc::CallbackServerContext* context, grpc::ByteBuffer* result) {
   absl::StatusOr<Principal> caller = credentials_->Authenticate(*context, Plane::kWorker);
   return new UploadReactor(manager_, artifacts_, pool_, hooks_, WorkerIdOf(context), result,
                            caller.status(),
@@ -346,10 +362,13 @@ grpc::ServerReadReactor<wv1::UploadChunk>* WorkerServiceImpl::UploadArtifact(
                            });
 }
 
-grpc::ServerWriteReactor<lora::v1::ArtifactChunk>* WorkerServiceImpl::FetchArtifact(
-    grpc::CallbackServerContext* context, const wv1::FetchArtifactRequest* request) {
-  std::string worker = WorkerIdOf(context), job = request->job_id(), path = request->path();
+grpc::ServerWriteReactor<grpc::ByteBuffer>* WorkerServiceImpl::FetchArtifact(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* raw) {
+  wv1::FetchArtifactRequest request;
   absl::StatusOr<Principal> caller = credentials_->Authenticate(*context, Plane::kWorker);
+  absl::Status ready = caller.status();
+  if (ready.ok()) ready = ParseMessage(*raw, &request);
+  std::string worker = WorkerIdOf(context), job = request.job_id(), path = request.path();
   ArtifactResolver resolve = [this, worker, job, path, p = caller.ok() ? *caller : Principal{}]()
       -> absl::StatusOr<std::pair<lora::v1::ArtifactFile, std::string>> {
     if (absl::Status claimed = CheckClaim(worker, p); !claimed.ok()) return claimed;
@@ -361,8 +380,8 @@ grpc::ServerWriteReactor<lora::v1::ArtifactChunk>* WorkerServiceImpl::FetchArtif
     if (!where.ok()) return where.status();
     return std::make_pair(*file, *where);
   };
-  return StreamArtifact(pool_, std::move(resolve), request->offset(), hooks_, "FetchArtifact",
-                        caller.status());
+  return StreamArtifactRaw(pool_, std::move(resolve), request.offset(), hooks_, "FetchArtifact",
+                           ready);
 }
 
 }  // namespace lora::server

@@ -17,7 +17,14 @@
 
 namespace lora::server {
 
-class WorkerServiceImpl final : public lora::worker::v1::WorkerService::CallbackService {
+// Every method is registered raw and parses its own messages (raw_message.h): a malformed
+// message is INVALID_ARGUMENT, not gRPC's bare UNIMPLEMENTED.
+using WorkerServiceBase = lora::worker::v1::WorkerService::WithRawCallbackMethod_Connect<
+    lora::worker::v1::WorkerService::WithRawCallbackMethod_UploadArtifact<
+        lora::worker::v1::WorkerService::WithRawCallbackMethod_FetchArtifact<
+            lora::worker::v1::WorkerService::Service>>>;
+
+class WorkerServiceImpl final : public WorkerServiceBase {
  public:
   WorkerServiceImpl(JobManager* manager, ArtifactStore* artifacts, ThreadPool* pool,
                     const ServiceHooks* hooks, const CredentialStore* credentials)
@@ -27,13 +34,12 @@ class WorkerServiceImpl final : public lora::worker::v1::WorkerService::Callback
         hooks_(hooks),
         credentials_(credentials) {}
 
-  grpc::ServerBidiReactor<lora::worker::v1::WorkerMessage, lora::worker::v1::ControllerMessage>*
-  Connect(grpc::CallbackServerContext* context) override;
-  grpc::ServerReadReactor<lora::worker::v1::UploadChunk>* UploadArtifact(
-      grpc::CallbackServerContext* context, lora::worker::v1::UploadResult* result) override;
-  grpc::ServerWriteReactor<lora::v1::ArtifactChunk>* FetchArtifact(
-      grpc::CallbackServerContext* context,
-      const lora::worker::v1::FetchArtifactRequest* request) override;
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* Connect(
+      grpc::CallbackServerContext* context) override;
+  grpc::ServerReadReactor<grpc::ByteBuffer>* UploadArtifact(grpc::CallbackServerContext* context,
+                                                            grpc::ByteBuffer* result) override;
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* FetchArtifact(
+      grpc::CallbackServerContext* context, const grpc::ByteBuffer* request) override;
 
  private:
   JobManager* manager_;

@@ -754,6 +754,26 @@ TEST_F(ServiceTest, UnparsableRequestsAreInvalidArgument) {
     EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << method;
     EXPECT_THAT(status.error_message(), HasSubstr("request: not a valid lora.v1.")) << method;
   }
+  // And the worker service: the stream, uploads and fetches (a bidi call on the client side
+  // carries any of them: one message up, whatever comes down).
+  for (const char* method : {"Connect", "UploadArtifact", "FetchArtifact"}) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    const std::string path = absl::StrCat("/lora.worker.v1.WorkerService/", method);
+    grpc::internal::RpcMethod rpc(path.c_str(), grpc::internal::RpcMethod::BIDI_STREAMING);
+    std::unique_ptr<grpc::ClientReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>> stream(
+        grpc::internal::ClientReaderWriterFactory<grpc::ByteBuffer, grpc::ByteBuffer>::Create(
+            channel.get(), rpc, &ctx));
+    grpc::Slice garbage(std::string("\x0a\xff\xff\x03 truncated", 15));
+    grpc::ByteBuffer message(&garbage, 1), reply;
+    stream->Write(message);
+    stream->WritesDone();
+    while (stream->Read(&reply)) {
+    }
+    grpc::Status status = stream->Finish();
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << method;
+    EXPECT_THAT(status.error_message(), HasSubstr("not a valid lora.worker.v1.")) << method;
+  }
   // lorad still serves.
   EXPECT_EQ(lorad->Client()->GetJob("jobs/x").status().code(), absl::StatusCode::kNotFound);
 }
