@@ -25,7 +25,6 @@
 #include "server/core/executor.h"
 #include "server/core/job_manager.h"
 #include "server/core/local_workers.h"
-#include "server/grpc/auth.h"
 #include "server/grpc/credentials.h"
 #include "server/grpc/job_service.h"
 #include "server/grpc/tls.h"

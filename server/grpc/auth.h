@@ -1,11 +1,8 @@
-// Bearer-token authentication: "authorization: Bearer <token>" request metadata (the scheme in
-// any case). An empty expected token disables the check (loopback development setups).
-// Secrets reach lorad from files or the environment, never its command line (visible in ps),
-// and known placeholders or short values are refused at start.
+// What counts as a serving secret. Secrets reach lorad from files or the environment, never its
+// command line (visible in ps), and known placeholders or short values are refused at start.
+// Callers are authenticated by CredentialStore (credentials.h).
 #ifndef LORA_SERVER_GRPC_AUTH_H_
 #define LORA_SERVER_GRPC_AUTH_H_
-
-#include <grpcpp/server_context.h>
 
 #include <string>
 
@@ -14,9 +11,6 @@
 namespace lora::server {
 
 inline constexpr size_t kMinSecretBytes = 16;
-
-absl::Status CheckBearerToken(const grpc::CallbackServerContext* context,
-                              const std::string& expected);
 
 // OK for an empty secret (no check) or a real one; INVALID_ARGUMENT naming `name` for a known
 // placeholder ("change-me", ...) or one shorter than kMinSecretBytes. Never echoes the value.

@@ -747,7 +747,7 @@ TEST_F(ServiceTest, UnparsableRequestsAreInvalidArgument) {
     grpc::internal::RpcMethod rpc(path.c_str(), grpc::internal::RpcMethod::SERVER_STREAMING);
     std::unique_ptr<grpc::ClientReader<grpc::ByteBuffer>> reader(
         grpc::internal::ClientReaderFactory<grpc::ByteBuffer>::Create(channel.get(), rpc, &ctx,
-                                                                     request));
+                                                                      request));
     while (reader->Read(&message)) {
     }
     grpc::Status status = reader->Finish();

@@ -34,7 +34,7 @@ void AdamW::Step(double lr) {
     if (!p.grad().defined()) continue;
     ps.push_back(p);
     gs.push_back(p.grad().scalar_type() == torch::kFloat32 ? p.grad()
-                                                             : p.grad().to(torch::kFloat32));
+                                                           : p.grad().to(torch::kFloat32));
     ms.push_back(exp_avg_[i]);
     vs.push_back(exp_avg_sq_[i]);
   }
@@ -113,9 +113,8 @@ torch::Tensor ClipGradientsToNorm(const NamedTensors& params, const torch::Tenso
   torch::NoGradGuard no_grad;
   // min(1, max_norm / (norm + 1e-6)) computed on the device; multiplying by exactly 1 when the
   // norm is within bounds leaves the gradients bit-identical, without asking the host.
-  const torch::Tensor scale = (max_norm / (norm + 1e-6))
-                                  .clamp_max(1.0)
-                                  .to(grads.front().device(), torch::kFloat32);
+  const torch::Tensor scale =
+      (max_norm / (norm + 1e-6)).clamp_max(1.0).to(grads.front().device(), torch::kFloat32);
   at::_foreach_mul_(grads, scale);
   return norm;
 }
