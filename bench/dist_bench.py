@@ -93,16 +93,25 @@ def run(binary, spec, out, world, degrees):
 
 
 def read_events(path):
+    """lora.engine.v1.EngineEvent lines: {"time": ..., "<kind>": {...}}."""
     return [json.loads(line) for line in open(path) if line.strip()]
 
 
+def of_kind(events, kind):
+    return [e[kind] for e in events if kind in e]
+
+
+def number(message, key):
+    """A field of a proto3 JSON message: int64 fields arrive as strings, zeros are omitted."""
+    return float(message.get(key, 0))
+
+
 def per_step(events, key):
-    steps = [e for e in events if e["event"] == "step"]
-    steps = steps[2:]  # warm-up
+    steps = of_kind(events, "step")[2:]  # warm-up
     if key == "bytes_sent":
-        deltas = [b[key] - a[key] for a, b in zip(steps, steps[1:])]
+        deltas = [number(b, key) - number(a, key) for a, b in zip(steps, steps[1:])]
         return statistics.median(deltas)
-    return statistics.median(e[key] for e in steps)
+    return statistics.median(number(e, key) for e in steps)
 
 
 def analytical_min(flavor, degrees, rows, seq_len, trainable, lora_rank=8):
@@ -203,7 +212,7 @@ def main():
                 spec = os.path.join(work, f"single-{rows}.toml")
                 open(spec, "w").write(spec_text(a.flavor, a.steps, a.seq_len, rows, cores, a.activation_checkpoint))
                 ev, summary = run(binary, spec, os.path.join(work, f"single-{rows}"), 1, {})
-                singles[rows] = (per_step(ev, "step_seconds"), summary["parameter_bytes"])
+                singles[rows] = (per_step(ev, "step_seconds"), number(summary, "parameter_bytes"))
             single_step, single_params = singles[rows]
             spec = os.path.join(work, f"{world}.toml")
             threads = max(1, cores // world)
@@ -213,17 +222,17 @@ def main():
             sent = per_step(ev, "bytes_sent")
             step_s = per_step(ev, "step_seconds")
             minimum = analytical_min(a.flavor, degrees, a.rows, a.seq_len,
-                                     summary["trainable_parameters"])
-            peak = max(summary["peak_parameter_bytes"], *[
-                e.get("peak_parameter_bytes", 0)
+                                     number(summary, "trainable_parameters"))
+            peak = max(number(summary, "peak_parameter_bytes"), *[
+                number(s, "peak_parameter_bytes")
                 for r in range(1, world)
-                for e in read_events(os.path.join(out, f"rank-{r}", "events.jsonl"))
-                if e["event"] == "rank_status"])
-            resident = summary["parameter_bytes"]
+                for s in of_kind(read_events(os.path.join(out, f"rank-{r}", "events.jsonl")),
+                                 "rank_status")])
+            resident = number(summary, "parameter_bytes")
             print(f"| {name} | {world} | {fmt_bytes(sent)} | {fmt_bytes(minimum)} | "
                   f"{sent / minimum:.2f} | {fmt_bytes(resident)} | "
                   f"{resident / single_params:.2f} | {fmt_bytes(peak)} | {peak / single_params:.2f} | "
-                  f"{step_s:.3f} | {step_s / single_step:.2f} | {fmt_bytes(summary['peak_rss_bytes'])} |",
+                  f"{step_s:.3f} | {step_s / single_step:.2f} | {fmt_bytes(number(summary, 'peak_rss_bytes'))} |",
                   flush=True)
         print(f"single process: " + ", ".join(
             f"{r} rows {s:.3f} s/step, params {fmt_bytes(p)}" for r, (s, p) in singles.items()))

@@ -8,15 +8,11 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
+#include "common/grpc_status.h"
 #include "common/sha256.h"
 #include "common/status_macros.h"
 
 namespace lora {
-
-absl::Status FromGrpc(const grpc::Status& status) {
-  if (status.ok()) return absl::OkStatus();
-  return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
-}
 
 absl::StatusOr<std::unique_ptr<LoraClient>> LoraClient::Create(const ClientOptions& options) {
   std::shared_ptr<grpc::ChannelCredentials> credentials;
@@ -44,7 +40,7 @@ absl::Status LoraClient::Wrap(const grpc::Status& status) const {
     return absl::UnavailableError(absl::StrCat("lorad at ", options_.address, " is unreachable (",
                                                status.error_message(), ")"));
   }
-  return FromGrpc(status);
+  return FromGrpcStatus(status);
 }
 
 LoraClient::LoraClient(const ClientOptions& options, std::shared_ptr<grpc::Channel> channel)

@@ -70,8 +70,6 @@ class LoraClient {
   std::unique_ptr<lora::v1::JobService::Stub> stub_;
 };
 
-absl::Status FromGrpc(const grpc::Status& status);
-
 }  // namespace lora
 
 #endif  // LORA_CLIENT_LORA_CLIENT_H_

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs dependencies, builds, and runs every test suite (what CI runs): the main ctest, then
+# Installs dependencies, builds, and runs every test suite (what CI runs): the format check
+# (scripts/format-check.sh), the main ctest, then
 # a bounded fuzz run of every parser (scripts/fuzz.sh, clang) and the sanitizer suites
 # (scripts/sanitize.sh: ASan/UBSan and TSan builds).
 # Usage: scripts/test.sh            (LORA_SKIP_INSTALL=1 skips the apt step;
@@ -8,6 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "${LORA_SKIP_INSTALL:-0}" != "1" ]; then scripts/install-deps.sh; fi
+scripts/format-check.sh
 scripts/build.sh
 (cd "${LORA_BUILD_DIR:-build}" && ctest --output-on-failure --timeout 600 -j "$(nproc)" "$@")
 if [ "${LORA_SKIP_FUZZ:-0}" != "1" ]; then scripts/fuzz.sh "${LORA_FUZZ_SECONDS:-20}"; fi

@@ -31,6 +31,7 @@
 #include "server/grpc/worker_service.h"
 #include "server/metrics/metrics.h"
 #include "server/metrics/metrics_http.h"
+#include "server/store/data_dir_lock.h"
 #include "server/store/job_store.h"
 
 namespace {
@@ -63,6 +64,7 @@ struct Flags {
   double heartbeat_timeout_s = 15;
   double cancel_grace_s = 10;
   double reattach_grace_s = 30;
+  int drain_grace_s = 30;
   int pool_threads = 8;
   std::string auth_token;
   std::string worker_token;
@@ -128,6 +130,10 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--cancel-grace", f.cancel_grace_s,
                  "Seconds a cancelled rank gets between SIGTERM and SIGKILL")
+      ->capture_default_str();
+  app.add_option("--drain-grace", f.drain_grace_s,
+                 "On SIGTERM, seconds local workers get to checkpoint, upload and stop their "
+                 "ranks before they are killed")
       ->capture_default_str();
   app.add_option("--reattach-grace", f.reattach_grace_s,
                  "After a restart, seconds running jobs wait for their workers to reconnect")
@@ -196,9 +202,14 @@ int main(int argc, char** argv) {
   if (absl::Status s = lora::MakeDirectories(lora::JoinPath(f.data_dir, "artifacts")); !s.ok()) {
     return Fail(std::string(s.message()));
   }
+  // Before anything reads the store: two lorads on one directory would run the same jobs.
+  auto dir_lock = lora::server::DataDirLock::Acquire(f.data_dir);
+  if (!dir_lock.ok()) return Fail(std::string(dir_lock.status().message()));
   auto store = lora::server::JobStore::Open({lora::JoinPath(f.data_dir, "lorad.db")});
   if (!store.ok()) return Fail(std::string(store.status().message()));
   lora::server::ArtifactStore artifacts(lora::JoinPath(f.data_dir, "artifacts"));
+  if (int removed = artifacts.RemoveLeftovers(); removed > 0)
+    std::cerr << "lorad: removed " << removed << " partial uploads left by a crash" << std::endl;
   lora::server::JobManager::Options mo;
   mo.max_attempts = f.max_attempts;
   mo.heartbeat_timeout = absl::Seconds(f.heartbeat_timeout_s);
@@ -233,6 +244,11 @@ int main(int argc, char** argv) {
       "Queued jobs the connected workers cannot run (no worker with the device, or too few "
       "slots in all), by device",
       {"device"});
+  auto undecided = *registry.AddGauge(
+      "lorad_undecided_jobs",
+      "Jobs whose outcome is decided but not yet stored (the store is failing writes)", {});
+  auto store_failures = *registry.AddGauge("lorad_store_write_failures",
+                                           "Store writes that failed since lorad started", {});
   auto sent = *registry.AddCounter("lorad_artifact_bytes_sent_total",
                                    "Artifact bytes streamed to clients", {});
   auto received = *registry.AddCounter("lorad_artifact_bytes_received_total",
@@ -344,6 +360,7 @@ int main(int argc, char** argv) {
   lw.work_dir = lora::JoinPath(f.data_dir, "workers");
   lw.token = co.local_worker_token;
   lw.threads_per_rank = f.threads_per_rank;
+  lw.drain_grace_s = f.drain_grace_s;
   lora::server::LocalWorkers local(lw);
   if (f.local_workers > 0) local.Start();
 
@@ -358,6 +375,8 @@ int main(int argc, char** argv) {
     }
     workers->WithLabels({})->Set(static_cast<double>(stats.workers_connected));
     slots->WithLabels({"busy"})->Set(static_cast<double>(stats.workers_busy_slots));
+    undecided->WithLabels({})->Set(static_cast<double>(stats.undecided_jobs));
+    store_failures->WithLabels({})->Set(static_cast<double>(stats.store_write_failures));
     slots->WithLabels({"total"})->Set(static_cast<double>(stats.workers_total_slots));
     for (const char* device : {"cpu", "cuda"}) {
       unschedulable->WithLabels({device})->Set(
@@ -367,10 +386,14 @@ int main(int argc, char** argv) {
   }
   std::cerr << "lorad: shutting down" << std::endl;
   server->GetHealthCheckService()->SetServingStatus(false);
+  // A planned stop: nothing new starts, and the local workers drain while the server still
+  // serves them, so their ranks' drain checkpoints are uploaded and recorded and the jobs are
+  // requeued without spending an attempt. Remote workers keep running and reattach later.
+  (*manager)->StopScheduling();
+  local.Stop(f.drain_grace_s);
   (*manager)->Shutdown();  // watchers get UNAVAILABLE and resume elsewhere by sequence
   g_credentials = nullptr;
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
-  local.Stop();
   server->Wait();
   std::cerr << "lorad: stopped" << std::endl;
   return 0;

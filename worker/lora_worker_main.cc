@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <thread>
 
 #include "CLI/CLI.hpp"
@@ -68,6 +69,12 @@ int main(int argc, char** argv) {
   std::string token_file;
   app.add_option("--token-file", token_file,
                  "File whose first line is the worker bearer token (or env LORA_WORKER_TOKEN)");
+  double drain_grace_s = 60;
+  app.add_option("--drain-grace", drain_grace_s,
+                 "On SIGTERM: seconds for running ranks to checkpoint, upload and report before "
+                 "they are killed (a second SIGTERM ends it at once)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   std::string tls_ca, tls_cert, tls_key;
   app.add_option("--tls-ca", tls_ca, "CA certificate (PEM) of lorad's certificate: use TLS");
   app.add_option("--tls-cert", tls_cert,
@@ -115,19 +122,33 @@ int main(int argc, char** argv) {
                 << g.memory_bytes() / (1 << 20) << " MiB)" << std::endl;
     }
   }
-  if (absl::Status s = lora::MakeDirectories(o.work_dir); !s.ok()) {
-    std::cerr << "lora-worker: " << s.message() << std::endl;
+  o.drain_grace = std::chrono::milliseconds(static_cast<int64_t>(drain_grace_s * 1000));
+  // Another lora-worker on this directory (an old one still draining, say) must finish first:
+  // wait for it, still answering SIGTERM.
+  absl::StatusOr<std::unique_ptr<lora::WorkerAgent>> agent;
+  bool said_waiting = false;
+  while (!(agent = lora::WorkerAgent::Create(o)).ok() &&
+         agent.status().code() == absl::StatusCode::kFailedPrecondition) {
+    if (!said_waiting) {
+      std::cerr << "lora-worker: " << agent.status().message() << "; waiting for it to exit"
+                << std::endl;
+      said_waiting = true;
+    }
+    const timespec poll = {0, 500 * 1000 * 1000};
+    if (::sigtimedwait(&stop_signals, nullptr, &poll) > 0) return 0;
+  }
+  if (!agent.ok()) {
+    std::cerr << "lora-worker: " << agent.status().message() << std::endl;
     return 1;
   }
-  lora::WorkerAgent agent(o);
   std::atomic<bool> done{false};
   std::thread signals([&] {
     const timespec poll = {0, 200 * 1000 * 1000};
     while (!done) {
-      if (::sigtimedwait(&stop_signals, nullptr, &poll) > 0) agent.Stop();
+      if (::sigtimedwait(&stop_signals, nullptr, &poll) > 0) (*agent)->Stop();
     }
   });
-  agent.Run();
+  (*agent)->Run();
   done = true;
   signals.join();
   return 0;

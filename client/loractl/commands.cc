@@ -94,7 +94,11 @@ void PrintJob(const lora::v1::Job& job, const Globals& g) {
                         : "")},
       {"tokens/s",
        p.tokens_per_second() > 0 ? absl::StrFormat("%.0f", p.tokens_per_second()) : "-"},
-      {"attempt", absl::StrCat(job.attempt(), " of ", job.max_attempts())},
+      // Planned restarts (drains) do not spend attempts; show them apart.
+      {"attempt",
+       absl::StrCat(
+           job.attempt() - job.restarts(), " of ", job.max_attempts(),
+           job.restarts() > 0 ? absl::StrCat(" (+", job.restarts(), " planned restarts)") : "")},
       {"workers", job.workers().empty() ? "-" : absl::StrJoin(job.workers(), ", ")},
       {"latest checkpoint", job.latest_checkpoint_step() > 0
                                 ? absl::StrCat("step ", job.latest_checkpoint_step())

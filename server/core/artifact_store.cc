@@ -1,5 +1,8 @@
 #include "server/core/artifact_store.h"
 
+#include <filesystem>
+#include <vector>
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "common/status_macros.h"
@@ -63,6 +66,27 @@ absl::StatusOr<std::unique_ptr<ArtifactUpload>> ArtifactStore::BeginUpload(
   upload->expected_sha256_ = sha256;
   upload->path_ = path;
   return upload;
+}
+
+}  // namespace lora::server
+
+namespace lora::server {
+
+int ArtifactStore::RemoveLeftovers() {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  std::vector<fs::path> doomed;
+  for (auto it = fs::recursive_directory_iterator(root_, ec);
+       !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (name.find(".tmp-") != std::string::npos || name.find(".staging-") != std::string::npos) {
+      doomed.push_back(it->path());
+      if (it->is_directory(ec)) it.disable_recursion_pending();
+    }
+  }
+  int removed = 0;
+  for (const fs::path& p : doomed) removed += fs::remove_all(p, ec) > 0 ? 1 : 0;
+  return removed;
 }
 
 }  // namespace lora::server

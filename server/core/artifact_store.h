@@ -45,6 +45,10 @@ class ArtifactStore {
   // Absolute path of a stored artifact (validated).
   absl::StatusOr<std::string> PathOf(const std::string& job_id, const std::string& path) const;
   const std::string& root() const { return root_; }
+  // Removes what uploads cut short by a crash left behind (AtomicFile temp files, staging
+  // directories). Only at startup, under the data-directory lock: no upload is in flight then.
+  // Returns how many entries were removed.
+  int RemoveLeftovers();
 
  private:
   std::string root_;

@@ -1,14 +1,21 @@
-// The controller's core: job lifecycle, events and watchers, workers, gang scheduling and
-// retries. No gRPC here: the service adapters (server/grpc/) translate and call in, and talk
-// to workers through the WorkerChannel interface.
+// The controller's core: the public job API, watchers, workers' reports, and the glue between
+// the parts that decide (each pure and unit-tested on its own):
+//   job_lifecycle.h            the state machine; a job change is planned on a copy
+//   scheduler.h                queue + workers -> placements and queue reasons
+//   retry_policy.h             an attempt's ranks -> wait | succeed | requeue | fail
+//   engine_event_translator.h  an engine event -> job events and job fields
+//   worker_registry.h          connected workers and their liveness
+// The class is split by concern: job_manager.cc (commits, decisions, scheduling, ticks),
+// job_manager_api.cc (the public API and watchers), job_manager_workers.cc (workers' reports).
+// No gRPC here: the service adapters (server/grpc/) translate and call in, and talk to workers
+// through WorkerChannel.
 //
-// State machine (anything else is FAILED_PRECONDITION):
-//   QUEUED -> STARTING -> RUNNING -> SUCCEEDED | FAILED
-//   QUEUED -> CANCELLED;  STARTING | RUNNING -> CANCELLING -> CANCELLED
-//   STARTING | RUNNING -> QUEUED (retry after a lost worker, bounded by max_attempts)
-//
-// Every state change and engine event becomes a JobEvent with the job's next sequence number,
-// written to the store before watchers see it.
+// One rule holds every change together: a job is written to the store first and published
+// (memory, watchers, workers) only after the write succeeded. A failed write changes nothing:
+// an API call returns the store's error; a decision taken in the background (an exit, a lost
+// worker) is taken again on the next Tick; an engine event that could not be stored is asked
+// for again by closing the worker's stream (it re-sends from the last stored sequence).
+// Slot usage is derived from the jobs' ranks, never counted, so no path can leak a slot.
 #ifndef LORA_SERVER_CORE_JOB_MANAGER_H_
 #define LORA_SERVER_CORE_JOB_MANAGER_H_
 
@@ -29,6 +36,10 @@
 #include "lora/v1/job_service.pb.h"
 #include "lora/worker/v1/worker_service.pb.h"
 #include "server/core/artifact_store.h"
+#include "server/core/job_lifecycle.h"
+#include "server/core/retry_policy.h"
+#include "server/core/scheduler.h"
+#include "server/core/worker_registry.h"
 #include "server/store/job_store.h"
 
 namespace lora::server {
@@ -44,15 +55,6 @@ class EventSubscriber {
   virtual void OnClose(bool shutdown) = 0;
 };
 
-// The way to one connected worker. Send must not block (queue the message).
-class WorkerChannel {
- public:
-  virtual ~WorkerChannel() = default;
-  virtual void Send(const lora::worker::v1::ControllerMessage& message) = 0;
-  // Ends the stream (the worker reconnects and registers again).
-  virtual void Close() = 0;
-};
-
 struct JobManagerStats {
   std::map<lora::v1::JobState, int64_t> jobs_by_state;  // active jobs only, plus totals below
   int64_t workers_connected = 0;
@@ -62,6 +64,9 @@ struct JobManagerStats {
   // Queued jobs the connected workers cannot run however long they wait (no worker has the
   // job's device, or all of them together have fewer slots than its ranks), by device.
   std::map<std::string, int64_t> unschedulable_by_device;
+  // Jobs whose outcome is decided but could not be stored yet (the store is failing).
+  int64_t undecided_jobs = 0;
+  int64_t store_write_failures = 0;  // since start: writes a decision or event could not make
 };
 
 class JobManager {
@@ -114,7 +119,9 @@ class JobManager {
   absl::StatusOr<lora::worker::v1::RegisterAck> WorkerConnected(
       const lora::worker::v1::Register& reg, std::shared_ptr<WorkerChannel> channel);
   void WorkerDisconnected(const std::string& worker_id, const WorkerChannel* channel);
-  void OnHeartbeat(const std::string& worker_id);
+  // `draining`: the worker is shutting down and gets no new ranks.
+  void OnHeartbeat(const std::string& worker_id, bool draining);
+  void OnAlive(const std::string& worker_id);
   void OnRankEvent(const std::string& worker_id, const lora::worker::v1::RankEvent& event);
   void OnRankAccepted(const std::string& worker_id, const lora::worker::v1::RankAccepted& accepted);
   void OnRankExited(const std::string& worker_id, const lora::worker::v1::RankExited& exited);
@@ -128,6 +135,8 @@ class JobManager {
 
   // Periodic duties: lost workers, cancel deadlines, reattach deadlines, scheduling.
   void Tick();
+  // lorad is stopping: no job starts from now on (ranks already running drain and report).
+  void StopScheduling();
   // Tells every watcher the server is going away; later calls fail with UNAVAILABLE.
   void Shutdown();
   JobManagerStats Stats();
@@ -136,12 +145,11 @@ class JobManager {
   struct RankSlot {
     std::string worker_id;
     bool assigned = false;  // the Assignment was sent
-    bool accepted = false;
     bool exited = false;
     int exit_code = 0;
     int signal = 0;
-    int64_t last_worker_seq = 0;
-    bool slot_released = false;
+    std::string exit_reason;
+    bool lost = false;  // its worker was lost or came back without it
   };
   struct Runtime {
     std::vector<RankSlot> ranks;
@@ -149,61 +157,61 @@ class JobManager {
     std::string master_addr;
     absl::Time cancel_deadline = absl::InfiniteFuture();
     absl::Time reattach_deadline = absl::InfiniteFuture();
-    std::string failure_reason;  // from a rank's "failed" event
-    int failure_code = 0;        // its google.rpc.Code
+    std::string failure_reason;  // from a rank's failure event
+    absl::StatusCode failure_code = absl::StatusCode::kOk;
+    std::string lost_reason;
     bool rank0_finished = false;
   };
   struct ActiveJob {
-    lora::v1::Job job;
+    lora::v1::Job job;  // as stored
     Runtime rt;
   };
-  struct Worker {
-    std::shared_ptr<WorkerChannel> channel;  // null while disconnected
-    lora::worker::v1::Capabilities capabilities;
-    std::string address;
-    absl::Time last_seen;
-    int used_slots = 0;
-  };
+  // A rank of a replaced attempt (or a finished job) still stopping: its slot stays busy until
+  // it exits or its worker is lost.
+  using RankKey = std::tuple<std::string, int, int>;  // job, attempt, rank
 
   JobManager(const Options& options, JobStore* store, ArtifactStore* artifacts);
   absl::Status Recover();
+  // A store error in a background decision (counted, logged at most every 10 s; the decision
+  // is taken again).
+  void LogStoreError(const lora::v1::Job& job, const absl::Status& s, const char* what)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   static absl::StatusOr<std::string> JobId(const std::string& name);
 
-  // Appends events (assigning sequences), persists the job, then notifies watchers.
-  absl::Status Commit(ActiveJob& a, std::vector<lora::v1::JobEvent> events)
+  // Writes `update` durably, then publishes it (the active job, watchers). On error nothing
+  // changed.
+  absl::Status Commit(ActiveJob& a, JobUpdate update) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Plans and commits a transition of `next` (a copy of a.job with other changes).
+  absl::Status Transition(ActiveJob& a, lora::v1::Job next, lora::v1::JobState to,
+                          const std::string& reason, std::vector<lora::v1::JobEvent> extra = {})
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  lora::v1::JobEvent StateEvent(lora::v1::Job& job, lora::v1::JobState to,
-                                const std::string& reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Status Transition(ActiveJob& a, lora::v1::JobState to, const std::string& reason,
-                          std::vector<lora::v1::JobEvent> extra = {})
+  // The job ended: ranks still running stop, watchers are told, it leaves memory.
+  void Finish(const std::string& job_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Ranks of the attempt that have not exited move to draining_ (their slots stay busy).
+  void ReleaseRanks(ActiveJob& a) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void SendCancel(const ActiveJob& a, const std::string& reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Asks the retry policy what becomes of the attempt and carries it out. On a store error the
+  // job is marked and decided again by Tick.
+  void Decide(ActiveJob& a) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status Apply(ActiveJob& a, const Decision& d) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Marks the ranks `worker_id` ran as lost (their worker is gone) and decides.
+  void RanksLost(const std::string& worker_id, const std::string& reason)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void Finish(std::string job_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void ReleaseSlots(ActiveJob& a) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void SendCancel(ActiveJob& a, const std::string& reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void RetryOrFail(ActiveJob& a, const std::string& reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void MaybeComplete(ActiveJob& a) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void WorkerLost(const std::string& worker_id, const std::string& reason)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // The connected workers of one device (cpu, cuda): jobs of that device share their slots.
-  struct DevicePool {
-    int workers = 0;
-    int slots = 0;
-  };
-  std::map<std::string, DevicePool> ConnectedPools() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Why a job of `ranks` more ranks of `tenant` must wait for the tenant's own jobs, or ""
-  // when its quota allows it (limit 0: none).
-  static std::string TenantQuotaReason(const std::string& tenant, int running, int ranks,
-                                       int limit);
-  // Why a job of `ranks` ranks on `device` cannot start now, for Job.queue_reason.
-  static std::string QueueReason(const std::string& device, int ranks, const DevicePool& pool,
-                                 int free_slots, int connected_workers);
+  // Slots held on each worker: ranks of active attempts that have not exited, plus draining_.
+  std::map<std::string, int> UsedSlots() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::vector<WorkerSlots> ConnectedWorkerSlots() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Schedule() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status Start(ActiveJob& a, const std::vector<std::string>& workers)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void SendAssignment(ActiveJob& a, int rank) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   ActiveJob* FindRank(const lora::worker::v1::RankRef& ref, const std::string& worker_id)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  std::vector<lora::v1::JobEvent> TranslateEngineEvent(ActiveJob& a, int rank,
-                                                       const std::string& json)
+  // Applies keep_latest to the job's stored checkpoints; returns the files to delete.
+  std::vector<std::string> PruneCheckpoints(const lora::v1::Job& job)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void DeleteArtifactFiles(const std::string& job_id, const std::vector<std::string>& paths);
 
   const Options options_;
   JobStore* const store_;
@@ -211,11 +219,15 @@ class JobManager {
 
   absl::Mutex mu_;
   std::map<std::string, ActiveJob> active_ ABSL_GUARDED_BY(mu_);
-  std::map<std::string, Worker> workers_ ABSL_GUARDED_BY(mu_);
+  WorkerRegistry workers_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::set<EventSubscriber*>> subscribers_ ABSL_GUARDED_BY(mu_);
-  // Ranks of replaced attempts still stopping: their slot stays busy until they exit.
-  std::map<std::tuple<std::string, int, int>, std::string> draining_ ABSL_GUARDED_BY(mu_);
+  std::map<RankKey, std::string> draining_ ABSL_GUARDED_BY(mu_);  // -> worker id
+  // Jobs whose last decision could not be committed (the store failed): decided again by Tick.
+  std::set<std::string> undecided_ ABSL_GUARDED_BY(mu_);
   bool shutdown_ ABSL_GUARDED_BY(mu_) = false;
+  bool draining_for_stop_ ABSL_GUARDED_BY(mu_) = false;
+  int64_t store_write_failures_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::Time store_error_logged_at_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
 };
 
 }  // namespace lora::server

@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <iostream>
 
@@ -21,16 +22,16 @@ LocalWorkers::~LocalWorkers() { Stop(); }
 pid_t LocalWorkers::Launch(int index) {
   const std::string id = absl::StrCat("local-", index);
   const std::string dir = JoinPath(options_.work_dir, id);
-  (void)MakeDirectories(dir);
-  std::vector<std::string> argv = {options_.lora_worker,
-                                   "--controller",
-                                   options_.controller,
-                                   "--worker-id",
-                                   id,
-                                   "--work-dir",
-                                   dir,
-                                   "--threads-per-rank",
-                                   std::to_string(options_.threads_per_rank)};
+  if (absl::Status s = MakeDirectories(dir); !s.ok()) {
+    // lora-worker reports the same when it starts, and the supervisor backs off.
+    std::cerr << "lorad: local worker " << id << ": " << s << std::endl;
+  }
+  std::vector<std::string> argv = {
+      options_.lora_worker, "--controller", options_.controller, "--worker-id", id, "--work-dir",
+      dir, "--threads-per-rank", std::to_string(options_.threads_per_rank),
+      // Inside lorad's own grace, so the worker reports its
+      // drained ranks before lorad gives up on it.
+      "--drain-grace", std::to_string(std::max(1, options_.drain_grace_s - 3))};
   std::vector<char*> args;
   for (auto& a : argv) args.push_back(a.data());
   args.push_back(nullptr);

@@ -22,6 +22,7 @@ struct LocalWorkersOptions {
   std::string work_dir;     // <data_dir>/workers
   std::string token;        // worker token, passed through the environment
   int threads_per_rank = 0;
+  int drain_grace_s = 30;  // lorad's --drain-grace: Stop(drain_grace_s) kills after it
 };
 
 class LocalWorkers {

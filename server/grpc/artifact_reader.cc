@@ -8,9 +8,9 @@
 #include <type_traits>
 
 #include "absl/strings/str_cat.h"
+#include "common/grpc_status.h"
 #include "server/grpc/raw_message.h"
 #include "server/grpc/reactor_lifetime.h"
-#include "server/grpc/status_util.h"
 
 namespace lora::server {
 namespace {

@@ -8,12 +8,12 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/grpc_status.h"
 #include "common/status_macros.h"
 #include "server/grpc/artifact_reader.h"
 #include "server/grpc/auth.h"
 #include "server/grpc/raw_message.h"
 #include "server/grpc/reactor_lifetime.h"
-#include "server/grpc/status_util.h"
 
 namespace lora::server {
 namespace {

@@ -8,11 +8,11 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/grpc_status.h"
 #include "server/grpc/artifact_reader.h"
 #include "server/grpc/auth.h"
 #include "server/grpc/raw_message.h"
 #include "server/grpc/reactor_lifetime.h"
-#include "server/grpc/status_util.h"
 
 namespace lora::server {
 namespace {
@@ -144,11 +144,11 @@ class ConnectReactor : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::By
     }
     if (worker_id_.empty())
       return absl::FailedPreconditionError("the first message must be register");
-    if (m.has_heartbeat()) manager_->OnHeartbeat(worker_id_);
+    if (m.has_heartbeat()) manager_->OnHeartbeat(worker_id_, m.heartbeat().draining());
     if (m.has_event()) manager_->OnRankEvent(worker_id_, m.event());
     if (m.has_accepted()) manager_->OnRankAccepted(worker_id_, m.accepted());
     if (m.has_exited()) manager_->OnRankExited(worker_id_, m.exited());
-    if (!m.has_heartbeat()) manager_->OnHeartbeat(worker_id_);  // any message shows it is alive
+    if (!m.has_heartbeat()) manager_->OnAlive(worker_id_);  // any message shows it is alive
     return absl::OkStatus();
   }
 

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/status_macros.h"
 
 namespace lora::server {
 namespace {
@@ -156,8 +157,13 @@ class Transaction {
   bool ok() const { return ok_; }
   absl::Status Commit() {
     done_ = true;
-    if (sqlite3_exec(db_, "COMMIT", nullptr, nullptr, nullptr) != SQLITE_OK)
-      return SqlError(db_, "commit");
+    if (sqlite3_exec(db_, "COMMIT", nullptr, nullptr, nullptr) != SQLITE_OK) {
+      absl::Status error = SqlError(db_, "commit");
+      // After SQLITE_FULL / IOERR / BUSY the transaction may still be open: end it, or the next
+      // statement would run inside it and the caller's view of what is stored would be wrong.
+      if (!sqlite3_get_autocommit(db_)) sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+      return error;
+    }
     return absl::OkStatus();
   }
 
@@ -243,6 +249,7 @@ absl::Status JobStore::Exec(const char* sql) {
 
 absl::Status JobStore::InsertJob(const Job& job, const JobEvent& first_event, Job* existing) {
   absl::MutexLock lock(&mu_);
+  if (!write_fault_.ok()) return write_fault_;
   Transaction tx(db_);
   if (!tx.ok()) return SqlError(db_, "begin");
   if (!job.request_id().empty()) {
@@ -278,6 +285,7 @@ absl::Status JobStore::InsertJob(const Job& job, const JobEvent& first_event, Jo
 
 absl::Status JobStore::UpdateJob(const Job& job, const std::vector<JobEvent>& events) {
   absl::MutexLock lock(&mu_);
+  if (!write_fault_.ok()) return write_fault_;
   Transaction tx(db_);
   if (!tx.ok()) return SqlError(db_, "begin");
   Statement s(db_, "UPDATE jobs SET state = ?, proto = ? WHERE id = ?");
@@ -361,6 +369,7 @@ absl::StatusOr<std::vector<JobEvent>> JobStore::ReadEvents(const std::string& jo
 
 absl::Status JobStore::PutCheckpoint(const std::string& job_id, const lora::v1::Checkpoint& c) {
   absl::MutexLock lock(&mu_);
+  if (!write_fault_.ok()) return write_fault_;
   Statement s(db_, "INSERT OR REPLACE INTO checkpoints (job_id, step, proto) VALUES (?, ?, ?)");
   s.Bind(1, job_id).Bind(2, c.step()).BindBlob(3, c.SerializeAsString());
   if (s.Step() != SQLITE_DONE) return SqlError(db_, "put checkpoint");
@@ -378,6 +387,7 @@ absl::StatusOr<std::vector<lora::v1::Checkpoint>> JobStore::ListCheckpoints(
 absl::Status JobStore::PutArtifact(const std::string& job_id, const lora::v1::ArtifactFile& f,
                                    int64_t step, int32_t attempt) {
   absl::MutexLock lock(&mu_);
+  if (!write_fault_.ok()) return write_fault_;
   Statement s(db_,
               "INSERT OR REPLACE INTO artifacts (job_id, path, size, sha256, step, attempt) VALUES "
               "(?,?,?,?,?,?)");
@@ -403,6 +413,44 @@ absl::StatusOr<lora::v1::ArtifactFile> JobStore::GetArtifact(const std::string& 
   f.set_size(s.Int(0));
   f.set_sha256(s.Text(1));
   return f;
+}
+
+absl::StatusOr<std::vector<std::string>> JobStore::DeleteCheckpoints(
+    const std::string& job_id, const std::vector<int64_t>& steps) {
+  absl::MutexLock lock(&mu_);
+  if (!write_fault_.ok()) return write_fault_;
+  Transaction tx(db_);
+  if (!tx.ok()) return SqlError(db_, "begin");
+  std::vector<std::string> paths;
+  for (int64_t step : steps) {
+    Statement read(db_, "SELECT proto FROM checkpoints WHERE job_id = ? AND step = ?");
+    read.Bind(1, job_id).Bind(2, step);
+    if (read.Step() != SQLITE_ROW) continue;
+    lora::v1::Checkpoint c;
+    if (!c.ParseFromString(read.Blob(0))) return absl::DataLossError("unreadable checkpoint row");
+    for (const auto& f : c.files()) {
+      Statement del(db_, "DELETE FROM artifacts WHERE job_id = ? AND path = ?");
+      del.Bind(1, job_id).Bind(2, f.path());
+      if (del.Step() != SQLITE_DONE) return SqlError(db_, "delete artifact");
+      paths.push_back(f.path());
+    }
+    Statement del(db_, "DELETE FROM checkpoints WHERE job_id = ? AND step = ?");
+    del.Bind(1, job_id).Bind(2, step);
+    if (del.Step() != SQLITE_DONE) return SqlError(db_, "delete checkpoint");
+  }
+  LORA_RETURN_IF_ERROR(tx.Commit());
+  return paths;
+}
+
+void JobStore::FailWritesForTesting(absl::Status status) {
+  absl::MutexLock lock(&mu_);
+  write_fault_ = std::move(status);
+}
+
+absl::Status JobStore::LimitPagesForTesting(int64_t pages) {
+  absl::MutexLock lock(&mu_);
+  const std::string sql = absl::StrCat("PRAGMA max_page_count = ", pages);
+  return Exec(sql.c_str());
 }
 
 absl::StatusOr<int64_t> JobStore::CountJobs() {

@@ -74,12 +74,24 @@ class JobStore {
                                                      const std::string& path);
   absl::StatusOr<int64_t> CountJobs();
 
+  // Deletes the checkpoints of `steps` and the artifact records of their files in one
+  // transaction; returns those files' job paths (the caller removes the files).
+  absl::StatusOr<std::vector<std::string>> DeleteCheckpoints(const std::string& job_id,
+                                                             const std::vector<int64_t>& steps);
+
+  // Caps the database at `pages` pages, so writes that grow it fail with SQLITE_FULL as on a
+  // full disk (tests of what a failed write does; the default is SQLite's, no cap).
+  absl::Status LimitPagesForTesting(int64_t pages);
+  // Every write fails with `status` before it reaches SQLite until called with OkStatus().
+  void FailWritesForTesting(absl::Status status);
+
  private:
   explicit JobStore(sqlite3* db) : db_(db) {}
   absl::Status Exec(const char* sql) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   absl::Mutex mu_;
   sqlite3* db_ ABSL_GUARDED_BY(mu_);
+  absl::Status write_fault_ ABSL_GUARDED_BY(mu_);
 };
 
 // True for SUCCEEDED, FAILED and CANCELLED.

@@ -124,9 +124,8 @@ TEST_F(GpuTest, Bf16OnCudaLearnsAndTracksTheCpu) {
   ASSERT_EQ(got.size(), 30u);
   for (int64_t step = 1; step <= 5; ++step)
     EXPECT_NEAR(got[step], want[step], 3e-2 * want[step]) << step;
-  auto summary = nlohmann::json::parse(testing::ReadFile(gpu + "/summary.json"));
-  EXPECT_LT(summary["final_eval_loss"].get<double>(),
-            0.8 * summary["initial_eval_loss"].get<double>());
+  auto summary = testing::ReadSummary(gpu + "/summary.json");
+  EXPECT_LT(summary.final_eval_loss(), 0.8 * summary.initial_eval_loss());
 }
 
 // Dropout on: the CUDA generator's state is in the checkpoint, so the resumed run draws the

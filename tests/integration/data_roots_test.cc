@@ -91,8 +91,8 @@ TEST_F(DataRootsTest, LoraTrainRunRefusesEtcPasswdNamingTheFieldAndNothingOfTheF
                       Not(HasSubstr(PasswdFirstLine())), Not(HasSubstr("root:"))));
     auto failed = testing::Events(dir_.Join("out/events.jsonl"), "failed");
     ASSERT_FALSE(failed.empty());
-    EXPECT_EQ(failed.back()["code"], "PERMISSION_DENIED");
-    EXPECT_THAT(failed.back()["reason"].get<std::string>(),
+    EXPECT_EQ(failed.back().failed().code(), "PERMISSION_DENIED");
+    EXPECT_THAT(failed.back().failed().reason(),
                 AllOf(HasSubstr("dataset.path: "), Not(HasSubstr(PasswdFirstLine()))));
   }
 }

@@ -114,7 +114,7 @@ using testing::Events;
 std::map<int64_t, double> StepLosses(const std::string& run_dir) {
   std::map<int64_t, double> out;
   for (const auto& e : Events(run_dir + "/events.jsonl", "step"))
-    out[e["step"].get<int64_t>()] = e["loss"].get<double>();
+    out[e.step().step()] = e.step().loss();
   return out;
 }
 
@@ -239,12 +239,23 @@ TEST_P(LayoutTest, MatchesSingleProcessLossesAndAdapters) {
             testing::ReadFile(out + "/final/adapter/adapter_config.json"));
 
   // Rank 0 alone writes outputs; every rank reports.
-  auto summary = nlohmann::json::parse(testing::ReadFile(out + "/summary.json"));
-  EXPECT_EQ(summary["world_size"], layout.world);
-  EXPECT_GT(summary["bytes_sent"].get<int64_t>(), 0);
+  auto summary = testing::ReadSummary(out + "/summary.json");
+  EXPECT_EQ(summary.world_size(), layout.world);
+  EXPECT_GT(summary.bytes_sent(), 0);
+  EXPECT_FALSE(summary.mesh().empty());
+  auto finished = Events(out + "/events.jsonl", "finished");
+  ASSERT_EQ(finished.size(), 1u);
+  EXPECT_EQ(finished[0].finished().summary().SerializeAsString(), summary.SerializeAsString());
+  EXPECT_FALSE(Events(out + "/events.jsonl", "rank_status").empty());
   for (int r = 1; r < layout.world; ++r) {
-    EXPECT_TRUE(fs::exists(out + "/rank-" + std::to_string(r) + "/events.jsonl")) << r;
+    const std::string rank_events = out + "/rank-" + std::to_string(r) + "/events.jsonl";
+    EXPECT_TRUE(fs::exists(rank_events)) << r;
     EXPECT_FALSE(fs::exists(out + "/rank-" + std::to_string(r) + "/final")) << r;
+    auto status = Events(rank_events, "rank_status");
+    ASSERT_FALSE(status.empty()) << r;
+    EXPECT_EQ(status.back().rank(), r);
+    EXPECT_GT(status.back().rank_status().peak_rss_bytes(), 0);
+    EXPECT_TRUE(Events(rank_events, "step").empty()) << "rank 0 alone reports the job's steps";
   }
 }
 
@@ -420,9 +431,9 @@ TEST_F(DistributedTest, ARanksOwnErrorKeepsItsCodeAndReason) {
   for (const auto& r : results) EXPECT_EQ(r.exit_code, 1) << r.err;
   auto failed = Events(out + "/events.jsonl", "failed");
   ASSERT_FALSE(failed.empty());
-  EXPECT_THAT(failed.back()["reason"].get<std::string>(), HasSubstr("nope.jsonl"));
+  EXPECT_THAT(failed.back().failed().reason(), HasSubstr("nope.jsonl"));
   // Not a lost peer: the controller must not retry it.
-  EXPECT_NE(failed.back()["code"], "UNAVAILABLE");
+  EXPECT_NE(failed.back().failed().code(), "UNAVAILABLE");
 }
 
 // Starts `world` FSDP ranks on a long run, waits for the first checkpoint, then signals
@@ -475,8 +486,8 @@ FailureOutcome KillOneRank(const std::string& spec, const std::string& out, int 
     ranks[static_cast<size_t>(victim)]->Wait(10);
   }
   auto failed = Events(out + "/events.jsonl", "failed");
-  outcome.reason = failed.empty() ? testing::ReadFile(out + ".rank0.err")
-                                  : failed.back()["reason"].get<std::string>();
+  outcome.reason =
+      failed.empty() ? testing::ReadFile(out + ".rank0.err") : failed.back().failed().reason();
   return outcome;
 }
 
@@ -492,8 +503,9 @@ TEST_F(DistributedTest, SigtermStopsEveryRankAtOneCheckpointedStep) {
   auto steps = Events(out + "/events.jsonl", "step");
   ASSERT_FALSE(checkpoints.empty());
   ASSERT_FALSE(steps.empty());
-  EXPECT_EQ(checkpoints.back()["step"], steps.back()["step"]);
-  EXPECT_TRUE(fs::exists(checkpoints.back()["path"].get<std::string>() + "/manifest.json"));
+  EXPECT_EQ(checkpoints.back().checkpoint().step(), steps.back().step().step());
+  EXPECT_TRUE(checkpoints.back().checkpoint().drain());
+  EXPECT_TRUE(fs::exists(checkpoints.back().checkpoint().path() + "/manifest.json"));
   EXPECT_TRUE(Events(out + "/events.jsonl", "failed").empty());
 }
 

@@ -7,6 +7,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/integration/events_file.h"
 #include "tests/integration/subprocess.h"
 #include "tests/test_util.h"
 
@@ -244,8 +245,8 @@ TEST(ChatRun, ACheckpointWithItsTokenizerTrainsOnChatData) {
       << "validation_interval = 0\n[checkpoint]\ninterval = 0\n";
   ProcessResult r = Train({"run", "--job", dir.Join("job.toml"), "--out", dir.Join("out")});
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  auto summary = nlohmann::json::parse(testing::ReadFile(dir.Join("out/summary.json")));
-  EXPECT_LT(summary["final_eval_loss"].get<double>(), summary["initial_eval_loss"].get<double>());
+  auto summary = testing::ReadSummary(dir.Join("out/summary.json"));
+  EXPECT_LT(summary.final_eval_loss(), summary.initial_eval_loss());
 }
 
 // The same tokenizer with a model whose embeddings are smaller: refused before step 1, naming

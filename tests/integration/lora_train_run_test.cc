@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <thread>
 
 #include <torch/torch.h>
@@ -37,6 +38,7 @@ ProcessResult Train(std::vector<std::string> args, double timeout = 300) {
 
 using testing::Events;
 using testing::MaxRelativeAdapterDiff;
+using testing::ReadSummary;
 using testing::StepLosses;
 using testing::TinySpec;
 
@@ -54,11 +56,14 @@ TEST_F(RunTest, LearnsAndEvalReproducesTheReportedLoss) {
   std::string spec = WriteSpec("job.toml", TinySpec(40));
   ProcessResult r = Train({"run", "--job", spec, "--out", dir_.Join("out")});
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  auto summary = nlohmann::json::parse(testing::ReadFile(dir_.Join("out/summary.json")));
-  const double initial = summary["initial_eval_loss"], final_loss = summary["final_eval_loss"];
+  auto summary = ReadSummary(dir_.Join("out/summary.json"));
+  const double initial = summary.initial_eval_loss(), final_loss = summary.final_eval_loss();
   EXPECT_LT(final_loss, 0.6 * initial) << "eval loss should fall well below its start";
-  EXPECT_EQ(summary["steps"], 40);
-  EXPECT_GT(summary["peak_rss_bytes"].get<int64_t>(), 0);
+  EXPECT_EQ(summary.steps(), 40);
+  EXPECT_GT(summary.peak_rss_bytes(), 0);
+  EXPECT_EQ(summary.world_size(), 1);
+  EXPECT_EQ(summary.outputs().at("adapter"), dir_.Join("out/final/adapter"));
+  EXPECT_EQ(summary.last_checkpoint().step(), 40);
   EXPECT_TRUE(fs::exists(dir_.Join("out/final/adapter/adapter_model.safetensors")));
 
   // The exported adapter, loaded by `lora-train eval`, gives the same validation loss.
@@ -68,14 +73,22 @@ TEST_F(RunTest, LearnsAndEvalReproducesTheReportedLoss) {
   const double reproduced = nlohmann::json::parse(ev.out)["loss"];
   EXPECT_NEAR(reproduced, final_loss, 1e-6 * final_loss);
 
-  // Step events carry every documented field; losses fall.
+  // Step events carry every documented field; the finished event carries summary.json.
   auto steps = Events(dir_.Join("out/events.jsonl"), "step");
   ASSERT_EQ(steps.size(), 40u);
-  for (const char* key : {"step", "loss", "grad_norm", "lr", "tokens_per_second", "elapsed_seconds",
-                          "eta_seconds", "time"}) {
-    EXPECT_TRUE(steps[5].contains(key)) << key;
+  const auto& step = steps[5].step();
+  EXPECT_EQ(step.step(), 6);
+  EXPECT_EQ(step.total_steps(), 40);
+  EXPECT_GT(steps[5].time(), 0);
+  for (double v : {step.loss(), step.grad_norm(), step.lr(), step.tokens_per_second(),
+                   step.step_seconds(), step.elapsed_seconds(), step.eta_seconds()}) {
+    EXPECT_GT(v, 0);
   }
-  EXPECT_EQ(Events(dir_.Join("out/events.jsonl"), "finished").size(), 1u);
+  EXPECT_EQ(step.tokens(), 6 * 4 * 64);
+  EXPECT_GT(step.target_tokens(), 0);
+  auto finished = Events(dir_.Join("out/events.jsonl"), "finished");
+  ASSERT_EQ(finished.size(), 1u);
+  EXPECT_EQ(finished[0].finished().summary().SerializeAsString(), summary.SerializeAsString());
   EXPECT_FALSE(Events(dir_.Join("out/events.jsonl"), "eval").empty());
 }
 
@@ -90,14 +103,16 @@ TEST_F(RunTest, CheckpointsAreCompleteAndVerifiable) {
   EXPECT_TRUE(fs::exists(dir_.Join("out/checkpoints/step-00000006/manifest.json")));
   auto ckpts = Events(dir_.Join("out/events.jsonl"), "checkpoint");
   ASSERT_EQ(ckpts.size(), 3u);
-  const auto& last = ckpts.back();
-  EXPECT_EQ(last["step"], 7);
-  EXPECT_EQ(last["sha256"],
-            Sha256Hex(testing::ReadFile(last["path"].get<std::string>() + "/manifest.json")));
-  for (const auto& f : last["files"]) {
-    auto digest = Sha256File(last["path"].get<std::string>() + "/" + f["path"].get<std::string>());
+  const auto& last = ckpts.back().checkpoint();
+  EXPECT_EQ(last.step(), 7);
+  EXPECT_FALSE(last.drain());
+  EXPECT_EQ(last.sha256(), Sha256Hex(testing::ReadFile(last.path() + "/manifest.json")));
+  ASSERT_EQ(last.files_size(), 5);
+  for (const auto& f : last.files()) {
+    auto digest = Sha256File(last.path() + "/" + f.path());
     ASSERT_TRUE(digest.ok());
-    EXPECT_EQ(*digest, f["sha256"]);
+    EXPECT_EQ(*digest, f.sha256());
+    EXPECT_EQ(static_cast<uintmax_t>(f.size()), fs::file_size(last.path() + "/" + f.path()));
   }
   // No staging leftovers.
   for (const auto& e : fs::directory_iterator(dir_.Join("out/checkpoints"))) {
@@ -132,6 +147,71 @@ TEST_F(RunTest, ResumeReproducesLossesBitwise) {
             testing::ReadFile(dir_.Join("partial/final/adapter/adapter_model.safetensors")));
 }
 
+// A latest checkpoint whose files no longer match its manifest (a flipped byte, a truncated
+// file: a disk or a copy went wrong) is skipped with a warning naming it, and the run resumes
+// from the newest intact one: the same losses and adapter as the uninterrupted run.
+TEST_F(RunTest, ResumeSkipsACorruptLatestCheckpoint) {
+  std::string spec = WriteSpec("job.toml", TinySpec(9));
+  const std::vector<std::string> sets = {"--set", "training.mixed_precision=none", "--set",
+                                         "lora.dropout=0.1", "--quiet"};
+  std::vector<std::string> full = {"run", "--job", spec, "--out", dir_.Join("full")};
+  full.insert(full.end(), sets.begin(), sets.end());
+  ASSERT_EQ(Train(full).exit_code, 0);
+  const auto corruptions = std::vector<std::pair<std::string, std::function<void(std::string)>>>{
+      {"flipped",
+       [](const std::string& step_dir) {
+         const std::string path = step_dir + "/adapter/adapter_model.safetensors";
+         std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+         f.seekg(static_cast<std::streamoff>(fs::file_size(path) - 3));
+         const char c = static_cast<char>(f.get() ^ 0x01);
+         f.seekp(static_cast<std::streamoff>(fs::file_size(path) - 3));
+         f.put(c);
+       }},
+      {"truncated", [](const std::string& step_dir) {
+         const std::string path = step_dir + "/optimizer.safetensors";
+         fs::resize_file(path, fs::file_size(path) / 2);
+       }}};
+  for (const auto& [name, corrupt] : corruptions) {
+    SCOPED_TRACE(name);
+    const std::string run = dir_.Join(name);
+    fs::create_directories(run + "/checkpoints");
+    for (const char* step : {"step-00000003", "step-00000006"}) {
+      fs::copy(dir_.Join("full/checkpoints/") + step, run + "/checkpoints/" + step,
+               fs::copy_options::recursive);
+    }
+    corrupt(run + "/checkpoints/step-00000006");
+    std::vector<std::string> resume = {"run", "--job", spec, "--out", run, "--resume", run};
+    resume.insert(resume.end(), sets.begin(), sets.end());
+    ProcessResult r = Train(resume);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+
+    bool warned = false;
+    for (const auto& e : Events(run + "/events.jsonl", "log")) {
+      if (e.log().level() == "warning" &&
+          e.log().message().find("step-00000006") != std::string::npos) {
+        warned = true;
+      }
+    }
+    EXPECT_TRUE(warned) << "no warning naming the corrupt checkpoint";
+    auto started = Events(run + "/events.jsonl", "started");
+    ASSERT_EQ(started.size(), 1u);
+    EXPECT_EQ(started[0].started().start_step(), 3);
+    auto a = StepLosses(dir_.Join("full/events.jsonl")), b = StepLosses(run + "/events.jsonl");
+    ASSERT_EQ(b.size(), 6u);
+    for (const auto& [step, loss] : b) EXPECT_EQ(loss, a[step]) << "step " << step;
+    EXPECT_EQ(testing::ReadFile(dir_.Join("full/final/adapter/adapter_model.safetensors")),
+              testing::ReadFile(run + "/final/adapter/adapter_model.safetensors"));
+  }
+  // A step directory named explicitly is what the user asked for: corrupt is an error.
+  const std::string named = dir_.Join("named/step-00000006");
+  fs::create_directories(dir_.Join("named"));
+  fs::copy(dir_.Join("full/checkpoints/step-00000006"), named, fs::copy_options::recursive);
+  fs::resize_file(named + "/rng_state.safetensors", 10);
+  ProcessResult bad = Train({"run", "--job", spec, "--out", dir_.Join("x"), "--resume", named});
+  EXPECT_EQ(bad.exit_code, 1);
+  EXPECT_THAT(bad.err, HasSubstr("rng_state.safetensors"));
+}
+
 TEST_F(RunTest, SigtermCheckpointsThenResumeFinishesIdentically) {
   std::string spec = WriteSpec("job.toml", TinySpec(60));
   std::vector<std::string> args = {LoraTrain(),
@@ -157,8 +237,12 @@ TEST_F(RunTest, SigtermCheckpointsThenResumeFinishesIdentically) {
   ASSERT_EQ(code, 75) << testing::ReadFile(dir_.Join("b.err"));
   auto ckpts = Events(dir_.Join("b/events.jsonl"), "checkpoint");
   ASSERT_FALSE(ckpts.empty());
-  const int64_t stopped_at = ckpts.back()["step"];
+  const int64_t stopped_at = ckpts.back().checkpoint().step();
   EXPECT_LT(stopped_at, 60);
+  // The checkpoint written because of the stop says so (lorad requeues on it); earlier ones
+  // were the interval's.
+  EXPECT_TRUE(ckpts.back().checkpoint().drain());
+  for (size_t i = 0; i + 1 < ckpts.size(); ++i) EXPECT_FALSE(ckpts[i].checkpoint().drain());
   std::vector<std::string> resume = args;
   resume.insert(resume.end(), {"--resume", dir_.Join("b")});
   ProcessResult r = RunProcess(resume, 300);
@@ -175,14 +259,23 @@ TEST_F(RunTest, ConvertAndMergeJobs) {
   ProcessResult c = Train({"run", "--job", convert, "--out", dir_.Join("c"), "--quiet"});
   ASSERT_EQ(c.exit_code, 0) << c.err;
   EXPECT_TRUE(fs::exists(dir_.Join("c/final/adapter/adapter_config.json")));
-  auto summary = nlohmann::json::parse(testing::ReadFile(dir_.Join("c/summary.json")));
-  EXPECT_EQ(summary["num_wrapped_modules"], 14);
+  auto summary = ReadSummary(dir_.Join("c/summary.json"));
+  EXPECT_EQ(summary.num_wrapped_modules(), 14);
+  EXPECT_EQ(summary.wrapped_modules_size(), 14);
+  EXPECT_GT(summary.adapter_bytes(), 0);
+  EXPECT_EQ(summary.outputs().at("adapter"), dir_.Join("c/final/adapter"));
   std::string merge = WriteSpec(
       "merge.toml", "[job]\nkind = \"merge\"\n[model]\nflavor = \"tiny\"\n[lora]\nadapter = \"" +
                         dir_.Join("c/final/adapter") + "\"\n");
   ProcessResult m = Train({"run", "--job", merge, "--out", dir_.Join("m"), "--quiet"});
   ASSERT_EQ(m.exit_code, 0) << m.err;
   EXPECT_TRUE(fs::exists(dir_.Join("m/final/merged/model.safetensors")));
+  auto merged = ReadSummary(dir_.Join("m/summary.json"));
+  EXPECT_EQ(merged.merged_modules(), 14);
+  EXPECT_EQ(merged.outputs().at("merged"), dir_.Join("m/final/merged"));
+  auto finished = Events(dir_.Join("m/events.jsonl"), "finished");
+  ASSERT_EQ(finished.size(), 1u);
+  EXPECT_EQ(finished[0].finished().summary().merged_modules(), 14);
 }
 
 TEST_F(RunTest, BadSpecsFailWithFileLineAndKey) {
@@ -198,7 +291,7 @@ TEST_F(RunTest, BadSpecsFailWithFileLineAndKey) {
   EXPECT_THAT(d.err, HasSubstr("missing.jsonl: cannot open dataset file"));
   auto failed = Events(dir_.Join("y/events.jsonl"), "failed");
   ASSERT_EQ(failed.size(), 1u);
-  EXPECT_THAT(failed[0]["reason"].get<std::string>(), HasSubstr("missing.jsonl"));
+  EXPECT_THAT(failed[0].failed().reason(), HasSubstr("missing.jsonl"));
 }
 
 // Without a visible GPU, asking for CUDA is a clear, specific failure, never a silent CPU run;
@@ -228,7 +321,7 @@ TEST_F(RunTest, CudaWithoutAVisibleGpuIsRefusedNamingTheField) {
   EXPECT_THAT(r.err, HasSubstr("resources.device: 'cuda' but no CUDA device is visible"));
   auto failed = Events(dir_.Join("cuda/events.jsonl"), "failed");
   ASSERT_EQ(failed.size(), 1u);
-  EXPECT_EQ(failed[0]["code"], "FAILED_PRECONDITION");
+  EXPECT_EQ(failed[0].failed().code(), "FAILED_PRECONDITION");
   EXPECT_TRUE(Events(dir_.Join("cuda/events.jsonl"), "step").empty());
 }
 
@@ -284,10 +377,10 @@ TEST_F(RunTest, EpochsAndAValidationFileDriveTheRun) {
   // 24 windows; 2 epochs at 4 rows per step = 48 / 4 = 12 steps.
   auto started = Events(dir_.Join("out/events.jsonl"), "started");
   ASSERT_FALSE(started.empty());
-  EXPECT_EQ(started[0]["total_steps"], 12);
-  auto summary = nlohmann::json::parse(testing::ReadFile(dir_.Join("out/summary.json")));
-  EXPECT_EQ(summary["steps"], 12);
-  EXPECT_TRUE(summary["final_eval_loss"].is_number());
+  EXPECT_EQ(started[0].started().total_steps(), 12);
+  auto summary = ReadSummary(dir_.Join("out/summary.json"));
+  EXPECT_EQ(summary.steps(), 12);
+  EXPECT_TRUE(std::isfinite(summary.final_eval_loss()) && summary.final_eval_loss() > 0);
 }
 
 // DoRA's magnitudes are adapter state like A and B: checkpointed, restored, resumed exactly.

@@ -147,6 +147,11 @@ lora::v1::JobSpec TinyTrainSpec(int steps, int checkpoint_interval, int seq_len)
   return spec;
 }
 
+bool JobEnded(const lora::v1::Job& job) {
+  return job.state() == lora::v1::SUCCEEDED || job.state() == lora::v1::FAILED ||
+         job.state() == lora::v1::CANCELLED;
+}
+
 lora::v1::Job WaitForJob(LoraClient& client, const std::string& name,
                          const std::function<bool(const lora::v1::Job&)>& pred, double timeout_s) {
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);

@@ -11,8 +11,10 @@
 #include <vector>
 
 #include "client/lora_client.h"
+#include "gtest/gtest.h"
 #include "lora/v1/job_spec.pb.h"
 #include "tests/integration/subprocess.h"  // FreePort
+#include "tests/test_util.h"
 
 namespace lora::testing {
 
@@ -51,6 +53,22 @@ std::vector<pid_t> FindProcesses(const std::string& needle);
 std::vector<pid_t> FindRankProcesses(const std::string& job_id, int rank);
 
 lora::v1::JobSpec TinyTrainSpec(int steps, int checkpoint_interval = 5, int seq_len = 64);
+
+// Whether a job has ended: SUCCEEDED, FAILED or CANCELLED.
+bool JobEnded(const lora::v1::Job& job);
+
+// A fixture with a scratch directory; StartLorad runs lorad in <dir>/data.
+class LoradTest : public ::testing::Test {
+ protected:
+  std::unique_ptr<Lorad> StartLorad(int local_workers, std::vector<std::string> extra = {},
+                                    int port = 0) {
+    auto l = std::make_unique<Lorad>(
+        Lorad::Options{dir_.Join("data"), local_workers, port, std::move(extra)});
+    EXPECT_TRUE(l->Start()) << l->log();
+    return l;
+  }
+  TempDir dir_;
+};
 
 // Polls GetJob until `pred` holds or the timeout passes; returns the last job seen.
 lora::v1::Job WaitForJob(LoraClient& client, const std::string& name,

@@ -63,22 +63,9 @@ Retry FindRetry(const std::vector<JobEvent>& events) {
   return r;
 }
 
-bool Done(const Job& j) {
-  return j.state() == lora::v1::SUCCEEDED || j.state() == lora::v1::FAILED ||
-         j.state() == lora::v1::CANCELLED;
-}
+bool Done(const Job& j) { return testing::JobEnded(j); }
 
-class ServiceTest : public ::testing::Test {
- protected:
-  std::unique_ptr<Lorad> StartLorad(int local_workers, std::vector<std::string> extra = {},
-                                    int port = 0) {
-    auto l = std::make_unique<Lorad>(
-        Lorad::Options{dir_.Join("data"), local_workers, port, std::move(extra)});
-    EXPECT_TRUE(l->Start()) << l->log();
-    return l;
-  }
-  testing::TempDir dir_;
-};
+class ServiceTest : public testing::LoradTest {};
 
 TEST_F(ServiceTest, SubmitWatchSucceedDownloadAndVerify) {
   auto lorad = StartLorad(1);

@@ -47,8 +47,7 @@ keep_latest = 0
 
 inline std::map<int64_t, double> StepLosses(const std::string& events) {
   std::map<int64_t, double> out;
-  for (const auto& e : Events(events, "step"))
-    out[e["step"].get<int64_t>()] = e["loss"].get<double>();
+  for (const auto& e : Events(events, "step")) out[e.step().step()] = e.step().loss();
   return out;
 }
 

@@ -1,19 +1,23 @@
 #include <torch/torch.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 
 #include "common/file_util.h"
+#include "common/sha256.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/test_util.h"
 #include "worker/engine/lora/converter.h"
 #include "worker/engine/lora/peft_adapter.h"
 #include "worker/engine/model/hf_checkpoint.h"
+#include "worker/engine/train/checkpointer.h"
 
 namespace lora {
 namespace {
 
+using ::testing::AllOf;
 using ::testing::HasSubstr;
 namespace fs = std::filesystem;
 
@@ -386,6 +390,191 @@ TEST(PeftAdapterTest, RefusesToOverwriteForeignDirectories) {
   for (const auto& e : fs::directory_iterator(dir.path()))
     entries += e.path().filename() != "precious.txt";
   EXPECT_EQ(entries, 1);
+}
+
+// ---------------------------------------------------------------- training checkpoints
+
+// trainer_state.json exactly as lora-train has always written it (one process, then a rank of
+// a mesh): read into TrainerState and written back byte for byte, so older checkpoints resume.
+TEST(TrainerStateTest, ReadsAndRewritesTheExistingFormat) {
+  const std::string single = R"({
+  "data_cursor_windows": 12,
+  "eval_loss": null,
+  "format_version": 1,
+  "initial_eval_loss": 6.311512791833212,
+  "optimizer_step": 3,
+  "step": 3,
+  "tokens": 768,
+  "train_loss": 6.257533281698994,
+  "world_size": 1
+}
+)";
+  auto s = ParseTrainerState(single);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->step, 3);
+  EXPECT_EQ(s->optimizer_step, 3);
+  EXPECT_EQ(s->tokens, 768);
+  EXPECT_EQ(s->data_cursor_windows, 12);
+  EXPECT_DOUBLE_EQ(s->train_loss, 6.257533281698994);
+  EXPECT_TRUE(std::isnan(s->eval_loss)) << "null is a loss never computed";
+  EXPECT_DOUBLE_EQ(s->initial_eval_loss, 6.311512791833212);
+  EXPECT_EQ(s->world_size, 1);
+  EXPECT_EQ(s->mesh, "");
+  EXPECT_EQ(FormatTrainerState(*s), single);
+
+  const std::string ranks = R"({
+  "data_cursor_windows": 24,
+  "eval_loss": 2.5,
+  "format_version": 1,
+  "initial_eval_loss": null,
+  "mesh": "pp 2 x dp_shard 2",
+  "optimizer_step": 3,
+  "step": 3,
+  "tokens": 1536,
+  "train_loss": 2.75,
+  "world_size": 4
+}
+)";
+  auto r = ParseTrainerState(ranks);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->world_size, 4);
+  EXPECT_EQ(r->mesh, "pp 2 x dp_shard 2");
+  EXPECT_TRUE(std::isnan(r->initial_eval_loss));
+  EXPECT_EQ(FormatTrainerState(*r), ranks);
+
+  // Only "step" is required; AdamW's count defaults to it.
+  auto minimal = ParseTrainerState(R"({"step": 7})");
+  ASSERT_TRUE(minimal.ok()) << minimal.status();
+  EXPECT_EQ(minimal->optimizer_step, 7);
+  EXPECT_TRUE(std::isnan(minimal->train_loss));
+}
+
+TEST(TrainerStateTest, RefusesWhatItCannotTrust) {
+  struct Case {
+    const char* text;
+    absl::StatusCode code;
+    const char* phrase;
+  };
+  for (const Case& c : std::vector<Case>{
+           {"[1]", absl::StatusCode::kDataLoss, "not a JSON object"},
+           {R"({"step": 3)", absl::StatusCode::kDataLoss, "not a JSON object"},
+           {R"({"tokens": 3})", absl::StatusCode::kDataLoss, "missing \"step\""},
+           {R"({"step": "3"})", absl::StatusCode::kDataLoss, "\"step\" must be an integer"},
+           {R"({"step": 3, "train_loss": "low"})", absl::StatusCode::kDataLoss,
+            "\"train_loss\" must be a number or null"},
+           {R"({"step": 3, "learning_rate": 0.1})", absl::StatusCode::kDataLoss,
+            "unknown key \"learning_rate\""},
+           {R"({"step": 3, "format_version": 2})", absl::StatusCode::kFailedPrecondition,
+            "later lora-train"},
+       }) {
+    auto s = ParseTrainerState(c.text);
+    ASSERT_FALSE(s.ok()) << c.text;
+    EXPECT_EQ(s.status().code(), c.code) << c.text;
+    EXPECT_THAT(std::string(s.status().message()), HasSubstr(c.phrase)) << c.text;
+  }
+}
+
+class TrainingCheckpointTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    model_ = MakeModel(Config());
+    lora_ = TestLoraConfig();
+    ASSERT_TRUE(ConvertToLora(*model_, lora_).ok());
+  }
+  // step-N under run_, its adapters and moments filled with N.
+  void Save(int64_t step) {
+    torch::NoGradGuard no_grad;
+    for (const auto& item : model_->named_parameters()) {
+      if (item.value().requires_grad()) item.value().fill_(static_cast<double>(step));
+    }
+    CheckpointContents c;
+    c.adapters = AdapterRecords(*model_);
+    c.modules = ListModules(*model_);
+    c.lora = &lora_;
+    c.base_model = "tiny";
+    c.optimizer_state = {{"exp_avg.x", torch::full({3}, static_cast<double>(step))}};
+    c.optimizer_step = step;
+    c.state.step = step;
+    c.state.optimizer_step = step;
+    c.state.tokens = 100 * step;
+    auto info = SaveTrainingCheckpoint(run_.path(), c, 0);
+    ASSERT_TRUE(info.ok()) << info.status();
+    EXPECT_EQ(info->files.size(), 5u);
+  }
+  std::string StepDir(int64_t step) const {
+    return run_.Join("checkpoints/" + CheckpointDirName(step));
+  }
+
+  LlamaForCausalLM model_{nullptr};
+  LoraConfig lora_;
+  testing::TempDir run_;
+};
+
+TEST_F(TrainingCheckpointTest, ResumeLoadsTheNewestIntactCheckpointNamingTheCorruptOnes) {
+  for (int64_t step : {1, 2, 3}) Save(step);
+  // step 3: one flipped byte; step 2: a truncated file.
+  const std::string adapter = StepDir(3) + "/adapter/adapter_model.safetensors";
+  std::string bytes = *ReadFileToString(adapter);
+  bytes[bytes.size() - 2] ^= 0x10;
+  std::ofstream(adapter, std::ios::binary | std::ios::trunc) << bytes;
+  fs::resize_file(StepDir(2) + "/optimizer.safetensors",
+                  fs::file_size(StepDir(2) + "/optimizer.safetensors") - 1);
+
+  for (const std::string& from : {run_.path(), run_.Join("checkpoints")}) {
+    std::vector<std::pair<std::string, absl::Status>> skipped;
+    auto loaded = LoadLatestCheckpoint(
+        from, torch::kCPU,
+        [&](const std::string& dir, const absl::Status& s) { skipped.emplace_back(dir, s); });
+    ASSERT_TRUE(loaded.ok()) << loaded.status();
+    EXPECT_EQ(loaded->dir, StepDir(1));
+    EXPECT_EQ(loaded->state.step, 1);
+    EXPECT_EQ(loaded->state.tokens, 100);
+    ASSERT_FALSE(loaded->adapters.empty());
+    EXPECT_EQ(loaded->adapters[0].a.max().item<float>(), 1.0f);
+    ASSERT_EQ(loaded->optimizer_state.size(), 1u);
+    EXPECT_TRUE(torch::equal(loaded->optimizer_state[0].second, torch::full({3}, 1.0f)));
+    ASSERT_EQ(skipped.size(), 2u);
+    EXPECT_EQ(skipped[0].first, StepDir(3));
+    EXPECT_EQ(skipped[0].second.code(), absl::StatusCode::kDataLoss);
+    EXPECT_THAT(std::string(skipped[0].second.message()),
+                AllOf(HasSubstr("adapter_model.safetensors"), HasSubstr("sha256 mismatch")));
+    EXPECT_EQ(skipped[1].first, StepDir(2));
+    EXPECT_THAT(std::string(skipped[1].second.message()),
+                AllOf(HasSubstr("optimizer.safetensors"), HasSubstr("the manifest says")));
+  }
+
+  // A step directory named outright is loaded or refused, never swapped for another.
+  auto named = LoadLatestCheckpoint(StepDir(3), torch::kCPU, nullptr);
+  EXPECT_EQ(named.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(std::string(named.status().message()), HasSubstr("adapter_model.safetensors"));
+  EXPECT_TRUE(LoadLatestCheckpoint(StepDir(1), torch::kCPU, nullptr).ok());
+
+  // Nothing intact, or nothing at all, is an error.
+  fs::remove(StepDir(1) + "/trainer_state.json");
+  auto none = LoadLatestCheckpoint(run_.path(), torch::kCPU, nullptr);
+  EXPECT_EQ(none.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(std::string(none.status().message()), HasSubstr("every checkpoint is corrupt"));
+  testing::TempDir empty;
+  EXPECT_EQ(LoadLatestCheckpoint(empty.path(), torch::kCPU, nullptr).status().code(),
+            absl::StatusCode::kNotFound);
+}
+
+// The manifest and trainer_state.json a checkpoint holds are the ones the event reports.
+TEST_F(TrainingCheckpointTest, ManifestListsEveryFileWithItsSizeAndDigest) {
+  Save(4);
+  EXPECT_TRUE(VerifyCheckpoint(StepDir(4)).ok());
+  auto manifest = ReadJsonFile(StepDir(4) + "/manifest.json");
+  ASSERT_TRUE(manifest.ok());
+  EXPECT_EQ((*manifest)["step"], 4);
+  ASSERT_EQ((*manifest)["files"].size(), 5u);
+  for (const auto& f : (*manifest)["files"]) {
+    const std::string path = StepDir(4) + "/" + f["path"].get<std::string>();
+    EXPECT_EQ(f["bytes"].get<uint64_t>(), fs::file_size(path)) << path;
+    EXPECT_EQ(f["sha256"], *Sha256File(path)) << path;
+  }
+  auto state = ParseTrainerState(*ReadFileToString(StepDir(4) + "/trainer_state.json"));
+  ASSERT_TRUE(state.ok()) << state.status();
+  EXPECT_EQ(state->tokens, 400);
 }
 
 }  // namespace

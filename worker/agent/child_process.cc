@@ -78,10 +78,8 @@ absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Spawn(
 }
 
 ChildProcess::~ChildProcess() {
-  if (!reaped_) {
-    ::kill(pid_, SIGKILL);
-    Wait();
-  }
+  Signal(SIGKILL);  // a no-op once reaped
+  Wait();
   if (events_fd_ >= 0) ::close(events_fd_);
 }
 
@@ -110,7 +108,17 @@ std::optional<std::string> ChildProcess::ReadEventLine() {
 }
 
 ChildExit ChildProcess::Wait() {
-  if (reaped_) return exit_;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (reaped_) return exit_;
+  }
+  // Waits without reaping: until it is reaped the pid stays ours, so a Signal() meanwhile
+  // cannot hit another process.
+  siginfo_t info{};
+  while (::waitid(P_PID, static_cast<id_t>(pid_), &info, WEXITED | WNOWAIT) < 0 && errno == EINTR) {
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  if (reaped_) return exit_;  // another thread's Wait() got there first
   int status = 0;
   while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
   }
@@ -124,6 +132,7 @@ ChildExit ChildProcess::Wait() {
 }
 
 void ChildProcess::Signal(int signo) {
+  std::lock_guard<std::mutex> lock(mu_);
   if (!reaped_) ::kill(pid_, signo);
 }
 

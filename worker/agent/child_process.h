@@ -12,10 +12,12 @@
 
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 
 namespace lora {
@@ -36,18 +38,23 @@ class ChildProcess {
   ~ChildProcess();  // kills (SIGKILL) and reaps a child still running
 
   // The next event line, or nullopt at end of stream (the child closed the pipe or exited).
+  // One reader thread.
   std::optional<std::string> ReadEventLine();
+  // Blocks until the child exits, then reaps it. Any thread, alongside Signal().
   ChildExit Wait();
+  // Any thread: a no-op once the child is reaped, so the signal never reaches a process that
+  // reused its pid (the child is only reaped under the same lock).
   void Signal(int signo);
   pid_t pid() const { return pid_; }
 
  private:
   ChildProcess(pid_t pid, int events_fd) : pid_(pid), events_fd_(events_fd) {}
-  pid_t pid_;
+  const pid_t pid_;
   int events_fd_;
   std::string buffer_;
-  bool reaped_ = false;
-  ChildExit exit_;
+  std::mutex mu_;
+  bool reaped_ ABSL_GUARDED_BY(mu_) = false;
+  ChildExit exit_ ABSL_GUARDED_BY(mu_);
 };
 
 // Last non-empty line of a text file (the engine's error, for a failure reason).

@@ -11,16 +11,32 @@
 #include <iostream>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "common/engine_events.h"
+#include "common/exit_codes.h"
 #include "common/file_util.h"
-#include "common/sha256.h"
 #include "google/protobuf/util/json_util.h"
-#include "nlohmann/json.hpp"
 
 namespace lora {
 namespace {
 
 namespace wv1 = lora::worker::v1;
+namespace ev1 = lora::engine::v1;
 namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+// A session that stayed up this long was healthy: the next reconnect starts the backoff over.
+constexpr auto kHealthySession = std::chrono::seconds(10);
+// After the grace ran out and the rest were killed: how long their exits get to go out.
+constexpr auto kKilledReportTime = std::chrono::seconds(5);
+// How long a Write in flight may take to fail once its session has ended.
+constexpr auto kWriteGrace = std::chrono::seconds(2);
+// A half-closed session that lorad has not ended by then is cancelled.
+constexpr auto kCloseTime = std::chrono::seconds(5);
+// A rank's record outlives its exit this long, so a re-sent assignment is recognized.
+constexpr auto kForgetAfter = std::chrono::seconds(60);
+// How often the housekeeping thread looks at a drain in progress.
+constexpr auto kDrainPoll = std::chrono::milliseconds(200);
 
 void Log(const std::string& message) { std::cerr << "lora-worker: " << message << std::endl; }
 
@@ -30,6 +46,11 @@ wv1::RankRef RefOf(const std::tuple<std::string, int, int>& key) {
   ref.set_attempt(std::get<1>(key));
   ref.set_rank(std::get<2>(key));
   return ref;
+}
+
+std::string Describe(const std::tuple<std::string, int, int>& key) {
+  return absl::StrCat("jobs/", std::get<0>(key), " attempt ", std::get<1>(key), " rank ",
+                      std::get<2>(key));
 }
 
 // A free TCP port for the rank-0 rendezvous (bound then released; the window for a clash is tiny).
@@ -50,12 +71,20 @@ int ReservePort() {
   return port;
 }
 
-bool Transient(const grpc::Status& s) {
-  return s.error_code() == grpc::StatusCode::UNAVAILABLE ||
-         s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED ||
-         s.error_code() == grpc::StatusCode::CANCELLED ||
-         s.error_code() == grpc::StatusCode::ABORTED ||
-         s.error_code() == grpc::StatusCode::INTERNAL;
+// Waits on `cv` until `done()` or `deadline`; whether `done()` held.
+template <typename Done>
+bool WaitUntil(absl::CondVar& cv, absl::Mutex& mu, Clock::time_point deadline, Done done)
+    ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+  while (!done()) {
+    const auto now = Clock::now();
+    if (now >= deadline) return false;
+    cv.WaitWithTimeout(&mu, absl::FromChrono(deadline - now));
+  }
+  return true;
+}
+
+double UnixSeconds() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
 }  // namespace
@@ -88,12 +117,48 @@ absl::StatusOr<WorkerAgentOptions::Tls> ReadWorkerTls(const std::string& ca_file
   return tls;
 }
 
-WorkerAgent::WorkerAgent(WorkerAgentOptions options) : options_(std::move(options)) {
-  channel_ = MakeChannel();
-  stub_ = wv1::WorkerService::NewStub(channel_);
+int LowestFreeSlot(const std::vector<int>& held, int slots) {
+  for (int i = 0; i < slots; ++i) {
+    if (std::find(held.begin(), held.end(), i) == held.end()) return i;
+  }
+  return -1;
 }
 
-WorkerAgent::~WorkerAgent() { Stop(); }
+absl::StatusOr<std::unique_ptr<WorkerAgent>> WorkerAgent::Create(WorkerAgentOptions options) {
+  if (options.slots < 1) return absl::InvalidArgumentError("slots: must be >= 1");
+  if (options.drain_grace.count() < 0)
+    return absl::InvalidArgumentError("drain_grace: must be >= 0");
+  for (const auto& [name, policy] : {std::pair{"connect_retry", &options.connect_retry},
+                                     std::pair{"upload_retry", &options.upload_retry},
+                                     std::pair{"fetch_retry", &options.fetch_retry}}) {
+    if (absl::Status s = policy->Validate(); !s.ok())
+      return absl::InvalidArgumentError(absl::StrCat(name, ".", s.message()));
+  }
+  absl::StatusOr<std::unique_ptr<WorkDirLock>> lock = WorkDirLock::Acquire(options.work_dir);
+  if (!lock.ok()) return lock.status();
+  // Holding the lock, no rank of ours runs yet: every run directory is a crash's leftover.
+  absl::StatusOr<Leftovers> gone = RemoveCrashLeftovers(
+      options.work_dir, /*owned=*/{}, options.failed_log_bytes, options.failed_logs_kept);
+  if (!gone.ok()) return gone.status();
+  if (gone->run_directories + gone->temporary_files > 0) {
+    Log(absl::StrCat("removed what an earlier run left in ", options.work_dir, ": ",
+                     gone->run_directories, " run directories, ", gone->temporary_files,
+                     " temporary files"));
+  }
+  return std::unique_ptr<WorkerAgent>(new WorkerAgent(std::move(options), *std::move(lock)));
+}
+
+WorkerAgent::WorkerAgent(WorkerAgentOptions options, std::unique_ptr<WorkDirLock> lock)
+    : options_(std::move(options)), work_dir_lock_(std::move(lock)) {
+  channel_ = MakeChannel();
+  stub_ = wv1::WorkerService::NewStub(channel_);
+  transfer_ = std::make_unique<ArtifactTransfer>(
+      stub_.get(), [this](grpc::ClientContext* ctx) { AddMetadata(ctx); }, options_.upload_retry,
+      options_.fetch_retry);
+}
+
+// Run() joins every thread it starts, and without Run() none was started.
+WorkerAgent::~WorkerAgent() = default;
 
 std::shared_ptr<grpc::Channel> WorkerAgent::MakeChannel() {
   grpc::ChannelArguments args;
@@ -117,112 +182,156 @@ void WorkerAgent::AddMetadata(grpc::ClientContext* ctx) const {
   ctx->AddMetadata("lora-worker-id", options_.worker_id);
 }
 
+// ---------------------------------------------------------------- lifecycle
+
 void WorkerAgent::Run() {
-  std::thread heartbeat([this] { Heartbeats(); });
-  auto backoff = std::chrono::milliseconds(250);
-  while (!stopping_) {
-    const auto started = std::chrono::steady_clock::now();
-    Session();
-    if (stopping_) break;
-    if (std::chrono::steady_clock::now() - started > std::chrono::seconds(10))
-      backoff = std::chrono::milliseconds(250);
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait_for(lock, backoff, [this] { return stopping_.load(); });
-    backoff = std::min(backoff * 2, std::chrono::milliseconds(5000));
+  std::thread housekeeping([this] { Housekeeping(); });
+  Backoff backoff(options_.connect_retry, Clock::now());
+  while (true) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (finished_) break;
+    }
+    const auto started = Clock::now();
+    const grpc::Status status = Session();
+    absl::MutexLock lock(&mu_);
+    if (finished_) break;
+    const auto now = Clock::now();
+    if (now - started > kHealthySession) backoff.Reset(now);
+    // Outside a drain every failure is retried (a worker outlives a controller's bad day); in
+    // one, a refusal (a revoked token, lorad replaced by one that does not know us) means no
+    // exit can be reported: waiting out the grace would only delay the shutdown.
+    if (draining_ && !status.ok() && !options_.connect_retry.IsTransient(status.error_code()) &&
+        !unreachable_) {
+      Log(absl::StrCat("lorad refuses this worker (", status.error_message(),
+                       "): not waiting to report the ranks' exits"));
+      unreachable_ = true;
+      cv_.SignalAll();
+    }
+    const auto delay = backoff.NextDelay(now).value_or(options_.connect_retry.max_delay);
+    WaitUntil(cv_, mu_, now + delay,
+              [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return finished_; });
   }
-  heartbeat.join();
-  // Ranks were asked to stop (SIGTERM: checkpoint and exit); give them time, then insist.
+  // Drained (or out of time): nothing may outlive Run, so make sure every rank is over.
   std::vector<std::thread> runners;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
+    KillRanksLocked(SIGKILL);
+    transfer_->AbortAll();
     for (auto& [key, r] : ranks_) {
       if (r->runner.joinable()) runners.push_back(std::move(r->runner));
     }
   }
-  std::thread killer([this] {
-    std::unique_lock<std::mutex> lock(mu_);
-    if (!cv_.wait_for(lock, std::chrono::seconds(30), [this] {
-          for (auto& [key, r] : ranks_) {
-            if (!r->exited) return false;
-          }
-          return true;
-        })) {
-      for (auto& [key, r] : ranks_) {
-        if (r->child) r->child->Signal(SIGKILL);
-      }
-    }
-  });
-  for (auto& t : runners) t.join();
+  for (std::thread& t : runners) t.join();
   {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (auto& [key, r] : ranks_) r->exited.emplace();
+    absl::MutexLock lock(&mu_);
+    housekeeping_stop_ = true;
+    cv_.SignalAll();
   }
-  cv_.notify_all();
-  killer.join();
+  housekeeping.join();
+  CleanUpFinishedRanks();
 }
 
 void WorkerAgent::Stop() {
-  if (stopping_.exchange(true)) return;
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
+  const auto now = Clock::now();
+  if (draining_) {
+    // A second SIGTERM: the operator will not wait for the grace.
+    drain_deadline_ = std::min(drain_deadline_, now);
+    cv_.SignalAll();
+    return;
+  }
+  draining_ = true;
+  drain_deadline_ = now + options_.drain_grace;
+  int running = 0;
   for (auto& [key, r] : ranks_) {
-    if (r->child && !r->exited) r->child->Signal(SIGTERM);
+    if (r->child && !r->exited) {
+      r->child->Signal(SIGTERM);  // lora-train writes a drain checkpoint and exits 75
+      ++running;
+    }
   }
-  if (context_) context_->TryCancel();
-  cv_.notify_all();
+  transfer_->AbortFetches();  // ranks that have not started never will
+  if (connected_ && writer_ != nullptr) {
+    // Before any rank's exit: lorad must not hand a requeued job straight back to us.
+    wv1::WorkerMessage m;
+    m.mutable_heartbeat()->set_draining(true);
+    for (const auto& [key, r] : ranks_) {
+      if (!r->exited) *m.mutable_heartbeat()->add_running() = RefOf(key);
+    }
+    writer_->Enqueue(std::move(m));
+  }
+  Log(absl::StrCat("draining: ", running, " running rank(s) asked to checkpoint and stop, ",
+                   std::chrono::duration_cast<std::chrono::seconds>(options_.drain_grace).count(),
+                   " s at most"));
+  cv_.SignalAll();
 }
 
-bool WorkerAgent::WriteLocked(const wv1::WorkerMessage& m) {
-  if (!stream_ || !stream_->Write(m)) {
-    connected_ = false;
-    return false;
-  }
-  return true;
-}
-
-void WorkerAgent::FlushLocked() {
-  if (!connected_) return;
+void WorkerAgent::KillRanksLocked(int signo) {
   for (auto& [key, r] : ranks_) {
-    if (r->exit_sent) continue;
-    if (r->accepted && !r->accepted_sent) {
-      wv1::WorkerMessage m;
-      *m.mutable_accepted() = *r->accepted;
-      if (!WriteLocked(m)) return;
-      r->accepted_sent = true;
-    }
-    while (r->sent_seq < static_cast<int64_t>(r->events.size())) {
-      wv1::WorkerMessage m;
-      *m.mutable_event() = r->events[static_cast<size_t>(r->sent_seq)];
-      if (!WriteLocked(m)) return;
-      ++r->sent_seq;
-    }
-    if (r->exited && r->exited->has_ref()) {
-      wv1::WorkerMessage m;
-      *m.mutable_exited() = *r->exited;
-      if (!WriteLocked(m)) return;
-      r->exit_sent = true;
-      r->done_at = std::chrono::steady_clock::now();
-    }
+    if (r->child && !r->exited) r->child->Signal(signo);
   }
 }
 
-int LowestFreeSlot(const std::vector<int>& held, int slots) {
-  for (int i = 0; i < slots; ++i) {
-    if (std::find(held.begin(), held.end(), i) == held.end()) return i;
+void WorkerAgent::DrainStepLocked(Clock::time_point now) {
+  if (!draining_ || finished_) {
+    if (closing_ && now >= close_deadline_ && context_ != nullptr) context_->TryCancel();
+    return;
   }
-  return -1;
+  bool all_reported = true;
+  for (const auto& [key, r] : ranks_) {
+    if (!r->exit_sent) all_reported = false;
+  }
+  if (all_reported) return FinishLocked(now, "drained");
+  if (unreachable_ || (!killed_ && now >= drain_deadline_)) {
+    if (!killed_) {
+      int killed = 0;
+      for (auto& [key, r] : ranks_) killed += r->child && !r->exited;
+      if (!unreachable_)
+        Log(absl::StrCat("drain grace over: killing ", killed, " rank(s) still running"));
+      KillRanksLocked(SIGKILL);
+      killed_ = true;
+      report_deadline_ = now + kKilledReportTime;
+      transfer_->AbortAll();
+    }
+    if (unreachable_) return FinishLocked(now, "lorad refuses this worker");
+  }
+  if (killed_ && now >= report_deadline_) FinishLocked(now, "drain grace over");
 }
 
-void WorkerAgent::Session() {
+void WorkerAgent::FinishLocked(Clock::time_point now, const std::string& why) {
+  finished_ = true;
+  transfer_->AbortAll();
+  Log(absl::StrCat("stopping: ", why));
+  if (writer_ != nullptr && connected_) {
+    // lorad ends the stream once it has handled everything before the half-close.
+    writer_->FinishWrites();
+    closing_ = true;
+    close_deadline_ = now + kCloseTime;
+  } else if (context_ != nullptr) {
+    context_->TryCancel();
+  }
+  cv_.SignalAll();
+}
+
+// ---------------------------------------------------------------- the session
+
+grpc::Status WorkerAgent::Session() {
   auto context = std::make_unique<grpc::ClientContext>();
   AddMetadata(context.get());
-  auto stream = stub_->Connect(context.get());
+  std::unique_ptr<grpc::ClientReaderWriter<wv1::WorkerMessage, wv1::ControllerMessage>> stream =
+      stub_->Connect(context.get());
   wv1::WorkerMessage reg;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
+    if (finished_) {
+      context->TryCancel();
+      return stream->Finish();
+    }
     wv1::Register* r = reg.mutable_register_();
     r->set_worker_id(options_.worker_id);
     r->set_address(options_.address);
     r->set_version("lora-worker 0.1.0");
+    r->set_draining(draining_);
     wv1::Capabilities* caps = r->mutable_capabilities();
     caps->set_device(options_.device);
     caps->set_slots(options_.slots);
@@ -235,61 +344,85 @@ void WorkerAgent::Session() {
       wv1::RunningRank* rr = r->add_running();
       *rr->mutable_ref() = RefOf(key);
       rr->set_last_event_seq(static_cast<int64_t>(rank->events.size()));
-      rank->accepted_sent = false;  // re-send: the controller may not have processed it
+      // Re-sent on this session: the controller may not have processed them.
+      rank->accepted_queued = false;
+      rank->exit_ticket = 0;
     }
-    context_ = std::move(context);
-    stream_ = std::move(stream);
+    context_ = context.get();
     connected_ = false;
-    if (!stream_->Write(reg)) {
-      // Said every attempt: a TLS or credential problem never heals by itself, and the
-      // operator needs gRPC's reason (e.g. a handshake failure) to see which it is.
-      const grpc::Status status = stream_->Finish();
-      if (!stopping_) {
-        Log(absl::StrCat("cannot reach ", options_.controller, ": ", status.error_message(),
-                         " (code ", static_cast<int>(status.error_code()), "); retrying"));
-      }
-      stream_.reset();
-      context_.reset();
-      return;
+    closing_ = false;
+  }
+  if (!stream->Write(reg)) {
+    {
+      absl::MutexLock lock(&mu_);
+      context_ = nullptr;
     }
+    // Said every attempt: a TLS or credential problem never heals by itself, and the
+    // operator needs gRPC's reason (e.g. a handshake failure) to see which it is.
+    const grpc::Status status = stream->Finish();
+    Log(absl::StrCat("cannot reach ", options_.controller, ": ", status.error_message(), " (code ",
+                     static_cast<int>(status.error_code()), "); retrying"));
+    return status;
+  }
+  SessionWriter writer(stream.get(), [this] {
+    absl::MutexLock lock(&mu_);
+    cv_.SignalAll();
+  });
+  {
+    absl::MutexLock lock(&mu_);
+    writer_ = &writer;
   }
   wv1::ControllerMessage message;
-  auto* s = stream_.get();
-  while (s->Read(&message)) Dispatch(message);
-  grpc::Status status;
+  while (stream->Read(&message)) Dispatch(message);
+  bool graceful;
   {
-    std::lock_guard<std::mutex> lock(mu_);
-    connected_ = false;
+    absl::MutexLock lock(&mu_);
+    graceful = closing_;
   }
-  status = s->Finish();
-  if (!stopping_)
+  // The call is over, so a Write in flight fails soon; one that does not (a stuck connection) is
+  // cancelled, which would otherwise replace lorad's status (UNAUTHENTICATED, say) with CANCELLED.
+  // Without mu_: the writer's progress callback takes it.
+  writer.Close(kWriteGrace, [&] { context->TryCancel(); });
+  {
+    absl::MutexLock lock(&mu_);
+    NoteWrittenExitsLocked();  // the last word on what this session delivered
+    writer_ = nullptr;
+    context_ = nullptr;
+    connected_ = false;
+    closing_ = false;
+  }
+  const grpc::Status status = stream->Finish();
+  if (!graceful) {
     Log(absl::StrCat("disconnected from ", options_.controller, ": ", status.error_message(),
                      " (code ", static_cast<int>(status.error_code()), "); reconnecting"));
-  std::lock_guard<std::mutex> lock(mu_);
-  stream_.reset();
-  context_.reset();
+  }
+  return status;
 }
 
 void WorkerAgent::Dispatch(const wv1::ControllerMessage& message) {
   if (message.has_ack()) {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     heartbeat_ms_ =
         message.ack().heartbeat_interval_ms() > 0 ? message.ack().heartbeat_interval_ms() : 2000;
     for (const auto& rr : message.ack().resume_from()) {
       auto it = ranks_.find({rr.ref().job_id(), rr.ref().attempt(), rr.ref().rank()});
-      if (it != ranks_.end())
-        it->second->sent_seq = std::min<int64_t>(rr.last_event_seq(), it->second->events.size());
+      if (it != ranks_.end()) {
+        it->second->sent_seq =
+            std::clamp<int64_t>(rr.last_event_seq(), 0, it->second->events.size());
+      }
     }
     for (const auto& ref : message.ack().stop()) {
       auto it = ranks_.find({ref.job_id(), ref.attempt(), ref.rank()});
       if (it == ranks_.end()) continue;
       it->second->exit_sent = true;  // nobody wants its results any more
-      it->second->done_at = std::chrono::steady_clock::now();
+      it->second->cancel_requested = true;
+      it->second->done_at = Clock::now();
       if (it->second->child && !it->second->exited) it->second->child->Signal(SIGKILL);
     }
     connected_ = true;
     Log(absl::StrCat("registered with ", options_.controller, " as ", options_.worker_id));
     FlushLocked();
+    cv_.SignalAll();
   } else if (message.has_assignment()) {
     StartRank(message.assignment());
   } else if (message.has_cancel()) {
@@ -298,215 +431,284 @@ void WorkerAgent::Dispatch(const wv1::ControllerMessage& message) {
   }
 }
 
+void WorkerAgent::FlushLocked() {
+  if (!connected_ || writer_ == nullptr) return;
+  for (auto& [key, r] : ranks_) {
+    if (r->exit_sent || r->exit_ticket > 0) continue;
+    if (r->accepted && !r->accepted_queued) {
+      wv1::WorkerMessage m;
+      *m.mutable_accepted() = *r->accepted;
+      if (writer_->Enqueue(std::move(m)) == 0) return;  // the session is over
+      r->accepted_queued = true;
+    }
+    while (r->sent_seq < static_cast<int64_t>(r->events.size())) {
+      wv1::WorkerMessage m;
+      *m.mutable_event() = r->events[static_cast<size_t>(r->sent_seq)];
+      if (writer_->Enqueue(std::move(m)) == 0) return;
+      ++r->sent_seq;
+    }
+    if (r->exited) {
+      wv1::WorkerMessage m;
+      *m.mutable_exited() = *r->exited;
+      r->exit_ticket = writer_->Enqueue(std::move(m));
+      if (r->exit_ticket == 0) return;
+    }
+  }
+}
+
+void WorkerAgent::NoteWrittenExitsLocked() {
+  if (writer_ == nullptr) return;
+  const int64_t written = writer_->written();
+  for (auto& [key, r] : ranks_) {
+    if (!r->exit_sent && r->exit_ticket > 0 && r->exit_ticket <= written) {
+      r->exit_sent = true;
+      r->done_at = Clock::now();
+    }
+  }
+}
+
+void WorkerAgent::Housekeeping() {
+  auto next_heartbeat = Clock::now();
+  while (true) {
+    std::vector<std::unique_ptr<Rank>> forgotten;
+    bool clean_up = false;
+    {
+      absl::MutexLock lock(&mu_);
+      if (housekeeping_stop_) break;
+      auto now = Clock::now();
+      if (connected_ && writer_ != nullptr && now >= next_heartbeat) {
+        wv1::WorkerMessage m;
+        wv1::Heartbeat* hb = m.mutable_heartbeat();
+        hb->set_draining(draining_);
+        for (const auto& [key, r] : ranks_) {
+          if (!r->exited) *hb->add_running() = RefOf(key);
+        }
+        writer_->Enqueue(std::move(m));
+        next_heartbeat = now + std::chrono::milliseconds(heartbeat_ms_);
+      }
+      FlushLocked();
+      NoteWrittenExitsLocked();
+      auto wake = connected_ ? next_heartbeat : now + std::chrono::milliseconds(heartbeat_ms_);
+      for (auto& [key, r] : ranks_) {
+        if (r->kill_at && *r->kill_at <= now) {
+          if (r->child && !r->exited) r->child->Signal(SIGKILL);  // the cancel's grace is over
+          r->kill_at.reset();
+        }
+        if (r->kill_at) wake = std::min(wake, *r->kill_at);
+        if (r->exit_sent && r->runner_done && !r->cleaned) clean_up = true;
+      }
+      DrainStepLocked(now);
+      if (draining_ || closing_) wake = std::min(wake, now + kDrainPoll);
+      for (auto it = ranks_.begin(); it != ranks_.end();) {
+        if (it->second->cleaned && now - it->second->done_at > kForgetAfter) {
+          forgotten.push_back(std::move(it->second));
+          it = ranks_.erase(it);
+        } else {
+          ++it;
+        }
+      }
+      if (!clean_up && forgotten.empty()) {
+        cv_.WaitWithTimeout(&mu_, absl::FromChrono(std::max<Clock::duration>(
+                                      wake - now, std::chrono::milliseconds(10))));
+        continue;
+      }
+    }
+    for (auto& r : forgotten) {
+      if (r->runner.joinable()) r->runner.join();
+    }
+    if (clean_up) CleanUpFinishedRanks();
+  }
+}
+
+void WorkerAgent::CleanUpFinishedRanks() {
+  struct Done {
+    std::string run_dir, log_name;
+    bool failed;
+  };
+  std::vector<Done> done;
+  {
+    absl::MutexLock lock(&mu_);
+    for (auto& [key, r] : ranks_) {
+      if (!r->exit_sent || !r->runner_done || r->cleaned) continue;
+      r->cleaned = true;
+      if (r->run_dir.empty()) continue;
+      const int code = r->exited ? r->exited->exit_code() : 0;
+      done.push_back({r->run_dir,
+                      absl::StrCat(std::get<0>(key), "-attempt-", std::get<1>(key), "-rank-",
+                                   std::get<2>(key)),
+                      code != kExitOk && code != kExitInterrupted && !r->cancel_requested});
+    }
+  }
+  for (const Done& d : done) {
+    if (d.failed) {
+      absl::Status kept =
+          KeepLogTail(options_.work_dir, JoinPath(d.run_dir, "engine.log"), d.log_name,
+                      options_.failed_log_bytes, options_.failed_logs_kept);
+      if (!kept.ok()) Log(absl::StrCat("keeping the log of ", d.log_name, ": ", kept.message()));
+    }
+    if (absl::Status s = RemoveRunDirectory(options_.work_dir, d.run_dir); !s.ok())
+      Log(std::string(s.message()));
+  }
+}
+
+// ---------------------------------------------------------------- ranks
+
 void WorkerAgent::StartRank(const wv1::Assignment& assignment) {
   const auto& ref = assignment.ref();
   Key key{ref.job_id(), ref.attempt(), ref.rank()};
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   if (ranks_.count(key)) return;  // duplicate (re-sent after a reconnect)
   auto rank = std::make_unique<Rank>();
   rank->assignment = assignment;
   Rank* r = rank.get();
   ranks_[key] = std::move(rank);
+  if (draining_) {
+    // Not started: the controller requeues it (a planned stop, like a drained rank).
+    wv1::RankExited e;
+    *e.mutable_ref() = ref;
+    e.set_exit_code(kExitInterrupted);
+    e.set_reason("lora-worker is shutting down");
+    r->exited = e;
+    r->runner_done = true;
+    FlushLocked();
+    cv_.SignalAll();
+    return;
+  }
   r->runner = std::thread([this, key] { RunRank(key); });
-  Log(absl::StrCat("assigned jobs/", ref.job_id(), " attempt ", ref.attempt(), " rank ", ref.rank(),
-                   "/", assignment.world_size()));
+  Log(absl::StrCat("assigned ", Describe(key), "/", assignment.world_size()));
 }
 
 void WorkerAgent::CancelRank(const Key& key, int grace_ms) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   auto it = ranks_.find(key);
   if (it == ranks_.end()) return;
   Rank* r = it->second.get();
   r->cancel_requested = true;
   if (r->child && !r->exited) r->child->Signal(SIGTERM);
-  std::thread([this, key, grace_ms] {
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait_for(lock, std::chrono::milliseconds(std::max(grace_ms, 0)), [&] {
-      auto it = ranks_.find(key);
-      return it == ranks_.end() || it->second->exited.has_value();
-    });
-    auto it = ranks_.find(key);
-    if (it != ranks_.end() && !it->second->exited && it->second->child)
-      it->second->child->Signal(SIGKILL);
-  }).detach();
+  r->kill_at = Clock::now() + std::chrono::milliseconds(std::max(grace_ms, 0));
+  cv_.SignalAll();
 }
 
-absl::StatusOr<std::pair<int64_t, std::string>> WorkerAgent::Upload(const Key& key,
-                                                                    const std::string& local,
-                                                                    const std::string& job_path,
-                                                                    int64_t step) {
-  auto digest = Sha256File(local);
-  if (!digest.ok()) return digest.status();
-  std::error_code ec;
-  const int64_t size = static_cast<int64_t>(fs::file_size(local, ec));
-  if (ec) return absl::NotFoundError(absl::StrCat(local, ": ", ec.message()));
-  for (int attempt = 0; !stopping_; ++attempt) {
-    grpc::ClientContext ctx;
-    AddMetadata(&ctx);
-    wv1::UploadResult result;
-    auto writer = stub_->UploadArtifact(&ctx, &result);
-    wv1::UploadChunk header;
-    wv1::UploadHeader* h = header.mutable_header();
-    *h->mutable_ref() = RefOf(key);
-    h->set_path(job_path);
-    h->set_size(size);
-    h->set_sha256(*digest);
-    h->set_step(step);
-    bool ok = writer->Write(header);
-    std::FILE* f = std::fopen(local.c_str(), "rb");
-    std::string buf(1 << 20, '\0');
-    while (ok && f != nullptr) {
-      size_t n = std::fread(buf.data(), 1, buf.size(), f);
-      if (n == 0) break;
-      wv1::UploadChunk data;
-      data.set_data(buf.data(), n);
-      ok = writer->Write(data);
-    }
-    if (f != nullptr) std::fclose(f);
-    writer->WritesDone();
-    grpc::Status s = writer->Finish();
-    if (s.ok()) return std::make_pair(size, *digest);
-    if (!Transient(s) || attempt >= 120) {
-      return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(std::min(250 * (attempt + 1), 2000)));
+void WorkerAgent::AddEvent(const Key& key, ev1::EngineEvent event) {
+  absl::MutexLock lock(&mu_);
+  auto it = ranks_.find(key);
+  if (it == ranks_.end()) return;
+  Rank* r = it->second.get();
+  if (event.time() == 0) event.set_time(UnixSeconds());
+  event.set_rank(std::get<2>(key));
+  wv1::RankEvent ev;
+  *ev.mutable_ref() = RefOf(key);
+  ev.set_worker_seq(static_cast<int64_t>(r->events.size()) + 1);
+  *ev.mutable_event() = std::move(event);
+  r->events.push_back(std::move(ev));
+  FlushLocked();
+}
+
+std::optional<ev1::EngineEvent> WorkerAgent::Prepare(const Key& key, const std::string& run_dir,
+                                                     const std::string& line) {
+  auto parsed = ParseEngineEvent(line);
+  if (!parsed.ok()) {
+    // Not forwarded: the controller would only drop it too. The reason names the field.
+    Log(absl::StrCat(Describe(key), ": dropped an engine event: ", parsed.status().message()));
+    return std::nullopt;
   }
-  return absl::CancelledError("worker stopping");
-}
-
-absl::Status WorkerAgent::Fetch(const std::string& job_id, const std::string& job_path,
-                                const std::string& local, const std::string& sha256) {
-  if (absl::Status s = MakeDirectories(ParentDirectory(local)); !s.ok()) return s;
-  auto out = AtomicFile::Create(local);
-  if (!out.ok()) return out.status();
-  Sha256 hash;
-  int64_t offset = 0;
-  for (int attempt = 0; !stopping_ && attempt < 60; ++attempt) {
-    grpc::ClientContext ctx;
-    AddMetadata(&ctx);
-    wv1::FetchArtifactRequest request;
-    request.set_job_id(job_id);
-    request.set_path(job_path);
-    request.set_offset(offset);
-    auto reader = stub_->FetchArtifact(&ctx, request);
-    lora::v1::ArtifactChunk chunk;
-    while (reader->Read(&chunk)) {
-      if (chunk.offset() != offset) continue;
-      hash.Update(chunk.data());
-      if (absl::Status s = (*out)->Write(chunk.data()); !s.ok()) return s;
-      offset += static_cast<int64_t>(chunk.data().size());
-    }
-    grpc::Status s = reader->Finish();
-    if (s.ok()) {
-      if (hash.HexDigest() != sha256)
-        return absl::DataLossError(absl::StrCat(job_path, ": sha256 mismatch after fetch"));
-      return (*out)->Commit();
-    }
-    if (!Transient(s))
-      return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
-    std::this_thread::sleep_for(std::chrono::milliseconds(500));
-  }
-  return absl::UnavailableError(absl::StrCat(job_path, ": could not fetch"));
-}
-
-std::string WorkerAgent::Prepare(const Key& key, const std::string& run_dir,
-                                 const std::string& line) {
-  nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
-  if (j.is_discarded() || !j.is_object() || std::get<2>(key) != 0) return line;
-  const std::string type = j.value("event", "");
+  ev1::EngineEvent event = *std::move(parsed);
+  if (std::get<2>(key) != 0) return event;
   auto relative = [&](const std::string& path) {
     return fs::relative(path, run_dir).lexically_normal().string();
   };
-  nlohmann::json uploaded = nlohmann::json::array();
-  auto upload = [&](const std::string& local, int64_t step) -> bool {
+  auto upload = [&](const std::string& local, int64_t step,
+                    google::protobuf::RepeatedPtrField<ev1::FileDigest>* uploaded) {
     const std::string job_path = relative(local);
-    auto done = Upload(key, local, job_path, step);
+    absl::StatusOr<ev1::FileDigest> done = transfer_->Upload(RefOf(key), local, job_path, step);
     if (!done.ok()) {
       Log(absl::StrCat("upload of ", job_path, " failed: ", done.status().message()));
       return false;
     }
-    uploaded.push_back({{"path", job_path}, {"size", done->first}, {"sha256", done->second}});
+    *uploaded->Add() = *std::move(done);
     return true;
   };
-  if (type == "checkpoint") {
-    const std::string dir = j.value("path", "");
-    const int64_t step = j.value("step", int64_t{0});
+  if (event.has_checkpoint()) {
+    ev1::Checkpoint* c = event.mutable_checkpoint();
     bool ok = true;
-    const nlohmann::json files = j.value("files", nlohmann::json::array());
-    for (const auto& f : files) {
-      if (!(ok = upload(JoinPath(dir, f.value("path", "")), step))) break;
+    for (const auto& f : c->files()) {
+      if (!(ok = upload(JoinPath(c->path(), f.path()), c->step(), c->mutable_uploaded()))) break;
     }
     // The manifest last: a resumed rank only trusts a checkpoint directory that has one.
-    if (ok) upload(JoinPath(dir, "manifest.json"), step);
-    j["uploaded"] = uploaded;
-    j["job_path"] = relative(dir);
-    return j.dump();
+    if (ok) upload(JoinPath(c->path(), "manifest.json"), c->step(), c->mutable_uploaded());
+    c->set_job_path(relative(c->path()));
+    return event;
   }
-  if (type == "finished") {
+  if (event.has_finished()) {
+    ev1::Finished* f = event.mutable_finished();
     std::error_code ec;
-    const nlohmann::json outputs = j.value("outputs", nlohmann::json::object());
-    for (const auto& [name, dir] : outputs.items()) {
-      if (!dir.is_string()) continue;
-      for (const auto& entry : fs::recursive_directory_iterator(dir.get<std::string>(), ec)) {
-        if (entry.is_regular_file()) upload(entry.path().string(), 0);
+    for (const auto& [name, dir] : f->summary().outputs()) {
+      for (const auto& entry : fs::recursive_directory_iterator(dir, ec)) {
+        if (entry.is_regular_file()) upload(entry.path().string(), 0, f->mutable_uploaded());
       }
     }
     const std::string summary = JoinPath(run_dir, "summary.json");
-    if (fs::exists(summary, ec)) upload(summary, 0);
-    j["uploaded"] = uploaded;
-    return j.dump();
+    if (fs::exists(summary, ec)) upload(summary, 0, f->mutable_uploaded());
+    return event;
   }
-  return line;
+  return event;
 }
 
 void WorkerAgent::RunRank(Key key) {
   Rank* r;
   wv1::Assignment a;
+  const std::string run_dir =
+      RunDirectory(options_.work_dir, std::get<0>(key), std::get<1>(key), std::get<2>(key));
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     r = ranks_[key].get();
     a = r->assignment;
+    r->run_dir = run_dir;
   }
-  const auto& ref = a.ref();
-  const std::string run_dir = JoinPath(
-      options_.work_dir,
-      absl::StrCat("jobs/", ref.job_id(), "/attempt-", ref.attempt(), "/rank-", ref.rank()));
+  const wv1::RankRef& ref = a.ref();
   auto finish = [&](int code, int signal, const std::string& reason) {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     wv1::RankExited e;
     *e.mutable_ref() = ref;
     e.set_exit_code(code);
     e.set_signal(signal);
     e.set_reason(reason);
     r->exited = e;
+    r->runner_done = true;  // the last thing RunRank does under the lock
     FlushLocked();
-    cv_.notify_all();
+    cv_.SignalAll();
   };
   auto fail = [&](const std::string& reason,
                   absl::StatusCode code = absl::StatusCode::kFailedPrecondition) {
-    Log(reason);
-    // Report as an engine failure event plus a non-zero exit so the job fails with the reason.
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      wv1::RankEvent ev;
-      *ev.mutable_ref() = ref;
-      ev.set_worker_seq(static_cast<int64_t>(r->events.size()) + 1);
-      const nlohmann::json failed = {
-          {"event", "failed"}, {"reason", reason}, {"code", absl::StatusCodeToString(code)}};
-      ev.set_json(failed.dump());
-      r->events.push_back(ev);
-    }
-    finish(1, 0, reason);
+    Log(absl::StrCat(Describe(key), ": ", reason));
+    // Reported as an engine failure event plus a non-zero exit so the job fails with the reason.
+    ev1::EngineEvent failed;
+    failed.mutable_failed()->set_reason(reason);
+    failed.mutable_failed()->set_code(absl::StatusCodeToString(code));
+    AddEvent(key, std::move(failed));
+    finish(kExitFailure, 0, reason);
+  };
+  // A drain or a cancel that came before the engine started: it never will.
+  auto stopped_before_start = [&]() {
+    absl::MutexLock lock(&mu_);
+    return draining_ || r->cancel_requested;
   };
   // Before anything runs: the spec's paths come from a client, the reads would be ours.
   if (absl::Status s = options_.data_roots.CheckSpec(a.spec()); !s.ok())
     return fail(std::string(s.message()), s.code());
   if (absl::Status s = MakeDirectories(run_dir); !s.ok()) return fail(std::string(s.message()));
-  for (const auto& f : a.resume().files()) {
-    absl::Status s = Fetch(ref.job_id(), f.path(), JoinPath(run_dir, f.path()), f.sha256());
-    if (!s.ok())
-      return fail(absl::StrCat("fetching checkpoint file ", f.path(), ": ", s.message()));
-  }
+  absl::StatusOr<int64_t> resume_step =
+      transfer_->FetchCheckpoint(a, run_dir, [&](const std::string& warning) {
+        Log(absl::StrCat(Describe(key), ": ", warning));
+        ev1::EngineEvent e;
+        e.mutable_log()->set_level("warning");
+        e.mutable_log()->set_message("lora-worker: " + warning);
+        AddEvent(key, std::move(e));
+      });
+  if (stopped_before_start())
+    return finish(kExitInterrupted, 0, "stopped before lora-train started");
+  if (!resume_step.ok())
+    return fail(std::string(resume_step.status().message()), resume_step.status().code());
   std::string spec_json;
   google::protobuf::util::JsonPrintOptions json_options;
   json_options.preserve_proto_field_names = true;
@@ -517,7 +719,7 @@ void WorkerAgent::RunRank(Key key) {
   const int port = ref.rank() == 0 ? ReservePort() : a.master_port();
   int slot = 0;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     std::vector<int> held;
     for (const auto& [k, other] : ranks_) {
       if (other.get() != r && other->device_slot >= 0 && !other->exited)
@@ -541,7 +743,7 @@ void WorkerAgent::RunRank(Key key) {
                                    "--events-fd",
                                    std::to_string(ChildProcess::kEventsFd),
                                    "--quiet"};
-  if (a.resume().step() > 0) argv.insert(argv.end(), {"--resume", run_dir});
+  if (*resume_step > 0) argv.insert(argv.end(), {"--resume", run_dir});
   for (const std::string& root : options_.data_roots.roots())
     argv.insert(argv.end(), {"--data-root", root});
   if (options_.threads_per_rank > 0) {
@@ -569,59 +771,22 @@ void WorkerAgent::RunRank(Key key) {
   if (!child.ok()) return fail(absl::StrCat("cannot start lora-train: ", child.status().message()));
   ChildProcess* c = child->get();
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     r->child = std::move(*child);
-    if (r->cancel_requested || stopping_) c->Signal(SIGTERM);
+    // Stop() or a cancel may have come while it was spawning (they signal only a child they see).
+    if (r->cancel_requested || draining_) c->Signal(SIGTERM);
+    if (killed_) c->Signal(SIGKILL);
   }
   while (auto line = c->ReadEventLine()) {
     if (line->empty()) continue;
-    std::string forwarded = Prepare(key, run_dir, *line);
-    std::lock_guard<std::mutex> lock(mu_);
-    wv1::RankEvent ev;
-    *ev.mutable_ref() = ref;
-    ev.set_worker_seq(static_cast<int64_t>(r->events.size()) + 1);
-    ev.set_json(std::move(forwarded));
-    r->events.push_back(std::move(ev));
-    FlushLocked();
+    std::optional<ev1::EngineEvent> forwarded = Prepare(key, run_dir, *line);
+    if (forwarded) AddEvent(key, *std::move(forwarded));
   }
-  ChildExit exit = c->Wait();
-  finish(exit.signal ? 0 : exit.exit_code, exit.signal,
-         exit.exit_code == 0 ? "" : LastLineOf(log_path));
-  Log(absl::StrCat("jobs/", ref.job_id(), " rank ", ref.rank(), " exited: code ", exit.exit_code,
+  const ChildExit exit = c->Wait();
+  Log(absl::StrCat(Describe(key), " exited: code ", exit.exit_code,
                    exit.signal ? absl::StrCat(", signal ", exit.signal) : ""));
-}
-
-void WorkerAgent::Heartbeats() {
-  while (!stopping_) {
-    std::vector<std::unique_ptr<Rank>> finished;
-    {
-      std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait_for(lock, std::chrono::milliseconds(heartbeat_ms_),
-                   [this] { return stopping_.load(); });
-      if (stopping_) break;
-      if (connected_) {
-        wv1::WorkerMessage m;
-        for (const auto& [key, r] : ranks_) {
-          if (!r->exited) *m.mutable_heartbeat()->add_running() = RefOf(key);
-        }
-        m.mutable_heartbeat();
-        WriteLocked(m);
-        FlushLocked();
-      }
-      const auto now = std::chrono::steady_clock::now();
-      for (auto it = ranks_.begin(); it != ranks_.end();) {
-        if (it->second->exit_sent && now - it->second->done_at > std::chrono::seconds(60)) {
-          finished.push_back(std::move(it->second));
-          it = ranks_.erase(it);
-        } else {
-          ++it;
-        }
-      }
-    }
-    for (auto& r : finished) {
-      if (r->runner.joinable()) r->runner.join();
-    }
-  }
+  finish(exit.signal ? 128 + exit.signal : exit.exit_code, exit.signal,
+         exit.exit_code == 0 ? "" : LastLineOf(log_path));
 }
 
 }  // namespace lora

@@ -13,19 +13,13 @@
 #include "CLI/CLI.hpp"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/exit_codes.h"  // kExitOk, kExitFailure, kExitUsage, kExitInterrupted
 #include "common/process_stats.h"
 #include "worker/engine/model/llama.h"
 
 namespace lora {
 
 using CommandRunner = std::function<int()>;
-
-// Exit codes shared by all lora-train commands (documented in docs/ENGINE.md).
-inline constexpr int kExitOk = 0;
-inline constexpr int kExitFailure = 1;
-inline constexpr int kExitUsage = 2;
-// `run` stopped by SIGTERM/SIGINT after writing a checkpoint; `--resume` continues it.
-inline constexpr int kExitInterrupted = 75;
 
 void AddInitModelCommand(CLI::App& app, CommandRunner* runner);
 void AddConvertCommand(CLI::App& app, CommandRunner* runner);

@@ -60,12 +60,28 @@ absl::Status RunConvertJob(const lora::v1::JobSpec& spec, const std::string& out
   absl::Status s = MakeDirectories(JoinPath(out, "final"));
   if (s.ok()) s = ExportPeftAdapter(*prepared->model, prepared->lora, dir, peft);
   if (!s.ok()) return s;
-  nlohmann::json report = prepared->report.ToJson(*dtype);
-  report["outputs"] = {{"adapter", dir}};
-  s = WriteFileAtomically(JoinPath(out, "summary.json"), report.dump(2) + "\n");
-  if (!s.ok()) return s;
-  events.Emit("finished", report, prepared->report.ToText(*dtype) + "adapter written to " + dir);
-  return absl::OkStatus();
+  const ConversionReport& report = prepared->report;
+  lora::engine::v1::Summary summary;
+  for (const WrappedModule& m : report.modules) {
+    lora::engine::v1::WrappedModule* w = summary.add_wrapped_modules();
+    w->set_name(m.name);
+    w->set_in_features(m.in_features);
+    w->set_out_features(m.out_features);
+    w->set_rank(static_cast<int32_t>(m.rank));
+    w->set_alpha(m.alpha);
+    w->set_scale(m.scale);
+  }
+  summary.set_num_wrapped_modules(static_cast<int64_t>(report.modules.size()));
+  summary.set_trainable_parameters(report.trainable_parameters);
+  summary.set_total_parameters(report.total_parameters);
+  summary.set_adapter_parameters(report.adapter_parameters);
+  summary.set_trainable_percent(report.total_parameters > 0
+                                    ? 100.0 * static_cast<double>(report.trainable_parameters) /
+                                          static_cast<double>(report.total_parameters)
+                                    : 0.0);
+  summary.set_adapter_bytes(static_cast<int64_t>(report.AdapterBytes(*dtype)));
+  (*summary.mutable_outputs())["adapter"] = dir;
+  return ReportFinished(events, out, summary, report.ToText(*dtype) + "adapter written to " + dir);
 }
 
 absl::Status RunMergeJob(const lora::v1::JobSpec& spec, const std::string& out, EventSink& events) {
@@ -82,12 +98,10 @@ absl::Status RunMergeJob(const lora::v1::JobSpec& spec, const std::string& out, 
   save.dtype = *dtype;
   s = SaveHfModelAtomically(*prepared->model, dir, save);
   if (!s.ok()) return s;
-  nlohmann::json summary = {{"merged_modules", prepared->report.modules.size()},
-                            {"outputs", {{"merged", dir}}}};
-  s = WriteFileAtomically(JoinPath(out, "summary.json"), summary.dump(2) + "\n");
-  if (!s.ok()) return s;
-  events.Emit("finished", summary, "merged checkpoint written to " + dir);
-  return absl::OkStatus();
+  lora::engine::v1::Summary summary;
+  summary.set_merged_modules(static_cast<int64_t>(prepared->report.modules.size()));
+  (*summary.mutable_outputs())["merged"] = dir;
+  return ReportFinished(events, out, summary, "merged checkpoint written to " + dir);
 }
 
 int RunJob(const RunOptions& o) {
@@ -108,10 +122,10 @@ int RunJob(const RunOptions& o) {
   if (absl::Status s = MakeDirectories(rank_dir); !s.ok()) return ReportError("run", s);
   sink_options.path = o.events_file.empty() ? JoinPath(rank_dir, "events.jsonl") : o.events_file;
   sink_options.human_log = !o.quiet && my_rank == 0;
+  sink_options.rank = spec->resources().world_size() > 1 ? my_rank : 0;
   EventSink events(sink_options);
   auto fail = [&](const absl::Status& s) {
-    events.Emit("failed", {{"reason", std::string(s.message())},
-                           {"code", absl::StatusCodeToString(s.code())}});
+    events.Failed(s);
     return ReportError("run", s);
   };
   // Every file a job names is opened below (models, tokenizers, adapters, datasets): check them

@@ -2,6 +2,7 @@
 
 #include <filesystem>
 #include <regex>
+#include <type_traits>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -9,6 +10,7 @@
 #include "common/safetensors.h"
 #include "common/sha256.h"
 #include "common/status_macros.h"
+#include "nlohmann/json.hpp"
 #include "worker/engine/lora/peft_adapter.h"
 #include "worker/engine/model/hf_checkpoint.h"
 #include "worker/engine/model/rng_state.h"
@@ -66,14 +68,139 @@ absl::Status ReadRngState(const std::string& path, const torch::Device& device) 
   return absl::OkStatus();
 }
 
+std::string ManifestText(int64_t step, const std::vector<CheckpointFile>& files) {
+  nlohmann::json list = nlohmann::json::array();
+  for (const CheckpointFile& f : files)
+    list.push_back({{"path", f.path}, {"bytes", f.bytes}, {"sha256", f.sha256}});
+  return nlohmann::json{{"step", step}, {"files", list}}.dump(2) + "\n";
+}
+
+// The manifest's file list; DataLoss for anything unreadable (a resume passes such a
+// checkpoint over like one whose files do not match).
+absl::StatusOr<std::vector<CheckpointFile>> ReadManifest(const std::string& step_dir) {
+  const std::string path = JoinPath(step_dir, kManifestFile);
+  auto manifest = ReadJsonFile(path);
+  if (!manifest.ok()) return absl::DataLossError(manifest.status().message());
+  const nlohmann::json* list =
+      manifest->is_object() && manifest->contains("files") ? &(*manifest)["files"] : nullptr;
+  if (list == nullptr || !list->is_array())
+    return absl::DataLossError(absl::StrCat(path, ": missing files list"));
+  std::vector<CheckpointFile> files;
+  for (const auto& f : *list) {
+    if (!f.is_object() || !f.value("path", nlohmann::json()).is_string() ||
+        !f.value("bytes", nlohmann::json()).is_number_unsigned() ||
+        !f.value("sha256", nlohmann::json()).is_string()) {
+      return absl::DataLossError(absl::StrCat(path, ": a file entry lacks path, bytes or sha256"));
+    }
+    files.push_back(
+        {f["path"].get<std::string>(), f["bytes"].get<uint64_t>(), f["sha256"].get<std::string>()});
+  }
+  return files;
+}
+
+absl::StatusOr<LoadedCheckpoint> LoadVerifiedCheckpoint(const std::string& step_dir,
+                                                        const torch::Device& device) {
+  LoadedCheckpoint out;
+  out.dir = step_dir;
+  LORA_ASSIGN_OR_RETURN(std::string state, ReadFileToString(JoinPath(step_dir, kTrainerStateFile)));
+  LORA_ASSIGN_OR_RETURN(out.state, ParseTrainerState(state));
+  LORA_ASSIGN_OR_RETURN(out.adapters, ReadPeftAdapterRecords(JoinPath(step_dir, "adapter")));
+  LORA_ASSIGN_OR_RETURN(auto opt_file,
+                        SafetensorsFile::Open(JoinPath(step_dir, "optimizer.safetensors")));
+  for (const TensorInfo& t : opt_file->tensors()) {
+    LORA_ASSIGN_OR_RETURN(torch::Tensor v, ReadTensor(*opt_file, t, torch::kFloat32));
+    out.optimizer_state.emplace_back(t.name, v);
+  }
+  LORA_RETURN_IF_ERROR(ReadRngState(JoinPath(step_dir, "rng_state.safetensors"), device));
+  return out;
+}
+
 }  // namespace
 
 std::string CheckpointDirName(int64_t step) { return absl::StrFormat("step-%08d", step); }
 
+std::string FormatTrainerState(const TrainerState& s) {
+  // nlohmann writes NaN as null, which ParseTrainerState reads back as NaN.
+  nlohmann::json j = {{"step", s.step},
+                      {"optimizer_step", s.optimizer_step},
+                      {"tokens", s.tokens},
+                      {"data_cursor_windows", s.data_cursor_windows},
+                      {"train_loss", s.train_loss},
+                      {"eval_loss", s.eval_loss},
+                      {"initial_eval_loss", s.initial_eval_loss},
+                      {"world_size", s.world_size},
+                      {"format_version", kTrainerStateFormat}};
+  if (!s.mesh.empty()) j["mesh"] = s.mesh;
+  return j.dump(2) + "\n";
+}
+
+absl::StatusOr<TrainerState> ParseTrainerState(const std::string& text) {
+  const nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object())
+    return absl::DataLossError("trainer_state.json: not a JSON object");
+  auto bad = [](const std::string& key, const char* want) {
+    return absl::DataLossError(absl::StrCat("trainer_state.json: \"", key, "\" must be ", want));
+  };
+  TrainerState s;
+  bool has_step = false, has_optimizer_step = false;
+  for (const auto& item : j.items()) {
+    const std::string& key = item.key();
+    const nlohmann::json& v = item.value();
+    auto integer = [&](auto* out) -> absl::Status {
+      if (!v.is_number_integer()) return bad(key, "an integer");
+      *out = v.get<std::remove_pointer_t<decltype(out)>>();
+      return absl::OkStatus();
+    };
+    // A loss never computed was NaN, which JSON spells null.
+    auto loss = [&](double* out) -> absl::Status {
+      if (v.is_null()) return absl::OkStatus();
+      if (!v.is_number()) return bad(key, "a number or null");
+      *out = v.get<double>();
+      return absl::OkStatus();
+    };
+    if (key == "step") {
+      LORA_RETURN_IF_ERROR(integer(&s.step));
+      has_step = true;
+    } else if (key == "optimizer_step") {
+      LORA_RETURN_IF_ERROR(integer(&s.optimizer_step));
+      has_optimizer_step = true;
+    } else if (key == "tokens") {
+      LORA_RETURN_IF_ERROR(integer(&s.tokens));
+    } else if (key == "data_cursor_windows") {
+      LORA_RETURN_IF_ERROR(integer(&s.data_cursor_windows));
+    } else if (key == "train_loss") {
+      LORA_RETURN_IF_ERROR(loss(&s.train_loss));
+    } else if (key == "eval_loss") {
+      LORA_RETURN_IF_ERROR(loss(&s.eval_loss));
+    } else if (key == "initial_eval_loss") {
+      LORA_RETURN_IF_ERROR(loss(&s.initial_eval_loss));
+    } else if (key == "world_size") {
+      LORA_RETURN_IF_ERROR(integer(&s.world_size));
+    } else if (key == "mesh") {
+      if (!v.is_string()) return bad(key, "a string");
+      s.mesh = v.get<std::string>();
+    } else if (key == "format_version") {
+      int version = 0;
+      LORA_RETURN_IF_ERROR(integer(&version));
+      if (version > kTrainerStateFormat) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "trainer_state.json: format_version ", version,
+            " was written by a later lora-train (this one reads up to ", kTrainerStateFormat, ")"));
+      }
+    } else {
+      return absl::DataLossError(absl::StrCat("trainer_state.json: unknown key \"", key, "\""));
+    }
+  }
+  if (!has_step) return absl::DataLossError("trainer_state.json: missing \"step\"");
+  if (s.step < 0) return bad("step", "at least 0");
+  if (!has_optimizer_step) s.optimizer_step = s.step;
+  return s;
+}
+
 absl::StatusOr<CheckpointInfo> SaveTrainingCheckpoint(const std::string& run_dir,
                                                       const CheckpointContents& c,
                                                       int keep_latest) {
-  const int64_t step = c.trainer_state.at("step").get<int64_t>();
+  const int64_t step = c.state.step;
   const std::string checkpoints = JoinPath(run_dir, "checkpoints");
   LORA_RETURN_IF_ERROR(MakeDirectories(checkpoints));
   const std::string final_dir = JoinPath(checkpoints, CheckpointDirName(step));
@@ -91,7 +218,7 @@ absl::StatusOr<CheckpointInfo> SaveTrainingCheckpoint(const std::string& run_dir
                    {{"format", "pt"}, {"step", std::to_string(c.optimizer_step)}}));
   LORA_RETURN_IF_ERROR(WriteRngState(JoinPath(dir, "rng_state.safetensors"), c.device));
   LORA_RETURN_IF_ERROR(
-      WriteFileAtomically(JoinPath(dir, kTrainerStateFile), c.trainer_state.dump(2) + "\n"));
+      WriteFileAtomically(JoinPath(dir, kTrainerStateFile), FormatTrainerState(c.state)));
 
   CheckpointInfo info;
   info.step = step;
@@ -102,9 +229,9 @@ absl::StatusOr<CheckpointInfo> SaveTrainingCheckpoint(const std::string& run_dir
     LORA_ASSIGN_OR_RETURN(std::string digest, Sha256File(path));
     const uint64_t size = fs::file_size(path);
     info.bytes += size;
-    info.files.push_back({{"path", rel}, {"bytes", size}, {"sha256", digest}});
+    info.files.push_back({rel, size, digest});
   }
-  const std::string manifest = nlohmann::json{{"step", step}, {"files", info.files}}.dump(2) + "\n";
+  const std::string manifest = ManifestText(step, info.files);
   info.sha256 = Sha256Hex(manifest);
   LORA_RETURN_IF_ERROR(WriteFileAtomically(JoinPath(dir, kManifestFile), manifest));
   info.bytes += manifest.size();
@@ -120,42 +247,57 @@ absl::StatusOr<CheckpointInfo> SaveTrainingCheckpoint(const std::string& run_dir
   return info;
 }
 
-absl::StatusOr<std::string> FindLatestCheckpoint(const std::string& dir) {
-  std::error_code ec;
-  if (fs::exists(JoinPath(dir, kManifestFile), ec)) return dir;
-  for (const std::string& candidate : {JoinPath(dir, "checkpoints"), dir}) {
-    auto all = ListCheckpoints(candidate);
-    if (!all.empty()) return all.back().second;
+absl::Status VerifyCheckpoint(const std::string& step_dir) {
+  LORA_ASSIGN_OR_RETURN(std::vector<CheckpointFile> files, ReadManifest(step_dir));
+  for (const CheckpointFile& f : files) {
+    const std::string path = JoinPath(step_dir, f.path);
+    std::error_code ec;
+    const uint64_t size = fs::file_size(path, ec);
+    if (ec) return absl::DataLossError(absl::StrCat("checkpoint file missing: ", path));
+    // The size first: a truncated copy is named as such, without reading it.
+    if (size != f.bytes) {
+      return absl::DataLossError(absl::StrCat(path, ": ", size, " bytes, the manifest says ",
+                                              f.bytes, " (checkpoint corrupt)"));
+    }
+    auto digest = Sha256File(path);
+    if (!digest.ok())
+      return absl::DataLossError(absl::StrCat("checkpoint file unreadable: ", path));
+    if (*digest != f.sha256) {
+      return absl::DataLossError(absl::StrCat(path, ": sha256 mismatch (checkpoint corrupt)"));
+    }
   }
-  return absl::NotFoundError(
-      absl::StrCat(dir, ": no complete checkpoint (step-N directory with a manifest)"));
+  return absl::OkStatus();
 }
 
 absl::StatusOr<LoadedCheckpoint> LoadTrainingCheckpoint(const std::string& step_dir,
                                                         const torch::Device& device) {
-  LORA_ASSIGN_OR_RETURN(nlohmann::json manifest, ReadJsonFile(JoinPath(step_dir, kManifestFile)));
-  if (!manifest.contains("files") || !manifest["files"].is_array()) {
-    return absl::DataLossError(absl::StrCat(step_dir, "/manifest.json: missing files list"));
+  LORA_RETURN_IF_ERROR(VerifyCheckpoint(step_dir));
+  return LoadVerifiedCheckpoint(step_dir, device);
+}
+
+absl::StatusOr<LoadedCheckpoint> LoadLatestCheckpoint(const std::string& dir,
+                                                      const torch::Device& device,
+                                                      const SkippedCheckpoint& skipped) {
+  std::error_code ec;
+  if (fs::exists(JoinPath(dir, kManifestFile), ec)) return LoadTrainingCheckpoint(dir, device);
+  std::vector<std::pair<int64_t, std::string>> all;
+  for (const std::string& candidate : {JoinPath(dir, "checkpoints"), dir}) {
+    all = ListCheckpoints(candidate);
+    if (!all.empty()) break;
   }
-  for (const auto& f : manifest["files"]) {
-    const std::string path = JoinPath(step_dir, f.value("path", ""));
-    auto digest = Sha256File(path);
-    if (!digest.ok()) return absl::DataLossError(absl::StrCat("checkpoint file missing: ", path));
-    if (*digest != f.value("sha256", "")) {
-      return absl::DataLossError(absl::StrCat(path, ": sha256 mismatch (checkpoint corrupt)"));
+  if (all.empty()) {
+    return absl::NotFoundError(
+        absl::StrCat(dir, ": no complete checkpoint (step-N directory with a manifest)"));
+  }
+  for (auto it = all.rbegin(); it != all.rend(); ++it) {
+    if (absl::Status s = VerifyCheckpoint(it->second); !s.ok()) {
+      if (skipped) skipped(it->second, s);
+      continue;
     }
+    return LoadVerifiedCheckpoint(it->second, device);
   }
-  LoadedCheckpoint out;
-  LORA_ASSIGN_OR_RETURN(out.trainer_state, ReadJsonFile(JoinPath(step_dir, kTrainerStateFile)));
-  LORA_ASSIGN_OR_RETURN(out.adapters, ReadPeftAdapterRecords(JoinPath(step_dir, "adapter")));
-  LORA_ASSIGN_OR_RETURN(auto opt_file,
-                        SafetensorsFile::Open(JoinPath(step_dir, "optimizer.safetensors")));
-  for (const TensorInfo& t : opt_file->tensors()) {
-    LORA_ASSIGN_OR_RETURN(torch::Tensor v, ReadTensor(*opt_file, t, torch::kFloat32));
-    out.optimizer_state.emplace_back(t.name, v);
-  }
-  LORA_RETURN_IF_ERROR(ReadRngState(JoinPath(step_dir, "rng_state.safetensors"), device));
-  return out;
+  return absl::DataLossError(absl::StrCat(dir, ": every checkpoint is corrupt (", all.size(),
+                                          " checked against their manifests)"));
 }
 
 absl::Status LoadAdapterRecords(torch::nn::Module& root,
@@ -185,17 +327,6 @@ absl::Status LoadAdapterRecords(torch::nn::Module& root,
     if (r.magnitude.defined()) l->lora_magnitude.copy_(r.magnitude);
   }
   return absl::OkStatus();
-}
-
-absl::StatusOr<nlohmann::json> RestoreTrainingCheckpoint(const std::string& step_dir,
-                                                         torch::nn::Module& model, AdamW& optimizer,
-                                                         const torch::Device& device) {
-  LORA_ASSIGN_OR_RETURN(LoadedCheckpoint c, LoadTrainingCheckpoint(step_dir, device));
-  LORA_RETURN_IF_ERROR(LoadAdapterRecords(model, c.adapters));
-  const int64_t step =
-      c.trainer_state.value("optimizer_step", c.trainer_state.value("step", int64_t{0}));
-  LORA_RETURN_IF_ERROR(optimizer.LoadState(c.optimizer_state, step));
-  return c.trainer_state;
 }
 
 }  // namespace lora

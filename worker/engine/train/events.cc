@@ -5,8 +5,13 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <chrono>
 #include <iostream>
+
+#include "absl/strings/str_cat.h"
+#include "common/engine_events.h"
+#include "common/file_util.h"
+#include "common/status_macros.h"
+#include "google/protobuf/util/json_util.h"
 
 namespace lora {
 
@@ -34,13 +39,9 @@ void EventSink::WriteAll(int fd, const std::string& data) {
   }
 }
 
-void EventSink::Emit(const std::string& type, nlohmann::json fields, const std::string& readable) {
-  if (!fields.is_object()) fields = nlohmann::json::object();
-  fields["event"] = type;
-  fields["time"] =
-      std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
-  const std::string line =
-      fields.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+void EventSink::Emit(lora::engine::v1::EngineEvent event, const std::string& readable) {
+  event.set_rank(options_.rank);
+  const std::string line = FormatEngineEvent(std::move(event));
   std::lock_guard<std::mutex> lock(mu_);
   if (options_.fd >= 0) WriteAll(options_.fd, line);
   if (file_fd_ >= 0) WriteAll(file_fd_, line);
@@ -48,7 +49,33 @@ void EventSink::Emit(const std::string& type, nlohmann::json fields, const std::
 }
 
 void EventSink::Log(const std::string& level, const std::string& message) {
-  Emit("log", {{"level", level}, {"message", message}}, message);
+  lora::engine::v1::EngineEvent event;
+  event.mutable_log()->set_level(level);
+  event.mutable_log()->set_message(message);
+  Emit(std::move(event), message);
+}
+
+void EventSink::Failed(const absl::Status& status, const std::string& readable) {
+  lora::engine::v1::EngineEvent event;
+  event.mutable_failed()->set_reason(std::string(status.message()));
+  event.mutable_failed()->set_code(absl::StatusCodeToString(status.code()));
+  Emit(std::move(event), readable);
+}
+
+absl::Status ReportFinished(EventSink& events, const std::string& run_dir,
+                            const lora::engine::v1::Summary& summary, const std::string& readable) {
+  google::protobuf::util::JsonPrintOptions options;
+  options.preserve_proto_field_names = true;
+  options.add_whitespace = true;
+  std::string json;
+  if (auto s = google::protobuf::util::MessageToJsonString(summary, &json, options); !s.ok()) {
+    return absl::InternalError(absl::StrCat("summary.json: ", s.ToString()));
+  }
+  LORA_RETURN_IF_ERROR(WriteFileAtomically(JoinPath(run_dir, "summary.json"), json + "\n"));
+  lora::engine::v1::EngineEvent event;
+  *event.mutable_finished()->mutable_summary() = summary;
+  events.Emit(std::move(event), readable);
+  return absl::OkStatus();
 }
 
 }  // namespace lora

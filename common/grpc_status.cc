@@ -1,12 +1,11 @@
-#include "server/grpc/status_util.h"
+#include "common/grpc_status.h"
 
 #include <string>
 
-namespace lora::server {
+namespace lora {
 
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
-  // absl and gRPC share the canonical code numbering.
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
 }
 
@@ -15,4 +14,4 @@ absl::Status FromGrpcStatus(const grpc::Status& status) {
   return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
 }
 
-}  // namespace lora::server
+}  // namespace lora

@@ -1,0 +1,232 @@
+// JobManager: the public API (lora.v1.JobService) and watchers. See job_manager.h.
+#include <algorithm>
+#include <random>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "common/data_roots.h"
+#include "common/job_spec/job_spec.h"
+#include "common/status_macros.h"
+#include "server/core/job_manager.h"
+
+namespace lora::server {
+
+using lora::v1::Job;
+using lora::v1::JobEvent;
+using lora::v1::JobState;
+
+namespace {
+
+std::string NewJobId() {
+  static std::mt19937_64 rng(std::random_device{}() ^ static_cast<uint64_t>(NowMicros()));
+  static absl::Mutex mu;
+  absl::MutexLock lock(&mu);
+  static const char* kAlphabet = "0123456789abcdefghjkmnpqrstvwxyz";  // Crockford-ish base32
+  std::string id;
+  uint64_t v = rng();
+  for (int i = 0; i < 12; ++i, v >>= 5) id += kAlphabet[v & 31];
+  return id;
+}
+
+std::string PageToken(const Job& job) {
+  return absl::WebSafeBase64Escape(absl::StrCat(ToMicros(job.create_time()), ":", job.id()));
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- public API
+
+absl::StatusOr<Job> JobManager::CreateJob(lora::v1::JobSpec spec, const std::string& request_id,
+                                          bool* created, const std::string& tenant) {
+  if (request_id.size() > 128)
+    return absl::InvalidArgumentError("request_id: must be at most 128 characters");
+  ApplyJobSpecDefaults(&spec);
+  LORA_RETURN_IF_ERROR(ValidateJobSpec(spec));
+  LORA_RETURN_IF_ERROR(CheckSpecPaths(spec, options_.declared_data_roots));
+  const int ranks = std::max(1, spec.resources().world_size());
+  if (options_.max_running_ranks_per_tenant > 0 && ranks > options_.max_running_ranks_per_tenant) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("resources.world_size: ", ranks, " ranks, but tenant '", tenant,
+                     "' may run at most ", options_.max_running_ranks_per_tenant, " at once"));
+  }
+  Job job;
+  job.set_tenant(tenant);
+  job.set_id(NewJobId());
+  job.set_name(absl::StrCat("jobs/", job.id()));
+  job.set_request_id(request_id);
+  job.set_display_name(spec.job().name());
+  job.set_kind(spec.job().kind());
+  *job.mutable_spec() = std::move(spec);
+  *job.mutable_create_time() = FromMicros(NowMicros());
+  job.set_attempt(1);
+  job.set_max_attempts(options_.max_attempts);
+  job.mutable_progress()->set_total_steps(
+      job.kind() == lora::v1::JOB_KIND_TRAIN ? job.spec().training().steps() : 0);
+  const int64_t created_us = ToMicros(job.create_time());
+  LORA_ASSIGN_OR_RETURN(JobUpdate created_update, PlanTransition(std::move(job), lora::v1::QUEUED,
+                                                                 "created", {}, created_us));
+  job = std::move(created_update.job);
+  const JobEvent& first = created_update.events.front();
+
+  absl::MutexLock lock(&mu_);
+  if (shutdown_) return absl::UnavailableError("lorad is shutting down");
+  if (options_.max_queued_jobs_per_tenant > 0) {
+    int queued = 0;
+    for (const auto& [id, a] : active_) {
+      if (a.job.tenant() == tenant && a.job.state() == lora::v1::QUEUED) ++queued;
+    }
+    if (queued >= options_.max_queued_jobs_per_tenant) {
+      // A retry of a request that already created its job still gets that job.
+      if (!request_id.empty()) {
+        auto existing = store_->FindJobByRequestId(tenant, request_id);
+        if (existing.ok()) {
+          *created = false;
+          auto it = active_.find(existing->id());
+          return it != active_.end() ? it->second.job : *existing;
+        }
+      }
+      return absl::ResourceExhaustedError(
+          absl::StrCat("tenant '", tenant, "' has ", queued,
+                       " queued jobs, its limit; wait for one to start "
+                       "or cancel one"));
+    }
+  }
+  Job existing;
+  absl::Status s = store_->InsertJob(job, first, &existing);
+  if (absl::IsAlreadyExists(s)) {
+    *created = false;
+    auto it = active_.find(existing.id());
+    return it != active_.end() ? it->second.job : existing;
+  }
+  LORA_RETURN_IF_ERROR(s);
+  *created = true;
+  ActiveJob a;
+  a.job = job;
+  active_.emplace(job.id(), std::move(a));
+  Schedule();
+  auto it = active_.find(job.id());
+  return it != active_.end() ? it->second.job : job;
+}
+
+absl::StatusOr<Job> JobManager::GetJob(const std::string& name) {
+  LORA_ASSIGN_OR_RETURN(std::string id, JobId(name));
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = active_.find(id);
+    if (it != active_.end()) return it->second.job;
+  }
+  return store_->GetJob(id);
+}
+
+absl::StatusOr<lora::v1::ListJobsResponse> JobManager::ListJobs(
+    const lora::v1::ListJobsRequest& request, const std::optional<std::string>& tenant) {
+  if (request.page_size() < 0) return absl::InvalidArgumentError("page_size: must be >= 0");
+  ListJobsQuery q;
+  q.tenant = tenant;
+  q.limit = request.page_size() == 0 ? 50 : std::min(request.page_size(), 1000);
+  for (int s : request.states()) q.states.push_back(static_cast<JobState>(s));
+  for (int k : request.kinds()) q.kinds.push_back(static_cast<lora::v1::JobKind>(k));
+  if (!request.page_token().empty()) {
+    std::string decoded;
+    std::vector<std::string> parts;
+    int64_t us = 0;
+    if (absl::WebSafeBase64Unescape(request.page_token(), &decoded))
+      parts = absl::StrSplit(decoded, absl::MaxSplits(':', 1));
+    if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &us)) {
+      return absl::InvalidArgumentError("page_token: not a token this server issued");
+    }
+    q.before = std::make_pair(us, parts[1]);
+  }
+  ++q.limit;  // one more to know whether a next page exists
+  LORA_ASSIGN_OR_RETURN(std::vector<Job> jobs, store_->ListJobs(q));
+  lora::v1::ListJobsResponse response;
+  const size_t page = static_cast<size_t>(q.limit - 1);
+  // A page also ends at kMaxListResponseBytes, so it always fits a client's receive limit
+  // (one job is at most a spec of kMaxJobSpecBytes plus its status).
+  size_t bytes = 0, taken = 0;
+  for (; taken < jobs.size() && taken < page; ++taken) {
+    const size_t size = jobs[taken].ByteSizeLong();
+    if (taken > 0 && bytes + size > kMaxListResponseBytes) break;
+    bytes += size;
+    *response.add_jobs() = jobs[taken];
+  }
+  if (jobs.size() > taken) response.set_next_page_token(PageToken(jobs[taken - 1]));
+  return response;
+}
+
+absl::StatusOr<Job> JobManager::CancelJob(const std::string& name) {
+  LORA_ASSIGN_OR_RETURN(std::string id, JobId(name));
+  absl::MutexLock lock(&mu_);
+  auto it = active_.find(id);
+  if (it == active_.end()) {
+    LORA_ASSIGN_OR_RETURN(Job job, store_->GetJob(id));
+    return absl::FailedPreconditionError(
+        absl::StrCat(name, " is already ", lora::v1::JobState_Name(job.state())));
+  }
+  ActiveJob& a = it->second;
+  switch (a.job.state()) {
+    case lora::v1::QUEUED: {
+      LORA_RETURN_IF_ERROR(
+          Transition(a, a.job, lora::v1::CANCELLED, "cancelled before it started"));
+      return store_->GetJob(id);
+    }
+    case lora::v1::STARTING:
+    case lora::v1::RUNNING:
+      LORA_RETURN_IF_ERROR(Transition(a, a.job, lora::v1::CANCELLING, "cancel requested"));
+      SendCancel(a, "cancel requested");
+      a.rt.cancel_deadline = absl::Now() + options_.cancel_grace + absl::Seconds(5);
+      return a.job;
+    default:
+      return a.job;  // already CANCELLING
+  }
+}
+
+absl::StatusOr<std::vector<lora::v1::Checkpoint>> JobManager::ListCheckpoints(
+    const std::string& name) {
+  LORA_ASSIGN_OR_RETURN(std::string id, JobId(name));
+  LORA_RETURN_IF_ERROR(GetJob(name).status());
+  return store_->ListCheckpoints(id);
+}
+
+absl::StatusOr<lora::v1::ArtifactFile> JobManager::GetArtifact(const std::string& name,
+                                                               const std::string& path) {
+  LORA_ASSIGN_OR_RETURN(std::string id, JobId(name));
+  LORA_RETURN_IF_ERROR(ValidateArtifactPath(path));
+  LORA_RETURN_IF_ERROR(GetJob(name).status());
+  return store_->GetArtifact(id, path);
+}
+
+absl::Status JobManager::Subscribe(const std::string& name, EventSubscriber* subscriber,
+                                   int64_t* last_sequence, bool* terminal) {
+  LORA_ASSIGN_OR_RETURN(std::string id, JobId(name));
+  absl::MutexLock lock(&mu_);
+  if (shutdown_) return absl::UnavailableError("lorad is shutting down");
+  auto it = active_.find(id);
+  if (it != active_.end()) {
+    subscribers_[id].insert(subscriber);
+    *last_sequence = it->second.job.last_sequence();
+    *terminal = false;
+    return absl::OkStatus();
+  }
+  LORA_ASSIGN_OR_RETURN(Job job, store_->GetJob(id));
+  *last_sequence = job.last_sequence();
+  *terminal = true;
+  return absl::OkStatus();
+}
+
+void JobManager::Unsubscribe(const std::string& job_id, EventSubscriber* subscriber) {
+  absl::MutexLock lock(&mu_);
+  auto it = subscribers_.find(job_id);
+  if (it == subscribers_.end()) return;
+  it->second.erase(subscriber);
+  if (it->second.empty()) subscribers_.erase(it);
+}
+
+absl::StatusOr<std::vector<JobEvent>> JobManager::ReadEvents(const std::string& job_id,
+                                                             int64_t after, int limit) {
+  return store_->ReadEvents(job_id, after, limit);
+}
+
+}  // namespace lora::server

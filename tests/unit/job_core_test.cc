@@ -1,0 +1,196 @@
+// The small pure parts of the controller core: the state machine, engine-event translation and
+// the worker registry.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "server/core/engine_event_translator.h"
+#include "server/core/job_lifecycle.h"
+#include "server/core/worker_registry.h"
+
+namespace lora::server {
+namespace {
+
+using lora::v1::JobState;
+using ::testing::HasSubstr;
+namespace ev1 = lora::engine::v1;
+namespace wv1 = lora::worker::v1;
+
+TEST(JobLifecycleTest, OnlyTheDocumentedTransitionsAreAllowed) {
+  EXPECT_TRUE(TransitionAllowed(lora::v1::QUEUED, lora::v1::STARTING));
+  EXPECT_TRUE(TransitionAllowed(lora::v1::RUNNING, lora::v1::QUEUED));
+  EXPECT_TRUE(TransitionAllowed(lora::v1::CANCELLING, lora::v1::SUCCEEDED));
+  EXPECT_FALSE(TransitionAllowed(lora::v1::QUEUED, lora::v1::RUNNING));
+  EXPECT_FALSE(TransitionAllowed(lora::v1::CANCELLING, lora::v1::QUEUED));
+  for (JobState terminal : {lora::v1::SUCCEEDED, lora::v1::FAILED, lora::v1::CANCELLED}) {
+    for (int to = lora::v1::QUEUED; to <= lora::v1::CANCELLED; ++to)
+      EXPECT_FALSE(TransitionAllowed(terminal, static_cast<JobState>(to)));
+  }
+}
+
+TEST(JobLifecycleTest, APlannedTransitionChangesOnlyTheCopyAndNumbersItsEvents) {
+  lora::v1::Job job;
+  job.set_id("j");
+  job.set_state(lora::v1::RUNNING);
+  job.set_last_sequence(7);
+  lora::v1::JobEvent log;
+  log.mutable_log()->set_message("bye");
+  auto update = PlanTransition(job, lora::v1::FAILED, "boom", {log}, 1'000'000);
+  ASSERT_TRUE(update.ok());
+  EXPECT_EQ(job.state(), lora::v1::RUNNING);  // the original is untouched
+  EXPECT_EQ(update->job.state(), lora::v1::FAILED);
+  ASSERT_EQ(update->events.size(), 2u);
+  EXPECT_EQ(update->events[0].state_change().reason(), "boom");
+  EXPECT_EQ(update->events[0].sequence(), 8);
+  EXPECT_EQ(update->events[1].sequence(), 9);
+  EXPECT_EQ(update->job.last_sequence(), 9);
+  EXPECT_TRUE(update->job.has_end_time());
+}
+
+TEST(JobLifecycleTest, AForbiddenTransitionIsFailedPreconditionNamingBothStates) {
+  lora::v1::Job job;
+  job.set_id("j");
+  job.set_state(lora::v1::SUCCEEDED);
+  auto update = PlanTransition(job, lora::v1::RUNNING, "", {}, 0);
+  EXPECT_EQ(update.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(update.status().message(), HasSubstr("SUCCEEDED to RUNNING"));
+}
+
+ArtifactLookup Stored(std::map<std::string, std::string> sha_by_path) {
+  return [sha_by_path](const std::string& path) -> absl::StatusOr<lora::v1::ArtifactFile> {
+    auto it = sha_by_path.find(path);
+    if (it == sha_by_path.end()) return absl::NotFoundError(path);
+    lora::v1::ArtifactFile f;
+    f.set_path(path);
+    f.set_sha256(it->second);
+    return f;
+  };
+}
+
+lora::v1::Job TwoRankJob() {
+  lora::v1::Job job;
+  job.set_attempt(2);
+  job.add_ranks()->set_rank(0);
+  job.add_ranks()->set_rank(1);
+  return job;
+}
+
+TEST(EngineEventTranslatorTest, OnlyRankZeroReportsTheJobsMetricsButEveryRankItsHealth) {
+  lora::v1::Job job = TwoRankJob();
+  ev1::EngineEvent step;
+  step.mutable_step()->set_step(5);
+  step.mutable_step()->set_loss(2.5);
+  TranslatedEvent t = TranslateEngineEvent(step, 1, 2, Stored({}), 0, &job);
+  EXPECT_TRUE(t.events.empty());
+  EXPECT_EQ(job.progress().step(), 0);
+  EXPECT_EQ(job.ranks(1).step(), 5);
+  t = TranslateEngineEvent(step, 0, 2, Stored({}), 0, &job);
+  ASSERT_EQ(t.events.size(), 1u);
+  EXPECT_EQ(t.events[0].metrics().loss(), 2.5);
+  EXPECT_EQ(job.progress().step(), 5);
+}
+
+TEST(EngineEventTranslatorTest, ACheckpointCountsOnlyWhenEveryUploadedFileIsStoredIntact) {
+  lora::v1::Job job = TwoRankJob();
+  ev1::EngineEvent e;
+  e.mutable_checkpoint()->set_step(10);
+  e.mutable_checkpoint()->set_job_path("checkpoints/step-10");
+  auto* f = e.mutable_checkpoint()->add_uploaded();
+  f->set_path("checkpoints/step-10/a");
+  f->set_sha256("good");
+  TranslatedEvent t =
+      TranslateEngineEvent(e, 0, 2, Stored({{"checkpoints/step-10/a", "bad"}}), 0, &job);
+  EXPECT_FALSE(t.checkpoint.has_value());
+  EXPECT_EQ(job.latest_checkpoint_step(), 0);
+  ASSERT_EQ(t.events.size(), 1u);
+  EXPECT_THAT(t.events[0].log().message(), HasSubstr("not uploaded intact"));
+  t = TranslateEngineEvent(e, 0, 2, Stored({{"checkpoints/step-10/a", "good"}}), 0, &job);
+  ASSERT_TRUE(t.checkpoint.has_value());
+  EXPECT_EQ(t.checkpoint->attempt(), 2);
+  EXPECT_EQ(job.latest_checkpoint_step(), 10);
+}
+
+TEST(EngineEventTranslatorTest, ACheckpointWithNoUploadedFilesIsNotRecorded) {
+  lora::v1::Job job = TwoRankJob();
+  ev1::EngineEvent e;
+  e.mutable_checkpoint()->set_step(4);
+  TranslatedEvent t = TranslateEngineEvent(e, 0, 2, Stored({}), 0, &job);
+  EXPECT_FALSE(t.checkpoint.has_value());
+}
+
+TEST(EngineEventTranslatorTest, AFailureNamesTheRankAndKeepsItsCode) {
+  lora::v1::Job job = TwoRankJob();
+  ev1::EngineEvent e;
+  e.mutable_failed()->set_reason("peer closed");
+  e.mutable_failed()->set_code("UNAVAILABLE");
+  TranslatedEvent t = TranslateEngineEvent(e, 1, 2, Stored({}), 0, &job);
+  EXPECT_EQ(*t.failure_reason, "rank 1: peer closed");
+  EXPECT_EQ(t.failure_code, absl::StatusCode::kUnavailable);
+  EXPECT_EQ(job.error().code(), static_cast<int>(absl::StatusCode::kUnavailable));
+  e.mutable_failed()->set_code("");
+  t = TranslateEngineEvent(e, 0, 2, Stored({}), 0, &job);
+  EXPECT_EQ(t.failure_code, absl::StatusCode::kInternal);
+}
+
+TEST(EngineEventTranslatorTest, FinishedWithMissingOutputsIsAFailureNotASuccess) {
+  lora::v1::Job job = TwoRankJob();
+  ev1::EngineEvent e;
+  auto* f = e.mutable_finished()->add_uploaded();
+  f->set_path("final/adapter/adapter_model.safetensors");
+  f->set_sha256("x");
+  TranslatedEvent t = TranslateEngineEvent(e, 0, 2, Stored({}), 0, &job);
+  EXPECT_FALSE(t.rank0_finished);
+  EXPECT_THAT(*t.failure_reason, HasSubstr("outputs incomplete"));
+  t = TranslateEngineEvent(e, 0, 2, Stored({{f->path(), "x"}}), 0, &job);
+  EXPECT_TRUE(t.rank0_finished);
+  EXPECT_EQ(job.outputs_size(), 1);
+}
+
+class NullChannel : public WorkerChannel {
+ public:
+  void Send(const wv1::ControllerMessage&) override {}
+  void Close() override {}
+};
+
+wv1::Register Reg(const std::string& id, const std::string& device, int slots, int gpus) {
+  wv1::Register r;
+  r.set_worker_id(id);
+  r.mutable_capabilities()->set_device(device);
+  r.mutable_capabilities()->set_slots(slots);
+  for (int i = 0; i < gpus; ++i) r.mutable_capabilities()->add_gpus()->set_index(i);
+  return r;
+}
+
+TEST(WorkerRegistryTest, ACudaWorkerNeverAdvertisesMoreSlotsThanGpus) {
+  WorkerRegistry reg;
+  reg.Connect(Reg("g", "cuda", 8, 2), std::make_shared<NullChannel>(), absl::Now());
+  reg.Connect(Reg("c", "cpu", 0, 0), std::make_shared<NullChannel>(), absl::Now());
+  EXPECT_EQ(reg.Find("g")->capabilities.slots(), 2);
+  EXPECT_EQ(reg.Find("c")->capabilities.slots(), 1);
+}
+
+TEST(WorkerRegistryTest, AReconnectReturnsTheStaleStreamAndItsEndIsIgnored) {
+  WorkerRegistry reg;
+  auto first = std::make_shared<NullChannel>();
+  auto second = std::make_shared<NullChannel>();
+  EXPECT_EQ(reg.Connect(Reg("w", "cpu", 1, 0), first, absl::Now()), nullptr);
+  EXPECT_EQ(reg.Connect(Reg("w", "cpu", 1, 0), second, absl::Now()), first);
+  EXPECT_FALSE(reg.Disconnect("w", first.get(), absl::Now()));
+  EXPECT_EQ(reg.Channel("w"), second.get());
+  EXPECT_TRUE(reg.Disconnect("w", second.get(), absl::Now()));
+  EXPECT_EQ(reg.Channel("w"), nullptr);
+}
+
+TEST(WorkerRegistryTest, SilentWorkersExpireWithWhy) {
+  WorkerRegistry reg;
+  const absl::Time t0 = absl::Now();
+  reg.Connect(Reg("a", "cpu", 1, 0), std::make_shared<NullChannel>(), t0);
+  reg.Connect(Reg("b", "cpu", 1, 0), std::make_shared<NullChannel>(), t0);
+  reg.Heartbeat("a", t0 + absl::Seconds(10));
+  auto expired = reg.Expired(t0 + absl::Seconds(16), absl::Seconds(15));
+  ASSERT_EQ(expired.size(), 1u);
+  EXPECT_EQ(expired[0].first, "b");
+  EXPECT_EQ(expired[0].second, "missed heartbeats");
+}
+
+}  // namespace
+}  // namespace lora::server

@@ -1,0 +1,408 @@
+// The controller core without processes: a real SQLite store (that fails on demand), a fake
+// worker channel, the JobManager in between. Each test names the behaviour it pins.
+#include "server/core/job_manager.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "common/exit_codes.h"
+#include "common/file_util.h"
+#include "common/job_spec/job_spec.h"
+#include "common/sha256.h"
+#include "server/store/data_dir_lock.h"
+
+namespace lora::server {
+namespace {
+
+namespace fs = std::filesystem;
+namespace wv1 = lora::worker::v1;
+using ::testing::HasSubstr;
+
+class FakeChannel : public WorkerChannel {
+ public:
+  void Send(const wv1::ControllerMessage& m) override { sent.push_back(m); }
+  void Close() override { closed = true; }
+  std::vector<wv1::Assignment> Assignments() const {
+    std::vector<wv1::Assignment> out;
+    for (const auto& m : sent)
+      if (m.has_assignment()) out.push_back(m.assignment());
+    return out;
+  }
+  std::vector<wv1::ControllerMessage> sent;
+  bool closed = false;
+};
+
+class RecordingSubscriber : public EventSubscriber {
+ public:
+  void OnEvent(const lora::v1::JobEvent& e) override { events.push_back(e); }
+  void OnClose(bool) override { closed = true; }
+  std::vector<lora::v1::JobEvent> events;
+  bool closed = false;
+};
+
+lora::v1::JobSpec Spec(int keep_latest = 0) {
+  auto parsed = ParseJobSpecToml(R"([job]
+name = "t"
+[model]
+flavor = "tiny"
+[training]
+steps = 20
+[dataset]
+name = "synthetic-arith"
+[checkpoint]
+interval = 2
+keep_latest = )" + std::to_string(keep_latest) +
+                                     "\n",
+                                 "t.toml");
+  EXPECT_TRUE(parsed.ok()) << parsed.status();
+  return parsed.ok() ? parsed->spec : lora::v1::JobSpec();
+}
+
+class JobManagerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           ("jm-" + std::to_string(::getpid()) + "-" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_ / "artifacts");
+    auto store = JobStore::Open({(dir_ / "lorad.db").string()});
+    ASSERT_TRUE(store.ok()) << store.status();
+    store_ = std::move(*store);
+    artifacts_ = std::make_unique<ArtifactStore>((dir_ / "artifacts").string());
+    Restart();
+  }
+  void TearDown() override {
+    manager_.reset();
+    store_.reset();
+    fs::remove_all(dir_);
+  }
+  // A new manager over the same store: what a lorad restart sees.
+  void Restart() {
+    manager_.reset();
+    JobManager::Options o;
+    o.max_attempts = 3;
+    o.heartbeat_timeout = absl::Seconds(60);
+    auto m = JobManager::Create(o, store_.get(), artifacts_.get());
+    ASSERT_TRUE(m.ok()) << m.status();
+    manager_ = std::move(*m);
+  }
+  std::shared_ptr<FakeChannel> Connect(const std::string& id, int slots = 1) {
+    auto channel = std::make_shared<FakeChannel>();
+    wv1::Register reg;
+    reg.set_worker_id(id);
+    reg.mutable_capabilities()->set_device("cpu");
+    reg.mutable_capabilities()->set_slots(slots);
+    EXPECT_TRUE(manager_->WorkerConnected(reg, channel).ok());
+    return channel;
+  }
+  lora::v1::Job Create(int keep_latest = 0) {
+    bool created = false;
+    auto job = manager_->CreateJob(Spec(keep_latest), "", &created);
+    EXPECT_TRUE(job.ok()) << job.status();
+    return job.ok() ? *job : lora::v1::Job();
+  }
+  lora::v1::Job Get(const std::string& id) {
+    auto job = manager_->GetJob("jobs/" + id);
+    EXPECT_TRUE(job.ok()) << job.status();
+    return job.ok() ? *job : lora::v1::Job();
+  }
+  lora::v1::Job Stored(const std::string& id) {
+    auto job = store_->GetJob(id);
+    EXPECT_TRUE(job.ok()) << job.status();
+    return job.ok() ? *job : lora::v1::Job();
+  }
+  static wv1::RankRef Ref(const lora::v1::Job& job, int rank = 0) {
+    wv1::RankRef ref;
+    ref.set_job_id(job.id());
+    ref.set_attempt(job.attempt());
+    ref.set_rank(rank);
+    return ref;
+  }
+  void Event(const std::string& worker, const lora::v1::Job& job, int64_t seq,
+             const lora::engine::v1::EngineEvent& e) {
+    wv1::RankEvent ev;
+    *ev.mutable_ref() = Ref(job);
+    ev.set_worker_seq(seq);
+    *ev.mutable_event() = e;
+    manager_->OnRankEvent(worker, ev);
+  }
+  void Exit(const std::string& worker, const lora::v1::Job& job, int code, int signal = 0) {
+    wv1::RankExited ex;
+    *ex.mutable_ref() = Ref(job);
+    ex.set_exit_code(code);
+    ex.set_signal(signal);
+    manager_->OnRankExited(worker, ex);
+  }
+  static lora::engine::v1::EngineEvent Step(int64_t step) {
+    lora::engine::v1::EngineEvent e;
+    e.mutable_step()->set_step(step);
+    e.mutable_step()->set_total_steps(20);
+    e.mutable_step()->set_loss(1.5);
+    return e;
+  }
+  // A checkpoint of `step` whose one file was uploaded (stored on disk and recorded).
+  lora::engine::v1::EngineEvent Checkpoint(const lora::v1::Job& job, int64_t step) {
+    const std::string path = "checkpoints/step-" + std::to_string(step) + "/adapter.safetensors";
+    const std::string bytes = "weights at step " + std::to_string(step);
+    const fs::path local = dir_ / "artifacts" / job.id() / path;
+    fs::create_directories(local.parent_path());
+    std::ofstream(local) << bytes;
+    Sha256 h;
+    h.Update(bytes);
+    lora::v1::ArtifactFile file;
+    file.set_path(path);
+    file.set_size(static_cast<int64_t>(bytes.size()));
+    file.set_sha256(h.HexDigest());
+    wv1::UploadHeader header;
+    *header.mutable_ref() = Ref(job);
+    header.set_step(step);
+    EXPECT_TRUE(manager_->OnArtifactStored(header, file).ok());
+    lora::engine::v1::EngineEvent e;
+    auto* c = e.mutable_checkpoint();
+    c->set_step(step);
+    c->set_job_path("checkpoints/step-" + std::to_string(step));
+    auto* u = c->add_uploaded();
+    u->set_path(path);
+    u->set_size(file.size());
+    u->set_sha256(file.sha256());
+    return e;
+  }
+
+  fs::path dir_;
+  std::unique_ptr<JobStore> store_;
+  std::unique_ptr<ArtifactStore> artifacts_;
+  std::unique_ptr<JobManager> manager_;
+};
+
+TEST_F(JobManagerTest, AKilledRankIsRetriedFromTheLatestCheckpointNotFailed) {
+  auto w = Connect("w1");
+  lora::v1::Job job = Create();
+  ASSERT_EQ(w->Assignments().size(), 1u);
+  Event("w1", job, 1, Step(1));
+  Event("w1", job, 2, Checkpoint(job, 2));
+  Exit("w1", job, 128 + 9, 9);  // kill -9: the OOM killer
+  lora::v1::Job now = Get(job.id());
+  EXPECT_EQ(now.attempt(), 2);
+  EXPECT_NE(now.state(), lora::v1::FAILED);
+  ASSERT_EQ(w->Assignments().size(), 2u);  // started again at once: the slot is free
+  EXPECT_EQ(w->Assignments()[1].resume().step(), 2);
+}
+
+TEST_F(JobManagerTest, APlannedStopRequeuesWithoutSpendingAnAttempt) {
+  auto w = Connect("w1");
+  lora::v1::Job job = Create();
+  for (int restart = 1; restart <= 5; ++restart) {
+    lora::v1::Job current = Get(job.id());
+    Exit("w1", current, kExitInterrupted);
+  }
+  lora::v1::Job now = Get(job.id());
+  EXPECT_EQ(now.restarts(), 5);
+  EXPECT_EQ(now.attempt(), 6);
+  EXPECT_NE(now.state(), lora::v1::FAILED);
+}
+
+TEST_F(JobManagerTest, AFailedWriteLeavesMemoryEqualToTheStoreAndIsDecidedWhenItHeals) {
+  auto w = Connect("w1");
+  lora::v1::Job job = Create();
+  Event("w1", job, 1, Step(1));
+  ASSERT_EQ(Get(job.id()).state(), lora::v1::RUNNING);
+  RecordingSubscriber watcher;
+  int64_t last = 0;
+  bool terminal = false;
+  ASSERT_TRUE(manager_->Subscribe(job.name(), &watcher, &last, &terminal).ok());
+
+  store_->FailWritesForTesting(absl::ResourceExhaustedError("database or disk is full"));
+  lora::engine::v1::EngineEvent failed;
+  failed.mutable_failed()->set_reason("dataset.path: unreadable");
+  failed.mutable_failed()->set_code("INVALID_ARGUMENT");
+  Event("w1", job, 2, failed);  // not stored: the worker is made to reconnect and re-send
+  EXPECT_TRUE(w->closed);
+  Exit("w1", job, 1);
+  manager_->Tick();
+  // What GetJob says is what the store holds: neither says FAILED yet.
+  EXPECT_EQ(Get(job.id()).state(), lora::v1::RUNNING);
+  EXPECT_EQ(Stored(job.id()).state(), lora::v1::RUNNING);
+  EXPECT_EQ(Get(job.id()).last_sequence(), Stored(job.id()).last_sequence());
+  EXPECT_TRUE(watcher.events.empty());
+  EXPECT_EQ(manager_->Stats().undecided_jobs, 1);
+
+  store_->FailWritesForTesting(absl::OkStatus());
+  manager_->Tick();
+  EXPECT_EQ(Get(job.id()).state(), lora::v1::FAILED);
+  EXPECT_EQ(Stored(job.id()).state(), lora::v1::FAILED);
+  EXPECT_TRUE(watcher.closed);
+  EXPECT_EQ(manager_->Stats().undecided_jobs, 0);
+}
+
+TEST_F(JobManagerTest, AFailedStartLeaksNoSlotAndTheJobStartsWhenTheStoreHeals) {
+  lora::v1::Job job = Create();
+  store_->FailWritesForTesting(absl::UnavailableError("disk I/O error"));
+  auto w = Connect("w1");
+  EXPECT_EQ(Get(job.id()).state(), lora::v1::QUEUED);
+  EXPECT_EQ(manager_->Stats().workers_busy_slots, 0);
+  EXPECT_TRUE(w->Assignments().empty());
+  store_->FailWritesForTesting(absl::OkStatus());
+  manager_->Tick();
+  EXPECT_EQ(Get(job.id()).state(), lora::v1::STARTING);
+  EXPECT_EQ(manager_->Stats().workers_busy_slots, 1);
+  EXPECT_EQ(w->Assignments().size(), 1u);
+}
+
+TEST_F(JobManagerTest, AJobThatEndedWhileTheStoreFailedFreesItsSlotForTheNextJob) {
+  auto w = Connect("w1");
+  lora::v1::Job first = Create();
+  lora::v1::Job second = Create();
+  EXPECT_EQ(Get(second.id()).state(), lora::v1::QUEUED);
+  store_->FailWritesForTesting(absl::ResourceExhaustedError("database or disk is full"));
+  Exit("w1", first, 1);
+  manager_->Tick();
+  EXPECT_EQ(Get(second.id()).state(), lora::v1::QUEUED);
+  store_->FailWritesForTesting(absl::OkStatus());
+  manager_->Tick();
+  EXPECT_EQ(Get(first.id()).state(), lora::v1::FAILED);
+  EXPECT_EQ(Get(second.id()).state(), lora::v1::STARTING);
+  EXPECT_EQ(w->Assignments().back().ref().job_id(), second.id());
+}
+
+TEST_F(JobManagerTest, AJobNeverReportedFailedRunsOnAfterARestart) {
+  auto w = Connect("w1");
+  lora::v1::Job job = Create();
+  store_->FailWritesForTesting(absl::ResourceExhaustedError("database or disk is full"));
+  Exit("w1", job, 1);
+  EXPECT_NE(Get(job.id()).state(), lora::v1::FAILED);
+  store_->FailWritesForTesting(absl::OkStatus());
+  Restart();  // lorad restarts before the decision was stored: the job is still the stored one
+  EXPECT_EQ(Get(job.id()).state(), Stored(job.id()).state());
+  EXPECT_EQ(Get(job.id()).state(), lora::v1::STARTING);
+}
+
+TEST_F(JobManagerTest, ACancelThatCannotBeStoredFailsTheCallAndChangesNothing) {
+  auto w = Connect("w1");
+  lora::v1::Job job = Create();
+  store_->FailWritesForTesting(absl::ResourceExhaustedError("database or disk is full"));
+  auto cancelled = manager_->CancelJob(job.name());
+  EXPECT_EQ(cancelled.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(Get(job.id()).state(), lora::v1::STARTING);
+  for (const auto& m : w->sent) EXPECT_FALSE(m.has_cancel());
+}
+
+TEST_F(JobManagerTest, AnEngineEventTheStoreRefusedIsAppliedWhenTheWorkerResendsIt) {
+  auto w = Connect("w1");
+  lora::v1::Job job = Create();
+  store_->FailWritesForTesting(absl::ResourceExhaustedError("database or disk is full"));
+  Event("w1", job, 1, Step(1));
+  EXPECT_TRUE(w->closed);
+  EXPECT_EQ(Get(job.id()).progress().step(), 0);
+  store_->FailWritesForTesting(absl::OkStatus());
+  Event("w1", job, 1, Step(1));  // the re-send after reconnecting
+  EXPECT_EQ(Get(job.id()).progress().step(), 1);
+  EXPECT_EQ(Stored(job.id()).progress().step(), 1);
+}
+
+TEST_F(JobManagerTest, ARealFullDatabaseNeverSplitsMemoryFromDisk) {
+  auto w = Connect("w1");
+  lora::v1::Job job = Create();
+  ASSERT_TRUE(store_->LimitPagesForTesting(1).ok());  // no page beyond the current size
+  // Fill the file until SQLite says SQLITE_FULL, comparing memory with disk at every step.
+  for (int64_t step = 1; step <= 400; ++step) {
+    lora::engine::v1::EngineEvent e = Step(step);
+    e.mutable_step()->set_tokens(step);
+    Event("w1", job, step, e);
+    ASSERT_EQ(Get(job.id()).last_sequence(), Stored(job.id()).last_sequence()) << step;
+    ASSERT_EQ(Get(job.id()).progress().step(), Stored(job.id()).progress().step()) << step;
+    if (w->closed) break;
+  }
+  EXPECT_TRUE(w->closed) << "the database never filled up";
+}
+
+TEST_F(JobManagerTest, KeepLatestPrunesOlderCheckpointsAndTheirFiles) {
+  auto w = Connect("w1");
+  lora::v1::Job job = Create(/*keep_latest=*/2);
+  for (int64_t step : {2, 4, 6}) Event("w1", job, step, Checkpoint(job, step));
+  auto checkpoints = manager_->ListCheckpoints(job.name());
+  ASSERT_TRUE(checkpoints.ok());
+  ASSERT_EQ(checkpoints->size(), 2u);
+  EXPECT_EQ((*checkpoints)[0].step(), 4);
+  EXPECT_FALSE(fs::exists(dir_ / "artifacts" / job.id() /
+                          "checkpoints/step-2"
+                          "/adapter.safetensors"));
+  EXPECT_TRUE(fs::exists(dir_ / "artifacts" / job.id() /
+                         "checkpoints/step-6"
+                         "/adapter.safetensors"));
+  EXPECT_FALSE(store_->GetArtifact(job.id(), "checkpoints/step-2/adapter.safetensors").ok());
+}
+
+TEST_F(JobManagerTest, AssignmentsOfferOlderCheckpointsNewestFirstAsFallbacks) {
+  auto w = Connect("w1");
+  lora::v1::Job job = Create();
+  for (int64_t step : {2, 4, 6}) Event("w1", job, step, Checkpoint(job, step));
+  Exit("w1", job, 137, 9);
+  const wv1::Assignment a = w->Assignments().back();
+  EXPECT_EQ(a.resume().step(), 6);
+  ASSERT_EQ(a.fallback_resume_size(), 2);
+  EXPECT_EQ(a.fallback_resume(0).step(), 4);
+  EXPECT_EQ(a.fallback_resume(1).step(), 2);
+}
+
+TEST_F(JobManagerTest, AWorkerThatComesBackWithoutItsRankRetriesTheJob) {
+  auto w = Connect("w1");
+  lora::v1::Job job = Create();
+  Connect("w1");  // re-registers running nothing
+  lora::v1::Job now = Get(job.id());
+  EXPECT_EQ(now.attempt(), 2);
+  EXPECT_EQ(manager_->Stats().workers_busy_slots, 1);  // the retry holds the one slot again
+}
+
+TEST_F(JobManagerTest, RanksOfAReplacedAttemptHoldTheirSlotUntilTheyExit) {
+  auto w1 = Connect("w1");
+  auto w2 = Connect("w2");
+  lora::v1::JobSpec spec = Spec();
+  spec.mutable_resources()->set_world_size(2);
+  bool created = false;
+  auto job = manager_->CreateJob(spec, "", &created);
+  ASSERT_TRUE(job.ok()) << job.status();
+  wv1::RankAccepted accepted;
+  *accepted.mutable_ref() = Ref(*job, 0);
+  accepted.set_master_port(1234);
+  manager_->OnRankAccepted("w1", accepted);  // rank 1 is assigned once rank 0 has its port
+  ASSERT_EQ(w2->Assignments().size(), 1u);
+  EXPECT_EQ(manager_->Stats().workers_busy_slots, 2);
+  // Rank 1 is killed; rank 0 of that attempt is still stopping on w1.
+  wv1::RankExited killed;
+  *killed.mutable_ref() = Ref(*job, 1);
+  killed.set_exit_code(137);
+  killed.set_signal(9);
+  manager_->OnRankExited("w2", killed);
+  EXPECT_EQ(Get(job->id()).state(), lora::v1::QUEUED);
+  EXPECT_EQ(manager_->Stats().workers_busy_slots, 1);
+  EXPECT_EQ(w1->Assignments().size(), 1u);  // not restarted onto a busy slot
+  wv1::RankExited stopped;
+  *stopped.mutable_ref() = Ref(*job, 0);
+  stopped.set_exit_code(kExitInterrupted);
+  manager_->OnRankExited("w1", stopped);
+  EXPECT_EQ(Get(job->id()).state(), lora::v1::STARTING);
+  EXPECT_EQ(Get(job->id()).attempt(), 2);
+  EXPECT_EQ(manager_->Stats().workers_busy_slots, 2);
+}
+
+TEST(DataDirLockTest, ASecondHolderIsRefusedWithTheFirstOnesPid) {
+  const std::string dir =
+      (fs::temp_directory_path() / ("lock-" + std::to_string(::getpid()))).string();
+  fs::create_directories(dir);
+  auto first = DataDirLock::Acquire(dir);
+  ASSERT_TRUE(first.ok()) << first.status();
+  auto second = DataDirLock::Acquire(dir);
+  ASSERT_FALSE(second.ok());
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(second.status().message(), HasSubstr("pid " + std::to_string(::getpid())));
+  first->reset();
+  EXPECT_TRUE(DataDirLock::Acquire(dir).ok());
+  fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace lora::server
