@@ -1,6 +1,7 @@
 #include "server/core/engine_event_translator.h"
 
 #include <algorithm>
+#include <set>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -12,6 +13,9 @@ namespace {
 
 namespace ev1 = lora::engine::v1;
 using lora::v1::JobEvent;
+
+// The file that lists a checkpoint's files with their digests (written last by the engine).
+constexpr char kCheckpointManifest[] = "manifest.json";
 
 // The stored copies of the files a worker says it uploaded, if all are there with the digest
 // it announced; else `*problem` says which is not.
@@ -103,6 +107,16 @@ TranslatedEvent TranslateEngineEvent(const ev1::EngineEvent& event, int rank, in
       std::vector<lora::v1::ArtifactFile> files;
       std::string problem;
       if (c.uploaded().empty()) problem = "no file was uploaded";
+      // Whole or not at all: every file the engine wrote, and the manifest (a resumed rank only
+      // trusts a step directory that has one), must have arrived. An upload cut short by a
+      // restart leaves the checkpoint unrecorded rather than recorded without its manifest.
+      std::set<std::string> arrived;
+      for (const ev1::FileDigest& f : c.uploaded()) arrived.insert(f.path());
+      std::vector<std::string> required = {c.job_path() + "/" + kCheckpointManifest};
+      for (const ev1::FileDigest& f : c.files()) required.push_back(c.job_path() + "/" + f.path());
+      for (const std::string& path : required) {
+        if (problem.empty() && !arrived.count(path)) problem = path + " was not uploaded";
+      }
       if (!problem.empty() || !VerifiedFiles(c.uploaded(), lookup, &files, &problem)) {
         out.events.push_back(LogEvent(
             "warning", absl::StrCat("checkpoint at step ", c.step(), " not recorded: ", problem),
@@ -132,14 +146,22 @@ TranslatedEvent TranslateEngineEvent(const ev1::EngineEvent& event, int rank, in
       if (rank != 0) break;
       std::vector<lora::v1::ArtifactFile> files;
       std::string problem;
-      if (VerifiedFiles(event.finished().uploaded(), lookup, &files, &problem)) {
+      if (!event.finished().not_uploaded().empty()) {
+        problem = absl::StrCat(event.finished().not_uploaded(0), " was not uploaded");
+      }
+      if (problem.empty() && VerifiedFiles(event.finished().uploaded(), lookup, &files, &problem)) {
         job->clear_outputs();
         for (auto& f : files) *job->add_outputs() = f;
+        job->set_result_reported(true);
         out.rank0_finished = true;
         out.events.push_back(LogEvent(
             "info", absl::StrCat("finished; ", files.size(), " output files uploaded"), rank));
       } else {
         out.failure_reason = absl::StrCat("outputs incomplete: ", problem);
+        // Lost in transit (a restart, a network failure): another attempt delivers them.
+        out.failure_code = absl::StatusCode::kUnavailable;
+        job->mutable_error()->set_code(static_cast<int>(out.failure_code));
+        job->mutable_error()->set_message(*out.failure_reason);
         out.events.push_back(LogEvent("error", *out.failure_reason, rank));
       }
       break;

@@ -66,6 +66,10 @@ absl::Status JobManager::Recover() {
         slot.assigned = true;
       }
       a.rt.reattach_deadline = deadline;
+      // What the attempt's ranks reported before the restart (stored with the job).
+      a.rt.rank0_finished = job.result_reported();
+      a.rt.failure_reason = job.error().message();
+      a.rt.failure_code = static_cast<absl::StatusCode>(job.error().code());
       if (job.state() == lora::v1::CANCELLING)
         a.rt.cancel_deadline = deadline + options_.cancel_grace;
     }
@@ -202,6 +206,7 @@ absl::Status JobManager::Apply(ActiveJob& a, const Decision& d) {
       if (!d.counts_as_attempt) next.set_restarts(next.restarts() + 1);
       next.clear_workers();
       next.clear_error();  // the attempt's failure is in the state change's reason
+      next.clear_result_reported();
       next.clear_ranks();
       next.clear_rank_event_sequences();
       // A failure is also an error in the job's log (a planned restart only news), so the rank
@@ -347,6 +352,7 @@ absl::Status JobManager::Start(ActiveJob& a, const std::vector<std::string>& wor
   next.clear_workers();
   next.clear_ranks();
   next.clear_rank_event_sequences();
+  next.clear_result_reported();
   for (int r = 0; r < n; ++r) {
     next.add_workers(workers[static_cast<size_t>(r)]);
     lora::v1::RankStatus* status = next.add_ranks();

@@ -77,7 +77,7 @@ Decision DecideAttempt(const AttemptView& v) {
   for (size_t i = 0; i < v.ranks.size(); ++i) {
     const RankView& r = v.ranks[i];
     if (!r.exited || r.exit_code == kExitOk) continue;
-    if (v.ranks.size() > 1 && v.failure_code == absl::StatusCode::kUnavailable) {
+    if (v.failure_code == absl::StatusCode::kUnavailable) {
       // A peer died, hung or became unreachable: every rank restarts from the latest
       // checkpoint (the survivors may report before the lost rank's own exit arrives).
       return Requeue(v, v.failure_reason, true);
@@ -98,6 +98,8 @@ Decision DecideAttempt(const AttemptView& v) {
     d.reason = "finished";
     return d;
   }
+  // Finished, but its outputs were lost in transit: another attempt delivers them.
+  if (v.failure_code == absl::StatusCode::kUnavailable) return Requeue(v, v.failure_reason, true);
   return Fail(
       v.failure_code == absl::StatusCode::kOk ? absl::StatusCode::kInternal : v.failure_code,
       v.failure_reason.empty() ? "ranks exited without reporting a result" : v.failure_reason);

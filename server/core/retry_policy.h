@@ -10,8 +10,8 @@
 //
 // Policy (each rule has a test in tests/unit/retry_policy_test.cc):
 // - Failures of the infrastructure retry from the latest checkpoint and count against
-//   max_attempts: a lost worker, a rank killed by a signal (the OOM killer, kill -9), a peer
-//   lost mid-collective (a rank's failure event with UNAVAILABLE in a multi-rank job).
+//   max_attempts: a lost worker, a rank killed by a signal (the OOM killer, kill -9), a
+//   failure reported as UNAVAILABLE (a peer lost mid-collective, outputs lost in transit).
 // - A planned stop (a rank exits kExitInterrupted after a drain checkpoint because its worker
 //   or lorad is shutting down) requeues without spending an attempt.
 // - Any other non-zero exit fails the job with the engine's reason: retrying a bad spec or a

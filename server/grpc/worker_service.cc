@@ -336,7 +336,14 @@ absl::Status WorkerServiceImpl::Claim(const std::string& worker_id, const Princi
 absl::Status WorkerServiceImpl::CheckClaim(const std::string& worker_id, const Principal& caller) {
   std::lock_guard<std::mutex> lock(owners_mu_);
   auto it = owners_.find(worker_id);
-  if (it == owners_.end() || it->second != BindingKey(caller)) {
+  if (it == owners_.end()) {
+    // Not registered with this lorad (yet): after a restart, a worker's uploads can arrive
+    // before its stream is back. Transient, so the worker retries instead of giving up on a
+    // checkpoint or an output; its stream re-registers it.
+    return absl::UnavailableError(absl::StrCat("lora-worker-id: worker '", worker_id,
+                                               "' has not registered with this lorad yet"));
+  }
+  if (it->second != BindingKey(caller)) {
     return absl::PermissionDeniedError(absl::StrCat(
         "lora-worker-id: this credential has not registered worker '", worker_id, "'"));
   }

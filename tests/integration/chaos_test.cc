@@ -53,9 +53,10 @@ int EnvInt(const char* name, int fallback) {
 
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
-// The job specs of the run: a few variants, so each has a fault-free reference.
+// The job specs of the run: a few variants, so each has a fault-free reference. Long enough
+// (~15-20 s each) that the jobs run through the whole fault phase on three slots.
 lora::v1::JobSpec Variant(int v) {
-  lora::v1::JobSpec spec = testing::TinyTrainSpec(36 + 6 * v, 6);
+  lora::v1::JobSpec spec = testing::TinyTrainSpec(600 + 120 * v, 25);
   spec.mutable_training()->set_seed(100 + v);
   spec.mutable_training()->set_num_threads(1);
   spec.mutable_checkpoint()->set_keep_latest(2);
@@ -328,7 +329,7 @@ TEST(ChaosTest, JobsSurviveRandomKillsStopsAndRestartsWithEveryInvariantIntact) 
   };
   const auto fault_end = Clock::now() + std::chrono::duration<double>(fault_seconds);
   while (Clock::now() < fault_end || !creates_done) {
-    std::this_thread::sleep_for(std::chrono::duration<double>(uniform(1.5, 4.0)));
+    std::this_thread::sleep_for(std::chrono::duration<double>(uniform(1.0, 3.0)));
     if (Clock::now() >= fault_end) continue;  // let the creator finish
     const int kind = static_cast<int>(
         std::discrete_distribution<int>(std::begin(kWeights), std::end(kWeights))(rng));
@@ -417,8 +418,25 @@ TEST(ChaosTest, JobsSurviveRandomKillsStopsAndRestartsWithEveryInvariantIntact) 
     ++succeeded;
     attempts_spent += job.attempt() - job.restarts();
     restarts += job.restarts();
-    violation(AdapterSha(job) == reference_sha[variant_of_request[request]],
-              name + ": adapter differs from the fault-free run");
+    if (AdapterSha(job) != reference_sha[variant_of_request[request]]) {
+      // The job's history, to replay what happened to it.
+      std::string history;
+      (void)client->Watch(name, 0, [&](const lora::v1::JobEvent& e) {
+        if (e.has_state_change()) {
+          history += "\n  " + lora::v1::JobState_Name(e.state_change().to()) + ": " +
+                     e.state_change().reason();
+        } else if (e.has_checkpoint()) {
+          history += "\n  checkpoint " + std::to_string(e.checkpoint().step()) + " (attempt " +
+                     std::to_string(e.checkpoint().attempt()) + ")";
+        } else if (e.has_log() && e.log().level() != "info") {
+          history += "\n  " + e.log().level() + ": " + e.log().message();
+        } else if (e.has_log() && e.log().message().find("started") != std::string::npos) {
+          history += "\n  " + e.log().message();
+        }
+        return true;
+      });
+      violation(false, name + ": adapter differs from the fault-free run; its history:" + history);
+    }
   }
   // No duplicate jobs: one job per request id, as the store sees it.
   lora::v1::ListJobsRequest list;

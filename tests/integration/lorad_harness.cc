@@ -147,6 +147,17 @@ lora::v1::JobSpec TinyTrainSpec(int steps, int checkpoint_interval, int seq_len)
   return spec;
 }
 
+std::string StateChanges(const std::vector<lora::v1::JobEvent>& events) {
+  std::string out;
+  for (const auto& e : events) {
+    if (e.has_state_change()) {
+      out += "\n  " + lora::v1::JobState_Name(e.state_change().to()) + ": " +
+             e.state_change().reason();
+    }
+  }
+  return out;
+}
+
 bool JobEnded(const lora::v1::Job& job) {
   return job.state() == lora::v1::SUCCEEDED || job.state() == lora::v1::FAILED ||
          job.state() == lora::v1::CANCELLED;

@@ -54,6 +54,9 @@ std::vector<pid_t> FindRankProcesses(const std::string& job_id, int rank);
 
 lora::v1::JobSpec TinyTrainSpec(int steps, int checkpoint_interval = 5, int seq_len = 64);
 
+// A job's state changes with their reasons, one per line (for failure messages).
+std::string StateChanges(const std::vector<lora::v1::JobEvent>& events);
+
 // Whether a job has ended: SUCCEEDED, FAILED or CANCELLED.
 bool JobEnded(const lora::v1::Job& job);
 

@@ -68,16 +68,7 @@ int64_t FirstStepAfterRequeue(const std::vector<JobEvent>& events) {
 }
 
 // The job's state changes with their reasons, for failure messages.
-std::string StateChanges(const std::vector<JobEvent>& events) {
-  std::string out;
-  for (const auto& e : events) {
-    if (e.has_state_change()) {
-      absl::StrAppend(&out, "\n  ", lora::v1::JobState_Name(e.state_change().to()), ": ",
-                      e.state_change().reason());
-    }
-  }
-  return out;
-}
+using testing::StateChanges;
 
 // Polls `pred` every 50 ms for up to `timeout_s`.
 bool Eventually(const std::function<bool()>& pred, double timeout_s) {

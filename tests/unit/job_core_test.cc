@@ -97,16 +97,54 @@ TEST(EngineEventTranslatorTest, ACheckpointCountsOnlyWhenEveryUploadedFileIsStor
   auto* f = e.mutable_checkpoint()->add_uploaded();
   f->set_path("checkpoints/step-10/a");
   f->set_sha256("good");
-  TranslatedEvent t =
-      TranslateEngineEvent(e, 0, 2, Stored({{"checkpoints/step-10/a", "bad"}}), 0, &job);
+  auto* m = e.mutable_checkpoint()->add_uploaded();
+  m->set_path("checkpoints/step-10/manifest.json");
+  m->set_sha256("m");
+  TranslatedEvent t = TranslateEngineEvent(
+      e, 0, 2, Stored({{"checkpoints/step-10/a", "bad"}, {m->path(), "m"}}), 0, &job);
   EXPECT_FALSE(t.checkpoint.has_value());
   EXPECT_EQ(job.latest_checkpoint_step(), 0);
   ASSERT_EQ(t.events.size(), 1u);
   EXPECT_THAT(t.events[0].log().message(), HasSubstr("not uploaded intact"));
-  t = TranslateEngineEvent(e, 0, 2, Stored({{"checkpoints/step-10/a", "good"}}), 0, &job);
+  t = TranslateEngineEvent(e, 0, 2, Stored({{"checkpoints/step-10/a", "good"}, {m->path(), "m"}}),
+                           0, &job);
   ASSERT_TRUE(t.checkpoint.has_value());
   EXPECT_EQ(t.checkpoint->attempt(), 2);
   EXPECT_EQ(job.latest_checkpoint_step(), 10);
+}
+
+// Found by the chaos test: lorad restarted while the manifest was uploading; the checkpoint was
+// recorded without it, and the next attempt could not resume from it.
+TEST(EngineEventTranslatorTest, ACheckpointWhoseManifestOrAFileDidNotArriveIsNotRecorded) {
+  lora::v1::Job job = TwoRankJob();
+  ev1::EngineEvent e;
+  e.mutable_checkpoint()->set_step(10);
+  e.mutable_checkpoint()->set_job_path("checkpoints/step-10");
+  e.mutable_checkpoint()->add_files()->set_path("adapter/adapter_model.safetensors");
+  e.mutable_checkpoint()->add_files()->set_path("optimizer.safetensors");
+  auto* f = e.mutable_checkpoint()->add_uploaded();
+  f->set_path("checkpoints/step-10/adapter/adapter_model.safetensors");
+  f->set_sha256("a");
+  auto* o = e.mutable_checkpoint()->add_uploaded();
+  o->set_path("checkpoints/step-10/optimizer.safetensors");
+  o->set_sha256("o");
+  const ev1::FileDigest optimizer = *o;
+  auto lookup =
+      Stored({{f->path(), "a"}, {o->path(), "o"}, {"checkpoints/step-10/manifest.json", "m"}});
+  TranslatedEvent t = TranslateEngineEvent(e, 0, 2, lookup, 0, &job);
+  EXPECT_FALSE(t.checkpoint.has_value());
+  ASSERT_EQ(t.events.size(), 1u);
+  EXPECT_THAT(t.events[0].log().message(), HasSubstr("manifest.json was not uploaded"));
+  auto* m = e.mutable_checkpoint()->add_uploaded();
+  m->set_path("checkpoints/step-10/manifest.json");
+  m->set_sha256("m");
+  e.mutable_checkpoint()->mutable_uploaded()->DeleteSubrange(1, 1);  // the optimizer is missing
+  t = TranslateEngineEvent(e, 0, 2, lookup, 0, &job);
+  EXPECT_FALSE(t.checkpoint.has_value());
+  EXPECT_THAT(t.events[0].log().message(), HasSubstr("optimizer.safetensors was not uploaded"));
+  *e.mutable_checkpoint()->add_uploaded() = optimizer;
+  t = TranslateEngineEvent(e, 0, 2, lookup, 0, &job);
+  EXPECT_TRUE(t.checkpoint.has_value());
 }
 
 TEST(EngineEventTranslatorTest, ACheckpointWithNoUploadedFilesIsNotRecorded) {
@@ -140,9 +178,15 @@ TEST(EngineEventTranslatorTest, FinishedWithMissingOutputsIsAFailureNotASuccess)
   TranslatedEvent t = TranslateEngineEvent(e, 0, 2, Stored({}), 0, &job);
   EXPECT_FALSE(t.rank0_finished);
   EXPECT_THAT(*t.failure_reason, HasSubstr("outputs incomplete"));
+  EXPECT_EQ(t.failure_code, absl::StatusCode::kUnavailable);
   t = TranslateEngineEvent(e, 0, 2, Stored({{f->path(), "x"}}), 0, &job);
   EXPECT_TRUE(t.rank0_finished);
   EXPECT_EQ(job.outputs_size(), 1);
+  // The worker could not upload one of them: incomplete, whatever did arrive.
+  e.mutable_finished()->add_not_uploaded("final/adapter/adapter_config.json");
+  t = TranslateEngineEvent(e, 0, 2, Stored({{f->path(), "x"}}), 0, &job);
+  EXPECT_FALSE(t.rank0_finished);
+  EXPECT_THAT(*t.failure_reason, HasSubstr("adapter_config.json was not uploaded"));
 }
 
 class NullChannel : public WorkerChannel {

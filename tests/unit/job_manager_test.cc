@@ -146,29 +146,34 @@ class JobManagerTest : public ::testing::Test {
   }
   // A checkpoint of `step` whose one file was uploaded (stored on disk and recorded).
   lora::engine::v1::EngineEvent Checkpoint(const lora::v1::Job& job, int64_t step) {
-    const std::string path = "checkpoints/step-" + std::to_string(step) + "/adapter.safetensors";
-    const std::string bytes = "weights at step " + std::to_string(step);
-    const fs::path local = dir_ / "artifacts" / job.id() / path;
-    fs::create_directories(local.parent_path());
-    std::ofstream(local) << bytes;
-    Sha256 h;
-    h.Update(bytes);
-    lora::v1::ArtifactFile file;
-    file.set_path(path);
-    file.set_size(static_cast<int64_t>(bytes.size()));
-    file.set_sha256(h.HexDigest());
-    wv1::UploadHeader header;
-    *header.mutable_ref() = Ref(job);
-    header.set_step(step);
-    EXPECT_TRUE(manager_->OnArtifactStored(header, file).ok());
+    const std::string dir = "checkpoints/step-" + std::to_string(step);
     lora::engine::v1::EngineEvent e;
     auto* c = e.mutable_checkpoint();
     c->set_step(step);
-    c->set_job_path("checkpoints/step-" + std::to_string(step));
-    auto* u = c->add_uploaded();
-    u->set_path(path);
-    u->set_size(file.size());
-    u->set_sha256(file.sha256());
+    c->set_job_path(dir);
+    c->add_files()->set_path("adapter.safetensors");
+    // Both files stored on disk and recorded as uploaded, the manifest last.
+    for (const std::string name : {"adapter.safetensors", "manifest.json"}) {
+      const std::string path = dir + "/" + name;
+      const std::string bytes = name + " at step " + std::to_string(step);
+      const fs::path local = dir_ / "artifacts" / job.id() / path;
+      fs::create_directories(local.parent_path());
+      std::ofstream(local) << bytes;
+      Sha256 h;
+      h.Update(bytes);
+      lora::v1::ArtifactFile file;
+      file.set_path(path);
+      file.set_size(static_cast<int64_t>(bytes.size()));
+      file.set_sha256(h.HexDigest());
+      wv1::UploadHeader header;
+      *header.mutable_ref() = Ref(job);
+      header.set_step(step);
+      EXPECT_TRUE(manager_->OnArtifactStored(header, file).ok());
+      auto* u = c->add_uploaded();
+      u->set_path(path);
+      u->set_size(file.size());
+      u->set_sha256(file.sha256());
+    }
     return e;
   }
 
@@ -236,6 +241,24 @@ TEST_F(JobManagerTest, AFailedWriteLeavesMemoryEqualToTheStoreAndIsDecidedWhenIt
   EXPECT_EQ(Stored(job.id()).state(), lora::v1::FAILED);
   EXPECT_TRUE(watcher.closed);
   EXPECT_EQ(manager_->Stats().undecided_jobs, 0);
+}
+
+// Found by the chaos test: lorad restarted between rank 0's result and its exit, forgot the
+// result, and failed the job with "ranks exited without reporting a result".
+TEST_F(JobManagerTest, AResultReportedBeforeALoradRestartStillCountsAfterIt) {
+  auto w = Connect("w1");
+  lora::v1::Job job = Create();
+  lora::engine::v1::EngineEvent finished;
+  finished.mutable_finished();  // no output files: a job whose result is its summary alone
+  Event("w1", job, 1, finished);
+  Restart();
+  wv1::Register reg;
+  reg.set_worker_id("w1");
+  reg.mutable_capabilities()->set_device("cpu");
+  *reg.add_running()->mutable_ref() = Ref(job);
+  ASSERT_TRUE(manager_->WorkerConnected(reg, std::make_shared<FakeChannel>()).ok());
+  Exit("w1", job, 0);
+  EXPECT_EQ(Get(job.id()).state(), lora::v1::SUCCEEDED) << Get(job.id()).error().message();
 }
 
 TEST_F(JobManagerTest, AFailedStartLeaksNoSlotAndTheJobStartsWhenTheStoreHeals) {

@@ -105,6 +105,18 @@ TEST(JobRetryPolicyTest, ALostPeerInAMultiRankJobRetries) {
   EXPECT_THAT(d.reason, HasSubstr("peer closed"));
 }
 
+// Found by the chaos test: lorad restarted while rank 0 uploaded its outputs; the job was
+// reported SUCCEEDED without its adapter.
+TEST(JobRetryPolicyTest, OutputsLostInTransitRetryInsteadOfSucceedingWithoutThem) {
+  AttemptView v = View({Exited(0)});
+  v.failure_code = absl::StatusCode::kUnavailable;
+  v.failure_reason = "outputs incomplete: final/adapter/adapter_model.safetensors was not uploaded";
+  Decision d = DecideAttempt(v);
+  EXPECT_EQ(d.outcome, Outcome::kRequeue);
+  EXPECT_TRUE(d.counts_as_attempt);
+  EXPECT_THAT(d.reason, HasSubstr("outputs incomplete"));
+}
+
 TEST(JobRetryPolicyTest, AnEngineErrorFailsWithItsReasonAndCode) {
   AttemptView v = View({Exited(1)});
   v.failure_code = absl::StatusCode::kInvalidArgument;

@@ -642,13 +642,17 @@ std::optional<ev1::EngineEvent> WorkerAgent::Prepare(const Key& key, const std::
   if (event.has_finished()) {
     ev1::Finished* f = event.mutable_finished();
     std::error_code ec;
+    auto upload_output = [&](const std::string& local) {
+      if (!upload(local, 0, f->mutable_uploaded())) f->add_not_uploaded(relative(local));
+    };
     for (const auto& [name, dir] : f->summary().outputs()) {
       for (const auto& entry : fs::recursive_directory_iterator(dir, ec)) {
-        if (entry.is_regular_file()) upload(entry.path().string(), 0, f->mutable_uploaded());
+        if (entry.is_regular_file()) upload_output(entry.path().string());
       }
+      if (ec) f->add_not_uploaded(relative(dir));  // could not even list it
     }
     const std::string summary = JoinPath(run_dir, "summary.json");
-    if (fs::exists(summary, ec)) upload(summary, 0, f->mutable_uploaded());
+    if (fs::exists(summary, ec)) upload_output(summary);
     return event;
   }
   return event;
