@@ -317,11 +317,13 @@ std::vector<WorkerSlots> JobManager::ConnectedWorkerSlots() const {
 void JobManager::Schedule() {
   if (shutdown_ || draining_for_stop_) return;
   SchedulerInput in;
-  for (const auto& [id, a] : active_) {
+  std::vector<ActiveJob*> queued;  // parallel to in.queued
+  for (auto& [id, a] : active_) {
     if (a.job.state() == lora::v1::QUEUED) {
-      in.queued.push_back(
-          QueuedJob{id, a.job.name(), a.job.tenant(), a.job.spec().resources().device(),
-                    a.job.spec().job().priority(), ToMicros(a.job.create_time()), WorldOf(a.job)});
+      queued.push_back(&a);
+      in.queued.push_back(QueuedJob{id, a.job.tenant(), a.job.spec().resources().device(),
+                                    a.job.spec().job().priority(), ToMicros(a.job.create_time()),
+                                    WorldOf(a.job)});
     } else {
       in.running_ranks_by_tenant[a.job.tenant()] += static_cast<int>(a.rt.ranks.size());
     }
@@ -329,18 +331,17 @@ void JobManager::Schedule() {
   if (in.queued.empty()) return;
   in.workers = ConnectedWorkerSlots();
   in.max_running_ranks_per_tenant = options_.max_running_ranks_per_tenant;
-  const SchedulerOutput out = ScheduleJobs(in);
+  SchedulerOutput out = ScheduleJobs(in);
   // Queue reasons are display state, kept in memory and stored with the job's next change.
-  for (const auto& [id, why] : out.queue_reasons) {
-    auto it = active_.find(id);
-    if (it != active_.end()) it->second.job.set_queue_reason(why);
+  for (size_t i = 0; i < queued.size(); ++i) {
+    if (!out.queue_reasons[i].empty())
+      queued[i]->job.set_queue_reason(std::move(out.queue_reasons[i]));
   }
   for (const Placement& p : out.placements) {
-    auto it = active_.find(p.job_id);
-    if (it == active_.end()) continue;
-    if (absl::Status s = Start(it->second, p.workers); !s.ok()) {
+    ActiveJob& a = *queued[p.job];
+    if (absl::Status s = Start(a, p.workers); !s.ok()) {
       // Later placements assumed this one's slots; all are decided again on the next tick.
-      LogStoreError(it->second.job, s, "the start");
+      LogStoreError(a.job, s, "the start");
       break;
     }
   }

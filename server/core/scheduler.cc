@@ -46,13 +46,15 @@ bool Unschedulable(const QueuedJob& job, const std::map<std::string, DevicePool>
 
 SchedulerOutput ScheduleJobs(const SchedulerInput& input) {
   SchedulerOutput out;
-  std::vector<const QueuedJob*> order;
-  order.reserve(input.queued.size());
-  for (const QueuedJob& j : input.queued) order.push_back(&j);
-  std::sort(order.begin(), order.end(), [](const QueuedJob* x, const QueuedJob* y) {
-    if (x->priority != y->priority) return x->priority > y->priority;
-    if (x->create_time_us != y->create_time_us) return x->create_time_us < y->create_time_us;
-    return x->id < y->id;
+  out.queue_reasons.resize(input.queued.size());
+  std::vector<size_t> order(input.queued.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    const QueuedJob& x = input.queued[a];
+    const QueuedJob& y = input.queued[b];
+    if (x.priority != y.priority) return x.priority > y.priority;
+    if (x.create_time_us != y.create_time_us) return x.create_time_us < y.create_time_us;
+    return x.id < y.id;
   });
   std::vector<WorkerSlots> workers = input.workers;
   std::sort(workers.begin(), workers.end(),
@@ -61,17 +63,19 @@ SchedulerOutput ScheduleJobs(const SchedulerInput& input) {
   const int connected = static_cast<int>(workers.size());
   std::map<std::string, int> running = input.running_ranks_by_tenant;
   std::map<std::string, const QueuedJob*> blocked_by;  // device -> the job holding its line
-  for (const QueuedJob* job : order) {
+  for (size_t index : order) {
+    const QueuedJob* job = &input.queued[index];
+    std::string& reason = out.queue_reasons[index];
     const int n = std::max(1, job->ranks);
     if (std::string why = TenantQuotaReason(job->tenant, running[job->tenant], n,
                                             input.max_running_ranks_per_tenant);
         !why.empty()) {
-      out.queue_reasons[job->id] = why;
+      reason = std::move(why);
       continue;
     }
     if (auto it = blocked_by.find(job->device); it != blocked_by.end()) {
-      out.queue_reasons[job->id] = absl::StrCat("behind ", it->second->name, " in the ",
-                                                job->device, " queue (FIFO within priority)");
+      reason = absl::StrCat("behind jobs/", it->second->id, " in the ", job->device,
+                            " queue (FIFO within priority)");
       continue;
     }
     std::vector<WorkerSlots*> picked;
@@ -83,13 +87,12 @@ SchedulerOutput ScheduleJobs(const SchedulerInput& input) {
     if (static_cast<int>(picked.size()) < n) {
       blocked_by[job->device] = job;
       auto pool = pools.find(job->device);
-      out.queue_reasons[job->id] =
-          QueueReason(job->device, n, pool == pools.end() ? DevicePool{} : pool->second,
-                      static_cast<int>(picked.size()), connected);
+      reason = QueueReason(job->device, n, pool == pools.end() ? DevicePool{} : pool->second,
+                           static_cast<int>(picked.size()), connected);
       continue;
     }
     Placement p;
-    p.job_id = job->id;
+    p.job = index;
     for (WorkerSlots* w : picked) {
       ++w->used;
       p.workers.push_back(w->id);

@@ -5,7 +5,7 @@
 //   SchedulerInput in;
 //   in.queued = {{.id = "a", .device = "cpu", .ranks = 2, ...}};
 //   in.workers = {{.id = "w1", .device = "cpu", .slots = 2, .used = 0}};
-//   SchedulerOutput out = ScheduleJobs(in);   // out.placements[0].workers == {"w1", "w1"}
+//   SchedulerOutput out = ScheduleJobs(in);   // out.placements[0]: job 0 on {"w1", "w1"}
 //
 // Policy (each rule has a test in tests/unit/scheduler_test.cc):
 // - Order: priority (higher first), then create time, then id (FIFO within priority).
@@ -25,8 +25,7 @@
 namespace lora::server {
 
 struct QueuedJob {
-  std::string id;
-  std::string name;  // jobs/{id}, for reasons
+  std::string id;  // reasons name it as jobs/{id}
   std::string tenant;
   std::string device;  // cpu | cuda
   int priority = 0;
@@ -49,14 +48,15 @@ struct SchedulerInput {
 };
 
 struct Placement {
-  std::string job_id;
+  size_t job = 0;                    // index into SchedulerInput::queued
   std::vector<std::string> workers;  // by rank
 };
 
 struct SchedulerOutput {
   std::vector<Placement> placements;  // in the order they were decided
-  std::map<std::string, std::string>
-      queue_reasons;  // job id -> why it waits (every job not placed)
+  // By index into SchedulerInput::queued: why that job waits ("" for a placed job). A vector,
+  // not a map: this runs on every create and event, over the whole queue.
+  std::vector<std::string> queue_reasons;
 };
 
 SchedulerOutput ScheduleJobs(const SchedulerInput& input);

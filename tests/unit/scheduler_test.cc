@@ -13,7 +13,7 @@ using ::testing::IsEmpty;
 
 QueuedJob Job(const std::string& id, int ranks, int priority = 0, int64_t created = 0,
               const std::string& device = "cpu", const std::string& tenant = "") {
-  return QueuedJob{id, "jobs/" + id, tenant, device, priority, created, ranks};
+  return QueuedJob{id, tenant, device, priority, created, ranks};
 }
 
 WorkerSlots Worker(const std::string& id, int slots, int used = 0,
@@ -21,10 +21,19 @@ WorkerSlots Worker(const std::string& id, int slots, int used = 0,
   return WorkerSlots{id, device, slots, used};
 }
 
-std::vector<std::string> Placed(const SchedulerOutput& out) {
+// Ids of the placed jobs, in placement order.
+std::vector<std::string> Placed(const SchedulerInput& in, const SchedulerOutput& out) {
   std::vector<std::string> ids;
-  for (const Placement& p : out.placements) ids.push_back(p.job_id);
+  for (const Placement& p : out.placements) ids.push_back(in.queued[p.job].id);
   return ids;
+}
+
+// Why the job `id` waits.
+std::string Reason(const SchedulerInput& in, const SchedulerOutput& out, const std::string& id) {
+  for (size_t i = 0; i < in.queued.size(); ++i) {
+    if (in.queued[i].id == id) return out.queue_reasons[i];
+  }
+  return "(no such job)";
 }
 
 TEST(SchedulerTest, HigherPriorityStartsFirstThenOlderJobs) {
@@ -32,8 +41,8 @@ TEST(SchedulerTest, HigherPriorityStartsFirstThenOlderJobs) {
   in.queued = {Job("old", 1, 0, 1), Job("urgent", 1, 5, 3), Job("new", 1, 0, 2)};
   in.workers = {Worker("w1", 2)};
   SchedulerOutput out = ScheduleJobs(in);
-  EXPECT_THAT(Placed(out), ElementsAre("urgent", "old"));
-  EXPECT_THAT(out.queue_reasons.at("new"), HasSubstr("waiting for 1 cpu slot (0 free)"));
+  EXPECT_THAT(Placed(in, out), ElementsAre("urgent", "old"));
+  EXPECT_THAT(Reason(in, out, "new"), HasSubstr("waiting for 1 cpu slot (0 free)"));
 }
 
 TEST(SchedulerTest, GangJobStartsWithAllRanksOrNotAtAll) {
@@ -42,7 +51,7 @@ TEST(SchedulerTest, GangJobStartsWithAllRanksOrNotAtAll) {
   in.workers = {Worker("w1", 1), Worker("w2", 1)};
   SchedulerOutput out = ScheduleJobs(in);
   EXPECT_THAT(out.placements, IsEmpty());
-  EXPECT_THAT(out.queue_reasons.at("big"), HasSubstr("needs 3 cpu slots at once"));
+  EXPECT_THAT(Reason(in, out, "big"), HasSubstr("needs 3 cpu slots at once"));
   in.workers.push_back(Worker("w3", 1));
   out = ScheduleJobs(in);
   ASSERT_EQ(out.placements.size(), 1u);
@@ -64,7 +73,7 @@ TEST(SchedulerTest, ABlockedLargeJobHoldsTheLineForSmallerOnesBehindIt) {
   in.workers = {Worker("w1", 2, 1)};
   SchedulerOutput out = ScheduleJobs(in);
   EXPECT_THAT(out.placements, IsEmpty());
-  EXPECT_THAT(out.queue_reasons.at("small"), HasSubstr("behind jobs/large in the cpu queue"));
+  EXPECT_THAT(Reason(in, out, "small"), HasSubstr("behind jobs/large in the cpu queue"));
 }
 
 TEST(SchedulerTest, AJobWaitingForGpusNeverHoldsUpCpuJobs) {
@@ -72,8 +81,8 @@ TEST(SchedulerTest, AJobWaitingForGpusNeverHoldsUpCpuJobs) {
   in.queued = {Job("gpu", 1, 0, 1, "cuda"), Job("cpu", 1, 0, 2, "cpu")};
   in.workers = {Worker("w1", 1)};
   SchedulerOutput out = ScheduleJobs(in);
-  EXPECT_THAT(Placed(out), ElementsAre("cpu"));
-  EXPECT_THAT(out.queue_reasons.at("gpu"), HasSubstr("no connected worker has device cuda"));
+  EXPECT_THAT(Placed(in, out), ElementsAre("cpu"));
+  EXPECT_THAT(Reason(in, out, "gpu"), HasSubstr("no connected worker has device cuda"));
 }
 
 TEST(SchedulerTest, SlotsTakenByOnePlacementAreNotGivenTwice) {
@@ -81,8 +90,8 @@ TEST(SchedulerTest, SlotsTakenByOnePlacementAreNotGivenTwice) {
   in.queued = {Job("a", 1, 0, 1), Job("b", 1, 0, 2), Job("c", 1, 0, 3)};
   in.workers = {Worker("w1", 2)};
   SchedulerOutput out = ScheduleJobs(in);
-  EXPECT_THAT(Placed(out), ElementsAre("a", "b"));
-  EXPECT_EQ(out.queue_reasons.count("c"), 1u);
+  EXPECT_THAT(Placed(in, out), ElementsAre("a", "b"));
+  EXPECT_FALSE(Reason(in, out, "c").empty());
 }
 
 TEST(SchedulerTest, ATenantOverItsRankQuotaWaitsWithoutHoldingTheLine) {
@@ -92,8 +101,8 @@ TEST(SchedulerTest, ATenantOverItsRankQuotaWaitsWithoutHoldingTheLine) {
   in.running_ranks_by_tenant = {{"t1", 2}};
   in.max_running_ranks_per_tenant = 2;
   SchedulerOutput out = ScheduleJobs(in);
-  EXPECT_THAT(Placed(out), ElementsAre("t2-first"));
-  EXPECT_THAT(out.queue_reasons.at("t1-second"), HasSubstr("tenant 't1' runs 2 of its 2 ranks"));
+  EXPECT_THAT(Placed(in, out), ElementsAre("t2-first"));
+  EXPECT_THAT(Reason(in, out, "t1-second"), HasSubstr("tenant 't1' runs 2 of its 2 ranks"));
 }
 
 TEST(SchedulerTest, ATenantsPlacementsCountTowardsItsQuotaWithinOneRound) {
@@ -101,7 +110,7 @@ TEST(SchedulerTest, ATenantsPlacementsCountTowardsItsQuotaWithinOneRound) {
   in.queued = {Job("a", 1, 0, 1, "cpu", "t"), Job("b", 1, 0, 2, "cpu", "t")};
   in.workers = {Worker("w1", 4)};
   in.max_running_ranks_per_tenant = 1;
-  EXPECT_THAT(Placed(ScheduleJobs(in)), ElementsAre("a"));
+  EXPECT_THAT(Placed(in, ScheduleJobs(in)), ElementsAre("a"));
 }
 
 TEST(SchedulerTest, UnschedulableWhenNoWorkerHasTheDeviceOrTooFewSlotsInAll) {
