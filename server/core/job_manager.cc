@@ -93,6 +93,11 @@ absl::StatusOr<std::string> JobManager::JobId(const std::string& name) {
 
 absl::Status JobManager::Commit(ActiveJob& a, JobUpdate update) {
   LORA_RETURN_IF_ERROR(store_->UpdateJob(update.job, update.events));
+  Publish(a, std::move(update));
+  return absl::OkStatus();
+}
+
+void JobManager::Publish(ActiveJob& a, JobUpdate update) {
   a.job = std::move(update.job);
   auto it = subscribers_.find(a.job.id());
   if (it != subscribers_.end()) {
@@ -101,7 +106,6 @@ absl::Status JobManager::Commit(ActiveJob& a, JobUpdate update) {
     }
   }
   if (IsTerminal(a.job.state())) Finish(a.job.id());
-  return absl::OkStatus();
 }
 
 absl::Status JobManager::Transition(ActiveJob& a, Job next, JobState to, const std::string& reason,
@@ -217,16 +221,11 @@ absl::Status JobManager::Apply(ActiveJob& a, const Decision& d) {
       LORA_ASSIGN_OR_RETURN(JobUpdate update, PlanTransition(std::move(next), lora::v1::QUEUED,
                                                              d.reason, {log}, NowMicros()));
       LORA_RETURN_IF_ERROR(store_->UpdateJob(update.job, update.events));
-      // Stored: now the old attempt's ranks stop, and the job is published as queued.
+      // Stored: now the old attempt's ranks stop (named by its attempt number, so before the
+      // new job is published), and the job is published as queued.
       SendCancel(a, d.reason);
       ReleaseRanks(a);
-      a.job = std::move(update.job);
-      auto it = subscribers_.find(a.job.id());
-      if (it != subscribers_.end()) {
-        for (EventSubscriber* sub : it->second) {
-          for (const JobEvent& e : update.events) sub->OnEvent(e);
-        }
-      }
+      Publish(a, std::move(update));
       return absl::OkStatus();
     }
   }

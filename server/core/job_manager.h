@@ -181,6 +181,8 @@ class JobManager {
   // Writes `update` durably, then publishes it (the active job, watchers). On error nothing
   // changed.
   absl::Status Commit(ActiveJob& a, JobUpdate update) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The second half of Commit, for an update already stored.
+  void Publish(ActiveJob& a, JobUpdate update) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Plans and commits a transition of `next` (a copy of a.job with other changes).
   absl::Status Transition(ActiveJob& a, lora::v1::Job next, lora::v1::JobState to,
                           const std::string& reason, std::vector<lora::v1::JobEvent> extra = {})

@@ -343,7 +343,12 @@ TEST(ChaosTest, JobsSurviveRandomKillsStopsAndRestartsWithEveryInvariantIntact) 
       case kLoradTerm:
         cluster_busy = true;
         cluster.lorad().Kill(SIGTERM);
-        EXPECT_EQ(cluster.lorad().WaitExit(60), 0) << "lorad did not stop cleanly on SIGTERM";
+        if (int code = cluster.lorad().WaitExit(60); code != 0) {
+          const std::string log = cluster.lorad().log();
+          ADD_FAILURE() << "lorad did not stop cleanly on SIGTERM (exit " << code
+                        << "); the end of its log:\n"
+                        << log.substr(log.size() > 4000 ? log.size() - 4000 : 0);
+        }
         restart_lorad();
         break;
       case kLoradStop:

@@ -546,8 +546,12 @@ void WorkerAgent::CleanUpFinishedRanks() {
                       options_.failed_log_bytes, options_.failed_logs_kept);
       if (!kept.ok()) Log(absl::StrCat("keeping the log of ", d.log_name, ": ", kept.message()));
     }
-    if (absl::Status s = RemoveRunDirectory(options_.work_dir, d.run_dir); !s.ok())
-      Log(std::string(s.message()));
+    absl::Status removed;
+    {
+      absl::MutexLock dirs(&run_dirs_mu_);
+      removed = RemoveRunDirectory(options_.work_dir, d.run_dir);
+    }
+    if (!removed.ok()) Log(std::string(removed.message()));
   }
 }
 
@@ -700,7 +704,12 @@ void WorkerAgent::RunRank(Key key) {
   // Before anything runs: the spec's paths come from a client, the reads would be ours.
   if (absl::Status s = options_.data_roots.CheckSpec(a.spec()); !s.ok())
     return fail(std::string(s.message()), s.code());
-  if (absl::Status s = MakeDirectories(run_dir); !s.ok()) return fail(std::string(s.message()));
+  absl::Status made;
+  {
+    absl::MutexLock dirs(&run_dirs_mu_);
+    made = MakeDirectories(run_dir);
+  }
+  if (!made.ok()) return fail(std::string(made.message()));
   absl::StatusOr<int64_t> resume_step =
       transfer_->FetchCheckpoint(a, run_dir, [&](const std::string& warning) {
         Log(absl::StrCat(Describe(key), ": ", warning));

@@ -178,6 +178,10 @@ class WorkerAgent {
   std::unique_ptr<lora::worker::v1::WorkerService::Stub> stub_;
   std::unique_ptr<ArtifactTransfer> transfer_;
 
+  // Creating a run directory and removing another with its empty parents (jobs/<id>/...) must
+  // not interleave: the chaos test caught a new attempt's mkdir failing with ENOENT because the
+  // previous attempt's cleanup removed jobs/<id> in between.
+  absl::Mutex run_dirs_mu_;
   absl::Mutex mu_;
   absl::CondVar cv_;  // any change a waiter below may be waiting for
   std::map<Key, std::unique_ptr<Rank>> ranks_ ABSL_GUARDED_BY(mu_);
