@@ -8,10 +8,13 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <iostream>
 
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
+
+extern char** environ;
 
 namespace lora::server {
 
@@ -36,7 +39,17 @@ pid_t LocalWorkers::Launch(int index) {
   for (auto& a : argv) args.push_back(a.data());
   args.push_back(nullptr);
   const std::string log = JoinPath(dir, "worker.log");
-  const std::string token = options_.token;
+  // The environment is built before fork: between fork and exec a child of a threaded process
+  // may only make async-signal-safe calls (setenv allocates, and could deadlock on a malloc
+  // lock another thread held at the fork).
+  std::vector<std::string> env_strings;
+  for (char** e = environ; *e != nullptr; ++e) {
+    if (std::strncmp(*e, "LORA_WORKER_TOKEN=", 18) != 0) env_strings.push_back(*e);
+  }
+  if (!options_.token.empty()) env_strings.push_back("LORA_WORKER_TOKEN=" + options_.token);
+  std::vector<char*> envp;
+  for (auto& e : env_strings) envp.push_back(e.data());
+  envp.push_back(nullptr);
   const pid_t parent = ::getpid();
   pid_t pid = ::fork();
   if (pid == 0) {
@@ -47,8 +60,7 @@ pid_t LocalWorkers::Launch(int index) {
       ::dup2(fd, 1);
       ::dup2(fd, 2);
     }
-    if (!token.empty()) ::setenv("LORA_WORKER_TOKEN", token.c_str(), 1);
-    ::execv(args[0], args.data());
+    ::execve(args[0], args.data(), envp.data());
     ::_exit(127);
   }
   return pid;
