@@ -34,7 +34,9 @@ configure() {
 # Tests that link no LibTorch (see tests/CMakeLists.txt and tests/fuzz/CMakeLists.txt).
 ASAN_TESTS=(safetensors_test job_spec_test data_roots_test hf_tokenizer_test chat_template_test metrics_test
   fuzz_replay_safetensors fuzz_replay_job_spec_toml fuzz_replay_job_spec_json fuzz_replay_jsonl
-  fuzz_replay_hf_config fuzz_replay_tokenizer fuzz_replay_nesting)
+  fuzz_replay_hf_config fuzz_replay_tokenizer fuzz_replay_nesting
+  scheduler_test retry_policy_test job_core_test job_manager_test
+  worker_retry_policy_test worker_work_dir_test)
 TSAN_TESTS=(metrics_test credentials_test)
 
 run_asan() {

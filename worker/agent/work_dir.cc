@@ -30,7 +30,9 @@ std::string Normal(const std::string& path) { return fs::path(path).lexically_no
 
 // "attempt-3", "rank-0": what RunDirectory names; anything else there is not a run.
 bool Numbered(const fs::path& path, absl::string_view prefix) {
-  absl::string_view name = path.filename().native();
+  // filename() returns a temporary: keep it alive while `name` points into it.
+  const std::string filename = path.filename().native();
+  absl::string_view name = filename;
   int64_t n = 0;
   return absl::ConsumePrefix(&name, prefix) && absl::SimpleAtoi(name, &n) && n >= 0;
 }
