@@ -5,6 +5,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -72,6 +73,13 @@ class ConnectReactor : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::By
       std::lock_guard<std::mutex> lock(mu_);
       if (finished_) return;
       finished_ = true;
+      // Finish counts as a write, and only one may be in flight: with a write outstanding
+      // (the manager closing the stream while it sends an assignment, say), OnWriteDone
+      // finishes. A Finish over a write in flight is invalid gRPC usage.
+      if (writing_) {
+        pending_finish_ = status;
+        return;
+      }
     }
     Finish(ToGrpcStatus(status));
   }
@@ -108,6 +116,13 @@ class ConnectReactor : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::By
   void OnWriteDone(bool ok) override {
     std::unique_lock<std::mutex> lock(mu_);
     writing_ = false;
+    if (pending_finish_) {
+      const absl::Status status = *std::move(pending_finish_);
+      pending_finish_.reset();
+      lock.unlock();
+      Finish(ToGrpcStatus(status));
+      return;
+    }
     if (ok) WriteNextLocked(lock);
   }
 
@@ -187,6 +202,7 @@ class ConnectReactor : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::By
   std::deque<wv1::ControllerMessage> outbox_;
   std::string worker_id_;
   bool ready_ = false, writing_ = false, finished_ = false, disconnected_ = false;
+  std::optional<absl::Status> pending_finish_;  // FinishOnce while a write was in flight
   ReactorLifetime<ConnectReactor> life_{this};
 };
 
