@@ -13,7 +13,7 @@ inline constexpr int kExitUsage = 2;
 // `lora-train run --resume` continues it; lorad requeues it without spending an attempt.
 inline constexpr int kExitInterrupted = 75;  // sysexits' EX_TEMPFAIL
 
-// The name lora-train uses for its events descriptor (lora-worker opens it as this fd).
+// The descriptor lora-worker gives lora-train for its events (passed as --events-fd).
 inline constexpr int kEngineEventsFd = 3;
 
 }  // namespace lora

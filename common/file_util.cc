@@ -8,6 +8,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <regex>
 #include <sstream>
 
 #include "absl/strings/ascii.h"
@@ -195,6 +196,23 @@ absl::Status RemoveAll(const std::string& path) {
   std::filesystem::remove_all(path, ec);
   if (ec) return absl::InternalError(absl::StrCat(path, ": cannot remove: ", ec.message()));
   return absl::OkStatus();
+}
+
+void RemoveEmptyDirectories(const std::string& dir, const std::string& stop) {
+  namespace fs = std::filesystem;
+  const fs::path root = fs::path(stop).lexically_normal();
+  std::error_code ec;
+  for (fs::path d = fs::path(dir).lexically_normal();
+       d.has_relative_path() && d != root && d.string().size() > root.string().size();
+       d = d.parent_path()) {
+    // fs::remove only removes an empty directory, which is the point.
+    if (!fs::remove(d, ec)) break;
+  }
+}
+
+bool IsAtomicWriteLeftover(const std::string& file_name) {
+  static const std::regex kLeftover(R"(.+\.(tmp|staging)-[0-9]+-[A-Za-z0-9]{6}|.+\.old-[0-9]+)");
+  return std::regex_match(file_name, kLeftover);
 }
 
 }  // namespace lora

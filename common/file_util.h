@@ -86,6 +86,16 @@ absl::Status MakeDirectories(const std::string& dir);
 
 absl::Status RemoveAll(const std::string& path);
 
+// Removes `dir` and then each parent in turn while it is empty, stopping below `stop` (never
+// removed). For cleaning up a tree whose leaves are deleted one by one (artifact files, run
+// directories). Best effort: a directory that is not empty, or gone, ends the walk.
+void RemoveEmptyDirectories(const std::string& dir, const std::string& stop);
+
+// Whether `file_name` is what an interrupted write of this file left behind: AtomicFile's
+// "<name>.tmp-<pid>-XXXXXX", StagedDirectory's "<dir>.staging-<pid>-XXXXXX", or the
+// "<dir>.old-<pid>" ReplaceDirectory sets aside.
+bool IsAtomicWriteLeftover(const std::string& file_name);
+
 std::string ParentDirectory(const std::string& path);
 std::string JoinPath(absl::string_view a, absl::string_view b);
 

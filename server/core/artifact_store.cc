@@ -79,7 +79,7 @@ int ArtifactStore::RemoveLeftovers() {
   for (auto it = fs::recursive_directory_iterator(root_, ec);
        !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
     const std::string name = it->path().filename().string();
-    if (name.find(".tmp-") != std::string::npos || name.find(".staging-") != std::string::npos) {
+    if (IsAtomicWriteLeftover(name)) {
       doomed.push_back(it->path());
       if (it->is_directory(ec)) it.disable_recursion_pending();
     }

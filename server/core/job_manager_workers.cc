@@ -240,10 +240,7 @@ void JobManager::DeleteArtifactFiles(const std::string& job_id,
     auto file = artifacts_->PathOf(job_id, path);
     if (!file.ok()) continue;
     ::unlink(file->c_str());  // a file already gone is what we wanted
-    // Empty step directories go too; rmdir refuses a directory that still holds files.
-    std::string dir = file->substr(0, file->rfind('/'));
-    while (dir.size() > job_root.size() && ::rmdir(dir.c_str()) == 0)
-      dir = dir.substr(0, dir.rfind('/'));
+    RemoveEmptyDirectories(ParentDirectory(*file), job_root);  // the emptied step directory
   }
 }
 

@@ -71,21 +71,6 @@ std::string AdapterSha(const Job& job) {
   return "";
 }
 
-// Environment of a process as NAME=value lines (empty if it is gone).
-std::string Environ(pid_t pid) {
-  std::string env = testing::ReadFile("/proc/" + std::to_string(pid) + "/environ");
-  for (char& c : env) c = c == '\0' ? '\n' : c;
-  return "\n" + env;
-}
-
-std::string EnvValue(const std::string& env, const std::string& name) {
-  const std::string key = "\n" + name + "=";
-  size_t at = env.find(key);
-  if (at == std::string::npos) return "";
-  at += key.size();
-  return env.substr(at, env.find('\n', at) - at);
-}
-
 // A client with a short deadline: lorad may be gone for a moment.
 absl::StatusOr<std::unique_ptr<LoraClient>> ClientFor(int port) {
   ClientOptions o;
@@ -261,9 +246,8 @@ TEST(ChaosTest, JobsSurviveRandomKillsStopsAndRestartsWithEveryInvariantIntact) 
       // Attempts of one job alive at once (a replaced attempt's ranks still stopping).
       std::map<std::string, std::set<std::string>> attempts;
       for (pid_t p : cluster.Ranks()) {
-        const std::string env = Environ(p);
-        const std::string job = EnvValue(env, "LORA_JOB_ID");
-        if (!job.empty()) attempts[job].insert(EnvValue(env, "LORA_ATTEMPT"));
+        const std::string job = testing::ProcessEnv(p, "LORA_JOB_ID");
+        if (!job.empty()) attempts[job].insert(testing::ProcessEnv(p, "LORA_ATTEMPT"));
       }
       const auto now = Clock::now();
       for (auto it = overlap_since.begin(); it != overlap_since.end();) {

@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <fstream>
 #include <sstream>
 #include <thread>
@@ -114,18 +115,23 @@ std::vector<pid_t> FindProcesses(const std::string& needle) {
   return out;
 }
 
+std::string ProcessEnv(pid_t pid, const std::string& name) {
+  const std::string env = ReadFile("/proc/" + std::to_string(pid) + "/environ");
+  const std::string key = name + "=";
+  for (size_t at = 0; at < env.size();) {
+    const size_t end = std::min(env.find('\0', at), env.size());
+    if (env.compare(at, key.size(), key) == 0)
+      return env.substr(at + key.size(), end - at - key.size());
+    at = end + 1;
+  }
+  return "";
+}
+
 std::vector<pid_t> FindRankProcesses(const std::string& job_id, int rank) {
   std::vector<pid_t> out;
   for (pid_t pid : FindProcesses("lora-train run")) {
-    std::string env = ReadFile("/proc/" + std::to_string(pid) + "/environ");
-    for (char& c : env) {
-      if (c == '\0') c = '\n';
-    }
-    env = "\n" + env;
-    if (env.find("\nLORA_JOB_ID=" + job_id + "\n") != std::string::npos &&
-        env.find("\nRANK=" + std::to_string(rank) + "\n") != std::string::npos) {
+    if (ProcessEnv(pid, "LORA_JOB_ID") == job_id && ProcessEnv(pid, "RANK") == std::to_string(rank))
       out.push_back(pid);
-    }
   }
   return out;
 }

@@ -49,6 +49,9 @@ class Lorad {
 // Pids of processes whose command line contains `needle`.
 std::vector<pid_t> FindProcesses(const std::string& needle);
 
+// The value of `name` in the environment of process `pid` ("" if unset or the process is gone).
+std::string ProcessEnv(pid_t pid, const std::string& name);
+
 // Pids of the lora-train process running `rank` of job `job_id` (from its environment).
 std::vector<pid_t> FindRankProcesses(const std::string& job_id, int rank);
 

@@ -62,7 +62,7 @@ absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Spawn(
     sigset_t none;
     ::sigemptyset(&none);
     ::sigprocmask(SIG_SETMASK, &none, nullptr);
-    ::dup2(pipe_fds[1], kEventsFd);  // dup2 clears FD_CLOEXEC on the copy
+    ::dup2(pipe_fds[1], kEngineEventsFd);  // dup2 clears FD_CLOEXEC on the copy
     ::dup2(log_fd, 1);
     ::dup2(log_fd, 2);
     int devnull = ::open("/dev/null", O_RDONLY);

@@ -19,6 +19,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "common/exit_codes.h"  // kEngineEventsFd: the child's events descriptor
 
 namespace lora {
 
@@ -29,9 +30,6 @@ struct ChildExit {
 
 class ChildProcess {
  public:
-  // The child's events descriptor number (passed as --events-fd).
-  static constexpr int kEventsFd = 3;
-
   static absl::StatusOr<std::unique_ptr<ChildProcess>> Spawn(
       const std::vector<std::string>& argv, const std::map<std::string, std::string>& env,
       const std::string& log_path);

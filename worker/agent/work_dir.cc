@@ -9,7 +9,6 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <regex>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -83,13 +82,8 @@ absl::Status RemoveRunDirectory(const std::string& work_dir, const std::string& 
   std::error_code ec;
   fs::remove_all(run_dir, ec);
   if (ec) return absl::InternalError(absl::StrCat("cannot remove ", run_dir, ": ", ec.message()));
-  // attempt-<n>, then <job>: fs::remove only removes an empty directory, which is the point.
-  const fs::path jobs = fs::path(JoinPath(work_dir, "jobs")).lexically_normal();
-  for (fs::path dir = fs::path(run_dir).lexically_normal().parent_path();
-       dir.has_relative_path() && dir != jobs && dir.string().size() > jobs.string().size();
-       dir = dir.parent_path()) {
-    if (!fs::remove(dir, ec)) break;
-  }
+  // attempt-<n>, then <job>, when empty.
+  RemoveEmptyDirectories(ParentDirectory(run_dir), JoinPath(work_dir, "jobs"));
   return absl::OkStatus();
 }
 
@@ -120,11 +114,6 @@ absl::Status KeepLogTail(const std::string& work_dir, const std::string& log_pat
   for (size_t i = static_cast<size_t>(std::max(keep, 0)); i < kept.size(); ++i)
     fs::remove(kept[i].second, ec);
   return absl::OkStatus();
-}
-
-bool IsAtomicWriteLeftover(const std::string& file_name) {
-  static const std::regex kLeftover(R"(.+\.(tmp|staging)-[0-9]+-[A-Za-z0-9]{6}|.+\.old-[0-9]+)");
-  return std::regex_match(file_name, kLeftover);
 }
 
 absl::StatusOr<Leftovers> RemoveCrashLeftovers(const std::string& work_dir,

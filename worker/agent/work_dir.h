@@ -30,6 +30,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/file_util.h"  // IsAtomicWriteLeftover
 
 namespace lora {
 
@@ -57,9 +58,6 @@ absl::Status RemoveRunDirectory(const std::string& work_dir, const std::string& 
 // the oldest such files beyond `keep`. A missing log is not an error (nothing to keep).
 absl::Status KeepLogTail(const std::string& work_dir, const std::string& log_path,
                          const std::string& name, size_t max_bytes, int keep);
-
-// True for the names common/file_util.h gives its temporary files and directories.
-bool IsAtomicWriteLeftover(const std::string& file_name);
 
 struct Leftovers {
   int run_directories = 0;  // removed (their engine.log tail kept under logs/)

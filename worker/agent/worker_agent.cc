@@ -754,7 +754,7 @@ void WorkerAgent::RunRank(Key key) {
                                    "--out",
                                    run_dir,
                                    "--events-fd",
-                                   std::to_string(ChildProcess::kEventsFd),
+                                   std::to_string(kEngineEventsFd),
                                    "--quiet"};
   if (*resume_step > 0) argv.insert(argv.end(), {"--resume", run_dir});
   for (const std::string& root : options_.data_roots.roots())
