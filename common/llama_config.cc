@@ -1,5 +1,7 @@
 #include "common/llama_config.h"
 
+#include <limits>
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 
@@ -352,14 +354,18 @@ absl::Status LlamaConfig::Validate() const {
 }
 
 int64_t LlamaConfig::NumParameters() const {
-  const int64_t q = num_attention_heads * head_dim, kv = num_key_value_heads * head_dim;
-  int64_t attn = hidden_size * q + 2 * hidden_size * kv + q * hidden_size;
-  if (attention_bias) attn += q + 2 * kv + (o_proj_bias() ? hidden_size : 0);
-  int64_t mlp = 3 * hidden_size * intermediate_size;
-  if (mlp_bias) mlp += 2 * intermediate_size + hidden_size;
-  int64_t layer = attn + mlp + 2 * hidden_size + (qk_norm ? 2 * head_dim : 0);
-  int64_t embed = vocab_size * hidden_size;
-  return embed * (tie_word_embeddings ? 1 : 2) + num_hidden_layers * layer + hidden_size;
+  // In double (exact below 2^53, far beyond any real model): a config the validator accepts
+  // can still describe more than 2^63 parameters (the fuzzer found one); the count saturates.
+  const double h = static_cast<double>(hidden_size), d = static_cast<double>(head_dim);
+  const double q = num_attention_heads * d, kv = num_key_value_heads * d;
+  double attn = h * q + 2 * h * kv + q * h;
+  if (attention_bias) attn += q + 2 * kv + (o_proj_bias() ? h : 0);
+  double mlp = 3 * h * static_cast<double>(intermediate_size);
+  if (mlp_bias) mlp += 2 * static_cast<double>(intermediate_size) + h;
+  const double layer = attn + mlp + 2 * h + (qk_norm ? 2 * d : 0);
+  const double embed = static_cast<double>(vocab_size) * h;
+  const double total = embed * (tie_word_embeddings ? 1 : 2) + num_hidden_layers * layer + h;
+  return total >= 9.2e18 ? std::numeric_limits<int64_t>::max() : static_cast<int64_t>(total);
 }
 
 }  // namespace lora
