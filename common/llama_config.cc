@@ -65,6 +65,11 @@ absl::Status ReadTokenId(const json& j, const char* key, int64_t* out) {
 absl::Status ReadSlidingWindow(const json& j, LlamaConfig* c) {
   const int64_t n = c->num_hidden_layers;
   if (c->model_type == "llama") return absl::OkStatus();
+  // One flag per layer is allocated below: bound the count first (the fuzzer found 2^62).
+  if (n <= 0 || n > LlamaConfig::kMaxLayers) {
+    return FieldError("num_hidden_layers",
+                      absl::StrCat("must be in [1, ", LlamaConfig::kMaxLayers, "], got ", n));
+  }
   int64_t window = 0;
   RETURN_IF_ERROR_(ReadInt(j, "sliding_window", &window));
   if (c->model_type != "mistral") {
@@ -326,6 +331,10 @@ absl::Status LlamaConfig::Validate() const {
   RETURN_IF_ERROR_(positive(hidden_size, "hidden_size"));
   RETURN_IF_ERROR_(positive(intermediate_size, "intermediate_size"));
   RETURN_IF_ERROR_(positive(num_hidden_layers, "num_hidden_layers"));
+  if (num_hidden_layers > kMaxLayers) {
+    return FieldError("num_hidden_layers",
+                      absl::StrCat("must be <= ", kMaxLayers, ", got ", num_hidden_layers));
+  }
   RETURN_IF_ERROR_(positive(num_attention_heads, "num_attention_heads"));
   RETURN_IF_ERROR_(positive(num_key_value_heads, "num_key_value_heads"));
   RETURN_IF_ERROR_(positive(head_dim, "head_dim"));

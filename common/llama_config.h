@@ -31,6 +31,10 @@ struct RopeScaling {
 };
 
 struct LlamaConfig {
+  // Far above any released model (Llama 3.1 405B has 126); a bound, so per-layer tables built
+  // from a config file stay small whatever the file claims.
+  static constexpr int64_t kMaxLayers = 4096;
+
   std::string model_type = "llama";
   int64_t hidden_size = 256;
   int64_t intermediate_size = 768;

@@ -11,6 +11,8 @@
 #                              (tens of minutes on 2 cores)
 #        LORA_FUZZ_PARALLEL    targets fuzzed at once (default: nproc)
 #        LORA_FUZZ_RSS_MB      per-process memory limit (default 2048)
+#        LORA_FUZZ_SEED        libFuzzer -seed (default: random). scripts/test.sh sets 1 so a CI
+#                              run is reproducible; exploring belongs to runs without a seed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_PER_TARGET=${1:-60}
@@ -19,6 +21,8 @@ TARGETS=${LORA_FUZZ_TARGETS:-safetensors job_spec_toml job_spec_json jsonl hf_co
 if [ "${LORA_FUZZ_TORCH:-0}" = "1" ]; then TARGETS="$TARGETS peft_config"; fi
 PARALLEL=${LORA_FUZZ_PARALLEL:-$(nproc)}
 RSS_MB=${LORA_FUZZ_RSS_MB:-2048}
+SEED_ARGS=()
+if [ -n "${LORA_FUZZ_SEED:-}" ]; then SEED_ARGS=(-seed="$LORA_FUZZ_SEED"); fi
 
 if ! command -v clang++ >/dev/null; then
   echo "fuzz.sh: clang++ not found (scripts/install-deps.sh installs it)" >&2
@@ -47,7 +51,7 @@ run_target() {
   UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
     "$BUILD_DIR/tests/fuzz/${t}_fuzzer" "$work" "tests/fuzz/corpus/$t" \
       -max_total_time="$SECONDS_PER_TARGET" -rss_limit_mb="$RSS_MB" -timeout=20 \
-      -artifact_prefix="$crashes/" -print_final_stats=1 \
+      -artifact_prefix="$crashes/" -print_final_stats=1 "${SEED_ARGS[@]}" \
       >"$BUILD_DIR/fuzz-$t.log" 2>&1
 }
 

@@ -12,5 +12,5 @@ if [ "${LORA_SKIP_INSTALL:-0}" != "1" ]; then scripts/install-deps.sh; fi
 scripts/format-check.sh
 scripts/build.sh
 (cd "${LORA_BUILD_DIR:-build}" && ctest --output-on-failure --timeout 600 -j "$(nproc)" "$@")
-if [ "${LORA_SKIP_FUZZ:-0}" != "1" ]; then scripts/fuzz.sh "${LORA_FUZZ_SECONDS:-20}"; fi
+if [ "${LORA_SKIP_FUZZ:-0}" != "1" ]; then LORA_FUZZ_SEED=${LORA_FUZZ_SEED:-1} scripts/fuzz.sh "${LORA_FUZZ_SECONDS:-20}"; fi
 if [ "${LORA_SKIP_SANITIZERS:-0}" != "1" ]; then scripts/sanitize.sh; fi

@@ -2,6 +2,8 @@
 
 #include <torch/torch.h>
 
+#include <limits>
+
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/unit/llama_reference.h"
@@ -248,6 +250,32 @@ TEST(LlamaConfigTest, ReadsTransformers5RopeParameters) {
   j["rope_parameters"] = {{"rope_type", "yarn"}, {"rope_theta", 1e6}, {"factor", 4.0}};
   EXPECT_THAT(std::string(LlamaConfig::FromHfJson(j).status().message()),
               ::testing::HasSubstr("rope_parameters.rope_type: 'yarn' is not supported"));
+}
+
+// Both found by the fuzzer in CI: a layer count that allocates per-layer tables of 2^62
+// entries (std::length_error, an abort), and sizes whose product overflows int64.
+TEST(LlamaConfigTest, AbsurdSizesAreFieldErrorsAndCountsSaturate) {
+  nlohmann::json j = {{"model_type", "qwen2"},      {"hidden_size", 64},
+                      {"intermediate_size", 128},   {"num_hidden_layers", 4611686018427387904},
+                      {"num_attention_heads", 4},   {"vocab_size", 100},
+                      {"use_sliding_window", true}, {"sliding_window", 8}};
+  auto c = LlamaConfig::FromHfJson(j);
+  ASSERT_FALSE(c.ok());
+  EXPECT_THAT(std::string(c.status().message()), ::testing::HasSubstr("num_hidden_layers"));
+  j["num_hidden_layers"] = -3;
+  EXPECT_FALSE(LlamaConfig::FromHfJson(j).ok());
+  j["use_sliding_window"] = false;
+  j["num_hidden_layers"] = LlamaConfig::kMaxLayers + 1;
+  EXPECT_THAT(std::string(LlamaConfig::FromHfJson(j).status().message()),
+              ::testing::HasSubstr("num_hidden_layers"));
+
+  j["num_hidden_layers"] = 2;
+  j["vocab_size"] = int64_t{1} << 60;
+  j["hidden_size"] = int64_t{1} << 40;
+  j["num_attention_heads"] = 1;
+  auto huge = LlamaConfig::FromHfJson(j);
+  ASSERT_TRUE(huge.ok()) << huge.status();
+  EXPECT_EQ(huge->NumParameters(), std::numeric_limits<int64_t>::max());
 }
 
 TEST(LlamaConfigTest, Qwen3HasQkNormAndSlidingWindowsFollowTransformersRules) {
