@@ -3,16 +3,49 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cmath>
 #include <filesystem>
+#include <optional>
+#include <random>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "common/file_util.h"
 #include "common/grpc_status.h"
 #include "common/sha256.h"
 #include "common/status_macros.h"
 
 namespace lora {
+namespace {
+
+// "2s", "0.5s" (to a tenth).
+std::string Seconds(std::chrono::duration<double> d) {
+  const double tenths = std::round(d.count() * 10);
+  return std::fmod(tenths, 10) == 0 ? absl::StrFormat("%.0fs", tenths / 10)
+                                    : absl::StrFormat("%.1fs", tenths / 10);
+}
+
+// Whether a watch stream that ended with `s` (not at our request) is worth reopening: lorad
+// went away or restarted (UNAVAILABLE; CANCELLED when its shutdown cancelled the call), the
+// connection broke (INTERNAL from a reset stream, UNKNOWN "Stream removed"), or a connect
+// timed out.
+bool Resumable(const grpc::Status& s) {
+  switch (s.error_code()) {
+    case grpc::StatusCode::UNAVAILABLE:
+    case grpc::StatusCode::CANCELLED:
+    case grpc::StatusCode::DEADLINE_EXCEEDED:
+    case grpc::StatusCode::INTERNAL:
+      return true;
+    case grpc::StatusCode::UNKNOWN:
+      return s.error_message() == "Stream removed";
+    default:
+      return false;
+  }
+}
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<LoraClient>> LoraClient::Create(const ClientOptions& options) {
   std::shared_ptr<grpc::ChannelCredentials> credentials;
@@ -31,6 +64,10 @@ absl::StatusOr<std::unique_ptr<LoraClient>> LoraClient::Create(const ClientOptio
   args.SetMaxReceiveMessageSize(8 << 20);
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 200);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
+  // A peer that vanished without closing the connection ends a watch stream (UNAVAILABLE, which
+  // Watch resumes from) instead of leaving it waiting forever. lorad accepts pings every 5 s.
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 20000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
   auto channel = grpc::CreateCustomChannel(options.address, credentials, args);
   return std::unique_ptr<LoraClient>(new LoraClient(options, std::move(channel)));
 }
@@ -53,40 +90,75 @@ void LoraClient::Prepare(grpc::ClientContext* ctx, bool deadline) const {
   if (deadline) ctx->set_deadline(std::chrono::system_clock::now() + options_.timeout);
 }
 
+absl::Status LoraClient::AwaitConnection(const std::atomic<bool>* stop) const {
+  const std::chrono::milliseconds timeout = std::min(options_.connect_timeout, options_.timeout);
+  const auto deadline = std::chrono::system_clock::now() + timeout;
+  grpc_connectivity_state state = channel_->GetState(/*try_to_connect=*/true);
+  while (true) {
+    if (state == GRPC_CHANNEL_READY) return absl::OkStatus();
+    if (state == GRPC_CHANNEL_TRANSIENT_FAILURE || state == GRPC_CHANNEL_SHUTDOWN)
+      return absl::FailedPreconditionError("not connected");
+    if (stop != nullptr && stop->load()) return absl::CancelledError("stopped");
+    const auto now = std::chrono::system_clock::now();
+    if (now >= deadline) {
+      return absl::UnavailableError(
+          absl::StrCat("lorad at ", options_.address, " did not answer within ", Seconds(timeout)));
+    }
+    // In slices, so that `stop` is noticed.
+    if (channel_->WaitForStateChange(state,
+                                     std::min(deadline, now + std::chrono::milliseconds(100))))
+      state = channel_->GetState(/*try_to_connect=*/true);
+  }
+}
+
+absl::Status LoraClient::Unary(bool idempotent,
+                               const std::function<grpc::Status(grpc::ClientContext*)>& call) {
+  for (int attempt = 0;; ++attempt) {
+    // Not wait_for_ready: a refused connection fails the call at once (with gRPC's reason), as
+    // it should for a person waiting on `loractl submit`; a silent peer fails at the connect
+    // timeout.
+    absl::Status connected = AwaitConnection();
+    if (absl::IsUnavailable(connected)) return connected;
+    grpc::ClientContext ctx;
+    Prepare(&ctx);
+    grpc::Status s = call(&ctx);
+    if (s.ok()) return absl::OkStatus();
+    if (idempotent && connected.ok() && s.error_code() == grpc::StatusCode::UNAVAILABLE &&
+        attempt < 3) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(200) * (1 << attempt));
+      continue;
+    }
+    return Wrap(s);
+  }
+}
+
 absl::StatusOr<lora::v1::Job> LoraClient::CreateJob(const lora::v1::JobSpec& spec,
                                                     const std::string& request_id) {
   lora::v1::CreateJobRequest req;
   *req.mutable_spec() = spec;
   req.set_request_id(request_id);
   lora::v1::Job job;
-  // Safe to retry: the request id makes creation idempotent.
-  for (int attempt = 0;; ++attempt) {
-    grpc::ClientContext ctx;
-    Prepare(&ctx);
-    if (!request_id.empty()) ctx.set_wait_for_ready(true);
-    grpc::Status s = stub_->CreateJob(&ctx, req, &job);
-    if (s.ok()) return job;
-    if (request_id.empty() || s.error_code() != grpc::StatusCode::UNAVAILABLE || attempt >= 3)
-      return Wrap(s);
-  }
+  // Safe to retry with a request id: it makes creation idempotent.
+  LORA_RETURN_IF_ERROR(Unary(!request_id.empty(), [&](grpc::ClientContext* ctx) {
+    return stub_->CreateJob(ctx, req, &job);
+  }));
+  return job;
 }
 
 absl::StatusOr<lora::v1::Job> LoraClient::GetJob(const std::string& name) {
   lora::v1::GetJobRequest req;
   req.set_name(name);
   lora::v1::Job job;
-  grpc::ClientContext ctx;
-  Prepare(&ctx);
-  LORA_RETURN_IF_ERROR(Wrap(stub_->GetJob(&ctx, req, &job)));
+  LORA_RETURN_IF_ERROR(
+      Unary(true, [&](grpc::ClientContext* ctx) { return stub_->GetJob(ctx, req, &job); }));
   return job;
 }
 
 absl::StatusOr<lora::v1::ListJobsResponse> LoraClient::ListJobs(
     const lora::v1::ListJobsRequest& request) {
   lora::v1::ListJobsResponse resp;
-  grpc::ClientContext ctx;
-  Prepare(&ctx);
-  LORA_RETURN_IF_ERROR(Wrap(stub_->ListJobs(&ctx, request, &resp)));
+  LORA_RETURN_IF_ERROR(
+      Unary(true, [&](grpc::ClientContext* ctx) { return stub_->ListJobs(ctx, request, &resp); }));
   return resp;
 }
 
@@ -94,9 +166,8 @@ absl::StatusOr<lora::v1::Job> LoraClient::CancelJob(const std::string& name) {
   lora::v1::CancelJobRequest req;
   req.set_name(name);
   lora::v1::Job job;
-  grpc::ClientContext ctx;
-  Prepare(&ctx);
-  LORA_RETURN_IF_ERROR(Wrap(stub_->CancelJob(&ctx, req, &job)));
+  LORA_RETURN_IF_ERROR(
+      Unary(true, [&](grpc::ClientContext* ctx) { return stub_->CancelJob(ctx, req, &job); }));
   return job;
 }
 
@@ -105,58 +176,121 @@ absl::StatusOr<std::vector<lora::v1::Checkpoint>> LoraClient::ListCheckpoints(
   lora::v1::ListCheckpointsRequest req;
   req.set_name(name);
   lora::v1::ListCheckpointsResponse resp;
-  grpc::ClientContext ctx;
-  Prepare(&ctx);
-  LORA_RETURN_IF_ERROR(Wrap(stub_->ListCheckpoints(&ctx, req, &resp)));
+  LORA_RETURN_IF_ERROR(Unary(
+      true, [&](grpc::ClientContext* ctx) { return stub_->ListCheckpoints(ctx, req, &resp); }));
   return std::vector<lora::v1::Checkpoint>(resp.checkpoints().begin(), resp.checkpoints().end());
 }
 
 absl::Status LoraClient::Watch(const std::string& name, int64_t after_sequence,
                                const std::function<bool(const lora::v1::JobEvent&)>& on_event,
-                               const std::atomic<bool>* stop, std::chrono::seconds give_up_after) {
+                               const std::atomic<bool>* stop, const ReconnectPolicy& policy) {
+  auto stopped = [&] { return stop != nullptr && stop->load(); };
   int64_t last = after_sequence;
-  auto unreachable_since = std::chrono::steady_clock::now();
+  int attempt = 0;  // reconnect attempts in this outage
+  std::optional<std::chrono::steady_clock::time_point> down_since;
+  std::mt19937_64 rng(std::random_device{}());
   while (true) {
-    if (stop && stop->load()) return absl::CancelledError("stopped watching");
-    grpc::ClientContext ctx;
-    Prepare(&ctx, /*deadline=*/false);
-    ctx.set_wait_for_ready(true);
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10) + give_up_after);
-    lora::v1::WatchJobRequest req;
-    req.set_name(name);
-    req.set_after_sequence(last);
-    std::atomic<bool> done{false};
-    // A stop request cancels the blocking read.
-    std::thread canceller([&] {
-      while (!done.load()) {
-        if (stop && stop->load()) {
-          ctx.TryCancel();
-          return;
+    if (stopped()) return absl::CancelledError("stopped watching");
+    bool healthy = false;  // the stream delivered an event or stayed open for a while
+    absl::Status cause;
+    absl::Status connected = AwaitConnection(stop);
+    if (absl::IsCancelled(connected)) return absl::CancelledError("stopped watching");
+    if (absl::IsUnavailable(connected)) {
+      cause = connected;
+    } else {
+      grpc::ClientContext ctx;
+      Prepare(&ctx, /*deadline=*/false);  // streams last as long as the job
+      lora::v1::WatchJobRequest req;
+      req.set_name(name);
+      req.set_after_sequence(last);
+      std::atomic<bool> done{false};
+      // A stop request cancels the blocking read.
+      std::thread canceller([&] {
+        while (stop != nullptr && !done.load()) {
+          if (stop->load()) {
+            ctx.TryCancel();
+            return;
+          }
+          std::this_thread::sleep_for(std::chrono::milliseconds(50));
         }
-        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      });
+      const auto opened = std::chrono::steady_clock::now();
+      auto reader = stub_->WatchJob(&ctx, req);
+      lora::v1::JobEvent event;
+      bool keep_going = true;
+      bool announce = attempt > 0;  // a reconnect: say so with its first event
+      while (keep_going && reader->Read(&event)) {
+        if (event.sequence() <= last) continue;  // already delivered
+        if (announce && policy.on_reconnected) policy.on_reconnected(last);
+        announce = false;
+        last = event.sequence();
+        healthy = true;
+        keep_going = on_event(event);
       }
-    });
-    auto reader = stub_->WatchJob(&ctx, req);
-    lora::v1::JobEvent event;
-    bool keep_going = true;
-    while (keep_going && reader->Read(&event)) {
-      unreachable_since = std::chrono::steady_clock::now();
-      if (event.sequence() <= last) continue;
-      last = event.sequence();
-      keep_going = on_event(event);
+      if (!keep_going) ctx.TryCancel();
+      grpc::Status s = reader->Finish();
+      done = true;
+      canceller.join();
+      if (!keep_going || stopped()) return absl::CancelledError("stopped watching");
+      if (s.ok()) {
+        if (announce && policy.on_reconnected) policy.on_reconnected(last);
+        return absl::OkStatus();
+      }
+      if (!Resumable(s)) return Wrap(s);
+      cause = FromGrpcStatus(s);
+      healthy = healthy || (connected.ok() &&
+                            std::chrono::steady_clock::now() - opened >= std::chrono::seconds(5));
     }
-    if (!keep_going) ctx.TryCancel();
-    grpc::Status s = reader->Finish();
-    done = true;
-    canceller.join();
-    if (!keep_going || (stop && stop->load())) return absl::CancelledError("stopped watching");
-    if (s.ok()) return absl::OkStatus();
-    const bool transient = s.error_code() == grpc::StatusCode::UNAVAILABLE ||
-                           s.error_code() == grpc::StatusCode::INTERNAL ||
-                           s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
-    if (!transient) return Wrap(s);
-    if (std::chrono::steady_clock::now() - unreachable_since > give_up_after) return Wrap(s);
-    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    // The stream is down. An outage starts at the first failure after a healthy stream.
+    const auto now = std::chrono::steady_clock::now();
+    if (healthy) {
+      attempt = 0;
+      down_since.reset();
+    }
+    if (!down_since) down_since = now;
+    ++attempt;
+    const auto down = now - *down_since;
+    const std::string why =
+        absl::StrCat(absl::StatusCodeToString(cause.code()), ": ", cause.message());
+    if (policy.give_up_after.count() <= 0) {
+      return absl::UnavailableError(
+          absl::StrCat("the event stream from lorad at ", options_.address, " ended (", why, ")"));
+    }
+    if (down >= policy.give_up_after ||
+        (policy.max_attempts > 0 && attempt > policy.max_attempts)) {
+      return absl::UnavailableError(
+          absl::StrCat("lorad at ", options_.address, " could not be reached again within ",
+                       Seconds(down), " (", attempt - 1, " reconnect attempts) to resume the ",
+                       "stream after event ", last, " (", why, ")"));
+    }
+    // Exponential, capped, jittered; never past the give-up time.
+    const double base =
+        std::min<double>(static_cast<double>(policy.max_backoff.count()),
+                         static_cast<double>(policy.initial_backoff.count()) *
+                             std::pow(policy.multiplier, std::min(attempt - 1, 30)));
+    const double jitter = std::clamp(policy.jitter, 0.0, 1.0);
+    std::uniform_real_distribution<double> scale(1 - jitter, 1 + jitter);
+    auto delay = std::chrono::milliseconds(static_cast<int64_t>(
+        std::min<double>(base * scale(rng), static_cast<double>(policy.max_backoff.count()))));
+    const auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(policy.give_up_after - down);
+    delay = std::clamp(delay, std::chrono::milliseconds(0), left);
+    if (policy.on_retry) policy.on_retry(cause, attempt, delay, last);
+    // Wait out the delay, but when the connection itself was down, stop waiting as soon as the
+    // channel (which keeps reconnecting on its own) is up again: lorad is back.
+    const bool connection_was_down = channel_->GetState(false) != GRPC_CHANNEL_READY;
+    const auto wake = std::chrono::system_clock::now() + delay;
+    while (std::chrono::system_clock::now() < wake && !stopped()) {
+      const auto slice =
+          std::min(wake, std::chrono::system_clock::now() + std::chrono::milliseconds(50));
+      if (!connection_was_down) {
+        std::this_thread::sleep_until(slice);
+        continue;
+      }
+      const grpc_connectivity_state state = channel_->GetState(/*try_to_connect=*/true);
+      if (state == GRPC_CHANNEL_READY) break;
+      channel_->WaitForStateChange(state, slice);
+    }
   }
 }
 

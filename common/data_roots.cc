@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 
 namespace lora {
 namespace {
@@ -139,6 +140,14 @@ struct TreeWalk {
 
 }  // namespace
 
+bool IsFileRef(absl::string_view path) {
+  if (!absl::ConsumePrefix(&path, kFileRefPrefix) || path.empty() || path.size() > 64) return false;
+  for (char c : path) {
+    if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-')) return false;
+  }
+  return true;
+}
+
 std::vector<SpecPath> SpecPaths(const lora::v1::JobSpec& spec) {
   std::vector<SpecPath> out;
   auto add = [&](const char* field, const std::string& path) {
@@ -150,6 +159,14 @@ std::vector<SpecPath> SpecPaths(const lora::v1::JobSpec& spec) {
   add("dataset.path", spec.dataset().path());
   add("dataset.validation_path", spec.dataset().validation_path());
   return out;
+}
+
+void SetSpecPath(lora::v1::JobSpec* spec, const std::string& field, const std::string& path) {
+  if (field == "model.path") spec->mutable_model()->set_path(path);
+  if (field == "model.tokenizer") spec->mutable_model()->set_tokenizer(path);
+  if (field == "lora.adapter") spec->mutable_lora()->set_adapter(path);
+  if (field == "dataset.path") spec->mutable_dataset()->set_path(path);
+  if (field == "dataset.validation_path") spec->mutable_dataset()->set_validation_path(path);
 }
 
 absl::StatusOr<DataRoots> DataRoots::Create(const std::vector<std::string>& roots) {
@@ -243,6 +260,7 @@ absl::Status DataRoots::CheckSpec(const lora::v1::JobSpec& spec) const {
   absl::Status first;
   std::vector<std::string> problems;
   for (const SpecPath& p : SpecPaths(spec)) {
+    if (IsFileRef(p.path)) continue;
     absl::Status s = CheckReadable(p.field, p.path);
     if (s.ok()) continue;
     if (first.ok()) first = s;
@@ -264,6 +282,7 @@ std::vector<FieldViolation> SpecPathViolations(const lora::v1::JobSpec& spec,
   }
   const std::string listed = absl::StrJoin(roots, ", ");
   for (const SpecPath& p : SpecPaths(spec)) {
+    if (IsFileRef(p.path)) continue;
     const std::vector<absl::string_view> parts = absl::StrSplit(p.path, '/');
     if (std::find(parts.begin(), parts.end(), "..") != parts.end()) {
       out.push_back({p.field, "must not contain a \"..\" component"});
@@ -294,7 +313,7 @@ absl::Status CheckSpecPaths(const lora::v1::JobSpec& spec,
   std::vector<std::string> parts;
   for (const FieldViolation& v : violations)
     parts.push_back(absl::StrCat(v.field, ": ", v.description));
-  return absl::InvalidArgumentError(absl::StrJoin(parts, "; "));
+  return WithBadRequest(absl::InvalidArgumentError(absl::StrJoin(parts, "; ")), violations);
 }
 
 }  // namespace lora

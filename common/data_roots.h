@@ -42,8 +42,16 @@ struct SpecPath {
   std::string path;
 };
 
+// "files/{id}": an upload lorad stores (lora.v1.FileService), not a path on anyone's disk. The
+// worker fetches it into its cache and hands lora-train the local copy, so the roots do not
+// apply to it. Anything else beginning "files/" is a relative path (and refused as one).
+inline constexpr char kFileRefPrefix[] = "files/";
+bool IsFileRef(absl::string_view path);
+
 // The set path fields of `spec`, in proto order; model.tokenizer = "byte" is not a path.
 std::vector<SpecPath> SpecPaths(const lora::v1::JobSpec& spec);
+// Sets the path field SpecPaths names `field` (e.g. a worker naming its local copy of an upload).
+void SetSpecPath(lora::v1::JobSpec* spec, const std::string& field, const std::string& path);
 
 class DataRoots {
  public:

@@ -1,6 +1,8 @@
 // absl::Status <-> grpc::Status, in exactly one place for every binary that speaks gRPC
 // (lorad, lora-worker, loractl and the client library). The two share the canonical code
-// numbering (google.rpc.Code), so the conversion keeps code and message and nothing else.
+// numbering (google.rpc.Code), so the conversion keeps code and message; payloads typed as
+// google.rpc messages (type.googleapis.com/google.rpc.BadRequest) travel both ways as the
+// google.rpc.Status details in the grpc-status-details-bin trailer.
 //
 //   return ToGrpcStatus(manager->CancelJob(name).status());
 //   LORA_RETURN_IF_ERROR(FromGrpcStatus(stub->GetJob(&ctx, request, &job)));

@@ -4,6 +4,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <filesystem>
@@ -18,19 +19,28 @@
 #include <grpcpp/health_check_service_interface.h>
 
 #include "CLI/CLI.hpp"
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "common/file_util.h"
+#include "common/grpc_log.h"
+#include "common/log.h"
 #include "server/core/artifact_store.h"
 #include "server/core/executor.h"
 #include "server/core/job_manager.h"
 #include "server/core/local_workers.h"
 #include "server/grpc/credentials.h"
+#include "server/grpc/file_service.h"
 #include "server/grpc/job_service.h"
+#include "server/grpc/registered_methods.h"
 #include "server/grpc/tls.h"
 #include "server/grpc/worker_service.h"
+#include "server/metrics/job_metrics.h"
 #include "server/metrics/metrics.h"
 #include "server/metrics/metrics_http.h"
+#include "server/metrics/process_metrics.h"
+#include "server/metrics/rpc_metrics.h"
 #include "server/store/data_dir_lock.h"
 #include "server/store/job_store.h"
 
@@ -72,11 +82,15 @@ struct Flags {
   int tenant_max_queued_jobs = 0;
   int tenant_max_running_ranks = 0;
   std::vector<std::string> data_roots;
+  int64_t tenant_storage_bytes = 0;
+  double upload_stall_timeout_s = 3600;
+  double retain_finished_s = 0;
   lora::server::TlsServerOptions tls;
+  std::string log_format = "text";
 };
 
 int Fail(const std::string& message) {
-  std::cerr << "lorad: error: " << message << std::endl;
+  lora::LogError(message);
   return 1;
 }
 
@@ -96,6 +110,11 @@ std::string SiblingBinary(const std::string& name) {
           name)
       .lexically_normal()
       .string();
+}
+
+// JOB_KIND_TRAIN -> "train", as job specs spell it.
+std::string KindLabel(lora::v1::JobKind kind) {
+  return absl::AsciiStrToLower(absl::StripPrefix(lora::v1::JobKind_Name(kind), "JOB_KIND_"));
 }
 
 }  // namespace
@@ -157,6 +176,18 @@ int main(int argc, char** argv) {
   app.add_option("--tenant-max-running-ranks", f.tenant_max_running_ranks,
                  "Ranks a tenant may run at once (0 = no limit)")
       ->check(CLI::NonNegativeNumber);
+  app.add_option("--tenant-storage-bytes", f.tenant_storage_bytes,
+                 "Bytes of uploaded files a tenant may store, partial uploads included (0 = no "
+                 "limit)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--retain-finished", f.retain_finished_s,
+                 "Seconds a job that ended is kept (its events, checkpoints and artifacts), then "
+                 "deleted; 0 = forever")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--upload-stall-timeout", f.upload_stall_timeout_s,
+                 "Seconds after which an upload that received nothing is removed, and so are "
+                 "uploaded bytes no file names")
+      ->check(CLI::PositiveNumber);
   app.add_option("--data-root", f.data_roots,
                  "Directory the workers' data lives under (repeatable, absolute): jobs naming "
                  "paths elsewhere are refused at submission (workers check again with theirs)");
@@ -166,7 +197,20 @@ int main(int argc, char** argv) {
   app.add_option("--tls-client-ca", f.tls.client_ca_file,
                  "CA (PEM) for client certificates: asked of every peer, verified when "
                  "presented, not required (workers may authenticate with one)");
+  app.add_option("--log-format", f.log_format,
+                 "Log lines on stderr: text (\"lorad: ...\") or json (one object per line: ts, "
+                 "level, component, msg, and job, attempt, rank, worker where they apply)")
+      ->check(CLI::IsMember({"text", "json"}))
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
+  {
+    lora::LogOptions log;
+    log.component = "lorad";
+    log.format = *lora::ParseLogFormat(f.log_format);  // checked by CLI11
+    const bool json = log.format == lora::LogFormat::kJson;
+    lora::InitLogging(std::move(log));
+    if (json) lora::RouteGrpcLogs();  // every line JSON, gRPC's own too
+  }
   // Checked before anything else is opened: a bad certificate setup is a configuration error.
   auto credentials = lora::server::MakeServerCredentials(f.tls);
   if (!credentials.ok()) return Fail(std::string(credentials.status().message()));
@@ -209,8 +253,38 @@ int main(int argc, char** argv) {
   if (!store.ok()) return Fail(std::string(store.status().message()));
   lora::server::ArtifactStore artifacts(lora::JoinPath(f.data_dir, "artifacts"));
   if (int removed = artifacts.RemoveLeftovers(); removed > 0)
-    std::cerr << "lorad: removed " << removed << " partial uploads left by a crash" << std::endl;
+    lora::LogInfo(absl::StrCat("removed ", removed, " partial uploads left by a crash"));
+  // Metrics, before the manager: it reports finished jobs, retries and lost workers.
+  lora::MetricsRegistry registry;
+  auto job_metrics = *lora::JobMetrics::Create(&registry);
   lora::server::JobManager::Options mo;
+  mo.observer.job_finished = [&job_metrics](const lora::v1::Job& job) {
+    const std::string state = lora::v1::JobState_Name(job.state());
+    job_metrics->JobFinished(KindLabel(job.kind()), state);
+    lora::LogInfo(absl::StrCat("jobs/", job.id(), " ", state,
+                               job.state() == lora::v1::FAILED
+                                   ? absl::StrCat(": ", job.error().message())
+                                   : ""))
+        .Job(job.id())
+        .Attempt(job.attempt())
+        .Field("tenant", job.tenant())
+        .Field("state", state);
+  };
+  mo.observer.job_retried = [&job_metrics](const lora::v1::Job& job, const char* reason,
+                                           const std::string& why) {
+    job_metrics->JobRetried(reason);
+    lora::LogWarning(absl::StrCat("jobs/", job.id(), ": ", why))
+        .Job(job.id())
+        .Attempt(job.attempt())
+        .Field("tenant", job.tenant())
+        .Field("reason", reason);
+  };
+  mo.observer.worker_lost = [&job_metrics](const std::string& worker, const std::string& why) {
+    std::string reason = why;
+    std::replace(reason.begin(), reason.end(), ' ', '_');  // "missed heartbeats" -> label
+    job_metrics->WorkerLost(reason);
+    lora::LogWarning(absl::StrCat("worker ", worker, " lost (", why, ")")).Worker(worker);
+  };
   mo.max_attempts = f.max_attempts;
   mo.heartbeat_timeout = absl::Seconds(f.heartbeat_timeout_s);
   mo.cancel_grace = absl::Seconds(f.cancel_grace_s);
@@ -223,17 +297,27 @@ int main(int argc, char** argv) {
     }
   }
   mo.declared_data_roots = f.data_roots;
+  lora::server::FileManager::Options fo;
+  fo.store = store->get();
+  fo.root = lora::JoinPath(f.data_dir, "blobs");
+  fo.tenant_quota_bytes = f.tenant_storage_bytes;
+  fo.stall_timeout = absl::Seconds(f.upload_stall_timeout_s);
+  auto files = lora::server::FileManager::Create(fo);
+  if (!files.ok()) return Fail(std::string(files.status().message()));
+  mo.resolve_files = [files = files->get()](const std::string& tenant,
+                                            const lora::v1::JobSpec& spec) {
+    return files->ResolveSpec(tenant, spec);
+  };
   mo.heartbeat_interval_ms = static_cast<int>(std::max(200.0, f.heartbeat_timeout_s * 1000 / 5));
   auto manager = lora::server::JobManager::Create(mo, store->get(), &artifacts);
   if (!manager.ok()) return Fail(std::string(manager.status().message()));
+  (*files)->SetInUse([m = manager->get()](const std::string& name) { return m->NamesFile(name); });
 
   // Metrics.
-  lora::MetricsRegistry registry;
-  auto rpcs =
-      *registry.AddCounter("lorad_rpc_requests_total",
-                           "gRPC calls handled, by method and status code", {"method", "code"});
-  auto latency = *registry.AddHistogram("lorad_rpc_duration_seconds", "gRPC call latency",
-                                        {"method"}, lora::DefaultLatencyBuckets());
+  auto rpc_metrics = *lora::RpcMetrics::Create(&registry);  // per method; streams apart
+  if (absl::Status s = lora::RegisterProcessMetrics(&registry); !s.ok())
+    lora::LogWarning(absl::StrCat("no process_* metrics: ", s.message()));
+  (void)lora::RegisterBuildInfo(&registry, "lorad_build_info", {{"grpc_version", grpc::Version()}});
   auto active =
       *registry.AddGauge("lorad_active_jobs", "Jobs not yet finished, by state", {"state"});
   auto workers = *registry.AddGauge("lorad_workers_connected", "Connected lora-worker agents", {});
@@ -260,26 +344,7 @@ int main(int argc, char** argv) {
                                   });
   lora::server::ServiceHooks hooks;
   hooks.on_rpc = [&](const std::string& method, grpc::StatusCode code, double seconds) {
-    static const char* kNames[] = {"OK",
-                                   "CANCELLED",
-                                   "UNKNOWN",
-                                   "INVALID_ARGUMENT",
-                                   "DEADLINE_EXCEEDED",
-                                   "NOT_FOUND",
-                                   "ALREADY_EXISTS",
-                                   "PERMISSION_DENIED",
-                                   "RESOURCE_EXHAUSTED",
-                                   "FAILED_PRECONDITION",
-                                   "ABORTED",
-                                   "OUT_OF_RANGE",
-                                   "UNIMPLEMENTED",
-                                   "INTERNAL",
-                                   "UNAVAILABLE",
-                                   "DATA_LOSS",
-                                   "UNAUTHENTICATED"};
-    const int c = static_cast<int>(code);
-    rpcs->WithLabels({method, c >= 0 && c <= 16 ? kNames[c] : "UNKNOWN"})->Increment();
-    latency->WithLabels({method})->Observe(seconds);
+    rpc_metrics->Record(method, static_cast<int>(code), seconds);
   };
   hooks.on_artifact_bytes_sent = [&](int64_t n) {
     sent->WithLabels({})->Increment(static_cast<double>(n));
@@ -299,7 +364,8 @@ int main(int argc, char** argv) {
   lora::server::ThreadPool pool(f.pool_threads);
   lora::server::JobServiceImpl job_service(manager->get(), &artifacts, &pool, &hooks, creds->get());
   lora::server::WorkerServiceImpl worker_service(manager->get(), &artifacts, &pool, &hooks,
-                                                 creds->get());
+                                                 creds->get(), files->get());
+  lora::server::FileServiceImpl file_service(files->get(), &pool, &hooks, creds->get());
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -322,23 +388,35 @@ int main(int argc, char** argv) {
   }
   builder.RegisterService(&job_service);
   builder.RegisterService(&worker_service);
+  builder.RegisterService(&file_service);
   builder.SetMaxReceiveMessageSize(8 << 20);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 5000);
+  // Every method of every lora.* service registered above gets its series at zero, and
+  // streaming ones are measured apart from unary latencies (lorad_rpc_stream_duration_seconds).
+  builder.SetOption(lora::server::ListRegisteredMethods(
+      "lora.", [&](std::vector<lora::server::RpcMethodInfo> methods) {
+        for (const auto& m : methods) rpc_metrics->AddMethod(m.method, m.streaming);
+      }));
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server || port == 0) return Fail(absl::StrCat("--listen: cannot listen on ", f.listen));
   server->GetHealthCheckService()->SetServingStatus(true);
   const std::string host = f.listen.substr(0, f.listen.rfind(':'));
-  std::cerr << "lorad: serving on " << host << ":" << port
-            << (tls ? absl::StrCat(
-                          " with TLS (", f.tls.cert_file,
-                          f.tls.client_ca_file.empty()
-                              ? ""
-                              : absl::StrCat("; client certificates from ", f.tls.client_ca_file),
-                          "; re-read every ", f.tls.refresh_interval_s, " s)")
-                    : " (plaintext)")
-            << (metrics_http ? absl::StrCat(", metrics on port ", metrics_http->port()) : "")
-            << ", data in " << f.data_dir << std::endl;
+  lora::LogInfo(
+      absl::StrCat("serving on ", host, ":", port,
+                   tls ? absl::StrCat(" with TLS (", f.tls.cert_file,
+                                      f.tls.client_ca_file.empty()
+                                          ? ""
+                                          : absl::StrCat("; client certificates from ",
+                                                         f.tls.client_ca_file),
+                                      "; re-read every ", f.tls.refresh_interval_s, " s)")
+                       : " (plaintext)",
+                   metrics_http ? absl::StrCat(", metrics on port ", metrics_http->port()) : "",
+                   ", data in ", f.data_dir))
+      .Field("port", port)
+      .Field("metrics_port", metrics_http ? metrics_http->port() : 0)
+      .Field("version", lora::GetBuildInfo().version)
+      .Field("revision", lora::GetBuildInfo().revision);
   if (!f.port_file.empty()) (void)lora::WriteFileAtomically(f.port_file, absl::StrCat(port, "\n"));
 
   struct sigaction sa = {};
@@ -361,13 +439,25 @@ int main(int argc, char** argv) {
   lw.token = co.local_worker_token;
   lw.threads_per_rank = f.threads_per_rank;
   lw.drain_grace_s = f.drain_grace_s;
+  lw.log_format = f.log_format;
   lora::server::LocalWorkers local(lw);
   if (f.local_workers > 0) local.Start();
 
+  auto next_reap = absl::Now();
   while (!g_stop) {
     (*manager)->Tick();
+    if (absl::Now() >= next_reap) {
+      if (int reaped = (*files)->Reap(absl::Now()); reaped > 0)
+        lora::LogInfo(absl::StrCat("removed ", reaped, " stalled or unnamed uploads"));
+      next_reap = absl::Now() + absl::Seconds(std::min(60.0, f.upload_stall_timeout_s / 4));
+      if (f.retain_finished_s > 0) {
+        const int deleted =
+            (*manager)->DeleteFinishedBefore(absl::Now() - absl::Seconds(f.retain_finished_s));
+        if (deleted > 0) lora::LogInfo(absl::StrCat("retention: deleted ", deleted, " ended jobs"));
+      }
+    }
     auto stats = (*manager)->Stats();
-    for (int s = lora::v1::QUEUED; s <= lora::v1::CANCELLED; ++s) {
+    for (int s = lora::v1::QUEUED; s <= lora::v1::PAUSED; ++s) {
       auto state = static_cast<lora::v1::JobState>(s);
       if (lora::server::IsTerminal(state)) continue;
       active->WithLabels({lora::v1::JobState_Name(state)})
@@ -384,7 +474,7 @@ int main(int argc, char** argv) {
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
   }
-  std::cerr << "lorad: shutting down" << std::endl;
+  lora::LogInfo("shutting down");
   server->GetHealthCheckService()->SetServingStatus(false);
   // A planned stop: nothing new starts, and the local workers drain while the server still
   // serves them, so their ranks' drain checkpoints are uploaded and recorded and the jobs are
@@ -395,6 +485,6 @@ int main(int argc, char** argv) {
   g_credentials = nullptr;
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   server->Wait();
-  std::cerr << "lorad: stopped" << std::endl;
+  lora::LogInfo("stopped");
   return 0;
 }

@@ -9,6 +9,8 @@
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
+#include "common/grpc_log.h"
+#include "common/log.h"
 #include "worker/agent/engine_probe.h"
 #include "worker/agent/worker_agent.h"
 
@@ -63,6 +65,14 @@ int main(int argc, char** argv) {
                  "Directory that jobs' model, tokenizer, adapter and dataset paths must lie under "
                  "(repeatable; symbolic links and .. count where they lead). Without any, jobs "
                  "may name every file this worker can read: set it in production");
+  app.add_option(
+      "--cache-dir", o.cache_dir,
+      "Where uploaded files jobs name (files/...) are cached (default <work-dir>/cache)");
+  app.add_option("--cache-size-bytes", o.cache_max_bytes,
+                 "Bytes of cached uploads kept; least recently used ones beyond it go (files a "
+                 "running rank reads are kept whatever the size)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   std::string token_env = "LORA_WORKER_TOKEN";
   if (const char* t = std::getenv(token_env.c_str())) o.token = t;
   // The secret comes from a file or the environment, never the command line (visible in ps).
@@ -80,31 +90,46 @@ int main(int argc, char** argv) {
   app.add_option("--tls-cert", tls_cert,
                  "Client certificate (PEM) to present to lorad (mutual TLS; needs --tls-ca)");
   app.add_option("--tls-key", tls_key, "Private key (PEM) of --tls-cert");
+  std::string log_format = "text";
+  app.add_option("--log-format", log_format,
+                 "Log lines on stderr: text (\"lora-worker: ...\") or json (one object per line: "
+                 "ts, level, component, msg, worker, and job, attempt, rank where they apply)")
+      ->check(CLI::IsMember({"text", "json"}))
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
+  {
+    lora::LogOptions log;
+    log.component = "lora-worker";
+    log.format = *lora::ParseLogFormat(log_format);  // checked by CLI11
+    log.fields = {{"worker", o.worker_id}};
+    const bool json = log.format == lora::LogFormat::kJson;
+    lora::InitLogging(std::move(log));
+    if (json) lora::RouteGrpcLogs();  // every line JSON, gRPC's own too
+  }
   auto tls = lora::ReadWorkerTls(tls_ca, tls_cert, tls_key);
   if (!tls.ok()) {
-    std::cerr << "lora-worker: " << tls.status().message() << std::endl;
+    lora::LogError(std::string(tls.status().message()));
     return 1;
   }
   o.tls = *std::move(tls);
   if (!token_file.empty()) {
     auto token = lora::ReadSecretFile(token_file);
     if (!token.ok()) {
-      std::cerr << "lora-worker: --token-file: " << token.status().message() << std::endl;
+      lora::LogError(absl::StrCat("--token-file: ", token.status().message()));
       return 1;
     }
     o.token = *token;
   }
   auto roots = lora::DataRoots::Create(data_roots);
   if (!roots.ok()) {
-    std::cerr << "lora-worker: --data-root: " << roots.status().message() << std::endl;
+    lora::LogError(absl::StrCat("--data-root: ", roots.status().message()));
     return 1;
   }
   o.data_roots = *std::move(roots);
   // Advertise only what the engine can run: no cuda slots without GPUs the engine sees.
   absl::StatusOr<lora::EngineProbe> probe = lora::CheckEngineSupportsDevice(o.lora_train, o.device);
   if (!probe.ok()) {
-    std::cerr << "lora-worker: " << probe.status().message() << std::endl;
+    lora::LogError(std::string(probe.status().message()));
     return 1;
   }
   if (o.device == "cuda") {
@@ -112,14 +137,15 @@ int main(int argc, char** argv) {
     const int gpus = static_cast<int>(probe->gpus.size());
     if (slots_flag->count() == 0) o.slots = gpus;
     if (o.slots > gpus) {
-      std::cerr << "lora-worker: --slots " << o.slots << " but lora-train sees " << gpus
-                << " GPU(s): one rank per GPU" << std::endl;
+      lora::LogError(absl::StrCat("--slots ", o.slots, " but lora-train sees ", gpus,
+                                  " GPU(s): one rank per GPU"));
       return 1;
     }
     o.gpus = probe->gpus;
     for (const auto& g : o.gpus) {
-      std::cerr << "lora-worker: cuda:" << g.index() << " " << g.name() << " ("
-                << g.memory_bytes() / (1 << 20) << " MiB)" << std::endl;
+      lora::LogInfo(absl::StrCat("cuda:", g.index(), " ", g.name(), " (",
+                                 g.memory_bytes() / (1 << 20), " MiB)"))
+          .Field("gpu", g.index());
     }
   }
   o.drain_grace = std::chrono::milliseconds(static_cast<int64_t>(drain_grace_s * 1000));
@@ -130,15 +156,14 @@ int main(int argc, char** argv) {
   while (!(agent = lora::WorkerAgent::Create(o)).ok() &&
          agent.status().code() == absl::StatusCode::kFailedPrecondition) {
     if (!said_waiting) {
-      std::cerr << "lora-worker: " << agent.status().message() << "; waiting for it to exit"
-                << std::endl;
+      lora::LogInfo(absl::StrCat(agent.status().message(), "; waiting for it to exit"));
       said_waiting = true;
     }
     const timespec poll = {0, 500 * 1000 * 1000};
     if (::sigtimedwait(&stop_signals, nullptr, &poll) > 0) return 0;
   }
   if (!agent.ok()) {
-    std::cerr << "lora-worker: " << agent.status().message() << std::endl;
+    lora::LogError(std::string(agent.status().message()));
     return 1;
   }
   std::atomic<bool> done{false};

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <filesystem>
 #include <iostream>
+#include <memory>
 #include <random>
 
 #include "absl/strings/ascii.h"
@@ -152,6 +153,32 @@ int SubmitSpec(const Globals& g, lora::v1::JobSpec spec, const std::string& requ
   return WatchToEnd(**client, job->name(), g);
 }
 
+// Reconnects within --reconnect-timeout, telling the user on stderr: when the stream is lost,
+// when the reason for not getting it back changes, and when it resumed.
+ReconnectPolicy Reconnecting(const Globals& g, const std::string& name) {
+  ReconnectPolicy policy;
+  policy.give_up_after = g.reconnect_timeout;
+  const std::string address = g.client.address;
+  auto last_cause = std::make_shared<std::string>();
+  policy.on_retry = [name, address, last_cause](const absl::Status& cause, int attempt,
+                                                std::chrono::milliseconds delay, int64_t last) {
+    const std::string why =
+        absl::StrCat(absl::StatusCodeToString(cause.code()), ": ", cause.message());
+    if (attempt > 1 && why == *last_cause) return;
+    *last_cause = why;
+    Notice(absl::StrFormat(
+        "%s %s from lorad at %s (%s); reconnecting in %.1fs (attempt %d), resuming after "
+        "event %d",
+        attempt == 1 ? "lost the event stream of" : "still no event stream of", name, address, why,
+        static_cast<double>(delay.count()) / 1000, attempt, last));
+  };
+  policy.on_reconnected = [address, last_cause](int64_t last) {
+    last_cause->clear();
+    Notice(absl::StrCat("reconnected to lorad at ", address, "; resumed after event ", last));
+  };
+  return policy;
+}
+
 }  // namespace
 
 int WatchToEnd(LoraClient& client, const std::string& name, const Globals& g) {
@@ -170,9 +197,10 @@ int WatchToEnd(LoraClient& client, const std::string& name, const Globals& g) {
         }
         return true;
       },
-      &g_interrupted);
+      &g_interrupted, Reconnecting(g, name));
   if (g_interrupted) {
-    std::cerr << "\nloractl: stopped watching; " << name << " keeps running (loractl watch " << name
+    EndLiveLine();
+    std::cerr << "loractl: stopped watching; " << name << " keeps running (loractl watch " << name
               << " to follow it again)" << std::endl;
     return kOk;
   }
@@ -277,7 +305,7 @@ int Logs(const Globals& g, const std::string& job, bool follow) {
         }
         return follow || e.sequence() < until;
       },
-      &g_interrupted);
+      &g_interrupted, Reconnecting(g, name));
   if (!s.ok() && !absl::IsCancelled(s)) return ReportError(s);
   return kOk;
 }

@@ -3,6 +3,7 @@
 #define LORA_CLIENT_LORACTL_COMMANDS_H_
 
 #include <atomic>
+#include <chrono>
 #include <string>
 #include <vector>
 
@@ -14,6 +15,9 @@ namespace lora::loractl {
 struct Globals {
   ClientOptions client;
   Format format = Format::kTable;
+  // How long a follow (`watch`, `logs -f`, `submit --watch`, ...) keeps reconnecting after its
+  // stream was lost; zero: not at all.
+  std::chrono::milliseconds reconnect_timeout{std::chrono::seconds(120)};
 };
 
 extern std::atomic<bool> g_interrupted;  // Ctrl-C while watching: stop watching, not the job

@@ -5,7 +5,10 @@
 #include <iostream>
 
 #include "CLI/CLI.hpp"
+#include "client/loractl/address.h"
 #include "client/loractl/commands.h"
+#include "client/loractl/completion.h"
+#include "client/loractl/suggest.h"
 #include "common/file_util.h"
 
 namespace {
@@ -19,33 +22,6 @@ std::string Env(const char* name, const std::string& fallback) {
   return v != nullptr && *v != '\0' ? v : fallback;
 }
 
-// `loractl completion bash`: completes subcommands, flags, and job names from `loractl list`.
-const char* kBashCompletion =
-    R"BASH(# bash completion for loractl; install: loractl completion bash > /etc/bash_completion.d/loractl
-_loractl() {
-  local cur prev words cword
-  _init_completion 2>/dev/null || { cur="${COMP_WORDS[COMP_CWORD]}"; prev="${COMP_WORDS[COMP_CWORD-1]}"; cword=$COMP_CWORD; words=("${COMP_WORDS[@]}"); }
-  local commands="submit get list cancel logs watch checkpoints download convert merge version completion"
-  local globals="--addr --token --tls-ca --tls-cert --tls-key --timeout -o --output --help"
-  if [[ $cword -eq 1 ]]; then COMPREPLY=($(compgen -W "$commands $globals" -- "$cur")); return; fi
-  case "$prev" in
-    -o|--output) COMPREPLY=($(compgen -W "table json yaml" -- "$cur")); return;;
-    --state) COMPREPLY=($(compgen -W "queued starting running succeeded failed cancelling cancelled" -- "$cur")); return;;
-    --kind) COMPREPLY=($(compgen -W "train convert merge" -- "$cur")); return;;
-    --out|--tls-ca|--tls-cert|--tls-key|--model|--adapter) COMPREPLY=($(compgen -f -- "$cur")); return;;
-  esac
-  case "${words[1]}" in
-    submit) COMPREPLY=($(compgen -f -X '!*.toml' -- "$cur") $(compgen -d -- "$cur") $(compgen -W "--set --request-id --watch" -- "$cur"));;
-    get|cancel|logs|watch|checkpoints|download)
-      if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-f --follow --step --latest --final --out" -- "$cur"));
-      else COMPREPLY=($(compgen -W "$(loractl list -o json 2>/dev/null | sed -n 's/.*"name": "jobs\/\([^"]*\)".*/\1/p')" -- "$cur")); fi;;
-    list) COMPREPLY=($(compgen -W "--state --kind --limit" -- "$cur"));;
-    completion) COMPREPLY=($(compgen -W "bash" -- "$cur"));;
-  esac
-}
-complete -F _loractl loractl
-)BASH";
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -53,14 +29,15 @@ int main(int argc, char** argv) {
   Globals g;
   g.client.address = Env("LORACTL_ADDR", "127.0.0.1:50051");
   g.client.token = Env("LORACTL_TOKEN", "");
-  double timeout_s = 30;
+  double timeout_s = 30, connect_timeout_s = 10, reconnect_timeout_s = 120;
   std::string format = "table";
 
   CLI::App app{"loractl: submit, follow and fetch LoRA jobs on a lorad controller"};
   app.set_version_flag("--version", kVersion);
   app.require_subcommand(1);
   app.fallthrough();  // global flags may follow the subcommand: `loractl list -o json`
-  app.add_option("--addr", g.client.address, "lorad address (env LORACTL_ADDR)")
+  app.add_option("--addr", g.client.address,
+                 "lorad address: HOST:PORT, [IPV6]:PORT or unix:PATH (env LORACTL_ADDR)")
       ->capture_default_str();
   // A token on the command line is visible to every user (ps): file or environment only.
   std::string token_file;
@@ -69,7 +46,18 @@ int main(int argc, char** argv) {
   app.add_option("--tls-ca", g.client.tls_ca, "CA certificate (PEM): use TLS");
   app.add_option("--tls-cert", g.client.tls_cert, "Client certificate (PEM) for mutual TLS");
   app.add_option("--tls-key", g.client.tls_key, "Client key (PEM) for mutual TLS");
-  app.add_option("--timeout", timeout_s, "Seconds per request")->capture_default_str();
+  app.add_option("--timeout", timeout_s, "Seconds per request")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--connect-timeout", connect_timeout_s,
+                 "Seconds to wait for lorad to answer a connection (a refused one fails at once)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--reconnect-timeout", reconnect_timeout_s,
+                 "Seconds a follow (watch, logs -f, --watch) keeps reconnecting after losing "
+                 "lorad; 0: exit at once")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   app.add_option("-o,--output", format, "Output: table | json | yaml")
       ->check(CLI::IsMember({"table", "json", "yaml"}))
       ->capture_default_str();
@@ -122,15 +110,17 @@ int main(int argc, char** argv) {
       app.add_subcommand("convert", "Submit a CONVERT job: base model -> initial PEFT adapter");
   c_conv->add_option("--model", conv.model, "HF checkpoint directory (on the workers) or flavor")
       ->required();
-  c_conv->add_option("--rank", conv.rank)->capture_default_str();
-  c_conv->add_option("--alpha", conv.alpha)->capture_default_str();
-  c_conv->add_option("--dropout", conv.dropout)->capture_default_str();
+  c_conv->add_option("--rank", conv.rank, "LoRA rank")->capture_default_str();
+  c_conv->add_option("--alpha", conv.alpha, "LoRA alpha")->capture_default_str();
+  c_conv->add_option("--dropout", conv.dropout, "LoRA dropout")->capture_default_str();
   c_conv->add_option("--target-modules", conv.target_modules, "Comma separated")->delimiter(',');
-  c_conv->add_flag("--rslora", conv.rslora);
-  c_conv->add_option("--init", conv.init)->capture_default_str();
-  c_conv->add_option("--export-dtype", conv.export_dtype)->capture_default_str();
+  c_conv->add_flag("--rslora", conv.rslora, "rsLoRA scaling (alpha / sqrt(rank))");
+  c_conv->add_option("--init", conv.init, "Initialization of the adapter weights")
+      ->capture_default_str();
+  c_conv->add_option("--export-dtype", conv.export_dtype, "dtype of the exported adapter")
+      ->capture_default_str();
   c_conv->add_option("--name", conv.name, "Display name");
-  c_conv->add_flag("-w,--watch", conv.watch);
+  c_conv->add_flag("-w,--watch", conv.watch, "Follow the job; exit with its outcome");
 
   MergeOptions merge;
   auto* c_merge = app.add_subcommand(
@@ -141,19 +131,43 @@ int main(int argc, char** argv) {
       ->required();
   c_merge->add_option("--dtype", merge.dtype, "Output dtype")->capture_default_str();
   c_merge->add_option("--name", merge.name, "Display name");
-  c_merge->add_flag("-w,--watch", merge.watch);
+  c_merge->add_flag("-w,--watch", merge.watch, "Follow the job; exit with its outcome");
 
   app.add_subcommand("version", "Print the version");
   std::string shell;
   auto* c_completion = app.add_subcommand("completion", "Print a shell completion script");
-  c_completion->add_option("shell", shell, "bash")->required()->check(CLI::IsMember({"bash"}));
+  c_completion->add_option("shell", shell, "bash, zsh or fish")
+      ->required()
+      ->check(CLI::IsMember(CompletionShells()));
 
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
+    if (e.get_exit_code() != 0) {
+      // `loractl wathc`: name the command it was probably meant to be.
+      if (auto unknown = UnknownCommand(app, std::vector<std::string>(argv + 1, argv + argc))) {
+        std::cerr << "loractl: error: " << *unknown << std::endl;
+        return kUsage;
+      }
+    }
     const int code = app.exit(e);
     return code == 0 ? kOk : kUsage;
   }
+  if (c_completion->parsed()) {
+    auto script = CompletionScript(app, shell);
+    if (!script.ok()) return ReportError(script.status());
+    std::cout << *script;
+    return kOk;
+  }
+  if (app.got_subcommand("version")) {
+    std::cout << kVersion << std::endl;
+    return kOk;
+  }
+  // Every other command talks to lorad: its address first.
+  const char* source = app.count("--addr") > 0            ? "--addr"
+                       : !Env("LORACTL_ADDR", "").empty() ? "LORACTL_ADDR"
+                                                          : "address";
+  if (absl::Status s = ValidateAddress(g.client.address, source); !s.ok()) return ReportError(s);
   if (!token_file.empty()) {
     auto token = lora::ReadSecretFile(token_file);
     if (!token.ok()) {
@@ -164,6 +178,9 @@ int main(int argc, char** argv) {
   }
   g.format = format == "json" ? Format::kJson : format == "yaml" ? Format::kYaml : Format::kTable;
   g.client.timeout = std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000));
+  g.client.connect_timeout =
+      std::chrono::milliseconds(static_cast<int64_t>(connect_timeout_s * 1000));
+  g.reconnect_timeout = std::chrono::milliseconds(static_cast<int64_t>(reconnect_timeout_s * 1000));
   struct sigaction sa = {};
   sa.sa_handler = OnInterrupt;
   ::sigaction(SIGINT, &sa, nullptr);
@@ -178,10 +195,5 @@ int main(int argc, char** argv) {
   if (c_dl->parsed()) return Download(g, dl);
   if (c_conv->parsed()) return Convert(g, conv);
   if (c_merge->parsed()) return Merge(g, merge);
-  if (c_completion->parsed()) {
-    std::cout << kBashCompletion;
-    return kOk;
-  }
-  std::cout << kVersion << std::endl;
-  return kOk;
+  return kUsage;  // unreachable: a command is required
 }

@@ -1,9 +1,9 @@
 #include "client/loractl/output.h"
 
+#include <chrono>
 #include <cmath>
 #include <iostream>
 
-#include <chrono>
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -64,7 +64,50 @@ void Yaml(const nlohmann::json& v, int indent, std::string* out) {
 
 }  // namespace
 
+namespace {
+
+struct LiveLine {
+  std::FILE* out = nullptr;  // null: none drawn
+  std::function<void()> redraw;
+};
+LiveLine& TheLiveLine() {
+  static LiveLine line;
+  return line;
+}
+
+}  // namespace
+
+void LiveLineDrawn(std::FILE* out, std::function<void()> redraw) {
+  TheLiveLine() = {out, std::move(redraw)};
+}
+
+void LiveLineGone() { TheLiveLine() = {}; }
+
+void EndLiveLine() {
+  LiveLine& line = TheLiveLine();
+  if (line.out == nullptr) return;
+  std::fputs("\n", line.out);
+  std::fflush(line.out);
+  line = {};
+}
+
+void Notice(const std::string& text) {
+  LiveLine& line = TheLiveLine();
+  if (line.out != nullptr) {
+    std::fputs("\r\x1b[2K", line.out);  // erase it; the message takes its place
+    std::fflush(line.out);
+  }
+  std::cout.flush();
+  std::cerr << "loractl: " << text << std::endl;
+  if (line.out != nullptr && line.redraw) {
+    std::function<void()> redraw = line.redraw;  // it registers the line anew
+    redraw();
+  }
+}
+
 int ReportError(const absl::Status& status) {
+  EndLiveLine();
+  std::cout.flush();
   std::cerr << "loractl: error: " << status.message() << std::endl;
   switch (status.code()) {
     case absl::StatusCode::kNotFound:

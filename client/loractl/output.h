@@ -2,6 +2,8 @@
 #ifndef LORA_CLIENT_LORACTL_OUTPUT_H_
 #define LORA_CLIENT_LORACTL_OUTPUT_H_
 
+#include <cstdio>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -24,8 +26,22 @@ inline constexpr int kUnauthenticated = 7;
 
 enum class Format { kTable, kJson, kYaml };
 
-// Prints "loractl: error: ..." and maps the status to an exit code.
+// Prints "loractl: error: ..." and maps the status to an exit code. A live status line on the
+// terminal is ended first, so the error starts a line of its own.
 int ReportError(const absl::Status& status);
+
+// "loractl: TEXT" on stderr. A live status line is erased first and drawn again below it.
+void Notice(const std::string& text);
+
+// The terminal's live status line: a progress bar redrawn in place, with no newline after it
+// (e.g. `watch`'s). Whatever draws one says so, so that messages on stderr never land on it.
+// At most one at a time.
+//   LiveLineDrawn(stdout, [this] { Draw(); });  // after each draw
+//   EndLiveLine();                               // a newline: the line stays as it was
+void LiveLineDrawn(std::FILE* out, std::function<void()> redraw);
+void EndLiveLine();
+// Forgets the line without printing (the one who drew it ended or erased it itself).
+void LiveLineGone();
 
 nlohmann::json ToJson(const google::protobuf::Message& message);
 std::string ToYaml(const nlohmann::json& value);

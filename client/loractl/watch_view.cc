@@ -74,6 +74,10 @@ std::string WatchView::Sparkline(const std::deque<double>& values, size_t width)
 WatchView::WatchView(std::FILE* out, bool tty, int width)
     : out_(out), tty_(tty), width_(std::max(width, 40)) {}
 
+WatchView::~WatchView() {
+  if (status_drawn_) EndLiveLine();
+}
+
 void WatchView::Start(const lora::v1::Job& job) {
   name_ = job.name();
   state_ = job.state();
@@ -118,6 +122,7 @@ void WatchView::DrawStatus() {
   std::fputs(StatusText().c_str(), out_);
   std::fflush(out_);
   status_drawn_ = true;
+  LiveLineDrawn(out_, [this] { DrawStatus(); });
 }
 
 void WatchView::OnEvent(const lora::v1::JobEvent& e) {
@@ -147,6 +152,8 @@ void WatchView::Finish(const lora::v1::Job& job) {
   if (tty_) {
     DrawStatus();
     std::fputs("\n", out_);
+    status_drawn_ = false;
+    LiveLineGone();
   }
   std::string summary = absl::StrCat(job.name(), " ", StateName(job.state()));
   if (job.state() == lora::v1::FAILED) absl::StrAppend(&summary, ": ", job.error().message());

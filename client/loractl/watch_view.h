@@ -1,6 +1,8 @@
 // How `loractl watch` shows a job. On a terminal: event lines scroll above one live status
 // line (progress bar, step/total, loss, eval loss, tokens/s, ETA, loss sparkline), redrawn in
-// place. Elsewhere (pipes, files, CI logs): one plain line per event.
+// place. Elsewhere (pipes, files, CI logs): one plain line per event. The status line is
+// registered as the terminal's live line (output.h), so that errors and notices on stderr
+// never print onto it.
 #ifndef LORA_CLIENT_LORACTL_WATCH_VIEW_H_
 #define LORA_CLIENT_LORACTL_WATCH_VIEW_H_
 
@@ -15,6 +17,9 @@ namespace lora::loractl {
 class WatchView {
  public:
   WatchView(std::FILE* out, bool tty, int width = 100);
+  ~WatchView();  // ends a status line still drawn (the shell prompt goes below it)
+  WatchView(const WatchView&) = delete;
+  WatchView& operator=(const WatchView&) = delete;
   void Start(const lora::v1::Job& job);
   void OnEvent(const lora::v1::JobEvent& event);
   void Finish(const lora::v1::Job& job);

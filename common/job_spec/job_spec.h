@@ -52,6 +52,12 @@ struct FieldViolation {
   std::string description;
 };
 
+// The payload type of the google.rpc.BadRequest an INVALID_ARGUMENT carries (its field
+// violations); common/grpc_status.h sends it as google.rpc.Status details.
+inline constexpr char kBadRequestTypeUrl[] = "type.googleapis.com/google.rpc.BadRequest";
+// `status` with `violations` attached as a google.rpc.BadRequest payload.
+absl::Status WithBadRequest(absl::Status status, const std::vector<FieldViolation>& violations);
+
 // Checks a defaulted spec. Returns every violation found (empty = valid).
 std::vector<FieldViolation> JobSpecViolations(const lora::v1::JobSpec& spec);
 
@@ -59,6 +65,10 @@ std::vector<FieldViolation> JobSpecViolations(const lora::v1::JobSpec& spec);
 // prefixed with "<source>:<line>: " where the key appears.
 absl::Status ValidateJobSpec(const lora::v1::JobSpec& spec, const ParsedJobSpec* parsed = nullptr,
                              const std::string& source = "");
+
+// The key path of the first field (in proto order) where two specs differ, e.g.
+// "training.steps"; "" when they are equal. Repeated fields and maps count as one value.
+std::string FirstSpecDifference(const lora::v1::JobSpec& a, const lora::v1::JobSpec& b);
 
 // "train" <-> JOB_KIND_TRAIN.
 std::string JobKindName(lora::v1::JobKind kind);

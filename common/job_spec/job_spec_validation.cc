@@ -12,6 +12,7 @@
 #include "common/job_spec/job_spec.h"
 #include "common/llama_config.h"
 #include "common/user_pattern.h"
+#include "google/rpc/error_details.pb.h"
 
 namespace lora {
 namespace {
@@ -389,7 +390,18 @@ absl::Status ValidateJobSpec(const JobSpec& spec, const ParsedJobSpec* parsed,
     }
     parts.push_back(absl::StrCat(where, v.field, ": ", v.description));
   }
-  return absl::InvalidArgumentError(absl::StrJoin(parts, "; "));
+  return WithBadRequest(absl::InvalidArgumentError(absl::StrJoin(parts, "; ")), violations);
+}
+
+absl::Status WithBadRequest(absl::Status status, const std::vector<FieldViolation>& violations) {
+  google::rpc::BadRequest details;
+  for (const FieldViolation& v : violations) {
+    auto* fv = details.add_field_violations();
+    fv->set_field(v.field);
+    fv->set_description(v.description);
+  }
+  status.SetPayload(kBadRequestTypeUrl, absl::Cord(details.SerializeAsString()));
+  return status;
 }
 
 }  // namespace lora

@@ -11,6 +11,8 @@ bool TransitionAllowed(JobState from, JobState to) {
   using lora::v1::CANCELLED;
   using lora::v1::CANCELLING;
   using lora::v1::FAILED;
+  using lora::v1::PAUSED;
+  using lora::v1::PAUSING;
   using lora::v1::QUEUED;
   using lora::v1::RUNNING;
   using lora::v1::STARTING;
@@ -19,13 +21,19 @@ bool TransitionAllowed(JobState from, JobState to) {
     case lora::v1::JOB_STATE_UNSPECIFIED:
       return to == QUEUED;
     case QUEUED:
-      return to == STARTING || to == CANCELLED || to == FAILED;
+      return to == STARTING || to == CANCELLED || to == FAILED || to == PAUSED;
     case STARTING:
-      return to == RUNNING || to == QUEUED || to == CANCELLING || to == FAILED || to == SUCCEEDED;
+      return to == RUNNING || to == QUEUED || to == CANCELLING || to == FAILED || to == SUCCEEDED ||
+             to == PAUSING;
     case RUNNING:
-      return to == SUCCEEDED || to == FAILED || to == CANCELLING || to == QUEUED;
+      return to == SUCCEEDED || to == FAILED || to == CANCELLING || to == QUEUED || to == PAUSING;
     case CANCELLING:
       return to == CANCELLED || to == SUCCEEDED || to == FAILED;
+    // A pause ends in PAUSED, or SUCCEEDED when the job finished first; a cancel overrides it.
+    case PAUSING:
+      return to == PAUSED || to == SUCCEEDED || to == FAILED || to == CANCELLING;
+    case PAUSED:
+      return to == QUEUED || to == CANCELLED;
     default:
       return false;
   }

@@ -1,7 +1,6 @@
 #include "server/core/job_manager.h"
 
 #include <algorithm>
-#include <iostream>
 #include <random>
 
 #include <unistd.h>
@@ -14,6 +13,7 @@
 #include "common/data_roots.h"
 #include "common/file_util.h"
 #include "common/job_spec/job_spec.h"
+#include "common/log.h"
 #include "common/status_macros.h"
 #include "server/core/engine_event_translator.h"
 
@@ -27,6 +27,20 @@ namespace wv1 = lora::worker::v1;
 
 int WorldOf(const Job& job) { return std::max(1, job.spec().resources().world_size()); }
 
+// Why the retry policy requeued an attempt, as a metrics label: the policy's own order (a lost
+// worker first, then a rank killed by a signal; a planned stop is the one requeue that costs
+// no attempt; what is left is a failure reported as UNAVAILABLE).
+template <typename Runtime>
+const char* RetryReason(const Runtime& rt, const Decision& d) {
+  for (const auto& r : rt.ranks) {
+    if (r.lost) return "worker_lost";
+  }
+  for (const auto& r : rt.ranks) {
+    if (r.exited && r.signal != 0) return "killed";
+  }
+  return d.counts_as_attempt ? "unavailable" : "planned_restart";
+}
+
 }  // namespace
 
 void JobManager::LogStoreError(const Job& job, const absl::Status& s, const char* what) {
@@ -34,8 +48,10 @@ void JobManager::LogStoreError(const Job& job, const absl::Status& s, const char
   // A failing disk fails every tick: one line per 10 s, with how many were not printed.
   const absl::Time now = absl::Now();
   if (now - store_error_logged_at_ < absl::Seconds(10)) return;
-  std::cerr << "lorad: jobs/" << job.id() << ": " << what << " not stored, will retry: " << s
-            << " (" << store_write_failures_ << " failed writes so far)" << std::endl;
+  LogWarning(absl::StrCat("jobs/", job.id(), ": ", what, " not stored, will retry: ", s.ToString(),
+                          " (", store_write_failures_, " failed writes so far)"))
+      .Job(job.id())
+      .Attempt(job.attempt());
   store_error_logged_at_ = now;
 }
 
@@ -56,7 +72,7 @@ absl::Status JobManager::Recover() {
   const absl::Time deadline = absl::Now() + options_.reattach_grace;
   for (Job& job : jobs) {
     ActiveJob a;
-    if (job.state() != lora::v1::QUEUED) {
+    if (job.state() != lora::v1::QUEUED && job.state() != lora::v1::PAUSED) {
       // Its ranks may still be running on workers that will reconnect.
       const int n = WorldOf(job);
       a.rt.ranks.resize(static_cast<size_t>(n));
@@ -70,7 +86,7 @@ absl::Status JobManager::Recover() {
       a.rt.rank0_finished = job.result_reported();
       a.rt.failure_reason = job.error().message();
       a.rt.failure_code = static_cast<absl::StatusCode>(job.error().code());
-      if (job.state() == lora::v1::CANCELLING)
+      if (job.state() == lora::v1::CANCELLING || job.state() == lora::v1::PAUSING)
         a.rt.cancel_deadline = deadline + options_.cancel_grace;
     }
     const std::string id = job.id();
@@ -105,7 +121,10 @@ void JobManager::Publish(ActiveJob& a, JobUpdate update) {
       for (const JobEvent& e : update.events) sub->OnEvent(e);
     }
   }
-  if (IsTerminal(a.job.state())) Finish(a.job.id());
+  if (IsTerminal(a.job.state())) {
+    if (options_.observer.job_finished) options_.observer.job_finished(a.job);
+    Finish(a.job.id());
+  }
 }
 
 absl::Status JobManager::Transition(ActiveJob& a, Job next, JobState to, const std::string& reason,
@@ -200,12 +219,30 @@ absl::Status JobManager::Apply(ActiveJob& a, const Decision& d) {
       return Transition(a, std::move(next), lora::v1::SUCCEEDED, d.reason);
     case Outcome::kCancelled:
       return Transition(a, std::move(next), lora::v1::CANCELLED, d.reason);
+    case Outcome::kPaused: {
+      // The stopped attempt is over: the next one (after ResumeJob) is a planned restart.
+      next.set_attempt(next.attempt() + 1);
+      next.set_restarts(next.restarts() + 1);
+      next.clear_workers();
+      next.clear_error();
+      next.clear_result_reported();
+      next.clear_ranks();
+      next.clear_rank_event_sequences();
+      LORA_ASSIGN_OR_RETURN(JobUpdate update, PlanTransition(std::move(next), lora::v1::PAUSED,
+                                                             d.reason, {}, NowMicros()));
+      LORA_RETURN_IF_ERROR(store_->UpdateJob(update.job, update.events));
+      SendCancel(a, d.reason);  // any rank still running belongs to the finished attempt
+      ReleaseRanks(a);
+      Publish(a, std::move(update));
+      return absl::OkStatus();
+    }
     case Outcome::kFailed: {
       next.mutable_error()->set_code(static_cast<int>(d.code));
       next.mutable_error()->set_message(d.reason);
       return Transition(a, std::move(next), lora::v1::FAILED, d.reason);
     }
     case Outcome::kRequeue: {
+      const char* retry_reason = RetryReason(a.rt, d);  // before ReleaseRanks resets a.rt
       next.set_attempt(next.attempt() + 1);
       if (!d.counts_as_attempt) next.set_restarts(next.restarts() + 1);
       next.clear_workers();
@@ -226,6 +263,8 @@ absl::Status JobManager::Apply(ActiveJob& a, const Decision& d) {
       SendCancel(a, d.reason);
       ReleaseRanks(a);
       Publish(a, std::move(update));
+      if (options_.observer.job_retried)
+        options_.observer.job_retried(a.job, retry_reason, d.reason);
       return absl::OkStatus();
     }
   }
@@ -254,6 +293,7 @@ void JobManager::RanksLost(const std::string& worker_id, const std::string& reas
 }
 
 void JobManager::WorkerLost(const std::string& worker_id, const std::string& reason) {
+  if (options_.observer.worker_lost) options_.observer.worker_lost(worker_id, reason);
   if (std::shared_ptr<WorkerChannel> channel = workers_.Remove(worker_id)) channel->Close();
   for (auto it = draining_.begin(); it != draining_.end();) {
     it = it->second == worker_id ? draining_.erase(it) : std::next(it);
@@ -276,6 +316,14 @@ void JobManager::SendAssignment(ActiveJob& a, int rank) {
   as->set_master_addr(a.rt.master_addr);
   as->set_master_port(rank == 0 ? 0 : a.rt.master_port);
   *as->mutable_spec() = a.job.spec();
+  if (options_.resolve_files) {
+    // Checked at CreateJob and kept while the job runs (FileService refuses to delete a file a
+    // running job names); should it still be gone, the worker fails the rank naming it.
+    auto files = options_.resolve_files(a.job.tenant(), a.job.spec());
+    if (files.ok()) {
+      for (auto& f : *files) *as->add_files() = std::move(f);
+    }
+  }
   if (a.job.latest_checkpoint_step() > 0) {
     // Newest first: the worker falls back to an older one when the newest does not verify.
     auto checkpoints = store_->ListCheckpoints(a.job.id());
@@ -383,7 +431,8 @@ void JobManager::Tick() {
     WorkerLost(id, why);
   std::vector<std::string> to_decide(undecided_.begin(), undecided_.end());
   for (auto& [id, a] : active_) {
-    if (a.job.state() == lora::v1::CANCELLING && now > a.rt.cancel_deadline)
+    if ((a.job.state() == lora::v1::CANCELLING || a.job.state() == lora::v1::PAUSING) &&
+        now > a.rt.cancel_deadline)
       to_decide.push_back(id);
     if (now > a.rt.reattach_deadline) {
       a.rt.reattach_deadline = absl::InfiniteFuture();

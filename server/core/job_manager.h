@@ -32,6 +32,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "lora/v1/file.pb.h"
 #include "lora/v1/job.pb.h"
 #include "lora/v1/job_service.pb.h"
 #include "lora/worker/v1/worker_service.pb.h"
@@ -86,6 +87,27 @@ class JobManager {
     // lorad --data-root: where the workers' data lives; specs naming paths elsewhere are
     // refused at CreateJob (CheckSpecPaths). Empty: no check here (the workers still check).
     std::vector<std::string> declared_data_roots;
+    // Uploaded files ("files/{id}" in a spec's path fields): the files a tenant's spec names,
+    // NOT_FOUND naming the field for one the tenant does not have (FileManager::ResolveSpec).
+    // Checked at CreateJob and sent with every assignment. Unset: specs may not name uploads.
+    std::function<absl::StatusOr<std::vector<lora::v1::File>>(const std::string& tenant,
+                                                              const lora::v1::JobSpec& spec)>
+        resolve_files;
+    // Told as things happen (lorad counts and logs them); each may be empty. Called with the
+    // manager's lock held, after the change was stored: count, log and return; never call
+    // back into the manager.
+    struct Observer {
+      // A job reached SUCCEEDED, FAILED or CANCELLED.
+      std::function<void(const lora::v1::Job& job)> job_finished;
+      // An attempt was given up and the job queued again (`job` as queued, attempt + 1).
+      // `reason`: worker_lost, killed, unavailable or planned_restart; `why`: the state
+      // change's reason.
+      std::function<void(const lora::v1::Job& job, const char* reason, const std::string& why)>
+          job_retried;
+      // A worker was given up on: `reason` is "missed heartbeats" or "disconnected".
+      std::function<void(const std::string& worker_id, const std::string& reason)> worker_lost;
+    };
+    Observer observer;
   };
 
   static absl::StatusOr<std::unique_ptr<JobManager>> Create(const Options& options, JobStore* store,
@@ -102,6 +124,16 @@ class JobManager {
       const lora::v1::ListJobsRequest& request,
       const std::optional<std::string>& tenant = std::nullopt);
   absl::StatusOr<lora::v1::Job> CancelJob(const std::string& name);
+  // QUEUED -> PAUSED at once; STARTING/RUNNING -> PAUSING (ranks asked to checkpoint and stop;
+  // Decide ends it in PAUSED). PAUSING and PAUSED answer as they are.
+  absl::StatusOr<lora::v1::Job> PauseJob(const std::string& name);
+  // PAUSED -> QUEUED; FAILED_PRECONDITION naming the state otherwise.
+  absl::StatusOr<lora::v1::Job> ResumeJob(const std::string& name);
+  // A job that ended, with everything stored about it (store records, then artifact files).
+  absl::Status DeleteJob(const std::string& name);
+  // Retention (lorad --retain-finished): deletes up to `limit` jobs that ended before `cutoff`;
+  // returns how many.
+  int DeleteFinishedBefore(absl::Time cutoff, int limit = 100);
   absl::StatusOr<std::vector<lora::v1::Checkpoint>> ListCheckpoints(const std::string& name);
   absl::StatusOr<lora::v1::ArtifactFile> GetArtifact(const std::string& name,
                                                      const std::string& path);
@@ -130,6 +162,12 @@ class JobManager {
                                 const lora::v1::ArtifactFile& file);
   // Whether a worker may upload for / fetch from this job attempt.
   absl::Status CheckRankOwner(const std::string& worker_id, const lora::worker::v1::RankRef& ref);
+  // OK when `worker_id` holds the rank now and the rank's job names a file holding the blob
+  // (what FetchBlob may serve); NOT_FOUND or PERMISSION_DENIED otherwise.
+  absl::Status CheckBlobForRank(const std::string& worker_id, const lora::worker::v1::RankRef& ref,
+                                const std::string& sha256);
+  // Whether a job that has not ended names the file ("files/{id}") in its spec.
+  bool NamesFile(const std::string& file_name);
   // Whether a worker runs any rank of the job's current attempt (to fetch resume files).
   absl::Status CheckWorkerOnJob(const std::string& worker_id, const std::string& job_id);
 
@@ -142,6 +180,11 @@ class JobManager {
   JobManagerStats Stats();
 
  private:
+  // CreateJob: the uploads the spec names exist and are the tenant's.
+  absl::Status CheckSpecFiles(const lora::v1::JobSpec& spec, const std::string& tenant);
+  // An idempotent retry must be the same request: ALREADY_EXISTS naming the first difference
+  // between the stored job's spec and the retry's.
+  static absl::Status SameRequest(const lora::v1::Job& existing, const lora::v1::Job& retry);
   struct RankSlot {
     std::string worker_id;
     bool assigned = false;  // the Assignment was sent

@@ -10,6 +10,7 @@
 #include "common/job_spec/job_spec.h"
 #include "common/status_macros.h"
 #include "server/core/job_manager.h"
+#include "server/core/list_filter.h"
 
 namespace lora::server {
 
@@ -38,6 +39,62 @@ std::string PageToken(const Job& job) {
 
 // ---------------------------------------------------------------- public API
 
+absl::Status JobManager::CheckSpecFiles(const lora::v1::JobSpec& spec, const std::string& tenant) {
+  for (const SpecPath& p : SpecPaths(spec)) {
+    if (!IsFileRef(p.path)) continue;
+    if (!options_.resolve_files) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(p.field, ": this lorad stores no uploaded files (files/...)"));
+    }
+    return options_.resolve_files(tenant, spec).status();
+  }
+  return absl::OkStatus();
+}
+
+absl::Status JobManager::SameRequest(const Job& existing, const Job& retry) {
+  const std::string differs = FirstSpecDifference(existing.spec(), retry.spec());
+  if (differs.empty()) return absl::OkStatus();
+  // AIP-155: a request id names one request; reusing it for another is the caller's bug, and
+  // answering with the old job would hide it.
+  return absl::AlreadyExistsError(
+      absl::StrCat("request_id ", retry.request_id(), " already created ", existing.name(),
+                   " from a different spec (they differ at ", differs, "); use a new request_id"));
+}
+
+bool JobManager::NamesFile(const std::string& file_name) {
+  absl::MutexLock lock(&mu_);
+  for (const auto& [id, a] : active_) {
+    if (IsTerminal(a.job.state())) continue;
+    for (const SpecPath& p : SpecPaths(a.job.spec())) {
+      if (p.path == file_name) return true;
+    }
+  }
+  return false;
+}
+
+absl::Status JobManager::CheckBlobForRank(const std::string& worker_id,
+                                          const lora::worker::v1::RankRef& ref,
+                                          const std::string& sha256) {
+  LORA_RETURN_IF_ERROR(CheckRankOwner(worker_id, ref));
+  lora::v1::Job job;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = active_.find(ref.job_id());
+    if (it == active_.end())
+      return absl::NotFoundError(absl::StrCat("jobs/", ref.job_id(), " not running"));
+    job = it->second.job;
+  }
+  if (!options_.resolve_files) return absl::NotFoundError("no uploaded files");
+  LORA_ASSIGN_OR_RETURN(std::vector<lora::v1::File> files,
+                        options_.resolve_files(job.tenant(), job.spec()));
+  for (const lora::v1::File& f : files) {
+    for (const lora::v1::FileEntry& e : f.entries()) {
+      if (e.sha256() == sha256) return absl::OkStatus();
+    }
+  }
+  return absl::PermissionDeniedError("the assignment names no file with this blob");
+}
+
 absl::StatusOr<Job> JobManager::CreateJob(lora::v1::JobSpec spec, const std::string& request_id,
                                           bool* created, const std::string& tenant) {
   if (request_id.size() > 128)
@@ -45,6 +102,7 @@ absl::StatusOr<Job> JobManager::CreateJob(lora::v1::JobSpec spec, const std::str
   ApplyJobSpecDefaults(&spec);
   LORA_RETURN_IF_ERROR(ValidateJobSpec(spec));
   LORA_RETURN_IF_ERROR(CheckSpecPaths(spec, options_.declared_data_roots));
+  LORA_RETURN_IF_ERROR(CheckSpecFiles(spec, tenant));
   const int ranks = std::max(1, spec.resources().world_size());
   if (options_.max_running_ranks_per_tenant > 0 && ranks > options_.max_running_ranks_per_tenant) {
     return absl::ResourceExhaustedError(
@@ -82,6 +140,7 @@ absl::StatusOr<Job> JobManager::CreateJob(lora::v1::JobSpec spec, const std::str
       if (!request_id.empty()) {
         auto existing = store_->FindJobByRequestId(tenant, request_id);
         if (existing.ok()) {
+          LORA_RETURN_IF_ERROR(SameRequest(*existing, job));
           *created = false;
           auto it = active_.find(existing->id());
           return it != active_.end() ? it->second.job : *existing;
@@ -96,6 +155,7 @@ absl::StatusOr<Job> JobManager::CreateJob(lora::v1::JobSpec spec, const std::str
   Job existing;
   absl::Status s = store_->InsertJob(job, first, &existing);
   if (absl::IsAlreadyExists(s)) {
+    LORA_RETURN_IF_ERROR(SameRequest(existing, job));
     *created = false;
     auto it = active_.find(existing.id());
     return it != active_.end() ? it->second.job : existing;
@@ -123,11 +183,31 @@ absl::StatusOr<Job> JobManager::GetJob(const std::string& name) {
 absl::StatusOr<lora::v1::ListJobsResponse> JobManager::ListJobs(
     const lora::v1::ListJobsRequest& request, const std::optional<std::string>& tenant) {
   if (request.page_size() < 0) return absl::InvalidArgumentError("page_size: must be >= 0");
+  LORA_ASSIGN_OR_RETURN(JobFilter filter, ParseJobFilter(request.filter()));
+  LORA_ASSIGN_OR_RETURN(bool ascending, ParseOrderByAscending(request.order_by()));
   ListJobsQuery q;
   q.tenant = tenant;
-  q.limit = request.page_size() == 0 ? 50 : std::min(request.page_size(), 1000);
+  q.ascending = ascending;
+  const size_t page = request.page_size() == 0 ? 50 : std::min(request.page_size(), 1000);
   for (int s : request.states()) q.states.push_back(static_cast<JobState>(s));
   for (int k : request.kinds()) q.kinds.push_back(static_cast<lora::v1::JobKind>(k));
+  // The filter's states and kinds narrow the request's (AND): both given, keep the common ones.
+  auto narrow = [](auto* have, const auto& want) {
+    if (want.empty()) return;
+    if (have->empty()) {
+      *have = want;
+      return;
+    }
+    std::vector<typename std::decay_t<decltype(*have)>::value_type> both;
+    for (auto v : *have) {
+      if (std::find(want.begin(), want.end(), v) != want.end()) both.push_back(v);
+    }
+    // Nothing in common matches nothing: an impossible value keeps the SQL simple.
+    if (both.empty()) both.push_back(static_cast<typename decltype(both)::value_type>(-1));
+    *have = both;
+  };
+  narrow(&q.states, filter.states);
+  narrow(&q.kinds, filter.kinds);
   if (!request.page_token().empty()) {
     std::string decoded;
     std::vector<std::string> parts;
@@ -139,20 +219,44 @@ absl::StatusOr<lora::v1::ListJobsResponse> JobManager::ListJobs(
     }
     q.before = std::make_pair(us, parts[1]);
   }
-  ++q.limit;  // one more to know whether a next page exists
-  LORA_ASSIGN_OR_RETURN(std::vector<Job> jobs, store_->ListJobs(q));
+  // Labels are inside the job records: read in batches and keep the matches, scanning at most
+  // kMaxListScan jobs per call (a page may then hold fewer than page_size jobs, with a token to
+  // continue, as AIP-158 allows).
+  constexpr size_t kMaxListScan = 10000;
+  q.limit = static_cast<int>(filter.has_labels() ? std::max<size_t>(page + 1, 500) : page + 1);
+  std::vector<Job> matched;
+  size_t scanned = 0;
+  bool exhausted = false;
+  std::optional<Job> last_scanned;
+  while (matched.size() <= page && scanned < kMaxListScan) {
+    LORA_ASSIGN_OR_RETURN(std::vector<Job> batch, store_->ListJobs(q));
+    for (Job& j : batch) {
+      ++scanned;
+      q.before = std::make_pair(ToMicros(j.create_time()), j.id());
+      if (filter.Matches(j)) matched.push_back(j);
+      last_scanned = std::move(j);
+      if (matched.size() > page) break;
+    }
+    if (static_cast<int>(batch.size()) < q.limit) {
+      exhausted = true;
+      break;
+    }
+  }
   lora::v1::ListJobsResponse response;
-  const size_t page = static_cast<size_t>(q.limit - 1);
   // A page also ends at kMaxListResponseBytes, so it always fits a client's receive limit
   // (one job is at most a spec of kMaxJobSpecBytes plus its status).
   size_t bytes = 0, taken = 0;
-  for (; taken < jobs.size() && taken < page; ++taken) {
-    const size_t size = jobs[taken].ByteSizeLong();
+  for (; taken < matched.size() && taken < page; ++taken) {
+    const size_t size = matched[taken].ByteSizeLong();
     if (taken > 0 && bytes + size > kMaxListResponseBytes) break;
     bytes += size;
-    *response.add_jobs() = jobs[taken];
+    *response.add_jobs() = matched[taken];
   }
-  if (jobs.size() > taken) response.set_next_page_token(PageToken(jobs[taken - 1]));
+  if (matched.size() > taken && taken > 0) {
+    response.set_next_page_token(PageToken(matched[taken - 1]));
+  } else if (!exhausted && last_scanned) {
+    response.set_next_page_token(PageToken(*last_scanned));  // the scan stopped early
+  }
   return response;
 }
 
@@ -172,6 +276,13 @@ absl::StatusOr<Job> JobManager::CancelJob(const std::string& name) {
           Transition(a, a.job, lora::v1::CANCELLED, "cancelled before it started"));
       return store_->GetJob(id);
     }
+    case lora::v1::PAUSED: {
+      LORA_RETURN_IF_ERROR(Transition(a, a.job, lora::v1::CANCELLED, "cancelled while paused"));
+      return store_->GetJob(id);
+    }
+    case lora::v1::PAUSING:  // its ranks are stopping already
+      LORA_RETURN_IF_ERROR(Transition(a, a.job, lora::v1::CANCELLING, "cancel requested"));
+      return a.job;
     case lora::v1::STARTING:
     case lora::v1::RUNNING:
       LORA_RETURN_IF_ERROR(Transition(a, a.job, lora::v1::CANCELLING, "cancel requested"));

@@ -9,10 +9,10 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
-#include <iostream>
 
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
+#include "common/log.h"
 
 extern char** environ;
 
@@ -27,7 +27,7 @@ pid_t LocalWorkers::Launch(int index) {
   const std::string dir = JoinPath(options_.work_dir, id);
   if (absl::Status s = MakeDirectories(dir); !s.ok()) {
     // lora-worker reports the same when it starts, and the supervisor backs off.
-    std::cerr << "lorad: local worker " << id << ": " << s << std::endl;
+    LogWarning(absl::StrCat("local worker ", id, ": ", s.ToString())).Worker(id);
   }
   std::vector<std::string> argv = {
       options_.lora_worker, "--controller", options_.controller, "--worker-id", id, "--work-dir",
@@ -35,6 +35,10 @@ pid_t LocalWorkers::Launch(int index) {
       // Inside lorad's own grace, so the worker reports its
       // drained ranks before lorad gives up on it.
       "--drain-grace", std::to_string(std::max(1, options_.drain_grace_s - 3))};
+  if (!options_.log_format.empty()) {
+    argv.push_back("--log-format");
+    argv.push_back(options_.log_format);
+  }
   std::vector<char*> args;
   for (auto& a : argv) args.push_back(a.data());
   args.push_back(nullptr);
@@ -85,10 +89,12 @@ void LocalWorkers::Supervise() {
       int status = 0;
       if (::waitpid(pids_[i], &status, WNOHANG) != pids_[i]) continue;
       const int n = ++restarts_[i];
-      std::cerr << "lorad: local worker local-" << i << " (pid " << pids_[i] << ") exited"
-                << (WIFSIGNALED(status) ? absl::StrCat(" by signal ", WTERMSIG(status))
-                                        : absl::StrCat(" with code ", WEXITSTATUS(status)))
-                << "; restarting" << std::endl;
+      LogWarning(absl::StrCat("local worker local-", i, " (pid ", pids_[i], ") exited",
+                              WIFSIGNALED(status)
+                                  ? absl::StrCat(" by signal ", WTERMSIG(status))
+                                  : absl::StrCat(" with code ", WEXITSTATUS(status)),
+                              "; restarting"))
+          .Worker(absl::StrCat("local-", i));
       // Back off a little on repeated crashes, never beyond a few seconds.
       const auto delay = std::chrono::milliseconds(std::min(100 * (1 << std::min(n - 1, 5)), 3200));
       cv_.wait_for(lock, delay, [this] { return stopping_.load(); });

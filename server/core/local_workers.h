@@ -23,6 +23,7 @@ struct LocalWorkersOptions {
   std::string token;        // worker token, passed through the environment
   int threads_per_rank = 0;
   int drain_grace_s = 30;  // lorad's --drain-grace: Stop(drain_grace_s) kills after it
+  std::string log_format;  // lorad's --log-format, passed on ("" = the worker's default)
 };
 
 class LocalWorkers {

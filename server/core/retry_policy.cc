@@ -56,6 +56,24 @@ Decision DecideAttempt(const AttemptView& v) {
     }
     return d;
   }
+  if (v.state == lora::v1::PAUSING) {
+    Decision d;
+    if (all_gone) {
+      const bool completed = v.rank0_finished && !v.ranks.empty() && v.ranks[0].exited &&
+                             v.ranks[0].exit_code == kExitOk;
+      d.outcome = completed ? Outcome::kSucceeded : Outcome::kPaused;
+      d.reason =
+          completed
+              ? "finished before the pause took effect"
+              : (v.latest_checkpoint_step > 0
+                     ? absl::StrCat("paused at the checkpoint of step ", v.latest_checkpoint_step)
+                     : "paused (no checkpoint yet: it resumes from the start)");
+    } else if (v.cancel_deadline_passed) {
+      d.outcome = Outcome::kPaused;
+      d.reason = "paused (ranks did not confirm the stop in time)";
+    }
+    return d;
+  }
   if (v.state != lora::v1::STARTING && v.state != lora::v1::RUNNING) return {};
 
   // Infrastructure first: a lost worker explains whatever its peers reported after it.

@@ -18,7 +18,8 @@
 //   bug would fail the same way.
 // - All ranks exited 0 and rank 0 reported its result: SUCCEEDED; without a result: FAILED.
 // - CANCELLING ends when every rank is gone (SUCCEEDED if rank 0 finished first) or at the
-//   cancel deadline.
+//   cancel deadline; PAUSING likewise, in PAUSED (its ranks' exits, whatever they are, are the
+//   stop it asked for: a real failure shows again when it resumes).
 #ifndef LORA_SERVER_CORE_RETRY_POLICY_H_
 #define LORA_SERVER_CORE_RETRY_POLICY_H_
 
@@ -52,7 +53,7 @@ struct AttemptView {
   int64_t latest_checkpoint_step = 0;
 };
 
-enum class Outcome { kWait, kSucceeded, kCancelled, kRequeue, kFailed };
+enum class Outcome { kWait, kSucceeded, kCancelled, kRequeue, kFailed, kPaused };
 
 struct Decision {
   Outcome outcome = Outcome::kWait;

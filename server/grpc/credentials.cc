@@ -14,6 +14,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "common/file_util.h"
+#include "common/log.h"
 #include "common/sha256.h"
 #include "server/grpc/auth.h"
 
@@ -195,8 +196,7 @@ void CredentialStore::Poll() {
     }
     if (absl::Status s = Reload(); !s.ok()) {
       // Keep serving with the previous set; say why once per change.
-      fprintf(stderr, "lorad: credentials not reloaded (previous ones stay): %s\n",
-              std::string(s.message()).c_str());
+      LogWarning(absl::StrCat("credentials not reloaded (previous ones stay): ", s.message()));
       absl::MutexLock lock(&mu_);
       file_stamp_ = stamp;
     }

@@ -14,6 +14,7 @@
 #include "server/grpc/auth.h"
 #include "server/grpc/raw_message.h"
 #include "server/grpc/reactor_lifetime.h"
+#include "server/grpc/unary_call.h"
 
 namespace lora::server {
 namespace {
@@ -327,6 +328,41 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* JobServiceImpl::DownloadArtifact(
   };
   return StreamArtifactRaw(pool_, std::move(resolve), request.offset(), hooks_, "DownloadArtifact",
                            ready);
+}
+
+grpc::ServerUnaryReactor* JobServiceImpl::DeleteJob(grpc::CallbackServerContext* context,
+                                                    const grpc::ByteBuffer* request,
+                                                    grpc::ByteBuffer* response) {
+  return RawUnaryCall<lora::v1::DeleteJobRequest, lora::v1::DeleteJobResponse>(
+      {context, credentials_, pool_, hooks_, "DeleteJob"}, request, response,
+      [this](const Principal& caller, const auto& req, auto*) -> absl::Status {
+        LORA_RETURN_IF_ERROR(Authorize(caller, req.name()));
+        return manager_->DeleteJob(req.name());
+      });
+}
+
+grpc::ServerUnaryReactor* JobServiceImpl::PauseJob(grpc::CallbackServerContext* context,
+                                                   const grpc::ByteBuffer* request,
+                                                   grpc::ByteBuffer* response) {
+  return RawUnaryCall<lora::v1::PauseJobRequest, lora::v1::Job>(
+      {context, credentials_, pool_, hooks_, "PauseJob"}, request, response,
+      [this](const Principal& caller, const auto& req, auto* resp) -> absl::Status {
+        LORA_RETURN_IF_ERROR(Authorize(caller, req.name()));
+        LORA_ASSIGN_OR_RETURN(*resp, manager_->PauseJob(req.name()));
+        return absl::OkStatus();
+      });
+}
+
+grpc::ServerUnaryReactor* JobServiceImpl::ResumeJob(grpc::CallbackServerContext* context,
+                                                    const grpc::ByteBuffer* request,
+                                                    grpc::ByteBuffer* response) {
+  return RawUnaryCall<lora::v1::ResumeJobRequest, lora::v1::Job>(
+      {context, credentials_, pool_, hooks_, "ResumeJob"}, request, response,
+      [this](const Principal& caller, const auto& req, auto* resp) -> absl::Status {
+        LORA_RETURN_IF_ERROR(Authorize(caller, req.name()));
+        LORA_ASSIGN_OR_RETURN(*resp, manager_->ResumeJob(req.name()));
+        return absl::OkStatus();
+      });
 }
 
 }  // namespace lora::server

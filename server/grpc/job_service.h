@@ -26,7 +26,10 @@ using JobServiceBase = lora::v1::JobService::WithRawCallbackMethod_CreateJob<
                 lora::v1::JobService::WithRawCallbackMethod_ListCheckpoints<
                     lora::v1::JobService::WithRawCallbackMethod_WatchJob<
                         lora::v1::JobService::WithRawCallbackMethod_DownloadArtifact<
-                            lora::v1::JobService::CallbackService>>>>>>>;
+                            lora::v1::JobService::WithRawCallbackMethod_DeleteJob<
+                                lora::v1::JobService::WithRawCallbackMethod_PauseJob<
+                                    lora::v1::JobService::WithRawCallbackMethod_ResumeJob<
+                                        lora::v1::JobService::CallbackService>>>>>>>>>>;
 
 class JobServiceImpl final : public JobServiceBase {
  public:
@@ -57,6 +60,15 @@ class JobServiceImpl final : public JobServiceBase {
                                                        const grpc::ByteBuffer* request) override;
   grpc::ServerWriteReactor<grpc::ByteBuffer>* DownloadArtifact(
       grpc::CallbackServerContext* context, const grpc::ByteBuffer* request) override;
+  grpc::ServerUnaryReactor* DeleteJob(grpc::CallbackServerContext* context,
+                                      const grpc::ByteBuffer* request,
+                                      grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* PauseJob(grpc::CallbackServerContext* context,
+                                     const grpc::ByteBuffer* request,
+                                     grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* ResumeJob(grpc::CallbackServerContext* context,
+                                      const grpc::ByteBuffer* request,
+                                      grpc::ByteBuffer* response) override;
 
  private:
   absl::Status DoCreateJob(const Principal& caller, const lora::v1::CreateJobRequest& request,

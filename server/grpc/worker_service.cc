@@ -1,5 +1,7 @@
 #include "server/grpc/worker_service.h"
 
+#include <sys/stat.h>
+
 #include <chrono>
 #include <deque>
 #include <functional>
@@ -10,6 +12,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/grpc_status.h"
+#include "common/status_macros.h"
 #include "server/grpc/artifact_reader.h"
 #include "server/grpc/auth.h"
 #include "server/grpc/raw_message.h"
@@ -48,10 +51,11 @@ class StreamChannel : public WorkerChannel {
 class ConnectReactor : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
   // `claim` binds a registering worker id to the stream's credential.
-  ConnectReactor(JobManager* manager, ThreadPool* pool, absl::Status auth,
-                 std::function<absl::Status(const std::string&)> claim)
+  ConnectReactor(JobManager* manager, ThreadPool* pool, const ServiceHooks* hooks,
+                 absl::Status auth, std::function<absl::Status(const std::string&)> claim)
       : manager_(manager),
         pool_(pool),
+        hooks_(hooks),
         claim_(std::move(claim)),
         channel_(std::make_shared<StreamChannel>(this)) {
     if (!auth.ok()) {
@@ -73,6 +77,8 @@ class ConnectReactor : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::By
       std::lock_guard<std::mutex> lock(mu_);
       if (finished_) return;
       finished_ = true;
+      hooks_->Rpc("Connect", ToGrpcStatus(status).error_code(),
+                  std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count());
       // Finish counts as a write, and only one may be in flight: with a write outstanding
       // (the manager closing the stream while it sends an assignment, say), OnWriteDone
       // finishes. A Finish over a write in flight is invalid gRPC usage.
@@ -194,6 +200,7 @@ class ConnectReactor : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::By
 
   JobManager* manager_;
   ThreadPool* pool_;
+  const ServiceHooks* hooks_;
   std::function<absl::Status(const std::string&)> claim_;
   std::shared_ptr<StreamChannel> channel_;
   grpc::ByteBuffer in_;
@@ -203,6 +210,7 @@ class ConnectReactor : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::By
   std::string worker_id_;
   bool ready_ = false, writing_ = false, finished_ = false, disconnected_ = false;
   std::optional<absl::Status> pending_finish_;  // FinishOnce while a write was in flight
+  const std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
   ReactorLifetime<ConnectReactor> life_{this};
 };
 
@@ -369,7 +377,7 @@ absl::Status WorkerServiceImpl::CheckClaim(const std::string& worker_id, const P
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* WorkerServiceImpl::Connect(
     grpc::CallbackServerContext* context) {
   absl::StatusOr<Principal> caller = credentials_->Authenticate(*context, Plane::kWorker);
-  return new ConnectReactor(manager_, pool_, caller.status(),
+  return new ConnectReactor(manager_, pool_, hooks_, caller.status(),
                             [this, p = caller.ok() ? *caller : Principal{}](const std::string& id) {
                               return Claim(id, p);
                             });
@@ -405,6 +413,31 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* WorkerServiceImpl::FetchArtifact(
   };
   return StreamArtifactRaw(pool_, std::move(resolve), request.offset(), hooks_, "FetchArtifact",
                            ready);
+}
+
+grpc::ServerWriteReactor<grpc::ByteBuffer>* WorkerServiceImpl::FetchBlob(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* raw) {
+  wv1::FetchBlobRequest request;
+  absl::StatusOr<Principal> caller = credentials_->Authenticate(*context, Plane::kWorker);
+  absl::Status ready = caller.status();
+  if (ready.ok()) ready = ParseMessage(*raw, &request);
+  std::string worker = WorkerIdOf(context);
+  ArtifactResolver resolve = [this, worker, request, p = caller.ok() ? *caller : Principal{}]()
+      -> absl::StatusOr<std::pair<lora::v1::ArtifactFile, std::string>> {
+    if (absl::Status claimed = CheckClaim(worker, p); !claimed.ok()) return claimed;
+    if (files_ == nullptr) return absl::NotFoundError("this lorad stores no uploaded files");
+    LORA_RETURN_IF_ERROR(ValidateSha256(request.sha256(), "sha256"));
+    LORA_RETURN_IF_ERROR(manager_->CheckBlobForRank(worker, request.ref(), request.sha256()));
+    LORA_ASSIGN_OR_RETURN(std::string where, files_->BlobPath(request.sha256()));
+    struct stat st;
+    if (::stat(where.c_str(), &st) != 0) return absl::NotFoundError("blob not stored");
+    lora::v1::ArtifactFile file;
+    file.set_path(request.sha256());
+    file.set_size(st.st_size);
+    file.set_sha256(request.sha256());
+    return std::make_pair(file, where);
+  };
+  return StreamArtifactRaw(pool_, std::move(resolve), request.offset(), hooks_, "FetchBlob", ready);
 }
 
 }  // namespace lora::server

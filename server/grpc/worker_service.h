@@ -12,6 +12,7 @@
 #include "server/core/artifact_store.h"
 #include "server/core/executor.h"
 #include "server/core/job_manager.h"
+#include "server/files/file_manager.h"
 #include "server/grpc/credentials.h"
 #include "server/grpc/service_hooks.h"
 
@@ -22,14 +23,18 @@ namespace lora::server {
 using WorkerServiceBase = lora::worker::v1::WorkerService::WithRawCallbackMethod_Connect<
     lora::worker::v1::WorkerService::WithRawCallbackMethod_UploadArtifact<
         lora::worker::v1::WorkerService::WithRawCallbackMethod_FetchArtifact<
-            lora::worker::v1::WorkerService::Service>>>;
+            lora::worker::v1::WorkerService::WithRawCallbackMethod_FetchBlob<
+                lora::worker::v1::WorkerService::Service>>>>;
 
 class WorkerServiceImpl final : public WorkerServiceBase {
  public:
+  // `files` may be null (no FetchBlob: NOT_FOUND).
   WorkerServiceImpl(JobManager* manager, ArtifactStore* artifacts, ThreadPool* pool,
-                    const ServiceHooks* hooks, const CredentialStore* credentials)
+                    const ServiceHooks* hooks, const CredentialStore* credentials,
+                    FileManager* files = nullptr)
       : manager_(manager),
         artifacts_(artifacts),
+        files_(files),
         pool_(pool),
         hooks_(hooks),
         credentials_(credentials) {}
@@ -38,12 +43,15 @@ class WorkerServiceImpl final : public WorkerServiceBase {
       grpc::CallbackServerContext* context) override;
   grpc::ServerReadReactor<grpc::ByteBuffer>* UploadArtifact(grpc::CallbackServerContext* context,
                                                             grpc::ByteBuffer* result) override;
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* FetchBlob(grpc::CallbackServerContext* context,
+                                                        const grpc::ByteBuffer* request) override;
   grpc::ServerWriteReactor<grpc::ByteBuffer>* FetchArtifact(
       grpc::CallbackServerContext* context, const grpc::ByteBuffer* request) override;
 
  private:
   JobManager* manager_;
   ArtifactStore* artifacts_;
+  FileManager* files_;
   ThreadPool* pool_;
   const ServiceHooks* hooks_;
   const CredentialStore* credentials_;

@@ -119,18 +119,20 @@ void AtomicAdd(std::atomic<double>* target, double v) {
   }
 }
 
-class CallbackGauge : public metrics_internal::Family {
+// A gauge or counter without labels whose value is read at scrape time.
+class CallbackFamily : public metrics_internal::Family {
  public:
-  CallbackGauge(std::string name, std::string help, std::function<double()> fn)
-      : Family(std::move(name), std::move(help)), fn_(std::move(fn)) {}
+  CallbackFamily(std::string name, std::string help, const char* type, std::function<double()> fn)
+      : Family(std::move(name), std::move(help)), type_(type), fn_(std::move(fn)) {}
 
   void Render(std::string* out) const override {
     double value = fn_();
-    AppendHeader(name_, help_, "gauge", out);
+    AppendHeader(name_, help_, type_, out);
     absl::StrAppend(out, name_, " ", FormatMetricValue(value), "\n");
   }
 
  private:
+  const char* const type_;
   const std::function<double()> fn_;
 };
 
@@ -428,7 +430,19 @@ absl::Status MetricsRegistry::AddCallbackGauge(const std::string& name, const st
   absl::MutexLock lock(&mu_);
   absl::Status status = Reserve(name, {}, {""}, /*is_counter=*/false);
   if (!status.ok()) return status;
-  families_[name] = std::make_unique<CallbackGauge>(name, SanitizeUtf8(help), std::move(fn));
+  families_[name] =
+      std::make_unique<CallbackFamily>(name, SanitizeUtf8(help), "gauge", std::move(fn));
+  return absl::OkStatus();
+}
+
+absl::Status MetricsRegistry::AddCallbackCounter(const std::string& name, const std::string& help,
+                                                 std::function<double()> fn) {
+  if (!fn) return absl::InvalidArgumentError(absl::StrCat("metric ", name, ": empty callback"));
+  absl::MutexLock lock(&mu_);
+  absl::Status status = Reserve(name, {}, {""}, /*is_counter=*/true);
+  if (!status.ok()) return status;
+  families_[name] =
+      std::make_unique<CallbackFamily>(name, SanitizeUtf8(help), "counter", std::move(fn));
   return absl::OkStatus();
 }
 

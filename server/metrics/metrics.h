@@ -187,6 +187,10 @@ class MetricsRegistry {
   // registry lock held, possibly on several threads at once, so it must be thread-safe.
   absl::Status AddCallbackGauge(const std::string& name, const std::string& help,
                                 std::function<double()> fn);
+  // The same for a counter kept elsewhere (process_cpu_seconds_total): `fn` must never
+  // decrease.
+  absl::Status AddCallbackCounter(const std::string& name, const std::string& help,
+                                  std::function<double()> fn);
 
   // The whole registry in the text exposition format: families sorted by name, children by
   // label values. Increments are never blocked; registrations only while the family list

@@ -7,10 +7,12 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/status_macros.h"
+#include "server/store/sqlite_util.h"
 
 namespace lora::server {
 namespace {
 
+using namespace store_internal;  // NOLINT: the store's own helpers
 using lora::v1::Job;
 using lora::v1::JobEvent;
 
@@ -48,6 +50,29 @@ CREATE TABLE IF NOT EXISTS artifacts (
   attempt INTEGER NOT NULL,
   PRIMARY KEY (job_id, path)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS files (
+  id TEXT PRIMARY KEY,
+  tenant TEXT NOT NULL,
+  create_time_us INTEGER NOT NULL,
+  proto BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS files_tenant_created ON files(tenant, create_time_us DESC, id DESC);
+CREATE INDEX IF NOT EXISTS files_created ON files(create_time_us DESC, id DESC);
+CREATE TABLE IF NOT EXISTS file_blobs (
+  file_id TEXT NOT NULL,
+  tenant TEXT NOT NULL,
+  sha256 TEXT NOT NULL,
+  PRIMARY KEY (file_id, sha256)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS file_blobs_tenant_sha ON file_blobs(tenant, sha256);
+CREATE TABLE IF NOT EXISTS tenant_blobs (
+  tenant TEXT NOT NULL,
+  sha256 TEXT NOT NULL,
+  size INTEGER NOT NULL,
+  create_time_us INTEGER NOT NULL,
+  PRIMARY KEY (tenant, sha256)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS tenant_blobs_sha ON tenant_blobs(sha256);
 )sql";
 
 // After kSchema, on databases of every age: stores made before tenants get the column (their
@@ -60,83 +85,6 @@ CREATE UNIQUE INDEX IF NOT EXISTS jobs_tenant_request_id ON jobs(tenant, request
 CREATE INDEX IF NOT EXISTS jobs_tenant_created ON jobs(tenant, create_time_us DESC, id DESC);
 )sql";
 
-absl::Status SqlError(sqlite3* db, const std::string& what) {
-  const int code = sqlite3_errcode(db);
-  std::string message = absl::StrCat("sqlite: ", what, ": ", sqlite3_errmsg(db));
-  if (code == SQLITE_FULL) return absl::ResourceExhaustedError(message);
-  if (code == SQLITE_CORRUPT || code == SQLITE_NOTADB) return absl::DataLossError(message);
-  return absl::InternalError(message);
-}
-
-// A prepared statement, finalized on destruction.
-class Statement {
- public:
-  Statement(sqlite3* db, const char* sql) : db_(db) {
-    ok_ = sqlite3_prepare_v2(db, sql, -1, &stmt_, nullptr) == SQLITE_OK;
-  }
-  ~Statement() { sqlite3_finalize(stmt_); }
-  bool ok() const { return ok_; }
-  Statement& Bind(int i, int64_t v) {
-    sqlite3_bind_int64(stmt_, i, v);
-    return *this;
-  }
-  Statement& Bind(int i, const std::string& v) {
-    sqlite3_bind_text(stmt_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
-    return *this;
-  }
-  Statement& BindBlob(int i, const std::string& v) {
-    sqlite3_bind_blob(stmt_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
-    return *this;
-  }
-  Statement& BindNull(int i) {
-    sqlite3_bind_null(stmt_, i);
-    return *this;
-  }
-  int Step() { return sqlite3_step(stmt_); }
-  int64_t Int(int col) { return sqlite3_column_int64(stmt_, col); }
-  std::string Text(int col) {
-    const unsigned char* p = sqlite3_column_text(stmt_, col);
-    return p ? std::string(reinterpret_cast<const char*>(p),
-                           static_cast<size_t>(sqlite3_column_bytes(stmt_, col)))
-             : "";
-  }
-  std::string Blob(int col) {
-    const void* p = sqlite3_column_blob(stmt_, col);
-    return p ? std::string(static_cast<const char*>(p),
-                           static_cast<size_t>(sqlite3_column_bytes(stmt_, col)))
-             : "";
-  }
-
- private:
-  sqlite3* db_;
-  sqlite3_stmt* stmt_ = nullptr;
-  bool ok_ = false;
-};
-
-template <typename Message>
-absl::StatusOr<Message> Parse(const std::string& blob, const char* what) {
-  Message m;
-  if (!m.ParseFromString(blob))
-    return absl::DataLossError(absl::StrCat("store: corrupt ", what, " record"));
-  return m;
-}
-
-// Column 0 of every row `s` yields, parsed as `Message` records named `what`; `query` names
-// the statement in SQL errors.
-template <typename Message>
-absl::StatusOr<std::vector<Message>> ReadRecords(sqlite3* db, Statement& s, const char* what,
-                                                 const char* query) {
-  std::vector<Message> out;
-  int rc;
-  while ((rc = s.Step()) == SQLITE_ROW) {
-    auto m = Parse<Message>(s.Blob(0), what);
-    if (!m.ok()) return m.status();
-    out.push_back(std::move(*m));
-  }
-  if (rc != SQLITE_DONE) return SqlError(db, query);
-  return out;
-}
-
 absl::Status InsertEvent(sqlite3* db, const std::string& job_id, const JobEvent& e) {
   Statement s(db, "INSERT INTO events (job_id, sequence, proto) VALUES (?, ?, ?)");
   if (!s.ok()) return SqlError(db, "prepare event insert");
@@ -144,34 +92,6 @@ absl::Status InsertEvent(sqlite3* db, const std::string& job_id, const JobEvent&
   if (s.Step() != SQLITE_DONE) return SqlError(db, "insert event");
   return absl::OkStatus();
 }
-
-// Rolls back unless committed.
-class Transaction {
- public:
-  explicit Transaction(sqlite3* db) : db_(db) {
-    ok_ = sqlite3_exec(db, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr) == SQLITE_OK;
-  }
-  ~Transaction() {
-    if (ok_ && !done_) sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
-  }
-  bool ok() const { return ok_; }
-  absl::Status Commit() {
-    done_ = true;
-    if (sqlite3_exec(db_, "COMMIT", nullptr, nullptr, nullptr) != SQLITE_OK) {
-      absl::Status error = SqlError(db_, "commit");
-      // After SQLITE_FULL / IOERR / BUSY the transaction may still be open: end it, or the next
-      // statement would run inside it and the caller's view of what is stored would be wrong.
-      if (!sqlite3_get_autocommit(db_)) sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
-      return error;
-    }
-    return absl::OkStatus();
-  }
-
- private:
-  sqlite3* db_;
-  bool ok_ = false;
-  bool done_ = false;
-};
 
 }  // namespace
 
@@ -228,6 +148,27 @@ absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(const Options& options)
     }
   }
   if (absl::Status s = store->Exec(kTenantIndexes); !s.ok()) return s;
+  bool has_end_time = false;
+  {
+    Statement columns(db, "PRAGMA table_info(jobs)");
+    while (columns.Step() == SQLITE_ROW) {
+      if (columns.Text(1) == "end_time_us") has_end_time = true;
+    }
+  }
+  if (!has_end_time) {
+    // Jobs that ended before the column existed count as ended when they were created (their
+    // end time is only in the record): retention removes them no later than it should.
+    for (const char* sql :
+         {"ALTER TABLE jobs ADD COLUMN end_time_us INTEGER NOT NULL DEFAULT 0",
+          "UPDATE jobs SET end_time_us = create_time_us WHERE state IN (4, 5, 7)"}) {
+      if (absl::Status s = store->Exec(sql); !s.ok()) return s;
+    }
+  }
+  if (absl::Status s = store->Exec(
+          "CREATE INDEX IF NOT EXISTS jobs_ended ON jobs(end_time_us) WHERE end_time_us > 0");
+      !s.ok()) {
+    return s;
+  }
   return store;
 }
 
@@ -288,9 +229,12 @@ absl::Status JobStore::UpdateJob(const Job& job, const std::vector<JobEvent>& ev
   if (!write_fault_.ok()) return write_fault_;
   Transaction tx(db_);
   if (!tx.ok()) return SqlError(db_, "begin");
-  Statement s(db_, "UPDATE jobs SET state = ?, proto = ? WHERE id = ?");
+  Statement s(db_, "UPDATE jobs SET state = ?, proto = ?, end_time_us = ? WHERE id = ?");
   if (!s.ok()) return SqlError(db_, "prepare job update");
-  s.Bind(1, job.state()).BindBlob(2, job.SerializeAsString()).Bind(3, job.id());
+  s.Bind(1, job.state())
+      .BindBlob(2, job.SerializeAsString())
+      .Bind(3, job.has_end_time() ? ToMicros(job.end_time()) : 0)
+      .Bind(4, job.id());
   if (s.Step() != SQLITE_DONE) return SqlError(db_, "update job");
   if (sqlite3_changes(db_) != 1)
     return absl::NotFoundError(absl::StrCat("jobs/", job.id(), " not found"));
@@ -334,9 +278,13 @@ absl::StatusOr<std::vector<Job>> JobStore::ListJobs(const ListJobsQuery& q) {
     absl::StrAppend(&sql, " AND kind IN (", absl::StrJoin(v, ","), ")");
   }
   if (q.tenant) absl::StrAppend(&sql, " AND tenant = ?");
-  if (q.before)
-    absl::StrAppend(&sql, " AND (create_time_us < ? OR (create_time_us = ? AND id < ?))");
-  absl::StrAppend(&sql, " ORDER BY create_time_us DESC, id DESC LIMIT ?");
+  if (q.before) {
+    absl::StrAppend(&sql, q.ascending
+                              ? " AND (create_time_us > ? OR (create_time_us = ? AND id > ?))"
+                              : " AND (create_time_us < ? OR (create_time_us = ? AND id < ?))");
+  }
+  absl::StrAppend(&sql, q.ascending ? " ORDER BY create_time_us ASC, id ASC LIMIT ?"
+                                    : " ORDER BY create_time_us DESC, id DESC LIMIT ?");
   absl::MutexLock lock(&mu_);
   Statement s(db_, sql.c_str());
   if (!s.ok()) return SqlError(db_, "prepare list");
@@ -458,6 +406,47 @@ absl::StatusOr<int64_t> JobStore::CountJobs() {
   Statement s(db_, "SELECT COUNT(*) FROM jobs");
   if (s.Step() != SQLITE_ROW) return SqlError(db_, "count");
   return s.Int(0);
+}
+
+absl::Status JobStore::DeleteJob(const std::string& id) {
+  absl::MutexLock lock(&mu_);
+  if (!write_fault_.ok()) return write_fault_;
+  Transaction tx(db_);
+  if (!tx.ok()) return SqlError(db_, "begin");
+  {
+    Statement s(db_, "SELECT state FROM jobs WHERE id = ?");
+    s.Bind(1, id);
+    const int rc = s.Step();
+    if (rc == SQLITE_DONE) return absl::NotFoundError(absl::StrCat("jobs/", id, " not found"));
+    if (rc != SQLITE_ROW) return SqlError(db_, "find job");
+    if (!IsTerminal(static_cast<lora::v1::JobState>(s.Int(0)))) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("jobs/", id, " has not ended; cancel it first"));
+    }
+  }
+  for (const char* sql :
+       {"DELETE FROM events WHERE job_id = ?", "DELETE FROM checkpoints WHERE job_id = ?",
+        "DELETE FROM artifacts WHERE job_id = ?", "DELETE FROM jobs WHERE id = ?"}) {
+    Statement s(db_, sql);
+    if (!s.ok()) return SqlError(db_, "prepare job delete");
+    s.Bind(1, id);
+    if (s.Step() != SQLITE_DONE) return SqlError(db_, "delete job");
+  }
+  return tx.Commit();
+}
+
+absl::StatusOr<std::vector<std::string>> JobStore::JobsEndedBefore(int64_t before_us, int limit) {
+  absl::MutexLock lock(&mu_);
+  Statement s(
+      db_,
+      "SELECT id FROM jobs WHERE end_time_us > 0 AND end_time_us < ? AND state IN (4, 5, 7) "
+      "ORDER BY end_time_us LIMIT ?");
+  s.Bind(1, before_us).Bind(2, limit);
+  std::vector<std::string> out;
+  int rc;
+  while ((rc = s.Step()) == SQLITE_ROW) out.push_back(s.Text(0));
+  if (rc != SQLITE_DONE) return SqlError(db_, "jobs ended before");
+  return out;
 }
 
 }  // namespace lora::server

@@ -20,6 +20,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "lora/v1/file.pb.h"
 #include "lora/v1/job.pb.h"
 
 struct sqlite3;
@@ -30,9 +31,24 @@ struct ListJobsQuery {
   std::vector<lora::v1::JobState> states;  // any of (empty = all)
   std::vector<lora::v1::JobKind> kinds;
   std::optional<std::string> tenant;  // only this tenant's jobs (unset = all)
-  // Keyset cursor: jobs strictly older than (create_time_us, id) in newest-first order.
+  // Keyset cursor: jobs strictly older than (create_time_us, id) in newest-first order
+  // (strictly newer with `ascending`).
   std::optional<std::pair<int64_t, std::string>> before;
+  bool ascending = false;  // oldest first
   int limit = 50;
+};
+
+struct ListFilesQuery {
+  std::optional<std::string> tenant;                      // unset = all tenants
+  std::optional<std::pair<int64_t, std::string>> before;  // keyset cursor, newest first
+  int limit = 50;
+};
+
+// One blob a tenant has uploaded completely (the bytes it may name in its files).
+struct TenantBlob {
+  std::string tenant;
+  std::string sha256;
+  int64_t size = 0;
 };
 
 class JobStore {
@@ -73,11 +89,42 @@ class JobStore {
   absl::StatusOr<lora::v1::ArtifactFile> GetArtifact(const std::string& job_id,
                                                      const std::string& path);
   absl::StatusOr<int64_t> CountJobs();
+  // Removes a job that has ended with its events, checkpoints and artifact records in one
+  // transaction (the caller removes the artifact files). FAILED_PRECONDITION for one that has
+  // not ended, NOT_FOUND for none.
+  absl::Status DeleteJob(const std::string& id);
+  // Ids of up to `limit` jobs that ended before `before_us`, the longest-ended first.
+  absl::StatusOr<std::vector<std::string>> JobsEndedBefore(int64_t before_us, int limit);
 
   // Deletes the checkpoints of `steps` and the artifact records of their files in one
   // transaction; returns those files' job paths (the caller removes the files).
   absl::StatusOr<std::vector<std::string>> DeleteCheckpoints(const std::string& job_id,
                                                              const std::vector<int64_t>& steps);
+
+  // Uploaded files (server/files/file_manager.h) and the blobs each tenant holds. A tenant's
+  // blob row lives while the tenant uploaded it recently or names it in a file.
+  //
+  // Inserts `file` and its entries' blob references; OK without change when a file with that
+  // id exists (ids are content-derived, so it is the same file).
+  absl::Status InsertFile(const lora::v1::File& file);
+  absl::StatusOr<lora::v1::File> GetFile(const std::string& id);
+  absl::StatusOr<std::vector<lora::v1::File>> ListFiles(const ListFilesQuery& query);
+  // Deletes the file and its references in one transaction, with the tenant's blob rows no
+  // other file of the tenant names; returns those blobs (the caller removes the bytes no
+  // tenant holds any more).
+  absl::StatusOr<std::vector<TenantBlob>> DeleteFile(const std::string& id);
+  // Records that `tenant` uploaded the blob (idempotent).
+  absl::Status PutTenantBlob(const TenantBlob& blob, int64_t now_us);
+  // The blob's size if `tenant` holds it.
+  absl::StatusOr<std::optional<int64_t>> FindTenantBlob(const std::string& tenant,
+                                                        const std::string& sha256);
+  // Bytes of the blobs `tenant` holds (what its storage quota counts, besides partial uploads).
+  absl::StatusOr<int64_t> TenantBlobBytes(const std::string& tenant);
+  // Whether any tenant holds the blob.
+  absl::StatusOr<bool> BlobHeld(const std::string& sha256);
+  // Removes the blob rows recorded before `before_us` that no file names (uploads whose
+  // CreateFile never came); returns them.
+  absl::StatusOr<std::vector<TenantBlob>> RemoveUnnamedTenantBlobs(int64_t before_us);
 
   // Caps the database at `pages` pages, so writes that grow it fail with SQLITE_FULL as on a
   // full disk (tests of what a failed write does; the default is SQLite's, no cap).

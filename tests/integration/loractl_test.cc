@@ -1,11 +1,16 @@
 // loractl as users run it, against a real lorad with a local worker: outputs, exit codes,
 // local validation, downloads, and the live terminal view (in a real pseudo-terminal).
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <pty.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <fstream>
+#include <sstream>
 #include <thread>
 
 #include "gmock/gmock.h"
@@ -20,6 +25,33 @@ namespace {
 
 using ::testing::HasSubstr;
 using testing::ProcessResult;
+
+std::string TinyTrainToml(int steps, int checkpoint_interval = 5) {
+  return "[job]\nname = \"cli\"\n[model]\nflavor = \"tiny\"\n[lora]\ntarget_modules = "
+         "[\"q_proj\", \"lm_head\"]\n"
+         "[training]\nsteps = " +
+         std::to_string(steps) +
+         "\nseq_len = 64\nlocal_batch_size = 4\n"
+         "[dataset]\nname = \"synthetic-arith\"\nnum_examples = 500\nvalidation_interval = 5\n"
+         "[checkpoint]\ninterval = " +
+         std::to_string(checkpoint_interval) + "\n";
+}
+
+// loractl with `args`, at most `timeout_s` seconds.
+ProcessResult RunLoractl(std::vector<std::string> args, double timeout_s = 60,
+                         std::vector<std::string> env = {}) {
+  args.insert(args.begin(), testing::BinaryPath("client/loractl"));
+  return testing::RunProcess(args, timeout_s, env);
+}
+
+bool EndsWith(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+double SecondsSince(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
 
 class LoractlTest : public ::testing::Test {
  protected:
@@ -45,15 +77,7 @@ class LoractlTest : public ::testing::Test {
     return path;
   }
 
-  std::string TinyToml(int steps) {
-    return "[job]\nname = \"cli\"\n[model]\nflavor = \"tiny\"\n[lora]\ntarget_modules = "
-           "[\"q_proj\", \"lm_head\"]\n"
-           "[training]\nsteps = " +
-           std::to_string(steps) +
-           "\nseq_len = 64\nlocal_batch_size = 4\n"
-           "[dataset]\nname = \"synthetic-arith\"\nnum_examples = 500\nvalidation_interval = 5\n"
-           "[checkpoint]\ninterval = 5\n";
-  }
+  std::string TinyToml(int steps) { return TinyTrainToml(steps); }
 
   static testing::TempDir* dir_;
   static testing::Lorad* lorad_;
@@ -198,7 +222,7 @@ TEST_F(LoractlTest, CancelledJobExitsFiveAndConvertMergeWork) {
 
 // Runs loractl in a real pseudo-terminal, as a person would, and returns what the terminal saw.
 std::string RunInPty(const std::vector<std::string>& argv, const std::string& addr,
-                     double timeout_s) {
+                     double timeout_s, int* exit_code = nullptr) {
   int master = -1;
   winsize ws{};
   ws.ws_col = 160;
@@ -216,6 +240,7 @@ std::string RunInPty(const std::vector<std::string>& argv, const std::string& ad
   std::string screen;
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
   char buf[4096];
+  // Read until the terminal closes (the child exited: EOF or EIO) or the time is up.
   while (std::chrono::steady_clock::now() < deadline) {
     fd_set fds;
     FD_ZERO(&fds);
@@ -226,16 +251,22 @@ std::string RunInPty(const std::vector<std::string>& argv, const std::string& ad
       if (n <= 0) break;
       screen.append(buf, static_cast<size_t>(n));
     }
-    int status;
-    if (::waitpid(pid, &status, WNOHANG) == pid) {
-      while ((::read(master, buf, sizeof(buf))) > 0) {
-      }
-      break;
-    }
   }
-  ::kill(pid, SIGKILL);
-  ::waitpid(pid, nullptr, 0);
   ::close(master);
+  int status = 0;
+  pid_t reaped = 0;
+  while ((reaped = ::waitpid(pid, &status, WNOHANG)) == 0 &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  if (reaped != pid) {
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, nullptr, 0);
+    if (exit_code != nullptr) *exit_code = -1;
+    return screen;
+  }
+  if (exit_code != nullptr)
+    *exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
   return screen;
 }
 
@@ -289,6 +320,330 @@ TEST(LoractlTokens, TheTokenComesFromAFileOrTheEnvironment) {
   EXPECT_EQ(run({"list"}, {"LORACTL_TOKEN=" + secret}).exit_code, 0);
   EXPECT_NE(run({"list"}, {}).exit_code, 0);
   EXPECT_NE(run({"list", "--token", secret}, {}).exit_code, 0);
+}
+
+// --- Issue 14: loractl's connection handling, errors, command suggestions, completion.
+
+// The events of `loractl -o json watch` (one JSON document per event, back to back).
+std::vector<nlohmann::json> JsonDocuments(const std::string& text) {
+  std::vector<nlohmann::json> docs;
+  std::istringstream in(text);
+  while (in >> std::ws && in.peek() != EOF) {
+    nlohmann::json doc;
+    try {
+      in >> doc;
+    } catch (const nlohmann::json::exception& e) {
+      ADD_FAILURE() << "not JSON after " << docs.size() << " documents: " << e.what();
+      break;
+    }
+    docs.push_back(std::move(doc));
+  }
+  return docs;
+}
+
+int64_t Sequence(const nlohmann::json& event) {
+  const auto& s = event.at("sequence");  // int64: a string in proto JSON
+  return s.is_string() ? std::stoll(s.get<std::string>()) : s.get<int64_t>();
+}
+
+// Waits until `path` holds a whole first line and returns it ("" after `timeout_s`).
+std::string FirstLine(const std::string& path, double timeout_s) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+  while (std::chrono::steady_clock::now() < deadline) {
+    const std::string text = testing::ReadFile(path);
+    if (size_t nl = text.find('\n'); nl != std::string::npos) return text.substr(0, nl);
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return "";
+}
+
+class LoractlRestartTest : public testing::LoradTest {};
+
+// lorad restarts (SIGTERM, then the same port and data directory) while `loractl watch` and
+// `loractl submit --watch` follow a job: both reconnect, say so on stderr, resume after the last
+// sequence they saw and end with the job's outcome: every event exactly once, in order.
+TEST_F(LoractlRestartTest, WatchAndSubmitWatchFollowAJobAcrossLoradRestartsWithoutGapsOrRepeats) {
+  const int port = testing::FreePort();
+  const std::vector<std::string> flags = {"--drain-grace", "30", "--max-attempts", "2"};
+  auto lorad = StartLorad(1, flags, port);
+  const std::string addr = lorad->address();
+  const std::string spec = dir_.Join("restart.toml");
+  std::ofstream(spec) << TinyTrainToml(400, 25);
+  const std::string loractl = testing::BinaryPath("client/loractl");
+  testing::ChildProcess submit({loractl, "--addr", addr, "submit", spec, "--watch"},
+                               dir_.Join("submit.out"), dir_.Join("submit.err"));
+  const std::string name = FirstLine(dir_.Join("submit.out"), 60);
+  ASSERT_THAT(name, ::testing::StartsWith("jobs/")) << testing::ReadFile(dir_.Join("submit.err"));
+  testing::ChildProcess watch({loractl, "--addr", addr, "-o", "json", "watch", name},
+                              dir_.Join("watch.out"), dir_.Join("watch.err"));
+  int64_t last_step = 0;
+  for (int restart = 1; restart <= 2; ++restart) {
+    auto client = lorad->Client();
+    lora::v1::Job running = testing::WaitForJob(
+        *client, name,
+        [&](const lora::v1::Job& j) {
+          return j.state() == lora::v1::RUNNING && j.progress().step() > last_step + 5;
+        },
+        90);
+    ASSERT_EQ(running.state(), lora::v1::RUNNING) << restart << lorad->log();
+    last_step = running.progress().step();
+    lorad->Kill(SIGTERM);
+    ASSERT_EQ(lorad->WaitExit(60), 0) << lorad->log();
+    lorad.reset();
+    std::this_thread::sleep_for(std::chrono::seconds(1));  // the port is closed for a while
+    lorad = StartLorad(1, flags, port);
+  }
+  const int watch_code = watch.Wait(200);
+  const int submit_code = submit.Wait(60);
+  const std::string watch_err = testing::ReadFile(dir_.Join("watch.err"));
+  const std::string submit_out = testing::ReadFile(dir_.Join("submit.out"));
+  const std::string submit_err = testing::ReadFile(dir_.Join("submit.err"));
+  ASSERT_EQ(watch_code, 0) << watch_err << lorad->log();
+  ASSERT_EQ(submit_code, 0) << submit_err << submit_out;
+  EXPECT_THAT(watch_err, HasSubstr("reconnecting"));
+  EXPECT_THAT(submit_err, HasSubstr("reconnecting"));
+  auto final_job = lorad->Client()->GetJob(name);
+  ASSERT_TRUE(final_job.ok()) << final_job.status();
+  ASSERT_EQ(final_job->state(), lora::v1::SUCCEEDED) << final_job->error().message();
+  EXPECT_EQ(final_job->restarts(), 2);
+
+  // `watch -o json`: sequences 1, 2, ..., last: no gap, no repeat, nothing after the end.
+  const std::vector<nlohmann::json> events =
+      JsonDocuments(testing::ReadFile(dir_.Join("watch.out")));
+  ASSERT_FALSE(events.empty());
+  for (size_t i = 0; i < events.size(); ++i)
+    ASSERT_EQ(Sequence(events[i]), static_cast<int64_t>(i) + 1) << events[i].dump();
+  EXPECT_EQ(Sequence(events.back()), final_job->last_sequence());
+  EXPECT_EQ(events.back()["state_change"]["to"], "SUCCEEDED") << events.back().dump();
+
+  // `submit --watch` (not a terminal): the name, one line per event, the outcome.
+  std::vector<std::string> lines;
+  std::istringstream in(submit_out);
+  for (std::string line; std::getline(in, line);) lines.push_back(line);
+  ASSERT_EQ(static_cast<int64_t>(lines.size()), final_job->last_sequence() + 2) << submit_out;
+  EXPECT_THAT(lines.back(), ::testing::StartsWith(name + " SUCCEEDED"));
+}
+
+// A lorad that stays down: watch retries for --reconnect-timeout, then exits 6 naming lorad's
+// address. On a terminal, neither the notices nor the error land on the progress bar's line.
+TEST_F(LoractlRestartTest, WatchGivesUpAfterTheReconnectTimeoutAndNeverPrintsOntoTheProgressBar) {
+  auto lorad = StartLorad(0);  // no worker: the job stays queued, the status line stays drawn
+  auto job = lorad->Client()->CreateJob(testing::TinyTrainSpec(5), "");
+  ASSERT_TRUE(job.ok()) << job.status();
+  const std::string addr = lorad->address();
+  std::thread killer([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+    lorad->Kill(SIGKILL);
+  });
+  int exit_code = -1;
+  const auto start = std::chrono::steady_clock::now();
+  const std::string screen = RunInPty(
+      {testing::BinaryPath("client/loractl"), "watch", job->name(), "--reconnect-timeout", "3"},
+      addr, 60, &exit_code);
+  const double took = SecondsSince(start);
+  killer.join();
+  EXPECT_EQ(exit_code, 6) << screen;
+  EXPECT_LT(took, 30) << screen;
+  EXPECT_THAT(screen, HasSubstr("QUEUED  ["));  // the status line was drawn
+  EXPECT_THAT(screen, HasSubstr("reconnecting"));
+  const size_t error = screen.find("loractl: error: ");
+  ASSERT_NE(error, std::string::npos) << screen;
+  EXPECT_THAT(screen.substr(error), HasSubstr("lorad at " + addr));
+  // What precedes each of loractl's messages ends the status line (a newline) or erases it.
+  for (size_t at = screen.find("loractl: "); at != std::string::npos;
+       at = screen.find("loractl: ", at + 1)) {
+    const std::string before = screen.substr(0, at);
+    EXPECT_TRUE(EndsWith(before, "\n") || EndsWith(before, "\x1b[2K"))
+        << "a message printed onto the status line: ..."
+        << before.substr(before.size() > 80 ? before.size() - 80 : 0);
+  }
+}
+
+// Every command reports an unreachable lorad at once (a closed port refuses at once), naming
+// the address; `submit` used to wait out its whole deadline for "Deadline Exceeded".
+TEST(LoractlConnection, EveryCommandFailsFastNamingTheAddressWhenNothingListens) {
+  testing::TempDir dir;
+  const std::string spec = dir.Join("job.toml");
+  std::ofstream(spec) << TinyTrainToml(5);
+  const std::string addr = "127.0.0.1:" + std::to_string(testing::FreePort());
+  const std::vector<std::vector<std::string>> commands = {
+      {"submit", spec},
+      {"submit", spec, "--watch"},
+      {"get", "jobs/x"},
+      {"list"},
+      {"cancel", "jobs/x"},
+      {"logs", "jobs/x"},
+      {"logs", "jobs/x", "-f"},
+      {"watch", "jobs/x"},
+      {"checkpoints", "jobs/x"},
+      {"download", "jobs/x", "--out", dir.Join("out")},
+      {"convert", "--model", "tiny", "--target-modules", "q_proj"},
+      {"merge", "--model", "tiny", "--adapter", dir.path()}};
+  for (std::vector<std::string> args : commands) {
+    const std::string what = args[0] + (args.size() > 2 ? " " + args.back() : "");
+    args.insert(args.begin(), {"--addr", addr, "--timeout", "10"});
+    const auto start = std::chrono::steady_clock::now();
+    ProcessResult r = RunLoractl(args, 60);
+    EXPECT_LT(SecondsSince(start), 3.0) << what;
+    EXPECT_EQ(r.exit_code, 6) << what << ": " << r.err;
+    EXPECT_THAT(r.err, HasSubstr("lorad at " + addr + " is unreachable")) << what;
+  }
+}
+
+// A peer that accepts TCP connections but never speaks gRPC: commands give up after
+// --connect-timeout, not after the request timeout.
+TEST(LoractlConnection, APeerThatNeverAnswersFailsAfterTheConnectTimeout) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)), 0);
+  ASSERT_EQ(::listen(fd, 64), 0);  // the kernel completes handshakes; nobody accepts
+  socklen_t len = sizeof(sa);
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len);
+  const std::string addr = "127.0.0.1:" + std::to_string(ntohs(sa.sin_port));
+  for (const char* cmd : {"get", "submit"}) {
+    testing::TempDir dir;
+    std::ofstream(dir.Join("job.toml")) << TinyTrainToml(5);
+    const auto start = std::chrono::steady_clock::now();
+    ProcessResult r = RunLoractl({"--addr", addr, "--connect-timeout", "2", cmd,
+                                  std::string(cmd) == "get" ? "jobs/x" : dir.Join("job.toml")},
+                                 60);
+    const double took = SecondsSince(start);
+    EXPECT_EQ(r.exit_code, 6) << cmd << ": " << r.err;
+    EXPECT_GE(took, 1.5) << cmd;
+    EXPECT_LT(took, 8) << cmd;
+    EXPECT_THAT(r.err, HasSubstr("lorad at " + addr + " did not answer within 2s")) << cmd;
+  }
+  ::close(fd);
+}
+
+// --addr (and LORACTL_ADDR) is HOST:PORT, [IPV6]:PORT or unix:PATH; anything else is a usage
+// error naming the expected form, before any connection (no silent port 443 for "host").
+TEST(LoractlConnection, AnAddressNeedsAHostAndAPortInRange) {
+  for (const char* bad :
+       {"localhost", "127.0.0.1", ":", ":50051", "localhost:", "host:port:x", "host:0",
+        "host:65536", "host:5x", "[::1]", "::1", "[]:50051", "a b:1", ""}) {
+    ProcessResult r = RunLoractl({"--addr", bad, "list"});
+    EXPECT_EQ(r.exit_code, 2) << "'" << bad << "': " << r.err;
+    EXPECT_THAT(r.err, HasSubstr("--addr '" + std::string(bad) + "'")) << bad;
+    EXPECT_THAT(r.err, HasSubstr("expected HOST:PORT")) << bad;
+  }
+  ProcessResult env = RunLoractl({"list"}, 60, {"LORACTL_ADDR=localhost"});
+  EXPECT_EQ(env.exit_code, 2) << env.err;
+  EXPECT_THAT(env.err, HasSubstr("LORACTL_ADDR 'localhost'"));
+  // Well-formed addresses get as far as connecting (nothing listens on port 1).
+  for (const char* good :
+       {"localhost:1", "127.0.0.1:1", "[::1]:1", "unix:/nonexistent/lorad.sock"}) {
+    ProcessResult r = RunLoractl({"--addr", good, "list"});
+    EXPECT_EQ(r.exit_code, 6) << good << ": " << r.err;
+  }
+  // Commands that never connect do not care.
+  EXPECT_EQ(RunLoractl({"version"}, 60, {"LORACTL_ADDR=nonsense"}).exit_code, 0);
+}
+
+TEST(LoractlUsage, AMistypedCommandSuggestsTheClosestOne) {
+  struct Case {
+    std::vector<std::string> args;
+    std::string typo, meant;
+  };
+  for (const Case& c :
+       std::vector<Case>{{{"wathc", "jobs/x"}, "wathc", "watch"},
+                         {{"--addr", "127.0.0.1:1", "lsit"}, "lsit", "list"},
+                         {{"sumbit", "job.toml", "--watch"}, "sumbit", "submit"},
+                         {{"-o", "json", "checkpoint", "x"}, "checkpoint", "checkpoints"},
+                         {{"donwload", "x", "--out", "d"}, "donwload", "download"},
+                         {{"gte", "x"}, "gte", "get"}}) {
+    ProcessResult r = RunLoractl(c.args);
+    EXPECT_EQ(r.exit_code, 2) << c.typo;
+    EXPECT_THAT(r.err, HasSubstr("unknown command '" + c.typo + "'")) << r.err;
+    EXPECT_THAT(r.err, HasSubstr("did you mean '" + c.meant + "'?")) << r.err;
+  }
+  // A mistyped flag is CLI11's to report, not taken for a command.
+  ProcessResult flag = RunLoractl({"--adr", "127.0.0.1:1", "list"});
+  EXPECT_EQ(flag.exit_code, 2);
+  EXPECT_THAT(flag.err, ::testing::Not(HasSubstr("unknown command")));
+  ProcessResult far = RunLoractl({"frobnicate"});
+  EXPECT_EQ(far.exit_code, 2);
+  EXPECT_THAT(far.err, HasSubstr("unknown command 'frobnicate'"));
+  EXPECT_THAT(far.err, ::testing::Not(HasSubstr("did you mean")));
+  EXPECT_THAT(far.err, HasSubstr("watch"));  // it lists the commands instead
+}
+
+// The subcommands `loractl --help` lists.
+std::vector<std::string> HelpCommands() {
+  ProcessResult help = RunLoractl({"--help"});
+  std::vector<std::string> commands;
+  const size_t at = help.out.find("Subcommands:\n");
+  std::istringstream in(at == std::string::npos ? "" : help.out.substr(at + 13));
+  for (std::string line; std::getline(in, line) && line.size() > 2 && line[0] == ' ';) {
+    std::istringstream words(line);
+    std::string name;
+    words >> name;
+    commands.push_back(name);
+  }
+  return commands;
+}
+
+bool Installed(const std::string& program) {
+  return testing::RunProcess({"/bin/sh", "-c", "command -v " + program}, 10).exit_code == 0;
+}
+
+TEST(LoractlUsage, CompletionScriptsForBashZshAndFishParseAndOfferEveryCommand) {
+  const std::vector<std::string> commands = HelpCommands();
+  ASSERT_GE(commands.size(), 12u);
+  testing::TempDir dir;
+  for (const std::string shell : {"bash", "zsh", "fish"}) {
+    ProcessResult r = RunLoractl({"completion", shell});
+    ASSERT_EQ(r.exit_code, 0) << shell << ": " << r.err;
+    for (const std::string& c : commands)
+      EXPECT_THAT(r.out, ::testing::ContainsRegex("[ '\"(]" + c + "[ :'\"]")) << shell << " " << c;
+    const std::string path = dir.Join("loractl." + shell);
+    std::ofstream(path) << r.out;
+    if (!Installed(shell)) {
+      std::cout << shell << " is not installed: its script's syntax is not checked\n";
+      continue;
+    }
+    ProcessResult syntax = testing::RunProcess({"/usr/bin/env", shell, "-n", path}, 30);
+    EXPECT_EQ(syntax.exit_code, 0) << shell << ": " << syntax.err << syntax.out;
+  }
+  // Bash: the function completes a command from its prefix, and a flag's values.
+  auto bash = [&](const std::string& line) {
+    std::string words;
+    std::istringstream in(line);
+    int n = 0;
+    for (std::string w; in >> w; ++n) words += " '" + w + "'";
+    if (!line.empty() && line.back() == ' ') words += " ''", ++n;
+    const std::string script = "source '" + dir.Join("loractl.bash") + "'; COMP_WORDS=(" + words +
+                               "); COMP_CWORD=" + std::to_string(n - 1) +
+                               "; _loractl; printf '%s\\n' \"${COMPREPLY[@]}\"";
+    return testing::RunProcess({"/bin/bash", "-c", script}, 30).out;
+  };
+  EXPECT_EQ(bash("loractl wa"), "watch\n");
+  EXPECT_EQ(bash("loractl --addr h:1 chec"), "checkpoints\n");
+  EXPECT_EQ(bash("loractl list -o j"), "json\n");
+  EXPECT_THAT(bash("loractl download x --"), HasSubstr("--latest\n"));
+  for (const char* shell : {"bash\n", "zsh\n", "fish\n"})
+    EXPECT_THAT(bash("loractl completion "), HasSubstr(shell));
+  // Zsh: it loads under compinit and registers its function for loractl.
+  if (Installed("zsh")) {
+    ProcessResult zsh = testing::RunProcess(
+        {"/usr/bin/env", "zsh", "-f", "-c",
+         "autoload -Uz compinit; compinit -u -d '" + dir.Join("zcompdump") + "'; source '" +
+             dir.Join("loractl.zsh") + "'; print -r -- ${_comps[loractl]}"},
+        30);
+    EXPECT_EQ(zsh.out, "_loractl\n") << zsh.err;
+  }
+  if (Installed("fish")) {
+    ProcessResult fish = testing::RunProcess({"/usr/bin/env", "fish", "-c",
+                                              "source '" + dir.Join("loractl.fish") +
+                                                  "'; complete -C 'loractl wa'; complete -C "
+                                                  "'loractl get --o'"},
+                                             30);
+    EXPECT_THAT(fish.out, ::testing::ContainsRegex("(^|\n)watch\t"));
+    EXPECT_THAT(fish.out, HasSubstr("--output"));
+  }
+  EXPECT_EQ(RunLoractl({"completion", "powershell"}).exit_code, 2);
 }
 
 }  // namespace

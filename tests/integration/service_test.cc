@@ -10,8 +10,10 @@
 #include <atomic>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <numeric>
 #include <set>
+#include <sstream>
 #include <thread>
 
 #include <grpcpp/generic/generic_stub.h>
@@ -34,6 +36,7 @@ using lora::v1::Job;
 using lora::v1::JobEvent;
 using ::testing::HasSubstr;
 using testing::Lorad;
+using ::testing::Not;
 using testing::ProcessResult;
 using testing::RunProcess;
 using testing::TinyTrainSpec;
@@ -820,20 +823,58 @@ std::string HttpGet(int port, const std::string& path) {
 
 TEST_F(ServiceTest, MetricsEndpointPassesPromtool) {
   auto lorad = StartLorad(1);
-  auto client = lorad->Client();
-  auto job = client->CreateJob(TinyTrainSpec(3, 3), "");
-  ASSERT_TRUE(job.ok());
-  WaitForJob(*client, job->name(), Done);
-  (void)client->GetJob("jobs/none");
   const std::string log = lorad->log();
   const size_t at = log.find("metrics on port ");
   ASSERT_NE(at, std::string::npos) << log;
   const int port = std::atoi(log.c_str() + at + 16);
-  const std::string response = HttpGet(port, "/metrics");
-  ASSERT_THAT(response, HasSubstr("200 OK"));
-  const std::string body = response.substr(response.find("\r\n\r\n") + 4);
+  auto scrape = [&] {
+    const std::string response = HttpGet(port, "/metrics");
+    EXPECT_THAT(response, HasSubstr("200 OK"));
+    return response.substr(response.find("\r\n\r\n") + 4);
+  };
+  // Before any client call: every method's series at zero, streams in their own histogram,
+  // process_* and the build.
+  const std::string start = scrape();
+  for (const char* method : {"CreateJob", "GetJob", "ListJobs", "CancelJob", "ListCheckpoints"}) {
+    EXPECT_THAT(start, HasSubstr(absl::StrCat("lorad_rpc_requests_total{method=\"", method,
+                                              "\",code=\"OK\"} 0\n")));
+    EXPECT_THAT(start, HasSubstr(absl::StrCat("lorad_rpc_requests_total{method=\"", method,
+                                              "\",code=\"INTERNAL\"} 0\n")));
+    EXPECT_THAT(start, HasSubstr(absl::StrCat("lorad_rpc_duration_seconds_count{method=\"", method,
+                                              "\"} 0\n")));
+  }
+  for (const char* method : {"WatchJob", "DownloadArtifact", "UploadArtifact", "FetchArtifact"}) {
+    EXPECT_THAT(start, HasSubstr(absl::StrCat("lorad_rpc_stream_duration_seconds_count{method=\"",
+                                              method, "\"} 0\n")));
+  }
+  EXPECT_THAT(start, HasSubstr("lorad_rpc_stream_duration_seconds_bucket{method=\"Connect\","));
+  EXPECT_THAT(start,
+              HasSubstr("lorad_jobs_finished_total{kind=\"train\",state=\"SUCCEEDED\"} 0\n"));
+  EXPECT_THAT(start, HasSubstr("lorad_job_retries_total{reason=\"worker_lost\"} 0\n"));
+  EXPECT_THAT(start, HasSubstr("lorad_workers_lost_total{reason=\"missed_heartbeats\"} 0\n"));
+  EXPECT_THAT(start, HasSubstr("lorad_build_info{version=\"0.1.0\",revision=\""));
+  for (const char* name : {"process_cpu_seconds_total ", "process_resident_memory_bytes ",
+                           "process_virtual_memory_bytes ", "process_open_fds ", "process_max_fds ",
+                           "process_start_time_seconds "}) {
+    EXPECT_THAT(start, HasSubstr(absl::StrCat("\n", name))) << name;
+  }
+
+  auto client = lorad->Client();
+  auto job = client->CreateJob(TinyTrainSpec(3, 3), "");
+  ASSERT_TRUE(job.ok());
+  // Watched to the end: a stream of seconds, which is no latency.
+  EXPECT_TRUE(client->Watch(job->name(), 0, [](const JobEvent&) { return true; }).ok());
+  WaitForJob(*client, job->name(), Done);
+  (void)client->GetJob("jobs/none");
+  const std::string body = scrape();
   EXPECT_THAT(body, HasSubstr("lorad_rpc_requests_total{method=\"CreateJob\",code=\"OK\"} 1"));
   EXPECT_THAT(body, HasSubstr("lorad_rpc_requests_total{method=\"GetJob\",code=\"NOT_FOUND\"} 1"));
+  EXPECT_THAT(body, HasSubstr("lorad_rpc_requests_total{method=\"WatchJob\",code=\"OK\"} 1\n"));
+  EXPECT_THAT(body, HasSubstr("lorad_rpc_stream_duration_seconds_count{method=\"WatchJob\"} 1\n"));
+  EXPECT_THAT(body, Not(HasSubstr("lorad_rpc_duration_seconds_count{method=\"WatchJob\"}")));
+  EXPECT_THAT(body, Not(HasSubstr("lorad_rpc_duration_seconds_bucket{method=\"WatchJob\"")));
+  EXPECT_THAT(body, Not(HasSubstr("lorad_rpc_duration_seconds_count{method=\"Connect\"}")));
+  EXPECT_THAT(body, HasSubstr("lorad_jobs_finished_total{kind=\"train\",state=\"SUCCEEDED\"} 1\n"));
   EXPECT_THAT(body, HasSubstr("lorad_workers_connected 1"));
   EXPECT_THAT(body,
               HasSubstr("lorad_rpc_duration_seconds_bucket{method=\"CreateJob\",le=\"+Inf\"} 1"));
@@ -841,6 +882,70 @@ TEST_F(ServiceTest, MetricsEndpointPassesPromtool) {
   auto check = testing::RunProcess(
       {"/bin/sh", "-c", "promtool check metrics < " + dir_.Join("metrics.txt")});
   EXPECT_EQ(check.exit_code, 0) << check.out << check.err;
+}
+
+// --log-format json: every line lorad and its local worker write is one JSON object (gRPC's own
+// lines too), and the lines about a job carry its id, attempt, rank and worker.
+TEST_F(ServiceTest, JsonLogsCarryJobAttemptRankAndWorkerIds) {
+  auto lorad = StartLorad(1, {"--log-format", "json"});
+  auto client = lorad->Client();
+  auto job = client->CreateJob(TinyTrainSpec(3, 3), "");
+  ASSERT_TRUE(job.ok());
+  ASSERT_EQ(WaitForJob(*client, job->name(), Done).state(), lora::v1::SUCCEEDED);
+  const std::string worker_log = dir_.Join("data/workers/local-0/worker.log");
+  // Parses every line (a line that is not JSON fails the test); true once `want` matched one.
+  auto scan = [](const std::string& text, const std::string& component,
+                 const std::function<bool(const nlohmann::json&)>& want) {
+    bool found = false;
+    std::istringstream lines(text);
+    std::string line;
+    while (std::getline(lines, line)) {
+      nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+      if (!j.is_object()) {
+        ADD_FAILURE() << component << ": not a JSON object: " << line;
+        continue;
+      }
+      EXPECT_EQ(j.value("component", ""), component) << line;
+      EXPECT_TRUE(j.contains("msg")) << line;
+      EXPECT_THAT(j.value("level", ""), ::testing::AnyOf("info", "warning", "error")) << line;
+      EXPECT_THAT(j.value("ts", ""),
+                  ::testing::MatchesRegex("[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:]{8}\\.[0-9]{3}Z"))
+          << line;
+      if (component == "lora-worker") {
+        EXPECT_EQ(j.value("worker", ""), "local-0") << line;
+      }
+      found = found || want(j);
+    }
+    return found;
+  };
+  const std::string id = job->id();
+  auto finished = [&](const nlohmann::json& j) {
+    return j.value("msg", "") == "jobs/" + id + " SUCCEEDED" && j.value("job", "") == id &&
+           j.value("attempt", 0) == 1 && j.value("state", "") == "SUCCEEDED";
+  };
+  auto ran = [&](const std::string& what) {
+    return [&, what](const nlohmann::json& j) {
+      return absl::StrContains(j.value("msg", ""), what) && j.value("job", "") == id &&
+             j.value("attempt", 0) == 1 && j.value("rank", -1) == 0;
+    };
+  };
+  // The lines are written as things happen, maybe just after GetJob saw the end.
+  bool lorad_done = false, assigned = false, exited = false;
+  for (int i = 0; i < 100 && !(lorad_done && assigned && exited); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    lorad_done = scan(lorad->log(), "lorad", finished);
+    const std::string w = testing::ReadFile(worker_log);
+    assigned = scan(w, "lora-worker", ran("assigned jobs/" + id + " attempt 1 rank 0/1"));
+    exited = scan(w, "lora-worker", ran(" exited: code 0"));
+    if (::testing::Test::HasFailure()) break;
+  }
+  EXPECT_TRUE(lorad_done) << lorad->log();
+  EXPECT_TRUE(assigned) << testing::ReadFile(worker_log);
+  EXPECT_TRUE(exited) << testing::ReadFile(worker_log);
+  EXPECT_TRUE(scan(lorad->log(), "lorad", [](const nlohmann::json& j) {
+    return absl::StartsWith(j.value("msg", ""), "serving on 127.0.0.1:") && j.contains("port") &&
+           j.contains("revision");
+  }));
 }
 
 // A cuda worker advertises the GPUs its engine sees, runs at most one rank per GPU, and gives

@@ -3,8 +3,10 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "common/job_spec/job_spec.h"
 #include "server/core/engine_event_translator.h"
 #include "server/core/job_lifecycle.h"
+#include "server/core/list_filter.h"
 #include "server/core/worker_registry.h"
 
 namespace lora::server {
@@ -22,9 +24,73 @@ TEST(JobLifecycleTest, OnlyTheDocumentedTransitionsAreAllowed) {
   EXPECT_FALSE(TransitionAllowed(lora::v1::QUEUED, lora::v1::RUNNING));
   EXPECT_FALSE(TransitionAllowed(lora::v1::CANCELLING, lora::v1::QUEUED));
   for (JobState terminal : {lora::v1::SUCCEEDED, lora::v1::FAILED, lora::v1::CANCELLED}) {
-    for (int to = lora::v1::QUEUED; to <= lora::v1::CANCELLED; ++to)
+    for (int to = lora::v1::QUEUED; to <= lora::v1::PAUSED; ++to)
       EXPECT_FALSE(TransitionAllowed(terminal, static_cast<JobState>(to)));
   }
+}
+
+TEST(JobLifecycleTest, APauseGoesThroughPausingToPausedAndOnlyResumeOrCancelLeavePaused) {
+  EXPECT_TRUE(TransitionAllowed(lora::v1::QUEUED, lora::v1::PAUSED));
+  EXPECT_TRUE(TransitionAllowed(lora::v1::RUNNING, lora::v1::PAUSING));
+  EXPECT_TRUE(TransitionAllowed(lora::v1::PAUSING, lora::v1::PAUSED));
+  EXPECT_TRUE(TransitionAllowed(lora::v1::PAUSING, lora::v1::CANCELLING));
+  EXPECT_TRUE(TransitionAllowed(lora::v1::PAUSED, lora::v1::QUEUED));
+  EXPECT_TRUE(TransitionAllowed(lora::v1::PAUSED, lora::v1::CANCELLED));
+  EXPECT_FALSE(TransitionAllowed(lora::v1::RUNNING, lora::v1::PAUSED));  // ranks stop first
+  EXPECT_FALSE(TransitionAllowed(lora::v1::PAUSED, lora::v1::RUNNING));
+  EXPECT_FALSE(TransitionAllowed(lora::v1::PAUSED, lora::v1::STARTING));
+  EXPECT_FALSE(TransitionAllowed(lora::v1::CANCELLING, lora::v1::PAUSING));
+}
+
+TEST(JobFilterTest, ParsesLabelsStatesAndKindsAndNamesTheTermItCannot) {
+  auto f = ParseJobFilter(
+      R"(labels.team = "nlp" AND labels.sweep:* AND state = RUNNING AND kind = TRAIN)");
+  ASSERT_TRUE(f.ok()) << f.status();
+  EXPECT_EQ(f->label_equals.at("team"), "nlp");
+  EXPECT_EQ(f->label_present.count("sweep"), 1u);
+  EXPECT_EQ(f->states, (std::vector<JobState>{lora::v1::RUNNING}));
+  EXPECT_EQ(f->kinds, (std::vector<lora::v1::JobKind>{lora::v1::JOB_KIND_TRAIN}));
+  lora::v1::Job job;
+  job.set_state(lora::v1::RUNNING);
+  job.set_kind(lora::v1::JOB_KIND_TRAIN);
+  (*job.mutable_spec()->mutable_job()->mutable_labels())["team"] = "nlp";
+  EXPECT_FALSE(f->Matches(job));  // no sweep label
+  (*job.mutable_spec()->mutable_job()->mutable_labels())["sweep"] = "x";
+  EXPECT_TRUE(f->Matches(job));
+  // A quoted value may hold " AND " and escaped quotes.
+  auto quoted = ParseJobFilter(R"(labels.note = "a AND "b"")");
+  ASSERT_TRUE(quoted.ok()) << quoted.status();
+  EXPECT_EQ(quoted->label_equals.at("note"), "a AND \"b\"");
+  EXPECT_TRUE(ParseJobFilter("  ").ok());
+  for (const char* bad : {"owner = me", "state = SLEEPING", "labels.team", "labels.x = \"open",
+                          "kind = BAKE", "labels.a = b c"}) {
+    auto s = ParseJobFilter(bad);
+    EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_THAT(std::string(s.status().message()), HasSubstr("filter:")) << bad;
+  }
+  EXPECT_FALSE(ParseJobFilter(std::string(kMaxFilterBytes + 1, 'x')).ok());
+  EXPECT_TRUE(*ParseOrderByAscending("create_time"));
+  EXPECT_TRUE(*ParseOrderByAscending("create_time asc"));
+  EXPECT_FALSE(*ParseOrderByAscending(""));
+  EXPECT_FALSE(*ParseOrderByAscending("create_time desc"));
+  EXPECT_FALSE(ParseOrderByAscending("priority").ok());
+}
+
+TEST(SpecDifferenceTest, NamesTheFirstDifferingKeyPathOrNothing) {
+  lora::v1::JobSpec a;
+  a.mutable_training()->set_steps(10);
+  (*a.mutable_job()->mutable_labels())["x"] = "1";
+  (*a.mutable_job()->mutable_labels())["y"] = "2";
+  lora::v1::JobSpec b = a;
+  EXPECT_EQ(FirstSpecDifference(a, b), "");
+  b.mutable_training()->set_steps(11);
+  EXPECT_EQ(FirstSpecDifference(a, b), "training.steps");
+  b = a;
+  (*b.mutable_job()->mutable_labels())["y"] = "3";
+  EXPECT_EQ(FirstSpecDifference(a, b), "job.labels");
+  b = a;
+  b.mutable_lora()->add_target_modules("q_proj");
+  EXPECT_EQ(FirstSpecDifference(a, b), "lora.target_modules");
 }
 
 TEST(JobLifecycleTest, APlannedTransitionChangesOnlyTheCopyAndNumbersItsEvents) {

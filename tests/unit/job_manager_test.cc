@@ -1,6 +1,7 @@
 // The controller core without processes: a real SQLite store (that fails on demand), a fake
 // worker channel, the JobManager in between. Each test names the behaviour it pins.
 #include "server/core/job_manager.h"
+#include "common/data_roots.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -86,6 +87,19 @@ class JobManagerTest : public ::testing::Test {
     JobManager::Options o;
     o.max_attempts = 3;
     o.heartbeat_timeout = absl::Seconds(60);
+    o.resolve_files =
+        [this](const std::string& tenant,
+               const lora::v1::JobSpec& spec) -> absl::StatusOr<std::vector<lora::v1::File>> {
+      std::vector<lora::v1::File> out;
+      for (const auto& f : files_) {
+        if (spec.dataset().path() != f.name()) continue;
+        if (tenant != f.tenant()) return absl::NotFoundError("dataset.path: not found");
+        out.push_back(f);
+      }
+      if (IsFileRef(spec.dataset().path()) && out.empty())
+        return absl::NotFoundError("dataset.path: not found");
+      return out;
+    };
     auto m = JobManager::Create(o, store_.get(), artifacts_.get());
     ASSERT_TRUE(m.ok()) << m.status();
     manager_ = std::move(*m);
@@ -178,6 +192,7 @@ class JobManagerTest : public ::testing::Test {
   }
 
   fs::path dir_;
+  std::vector<lora::v1::File> files_;  // what resolve_files knows
   std::unique_ptr<JobStore> store_;
   std::unique_ptr<ArtifactStore> artifacts_;
   std::unique_ptr<JobManager> manager_;
@@ -410,6 +425,170 @@ TEST_F(JobManagerTest, RanksOfAReplacedAttemptHoldTheirSlotUntilTheyExit) {
   EXPECT_EQ(Get(job->id()).state(), lora::v1::STARTING);
   EXPECT_EQ(Get(job->id()).attempt(), 2);
   EXPECT_EQ(manager_->Stats().workers_busy_slots, 2);
+}
+
+TEST_F(JobManagerTest, APausedJobFreesItsSlotAndResumesFromItsCheckpointWithoutSpendingAnAttempt) {
+  auto w = Connect("w1");
+  lora::v1::Job job = Create();
+  Event("w1", job, 1, Step(1));
+  Event("w1", job, 2, Checkpoint(job, 2));
+  auto pausing = manager_->PauseJob(job.name());
+  ASSERT_TRUE(pausing.ok()) << pausing.status();
+  EXPECT_EQ(pausing->state(), lora::v1::PAUSING);
+  ASSERT_TRUE(w->sent.back().has_cancel());  // the rank is asked to checkpoint and stop
+  EXPECT_EQ(w->sent.back().cancel().reason(), "pause requested");
+  Event("w1", job, 3, Checkpoint(job, 4));  // the drain checkpoint
+  Exit("w1", job, kExitInterrupted);
+  lora::v1::Job paused = Get(job.id());
+  ASSERT_EQ(paused.state(), lora::v1::PAUSED);
+  EXPECT_EQ(paused.latest_checkpoint_step(), 4);
+  EXPECT_EQ(Stored(job.id()).state(), lora::v1::PAUSED);
+
+  // Paused, it holds no slot: another job starts on the one worker.
+  lora::v1::Job other = Create();
+  EXPECT_EQ(Get(other.id()).state(), lora::v1::STARTING);
+  ASSERT_TRUE(manager_->CancelJob(other.name()).ok());
+  Exit("w1", Get(other.id()), kExitInterrupted);
+
+  Restart();  // PAUSED survives a lorad restart
+  w = Connect("w1");
+  EXPECT_EQ(Get(job.id()).state(), lora::v1::PAUSED);
+  auto resumed = manager_->ResumeJob(job.name());
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  lora::v1::Job now = Get(job.id());
+  EXPECT_EQ(now.state(), lora::v1::STARTING);
+  EXPECT_EQ(now.restarts(), 1);  // a planned stop, not an attempt
+  ASSERT_FALSE(w->Assignments().empty());
+  EXPECT_EQ(w->Assignments().back().resume().step(), 4);
+  EXPECT_EQ(manager_->ResumeJob(job.name()).status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(JobManagerTest, PausingAQueuedJobPausesItAtOnceAndCancellingAPausedJobEndsIt) {
+  lora::v1::Job job = Create();  // no worker: it stays QUEUED
+  auto paused = manager_->PauseJob(job.name());
+  ASSERT_TRUE(paused.ok());
+  EXPECT_EQ(paused->state(), lora::v1::PAUSED);
+  auto w = Connect("w1");
+  EXPECT_TRUE(w->Assignments().empty()) << "a paused job is never scheduled";
+  ASSERT_TRUE(manager_->CancelJob(job.name()).ok());
+  EXPECT_EQ(Get(job.id()).state(), lora::v1::CANCELLED);
+  EXPECT_EQ(manager_->PauseJob(job.name()).status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(JobManagerTest, OnlyAJobThatEndedCanBeDeletedAndItsFilesGoWithIt) {
+  auto w = Connect("w1");
+  lora::v1::Job job = Create();
+  Event("w1", job, 1, Checkpoint(job, 2));
+  EXPECT_EQ(manager_->DeleteJob(job.name()).code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(manager_->CancelJob(job.name()).ok());
+  Exit("w1", job, kExitInterrupted);
+  ASSERT_EQ(Get(job.id()).state(), lora::v1::CANCELLED);
+  ASSERT_TRUE(fs::exists(dir_ / "artifacts" / job.id()));
+  ASSERT_TRUE(manager_->DeleteJob(job.name()).ok());
+  EXPECT_EQ(manager_->GetJob(job.name()).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_FALSE(fs::exists(dir_ / "artifacts" / job.id()));
+  auto checkpoints = store_->ListCheckpoints(job.id());
+  ASSERT_TRUE(checkpoints.ok());
+  EXPECT_TRUE(checkpoints->empty());
+  EXPECT_EQ(manager_->DeleteJob(job.name()).code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(JobManagerTest, RetentionDeletesOnlyJobsThatEndedBeforeTheCutoff) {
+  lora::v1::Job old_job = Create();
+  ASSERT_TRUE(manager_->CancelJob(old_job.name()).ok());
+  lora::v1::Job running = Create();
+  EXPECT_EQ(manager_->DeleteFinishedBefore(absl::Now() - absl::Hours(1)), 0);
+  EXPECT_EQ(manager_->DeleteFinishedBefore(absl::Now() + absl::Seconds(1)), 1);
+  EXPECT_EQ(manager_->GetJob(old_job.name()).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(manager_->GetJob(running.name()).ok());
+}
+
+TEST_F(JobManagerTest, ARequestIdReusedWithADifferentSpecIsAnErrorNamingTheField) {
+  bool created = false;
+  auto first = manager_->CreateJob(Spec(), "req-1", &created);
+  ASSERT_TRUE(first.ok());
+  auto same = manager_->CreateJob(Spec(), "req-1", &created);
+  ASSERT_TRUE(same.ok()) << same.status();
+  EXPECT_FALSE(created);
+  EXPECT_EQ(same->id(), first->id());
+  auto other = manager_->CreateJob(Spec(/*keep_latest=*/3), "req-1", &created);
+  EXPECT_EQ(other.status().code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_THAT(std::string(other.status().message()), HasSubstr("checkpoint.keep_latest"));
+  EXPECT_THAT(std::string(other.status().message()), HasSubstr(first->name()));
+}
+
+TEST_F(JobManagerTest, ListJobsFiltersByLabelsAndOrdersByCreateTimeEitherWay) {
+  std::vector<std::string> ids;
+  for (int i = 0; i < 5; ++i) {
+    lora::v1::JobSpec spec = Spec();
+    (*spec.mutable_job()->mutable_labels())["team"] = i % 2 == 0 ? "nlp" : "vision";
+    if (i == 4) (*spec.mutable_job()->mutable_labels())["sweep"] = "lr";
+    bool created = false;
+    auto job = manager_->CreateJob(spec, "", &created);
+    ASSERT_TRUE(job.ok());
+    ids.push_back(job->id());
+  }
+  lora::v1::ListJobsRequest r;
+  r.set_filter("labels.team = \"nlp\"");
+  r.set_order_by("create_time asc");
+  r.set_page_size(2);
+  auto page1 = manager_->ListJobs(r);
+  ASSERT_TRUE(page1.ok()) << page1.status();
+  ASSERT_EQ(page1->jobs_size(), 2);
+  EXPECT_EQ(page1->jobs(0).id(), ids[0]);
+  EXPECT_EQ(page1->jobs(1).id(), ids[2]);
+  r.set_page_token(page1->next_page_token());
+  auto page2 = manager_->ListJobs(r);
+  ASSERT_TRUE(page2.ok());
+  ASSERT_EQ(page2->jobs_size(), 1);
+  EXPECT_EQ(page2->jobs(0).id(), ids[4]);
+  EXPECT_TRUE(page2->next_page_token().empty());
+
+  lora::v1::ListJobsRequest newest;
+  newest.set_filter("labels.sweep:* AND state = QUEUED");
+  auto swept = manager_->ListJobs(newest);
+  ASSERT_TRUE(swept.ok());
+  ASSERT_EQ(swept->jobs_size(), 1);
+  EXPECT_EQ(swept->jobs(0).id(), ids[4]);
+  newest.set_filter("labels.team = nlp AND kind = MERGE");
+  EXPECT_EQ(manager_->ListJobs(newest)->jobs_size(), 0);
+  newest.set_filter("owner = me");
+  EXPECT_EQ(manager_->ListJobs(newest).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(JobManagerTest, AssignmentsCarryTheirFilesAndOnlyTheirHoldersMayFetchTheirBlobs) {
+  lora::v1::File file;
+  file.set_id("f-1");
+  file.set_name("files/f-1");
+  auto* entry = file.add_entries();
+  entry->set_path("train.jsonl");
+  entry->set_sha256(std::string(64, 'a'));
+  files_.push_back(file);
+  auto w1 = Connect("w1");
+  auto w2 = Connect("w2");
+  lora::v1::JobSpec spec = Spec();
+  spec.mutable_dataset()->clear_name();
+  spec.mutable_dataset()->set_path("files/f-1");
+  bool created = false;
+  auto other_tenant = manager_->CreateJob(spec, "", &created, "someone-else");
+  EXPECT_EQ(other_tenant.status().code(), absl::StatusCode::kNotFound) << other_tenant.status();
+  auto job = manager_->CreateJob(spec, "", &created);
+  ASSERT_TRUE(job.ok()) << job.status();
+  const auto& sent = w1->Assignments().empty() ? w2->Assignments() : w1->Assignments();
+  ASSERT_EQ(sent.size(), 1u);
+  ASSERT_EQ(sent[0].files_size(), 1);
+  EXPECT_EQ(sent[0].files(0).name(), "files/f-1");
+  const std::string holder = w1->Assignments().empty() ? "w2" : "w1";
+  const std::string other = holder == "w1" ? "w2" : "w1";
+  EXPECT_TRUE(manager_->CheckBlobForRank(holder, Ref(*job), std::string(64, 'a')).ok());
+  EXPECT_FALSE(manager_->CheckBlobForRank(other, Ref(*job), std::string(64, 'a')).ok());
+  EXPECT_EQ(manager_->CheckBlobForRank(holder, Ref(*job), std::string(64, 'b')).code(),
+            absl::StatusCode::kPermissionDenied);
+  EXPECT_TRUE(manager_->NamesFile("files/f-1"));
+  ASSERT_TRUE(manager_->CancelJob(job->name()).ok());
+  Exit(holder, *job, kExitInterrupted);
+  EXPECT_FALSE(manager_->NamesFile("files/f-1"));
+  EXPECT_FALSE(manager_->CheckBlobForRank(holder, Ref(*job), std::string(64, 'a')).ok());
 }
 
 TEST(DataDirLockTest, ASecondHolderIsRefusedWithTheFirstOnesPid) {

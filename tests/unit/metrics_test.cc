@@ -14,20 +14,27 @@
 #include <fstream>
 #include <limits>
 #include <thread>
+#include <vector>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "common/process_stats.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "server/metrics/job_metrics.h"
 #include "server/metrics/metrics_http.h"
+#include "server/metrics/process_metrics.h"
+#include "server/metrics/rpc_metrics.h"
 #include "tests/test_util.h"
 
 namespace lora {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 TEST(FormatMetricValueTest, SpellsValuesThePrometheusWay) {
   EXPECT_EQ(FormatMetricValue(0), "0");
@@ -259,6 +266,180 @@ TEST(MetricsRegistryTest, ConcurrentUpdatesSumExactly) {
   EXPECT_EQ(snapshot.sum, static_cast<double>(kThreads * (ones + 2 * twos)));
 }
 
+// --- process_*, build info, per-method RPCs, jobs
+
+TEST(ProcessStatsTest, ValuesArePlausible) {
+  auto stats = ReadProcessStats();
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  EXPECT_GT(stats->resident_memory_bytes, 1 << 20);
+  EXPECT_GE(stats->virtual_memory_bytes, stats->resident_memory_bytes);
+  EXPECT_GE(stats->cpu_seconds, 0);
+  EXPECT_GT(stats->open_fds, 2);  // stdin, stdout, stderr at least
+  EXPECT_TRUE(stats->max_fds == -1 || stats->max_fds >= stats->open_fds) << stats->max_fds;
+  const double now =
+      std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+  // This test process started moments ago (boot time and clock ticks round to ~1 s).
+  EXPECT_LT(stats->start_time_seconds, now + 2);
+  EXPECT_GT(stats->start_time_seconds, now - 3600);
+  EXPECT_LE(stats->resident_memory_bytes, PeakRssBytes() + (64 << 20));
+
+  // Descriptors are counted live, without the one the count itself opens.
+  std::vector<int> fds;
+  for (int i = 0; i < 10; ++i) fds.push_back(::dup(2));
+  auto more = ReadProcessStats();
+  ASSERT_TRUE(more.ok());
+  EXPECT_EQ(more->open_fds, stats->open_fds + 10);
+  for (int fd : fds) ::close(fd);
+
+  // CPU time moves with work.
+  volatile double sink = 0;
+  const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(300);
+  while (std::chrono::steady_clock::now() < until) sink = sink + std::sqrt(sink + 1);
+  EXPECT_GT(ReadProcessStats()->cpu_seconds, stats->cpu_seconds);
+}
+
+TEST(ProcessStatsTest, ParsesStatWithSpacesAndParenthesesInTheName) {
+  // Fields after the name: state(3) ppid ... utime(14) stime(15) ... starttime(22) vsize(23)
+  // rss(24). The name "(a) b)" has a space and a ')' of its own.
+  std::string stat =
+      "4242 ((a) b)) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 150 0 0 20 0 1 0 "
+      "5000 1048576000 2560 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 3 0 0\n";
+  auto s = ParseProcStat(stat, 4096, 100, 1700000000);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_DOUBLE_EQ(s->cpu_seconds, 4.0);  // (250 + 150) / 100
+  EXPECT_EQ(s->virtual_memory_bytes, 1048576000);
+  EXPECT_EQ(s->resident_memory_bytes, 2560 * 4096);
+  EXPECT_DOUBLE_EQ(s->start_time_seconds, 1700000050.0);  // boot + 5000 / 100
+  EXPECT_EQ(ParseProcStat("4242 (x) S 1 2", 4096, 100, 0).status().code(),
+            absl::StatusCode::kInternal);
+  EXPECT_EQ(ParseProcStat("garbage", 4096, 100, 0).status().code(), absl::StatusCode::kInternal);
+}
+
+// The names, types and help every Prometheus client uses, so dashboards work unchanged.
+TEST(ProcessMetricsTest, ExportsTheClientConventions) {
+  MetricsRegistry registry;
+  ASSERT_TRUE(RegisterProcessMetrics(&registry).ok());
+  const std::string text = registry.Render();
+  for (const char* line :
+       {"# TYPE process_cpu_seconds_total counter\n",
+        "# TYPE process_resident_memory_bytes gauge\n",
+        "# TYPE process_virtual_memory_bytes gauge\n", "# TYPE process_open_fds gauge\n",
+        "# TYPE process_max_fds gauge\n", "# TYPE process_start_time_seconds gauge\n"}) {
+    EXPECT_THAT(text, HasSubstr(line));
+  }
+  auto value = [&](const std::string& name) {
+    for (absl::string_view line : absl::StrSplit(text, '\n')) {
+      if (absl::ConsumePrefix(&line, name + " "))
+        return std::strtod(std::string(line).c_str(), nullptr);
+    }
+    return std::nan("");
+  };
+  EXPECT_GT(value("process_resident_memory_bytes"), 0);
+  EXPECT_GT(value("process_open_fds"), 0);
+  EXPECT_GE(value("process_cpu_seconds_total"), 0);
+  const double now =
+      std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+  EXPECT_GT(value("process_start_time_seconds"), now - 3600);
+  EXPECT_LT(value("process_start_time_seconds"), now + 2);
+  // Registered twice is a name clash, not a second set.
+  EXPECT_EQ(RegisterProcessMetrics(&registry).code(), absl::StatusCode::kAlreadyExists);
+}
+
+TEST(ProcessMetricsTest, CallbackCountersAreCountersAndNamedLikeThem) {
+  MetricsRegistry registry;
+  EXPECT_TRUE(registry.AddCallbackCounter("x_seconds_total", "X.", [] { return 2.5; }).ok());
+  EXPECT_EQ(registry.AddCallbackCounter("x_seconds", "X.", [] { return 1.0; }).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(registry.AddCallbackCounter("y_total", "Y.", nullptr).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(registry.Render(),
+            "# HELP x_seconds_total X.\n# TYPE x_seconds_total counter\n"
+            "x_seconds_total 2.5\n");
+}
+
+TEST(BuildInfoTest, NamesVersionRevisionAndCompiler) {
+  const BuildInfo& info = GetBuildInfo();
+  EXPECT_EQ(info.version, "0.1.0");
+  EXPECT_FALSE(info.revision.empty());  // a commit, or "unknown" outside git
+  EXPECT_THAT(info.compiler, ::testing::MatchesRegex("(gcc|clang) [0-9]+\\.[0-9]+\\.[0-9]+"));
+  MetricsRegistry registry;
+  ASSERT_TRUE(RegisterBuildInfo(&registry, "lorad_build_info", {{"grpc_version", "1.51.1"}}).ok());
+  EXPECT_THAT(
+      registry.Render(),
+      HasSubstr(absl::StrCat("lorad_build_info{version=\"0.1.0\",revision=\"", info.revision,
+                             "\",compiler=\"", info.compiler, "\",grpc_version=\"1.51.1\"} 1\n")));
+}
+
+// Every method's series exist at zero from the start, and streams are not latencies.
+TEST(RpcMetricsTest, StreamsHaveTheirOwnHistogram) {
+  MetricsRegistry registry;
+  auto rpc = RpcMetrics::Create(&registry).value();
+  rpc->AddMethod("GetJob", /*streaming=*/false);
+  rpc->AddMethod("WatchJob", /*streaming=*/true);
+  rpc->AddMethod("WatchJob", /*streaming=*/true);  // harmless
+  std::string text = registry.Render();
+  for (int code = 0; code <= 16; ++code) {
+    for (const char* method : {"GetJob", "WatchJob"}) {
+      EXPECT_THAT(text, HasSubstr(absl::StrCat("lorad_rpc_requests_total{method=\"", method,
+                                               "\",code=\"", RpcCodeName(code), "\"} 0\n")));
+    }
+  }
+  EXPECT_THAT(text, HasSubstr("lorad_rpc_duration_seconds_count{method=\"GetJob\"} 0\n"));
+  EXPECT_THAT(text, HasSubstr("lorad_rpc_stream_duration_seconds_count{method=\"WatchJob\"} 0\n"));
+  EXPECT_THAT(text, Not(HasSubstr("lorad_rpc_duration_seconds_count{method=\"WatchJob\"}")));
+  EXPECT_THAT(text, Not(HasSubstr("lorad_rpc_stream_duration_seconds_count{method=\"GetJob\"}")));
+
+  rpc->Record("WatchJob", 0, 111.0);  // a watch that followed a job for 111 s
+  rpc->Record("GetJob", 5, 0.003);
+  rpc->Record("NotListed", 14, 0.2);  // a method nobody added counts as unary
+  rpc->Record("GetJob", 99, 0.003);   // an out-of-range code is UNKNOWN
+  text = registry.Render();
+  EXPECT_THAT(text, HasSubstr("lorad_rpc_requests_total{method=\"WatchJob\",code=\"OK\"} 1\n"));
+  EXPECT_THAT(text,
+              HasSubstr("lorad_rpc_stream_duration_seconds_bucket{method=\"WatchJob\",le=\"60\"} "
+                        "0\n"));
+  EXPECT_THAT(text,
+              HasSubstr("lorad_rpc_stream_duration_seconds_bucket{method=\"WatchJob\",le=\"300\"} "
+                        "1\n"));
+  EXPECT_THAT(text, HasSubstr("lorad_rpc_stream_duration_seconds_sum{method=\"WatchJob\"} 111\n"));
+  EXPECT_THAT(text, Not(HasSubstr("lorad_rpc_duration_seconds_count{method=\"WatchJob\"}")));
+  EXPECT_THAT(text,
+              HasSubstr("lorad_rpc_requests_total{method=\"GetJob\",code=\"NOT_FOUND\"} 1\n"));
+  EXPECT_THAT(text, HasSubstr("lorad_rpc_requests_total{method=\"GetJob\",code=\"UNKNOWN\"} 1\n"));
+  EXPECT_THAT(text, HasSubstr("lorad_rpc_duration_seconds_count{method=\"GetJob\"} 2\n"));
+  EXPECT_THAT(text, HasSubstr("lorad_rpc_duration_seconds_count{method=\"NotListed\"} 1\n"));
+  EXPECT_TRUE(rpc->IsStreaming("WatchJob"));
+  EXPECT_FALSE(rpc->IsStreaming("GetJob"));
+}
+
+TEST(JobMetricsTest, EveryKnownCombinationStartsAtZero) {
+  MetricsRegistry registry;
+  auto jobs = JobMetrics::Create(&registry).value();
+  std::string text = registry.Render();
+  for (const std::string& kind : JobMetrics::Kinds()) {
+    for (const std::string& state : JobMetrics::FinalStates()) {
+      EXPECT_THAT(text, HasSubstr(absl::StrCat("lorad_jobs_finished_total{kind=\"", kind,
+                                               "\",state=\"", state, "\"} 0\n")));
+    }
+  }
+  for (const std::string& reason : JobMetrics::RetryReasons()) {
+    EXPECT_THAT(text,
+                HasSubstr(absl::StrCat("lorad_job_retries_total{reason=\"", reason, "\"} 0\n")));
+  }
+  for (const std::string& reason : JobMetrics::WorkerLostReasons()) {
+    EXPECT_THAT(text,
+                HasSubstr(absl::StrCat("lorad_workers_lost_total{reason=\"", reason, "\"} 0\n")));
+  }
+  jobs->JobFinished("merge", "FAILED");
+  jobs->JobRetried("worker_lost");
+  jobs->JobRetried("worker_lost");
+  jobs->WorkerLost("missed_heartbeats");
+  text = registry.Render();
+  EXPECT_THAT(text, HasSubstr("lorad_jobs_finished_total{kind=\"merge\",state=\"FAILED\"} 1\n"));
+  EXPECT_THAT(text, HasSubstr("lorad_job_retries_total{reason=\"worker_lost\"} 2\n"));
+  EXPECT_THAT(text, HasSubstr("lorad_workers_lost_total{reason=\"missed_heartbeats\"} 1\n"));
+}
+
 // --- promtool
 
 // A registry with every metric type, labels, escapes and special values.
@@ -277,14 +458,25 @@ std::string RenderEverything() {
   jobs->WithLabels({"queued", "caf\xc3\xa9 \xff"})->Set(std::nan(""));
   jobs->WithLabels({"failed", ""})->Set(-std::numeric_limits<double>::infinity());
   Histogram* latency = registry
-                           .AddHistogram("lorad_rpc_duration_seconds", "RPC latency.", {"method"},
+                           .AddHistogram("lorad_call_duration_seconds", "Call latency.", {"method"},
                                          DefaultLatencyBuckets())
                            .value();
   for (double v : {0.001, 0.02, 0.3, 4.0, 50.0}) latency->WithLabels({"GetJob"})->Observe(v);
   latency->WithLabels({"SubmitJob"});
   registry.AddCallbackGauge("lorad_uptime_seconds", "Seconds since start.", [] { return 1234.5; })
       .IgnoreError();
-  return registry.Render();
+  // What lorad registers besides: process_*, build info, per-method RPCs, job counters.
+  MetricsRegistry lorad;
+  EXPECT_TRUE(RegisterProcessMetrics(&lorad).ok());
+  EXPECT_TRUE(RegisterBuildInfo(&lorad, "lorad_build_info", {{"grpc_version", "1.51.1"}}).ok());
+  auto rpc = RpcMetrics::Create(&lorad).value();
+  rpc->AddMethod("CreateJob", false);
+  rpc->AddMethod("WatchJob", true);
+  rpc->Record("WatchJob", 0, 111);
+  rpc->Record("CreateJob", 3, 0.002);
+  auto job_metrics = JobMetrics::Create(&lorad).value();
+  job_metrics->JobFinished("train", "SUCCEEDED");
+  return registry.Render() + lorad.Render();
 }
 
 std::string FindPromtool() {

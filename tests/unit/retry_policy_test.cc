@@ -32,6 +32,25 @@ AttemptView View(std::vector<RankView> ranks, lora::v1::JobState state = lora::v
   return v;
 }
 
+TEST(JobRetryPolicyTest, APauseEndsInPausedOnceEveryRankIsGoneWhateverTheirExits) {
+  AttemptView v = View({Exited(kExitInterrupted), Running()}, lora::v1::PAUSING);
+  EXPECT_EQ(DecideAttempt(v).outcome, Outcome::kWait);
+  v.ranks[1] = Exited(128 + 15, 15);  // a rank that did not drain in time
+  v.latest_checkpoint_step = 30;
+  Decision d = DecideAttempt(v);
+  EXPECT_EQ(d.outcome, Outcome::kPaused);
+  EXPECT_THAT(d.reason, HasSubstr("step 30"));
+  AttemptView late = View({Running()}, lora::v1::PAUSING);
+  late.cancel_deadline_passed = true;
+  EXPECT_EQ(DecideAttempt(late).outcome, Outcome::kPaused);
+}
+
+TEST(JobRetryPolicyTest, AJobThatFinishedBeforeThePauseTookEffectSucceeds) {
+  AttemptView v = View({Exited(kExitOk)}, lora::v1::PAUSING);
+  v.rank0_finished = true;
+  EXPECT_EQ(DecideAttempt(v).outcome, Outcome::kSucceeded);
+}
+
 TEST(JobRetryPolicyTest, ARankKilledBySignalRetriesFromTheLatestCheckpoint) {
   // What the OOM killer does: exit status 137, signal 9.
   AttemptView v = View({Exited(128 + 9, 9)});

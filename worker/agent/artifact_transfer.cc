@@ -138,39 +138,61 @@ absl::StatusOr<ev1::FileDigest> ArtifactTransfer::Upload(const wv1::RankRef& ref
   return uploaded;
 }
 
-absl::Status ArtifactTransfer::Fetch(const std::string& job_id, const std::string& job_path,
-                                     const std::string& local, const std::string& sha256) {
+absl::Status ArtifactTransfer::FetchStream(const std::string& what, const OpenStream& open,
+                                           const std::string& local, const std::string& sha256) {
   if (absl::Status s = MakeDirectories(ParentDirectory(local)); !s.ok()) return s;
   absl::StatusOr<std::unique_ptr<AtomicFile>> out = AtomicFile::Create(local);
   if (!out.ok()) return out.status();
   Sha256 hash;
   int64_t offset = 0;  // a retry continues where the last try stopped
-  absl::Status s =
-      Call(Kind::kFetch, absl::StrCat("fetching ", job_path),
-           [&](grpc::ClientContext* ctx, absl::Status* local_error) {
-             wv1::FetchArtifactRequest request;
-             request.set_job_id(job_id);
-             request.set_path(job_path);
-             request.set_offset(offset);
-             std::unique_ptr<grpc::ClientReaderInterface<lora::v1::ArtifactChunk>> reader =
-                 stub_->FetchArtifact(ctx, request);
-             lora::v1::ArtifactChunk chunk;
-             while (reader->Read(&chunk)) {
-               if (chunk.offset() != offset) continue;
-               hash.Update(chunk.data());
-               if (absl::Status w = (*out)->Write(chunk.data()); !w.ok()) {
-                 *local_error = w;
-                 ctx->TryCancel();
-                 break;
-               }
-               offset += static_cast<int64_t>(chunk.data().size());
-             }
-             return reader->Finish();
-           });
+  absl::Status s = Call(Kind::kFetch, absl::StrCat("fetching ", what),
+                        [&](grpc::ClientContext* ctx, absl::Status* local_error) {
+                          auto reader = open(ctx, offset);
+                          lora::v1::ArtifactChunk chunk;
+                          while (reader->Read(&chunk)) {
+                            if (chunk.offset() != offset) continue;
+                            hash.Update(chunk.data());
+                            if (absl::Status w = (*out)->Write(chunk.data()); !w.ok()) {
+                              *local_error = w;
+                              ctx->TryCancel();
+                              break;
+                            }
+                            offset += static_cast<int64_t>(chunk.data().size());
+                          }
+                          return reader->Finish();
+                        });
   if (!s.ok()) return s;
   if (hash.HexDigest() != sha256)
-    return absl::DataLossError(absl::StrCat(job_path, ": sha256 mismatch after fetch"));
+    return absl::DataLossError(absl::StrCat(what, ": sha256 mismatch after fetch"));
   return (*out)->Commit();
+}
+
+absl::Status ArtifactTransfer::Fetch(const std::string& job_id, const std::string& job_path,
+                                     const std::string& local, const std::string& sha256) {
+  return FetchStream(
+      job_path,
+      [&](grpc::ClientContext* ctx, int64_t offset) {
+        wv1::FetchArtifactRequest request;
+        request.set_job_id(job_id);
+        request.set_path(job_path);
+        request.set_offset(offset);
+        return stub_->FetchArtifact(ctx, request);
+      },
+      local, sha256);
+}
+
+absl::Status ArtifactTransfer::FetchBlob(const wv1::RankRef& ref, const std::string& sha256,
+                                         const std::string& local) {
+  return FetchStream(
+      absl::StrCat("blob ", sha256.substr(0, 12)),
+      [&](grpc::ClientContext* ctx, int64_t offset) {
+        wv1::FetchBlobRequest request;
+        *request.mutable_ref() = ref;
+        request.set_sha256(sha256);
+        request.set_offset(offset);
+        return stub_->FetchBlob(ctx, request);
+      },
+      local, sha256);
 }
 
 absl::StatusOr<int64_t> ArtifactTransfer::FetchCheckpoint(

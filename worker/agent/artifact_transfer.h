@@ -47,6 +47,10 @@ class ArtifactTransfer {
   // Fetches one artifact file to `local`; DATA_LOSS when it does not match `sha256`.
   absl::Status Fetch(const std::string& job_id, const std::string& job_path,
                      const std::string& local, const std::string& sha256);
+  // Fetches one blob of an uploaded file the rank's assignment names (Assignment.files) to
+  // `local`; DATA_LOSS when it does not match `sha256`.
+  absl::Status FetchBlob(const lora::worker::v1::RankRef& ref, const std::string& sha256,
+                         const std::string& local);
   // Fetches the checkpoint an assignment resumes from into `run_dir`: `resume`, or when it
   // fails verification (DATA_LOSS), the first of `fallback_resume` that passes; `warn` is told
   // of each one skipped. The step fetched; 0 when there is none or none verified (a fresh
@@ -61,6 +65,12 @@ class ArtifactTransfer {
 
  private:
   enum class Kind { kUpload, kFetch };
+  using OpenStream =
+      std::function<std::unique_ptr<grpc::ClientReaderInterface<lora::v1::ArtifactChunk>>(
+          grpc::ClientContext* ctx, int64_t offset)>;
+  // One download with retries, resumed at the offset reached; verified, then committed.
+  absl::Status FetchStream(const std::string& what, const OpenStream& open,
+                           const std::string& local, const std::string& sha256);
   // One RPC with retries: each try gets a fresh, cancellable context. `try_once` sets *local
   // for a failure on this side (a file it cannot read or write), which is never retried.
   absl::Status Call(

@@ -8,13 +8,13 @@
 #include <algorithm>
 #include <chrono>
 #include <filesystem>
-#include <iostream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "common/engine_events.h"
 #include "common/exit_codes.h"
 #include "common/file_util.h"
+#include "common/log.h"
 #include "google/protobuf/util/json_util.h"
 
 namespace lora {
@@ -38,7 +38,11 @@ constexpr auto kForgetAfter = std::chrono::seconds(60);
 // How often the housekeeping thread looks at a drain in progress.
 constexpr auto kDrainPoll = std::chrono::milliseconds(200);
 
-void Log(const std::string& message) { std::cerr << "lora-worker: " << message << std::endl; }
+// A line about one rank: the text is the message, JSON lines also carry the rank's ids.
+void LogRank(LogLevel level, const std::tuple<std::string, int, int>& key,
+             const std::string& message) {
+  LogLine(level, message).Job(std::get<0>(key)).Attempt(std::get<1>(key)).Rank(std::get<2>(key));
+}
 
 wv1::RankRef RefOf(const std::tuple<std::string, int, int>& key) {
   wv1::RankRef ref;
@@ -141,11 +145,13 @@ absl::StatusOr<std::unique_ptr<WorkerAgent>> WorkerAgent::Create(WorkerAgentOpti
       options.work_dir, /*owned=*/{}, options.failed_log_bytes, options.failed_logs_kept);
   if (!gone.ok()) return gone.status();
   if (gone->run_directories + gone->temporary_files > 0) {
-    Log(absl::StrCat("removed what an earlier run left in ", options.work_dir, ": ",
-                     gone->run_directories, " run directories, ", gone->temporary_files,
-                     " temporary files"));
+    LogInfo(absl::StrCat("removed what an earlier run left in ", options.work_dir, ": ",
+                         gone->run_directories, " run directories, ", gone->temporary_files,
+                         " temporary files"));
   }
-  return std::unique_ptr<WorkerAgent>(new WorkerAgent(std::move(options), *std::move(lock)));
+  std::unique_ptr<WorkerAgent> agent(new WorkerAgent(std::move(options), *std::move(lock)));
+  if (absl::Status s = agent->file_cache_->Open(); !s.ok()) return s;
+  return agent;
 }
 
 WorkerAgent::WorkerAgent(WorkerAgentOptions options, std::unique_ptr<WorkDirLock> lock)
@@ -155,6 +161,9 @@ WorkerAgent::WorkerAgent(WorkerAgentOptions options, std::unique_ptr<WorkDirLock
   transfer_ = std::make_unique<ArtifactTransfer>(
       stub_.get(), [this](grpc::ClientContext* ctx) { AddMetadata(ctx); }, options_.upload_retry,
       options_.fetch_retry);
+  file_cache_ = std::make_unique<FileCache>(FileCache::Options{
+      options_.cache_dir.empty() ? JoinPath(options_.work_dir, "cache") : options_.cache_dir,
+      options_.cache_max_bytes});
 }
 
 // Run() joins every thread it starts, and without Run() none was started.
@@ -203,8 +212,8 @@ void WorkerAgent::Run() {
     // exit can be reported: waiting out the grace would only delay the shutdown.
     if (draining_ && !status.ok() && !options_.connect_retry.IsTransient(status.error_code()) &&
         !unreachable_) {
-      Log(absl::StrCat("lorad refuses this worker (", status.error_message(),
-                       "): not waiting to report the ranks' exits"));
+      LogWarning(absl::StrCat("lorad refuses this worker (", status.error_message(),
+                              "): not waiting to report the ranks' exits"));
       unreachable_ = true;
       cv_.SignalAll();
     }
@@ -260,7 +269,8 @@ void WorkerAgent::Stop() {
     }
     writer_->Enqueue(std::move(m));
   }
-  Log(absl::StrCat("draining: ", running, " running rank(s) asked to checkpoint and stop, ",
+  LogInfo(
+      absl::StrCat("draining: ", running, " running rank(s) asked to checkpoint and stop, ",
                    std::chrono::duration_cast<std::chrono::seconds>(options_.drain_grace).count(),
                    " s at most"));
   cv_.SignalAll();
@@ -287,7 +297,7 @@ void WorkerAgent::DrainStepLocked(Clock::time_point now) {
       int killed = 0;
       for (auto& [key, r] : ranks_) killed += r->child && !r->exited;
       if (!unreachable_)
-        Log(absl::StrCat("drain grace over: killing ", killed, " rank(s) still running"));
+        LogWarning(absl::StrCat("drain grace over: killing ", killed, " rank(s) still running"));
       KillRanksLocked(SIGKILL);
       killed_ = true;
       report_deadline_ = now + kKilledReportTime;
@@ -301,7 +311,7 @@ void WorkerAgent::DrainStepLocked(Clock::time_point now) {
 void WorkerAgent::FinishLocked(Clock::time_point now, const std::string& why) {
   finished_ = true;
   transfer_->AbortAll();
-  Log(absl::StrCat("stopping: ", why));
+  LogInfo(absl::StrCat("stopping: ", why));
   if (writer_ != nullptr && connected_) {
     // lorad ends the stream once it has handled everything before the half-close.
     writer_->FinishWrites();
@@ -360,8 +370,8 @@ grpc::Status WorkerAgent::Session() {
     // Said every attempt: a TLS or credential problem never heals by itself, and the
     // operator needs gRPC's reason (e.g. a handshake failure) to see which it is.
     const grpc::Status status = stream->Finish();
-    Log(absl::StrCat("cannot reach ", options_.controller, ": ", status.error_message(), " (code ",
-                     static_cast<int>(status.error_code()), "); retrying"));
+    LogWarning(absl::StrCat("cannot reach ", options_.controller, ": ", status.error_message(),
+                            " (code ", static_cast<int>(status.error_code()), "); retrying"));
     return status;
   }
   SessionWriter writer(stream.get(), [this] {
@@ -393,8 +403,8 @@ grpc::Status WorkerAgent::Session() {
   }
   const grpc::Status status = stream->Finish();
   if (!graceful) {
-    Log(absl::StrCat("disconnected from ", options_.controller, ": ", status.error_message(),
-                     " (code ", static_cast<int>(status.error_code()), "); reconnecting"));
+    LogWarning(absl::StrCat("disconnected from ", options_.controller, ": ", status.error_message(),
+                            " (code ", static_cast<int>(status.error_code()), "); reconnecting"));
   }
   return status;
 }
@@ -420,7 +430,7 @@ void WorkerAgent::Dispatch(const wv1::ControllerMessage& message) {
       if (it->second->child && !it->second->exited) it->second->child->Signal(SIGKILL);
     }
     connected_ = true;
-    Log(absl::StrCat("registered with ", options_.controller, " as ", options_.worker_id));
+    LogInfo(absl::StrCat("registered with ", options_.controller, " as ", options_.worker_id));
     FlushLocked();
     cv_.SignalAll();
   } else if (message.has_assignment()) {
@@ -544,14 +554,15 @@ void WorkerAgent::CleanUpFinishedRanks() {
       absl::Status kept =
           KeepLogTail(options_.work_dir, JoinPath(d.run_dir, "engine.log"), d.log_name,
                       options_.failed_log_bytes, options_.failed_logs_kept);
-      if (!kept.ok()) Log(absl::StrCat("keeping the log of ", d.log_name, ": ", kept.message()));
+      if (!kept.ok())
+        LogWarning(absl::StrCat("keeping the log of ", d.log_name, ": ", kept.message()));
     }
     absl::Status removed;
     {
       absl::MutexLock dirs(&run_dirs_mu_);
       removed = RemoveRunDirectory(options_.work_dir, d.run_dir);
     }
-    if (!removed.ok()) Log(std::string(removed.message()));
+    if (!removed.ok()) LogWarning(std::string(removed.message()));
   }
 }
 
@@ -579,7 +590,8 @@ void WorkerAgent::StartRank(const wv1::Assignment& assignment) {
     return;
   }
   r->runner = std::thread([this, key] { RunRank(key); });
-  Log(absl::StrCat("assigned ", Describe(key), "/", assignment.world_size()));
+  LogRank(LogLevel::kInfo, key,
+          absl::StrCat("assigned ", Describe(key), "/", assignment.world_size()));
 }
 
 void WorkerAgent::CancelRank(const Key& key, int grace_ms) {
@@ -613,7 +625,8 @@ std::optional<ev1::EngineEvent> WorkerAgent::Prepare(const Key& key, const std::
   auto parsed = ParseEngineEvent(line);
   if (!parsed.ok()) {
     // Not forwarded: the controller would only drop it too. The reason names the field.
-    Log(absl::StrCat(Describe(key), ": dropped an engine event: ", parsed.status().message()));
+    LogRank(LogLevel::kWarning, key,
+            absl::StrCat(Describe(key), ": dropped an engine event: ", parsed.status().message()));
     return std::nullopt;
   }
   ev1::EngineEvent event = *std::move(parsed);
@@ -626,7 +639,8 @@ std::optional<ev1::EngineEvent> WorkerAgent::Prepare(const Key& key, const std::
     const std::string job_path = relative(local);
     absl::StatusOr<ev1::FileDigest> done = transfer_->Upload(RefOf(key), local, job_path, step);
     if (!done.ok()) {
-      Log(absl::StrCat("upload of ", job_path, " failed: ", done.status().message()));
+      LogRank(LogLevel::kWarning, key,
+              absl::StrCat("upload of ", job_path, " failed: ", done.status().message()));
       return false;
     }
     *uploaded->Add() = *std::move(done);
@@ -674,7 +688,9 @@ void WorkerAgent::RunRank(Key key) {
     r->run_dir = run_dir;
   }
   const wv1::RankRef& ref = a.ref();
+  const std::string pin = run_dir;
   auto finish = [&](int code, int signal, const std::string& reason) {
+    file_cache_->Unpin(pin);  // the rank reads its files no more
     absl::MutexLock lock(&mu_);
     wv1::RankExited e;
     *e.mutable_ref() = ref;
@@ -688,7 +704,7 @@ void WorkerAgent::RunRank(Key key) {
   };
   auto fail = [&](const std::string& reason,
                   absl::StatusCode code = absl::StatusCode::kFailedPrecondition) {
-    Log(absl::StrCat(Describe(key), ": ", reason));
+    LogRank(LogLevel::kError, key, absl::StrCat(Describe(key), ": ", reason));
     // Reported as an engine failure event plus a non-zero exit so the job fails with the reason.
     ev1::EngineEvent failed;
     failed.mutable_failed()->set_reason(reason);
@@ -710,9 +726,36 @@ void WorkerAgent::RunRank(Key key) {
     made = MakeDirectories(run_dir);
   }
   if (!made.ok()) return fail(std::string(made.message()));
+  // Uploaded files the spec names: fetched into the cache (once per worker, whatever the number
+  // of ranks), linked under the run directory, and the spec rewritten to name them there.
+  lora::v1::JobSpec spec = a.spec();
+  for (const SpecPath& p : SpecPaths(a.spec())) {
+    if (!IsFileRef(p.path)) continue;
+    auto file = std::find_if(a.files().begin(), a.files().end(),
+                             [&](const lora::v1::File& f) { return f.name() == p.path; });
+    if (file == a.files().end())
+      return fail(absl::StrCat(p.field, ": ", p.path, " is not in the assignment's files"));
+    absl::StatusOr<std::string> local = file_cache_->Materialize(
+        *file, JoinPath(run_dir, "files"),
+        [&](const std::string& sha256, const std::string& path) {
+          absl::Status fetched = transfer_->FetchBlob(ref, sha256, path);
+          if (fetched.ok()) {
+            LogRank(LogLevel::kInfo, key,
+                    absl::StrCat("fetched blob ", sha256.substr(0, 12), " of ", p.path,
+                                 " into the file cache"));
+          }
+          return fetched;
+        },
+        pin);
+    if (!local.ok()) {
+      return fail(absl::StrCat(p.field, ": fetching ", p.path, ": ", local.status().message()),
+                  local.status().code());
+    }
+    SetSpecPath(&spec, p.field, *local);
+  }
   absl::StatusOr<int64_t> resume_step =
       transfer_->FetchCheckpoint(a, run_dir, [&](const std::string& warning) {
-        Log(absl::StrCat(Describe(key), ": ", warning));
+        LogRank(LogLevel::kWarning, key, absl::StrCat(Describe(key), ": ", warning));
         ev1::EngineEvent e;
         e.mutable_log()->set_level("warning");
         e.mutable_log()->set_message("lora-worker: " + warning);
@@ -725,7 +768,7 @@ void WorkerAgent::RunRank(Key key) {
   std::string spec_json;
   google::protobuf::util::JsonPrintOptions json_options;
   json_options.preserve_proto_field_names = true;
-  (void)google::protobuf::util::MessageToJsonString(a.spec(), &spec_json, json_options);
+  (void)google::protobuf::util::MessageToJsonString(spec, &spec_json, json_options);
   const std::string spec_path = JoinPath(run_dir, "job.json");
   if (absl::Status s = WriteFileAtomically(spec_path, spec_json); !s.ok())
     return fail(std::string(s.message()));
@@ -759,6 +802,8 @@ void WorkerAgent::RunRank(Key key) {
   if (*resume_step > 0) argv.insert(argv.end(), {"--resume", run_dir});
   for (const std::string& root : options_.data_roots.roots())
     argv.insert(argv.end(), {"--data-root", root});
+  if (options_.data_roots.restricted() && !a.files().empty())
+    argv.insert(argv.end(), {"--data-root", JoinPath(run_dir, "files")});
   if (options_.threads_per_rank > 0) {
     argv.insert(argv.end(),
                 {"--set", absl::StrCat("training.num_threads=", options_.threads_per_rank)});
@@ -796,8 +841,9 @@ void WorkerAgent::RunRank(Key key) {
     if (forwarded) AddEvent(key, *std::move(forwarded));
   }
   const ChildExit exit = c->Wait();
-  Log(absl::StrCat(Describe(key), " exited: code ", exit.exit_code,
-                   exit.signal ? absl::StrCat(", signal ", exit.signal) : ""));
+  LogRank(LogLevel::kInfo, key,
+          absl::StrCat(Describe(key), " exited: code ", exit.exit_code,
+                       exit.signal ? absl::StrCat(", signal ", exit.signal) : ""));
   finish(exit.signal ? 128 + exit.signal : exit.exit_code, exit.signal,
          exit.exit_code == 0 ? "" : LastLineOf(log_path));
 }

@@ -52,6 +52,7 @@
 #include "lora/worker/v1/worker_service.grpc.pb.h"
 #include "worker/agent/artifact_transfer.h"
 #include "worker/agent/child_process.h"
+#include "worker/agent/file_cache.h"
 #include "worker/agent/retry_policy.h"
 #include "worker/agent/session_writer.h"
 #include "worker/agent/work_dir.h"
@@ -72,6 +73,10 @@ struct WorkerAgentOptions {
   // What a job's path fields may name (--data-root); checked before a rank starts and passed on
   // to lora-train, which checks again. Default: no restriction.
   DataRoots data_roots;
+  // Uploaded files ("files/{id}" in a spec) are fetched into this cache (FileCache), shared by
+  // the ranks; empty: <work_dir>/cache. Least recently used blobs go beyond max bytes.
+  std::string cache_dir;
+  int64_t cache_max_bytes = int64_t{20} << 30;
   // TLS to the controller (ReadWorkerTls); empty ca_pem = plaintext.
   struct Tls {
     std::string ca_pem;             // verifies lorad's certificate
@@ -176,6 +181,7 @@ class WorkerAgent {
   const std::unique_ptr<WorkDirLock> work_dir_lock_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<lora::worker::v1::WorkerService::Stub> stub_;
+  std::unique_ptr<FileCache> file_cache_;
   std::unique_ptr<ArtifactTransfer> transfer_;
 
   // Creating a run directory and removing another with its empty parents (jobs/<id>/...) must

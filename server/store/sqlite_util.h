@@ -1,0 +1,123 @@
+// SQLite helpers shared by the store's files (internal to server/store/).
+#ifndef LORA_SERVER_STORE_SQLITE_UTIL_H_
+#define LORA_SERVER_STORE_SQLITE_UTIL_H_
+
+#include <sqlite3.h>
+
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+
+namespace lora::server::store_internal {
+
+inline absl::Status SqlError(sqlite3* db, const std::string& what) {
+  const int code = sqlite3_errcode(db);
+  std::string message = absl::StrCat("sqlite: ", what, ": ", sqlite3_errmsg(db));
+  if (code == SQLITE_FULL) return absl::ResourceExhaustedError(message);
+  if (code == SQLITE_CORRUPT || code == SQLITE_NOTADB) return absl::DataLossError(message);
+  return absl::InternalError(message);
+}
+
+// A prepared statement, finalized on destruction.
+class Statement {
+ public:
+  Statement(sqlite3* db, const char* sql) : db_(db) {
+    ok_ = sqlite3_prepare_v2(db, sql, -1, &stmt_, nullptr) == SQLITE_OK;
+  }
+  ~Statement() { sqlite3_finalize(stmt_); }
+  bool ok() const { return ok_; }
+  Statement& Bind(int i, int64_t v) {
+    sqlite3_bind_int64(stmt_, i, v);
+    return *this;
+  }
+  Statement& Bind(int i, const std::string& v) {
+    sqlite3_bind_text(stmt_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+    return *this;
+  }
+  Statement& BindBlob(int i, const std::string& v) {
+    sqlite3_bind_blob(stmt_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+    return *this;
+  }
+  Statement& BindNull(int i) {
+    sqlite3_bind_null(stmt_, i);
+    return *this;
+  }
+  int Step() { return sqlite3_step(stmt_); }
+  int64_t Int(int col) { return sqlite3_column_int64(stmt_, col); }
+  std::string Text(int col) {
+    const unsigned char* p = sqlite3_column_text(stmt_, col);
+    return p ? std::string(reinterpret_cast<const char*>(p),
+                           static_cast<size_t>(sqlite3_column_bytes(stmt_, col)))
+             : "";
+  }
+  std::string Blob(int col) {
+    const void* p = sqlite3_column_blob(stmt_, col);
+    return p ? std::string(static_cast<const char*>(p),
+                           static_cast<size_t>(sqlite3_column_bytes(stmt_, col)))
+             : "";
+  }
+
+ private:
+  sqlite3* db_;
+  sqlite3_stmt* stmt_ = nullptr;
+  bool ok_ = false;
+};
+
+template <typename Message>
+absl::StatusOr<Message> Parse(const std::string& blob, const char* what) {
+  Message m;
+  if (!m.ParseFromString(blob))
+    return absl::DataLossError(absl::StrCat("store: corrupt ", what, " record"));
+  return m;
+}
+
+// Column 0 of every row `s` yields, parsed as `Message` records named `what`; `query` names
+// the statement in SQL errors.
+template <typename Message>
+absl::StatusOr<std::vector<Message>> ReadRecords(sqlite3* db, Statement& s, const char* what,
+                                                 const char* query) {
+  std::vector<Message> out;
+  int rc;
+  while ((rc = s.Step()) == SQLITE_ROW) {
+    auto m = Parse<Message>(s.Blob(0), what);
+    if (!m.ok()) return m.status();
+    out.push_back(std::move(*m));
+  }
+  if (rc != SQLITE_DONE) return SqlError(db, query);
+  return out;
+}
+
+// Rolls back unless committed.
+class Transaction {
+ public:
+  explicit Transaction(sqlite3* db) : db_(db) {
+    ok_ = sqlite3_exec(db, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr) == SQLITE_OK;
+  }
+  ~Transaction() {
+    if (ok_ && !done_) sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+  }
+  bool ok() const { return ok_; }
+  absl::Status Commit() {
+    done_ = true;
+    if (sqlite3_exec(db_, "COMMIT", nullptr, nullptr, nullptr) != SQLITE_OK) {
+      absl::Status error = SqlError(db_, "commit");
+      // After SQLITE_FULL / IOERR / BUSY the transaction may still be open: end it, or the next
+      // statement would run inside it and the caller's view of what is stored would be wrong.
+      if (!sqlite3_get_autocommit(db_)) sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+      return error;
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  sqlite3* db_;
+  bool ok_ = false;
+  bool done_ = false;
+};
+
+}  // namespace lora::server::store_internal
+
+#endif  // LORA_SERVER_STORE_SQLITE_UTIL_H_
