@@ -171,6 +171,33 @@ absl::StatusOr<lora::v1::Job> LoraClient::CancelJob(const std::string& name) {
   return job;
 }
 
+absl::StatusOr<lora::v1::Job> LoraClient::PauseJob(const std::string& name) {
+  lora::v1::PauseJobRequest req;
+  req.set_name(name);
+  lora::v1::Job job;
+  LORA_RETURN_IF_ERROR(
+      Unary(true, [&](grpc::ClientContext* ctx) { return stub_->PauseJob(ctx, req, &job); }));
+  return job;
+}
+
+absl::StatusOr<lora::v1::Job> LoraClient::ResumeJob(const std::string& name) {
+  lora::v1::ResumeJobRequest req;
+  req.set_name(name);
+  lora::v1::Job job;
+  // Not retried: a resume that took effect before the connection broke would fail the retry
+  // (the job is no longer PAUSED), hiding that it worked.
+  LORA_RETURN_IF_ERROR(
+      Unary(false, [&](grpc::ClientContext* ctx) { return stub_->ResumeJob(ctx, req, &job); }));
+  return job;
+}
+
+absl::Status LoraClient::DeleteJob(const std::string& name) {
+  lora::v1::DeleteJobRequest req;
+  req.set_name(name);
+  lora::v1::DeleteJobResponse resp;
+  return Unary(false, [&](grpc::ClientContext* ctx) { return stub_->DeleteJob(ctx, req, &resp); });
+}
+
 absl::StatusOr<std::vector<lora::v1::Checkpoint>> LoraClient::ListCheckpoints(
     const std::string& name) {
   lora::v1::ListCheckpointsRequest req;

@@ -67,6 +67,9 @@ class LoraClient {
   absl::StatusOr<lora::v1::Job> GetJob(const std::string& name);
   absl::StatusOr<lora::v1::ListJobsResponse> ListJobs(const lora::v1::ListJobsRequest& request);
   absl::StatusOr<lora::v1::Job> CancelJob(const std::string& name);
+  absl::StatusOr<lora::v1::Job> PauseJob(const std::string& name);
+  absl::StatusOr<lora::v1::Job> ResumeJob(const std::string& name);
+  absl::Status DeleteJob(const std::string& name);
   absl::StatusOr<std::vector<lora::v1::Checkpoint>> ListCheckpoints(const std::string& name);
 
   // Streams events after `after_sequence` to `on_event` until the job ends (OK), `on_event`

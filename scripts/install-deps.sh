@@ -24,6 +24,8 @@ PACKAGES=(
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev python3 python3-pip python3-venv
   prometheus tmux procps
+  # loractl's completion scripts are checked by the shells they are for
+  zsh fish
 )
 
 export DEBIAN_FRONTEND=noninteractive

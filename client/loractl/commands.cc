@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "client/file_upload.h"
 #include "client/loractl/watch_view.h"
 #include "common/file_util.h"
 #include "common/job_spec/job_spec.h"
@@ -34,26 +35,6 @@ std::string NewRequestId() {
   std::random_device rd;
   std::mt19937_64 rng((static_cast<uint64_t>(rd()) << 32) ^ rd());
   return absl::StrFormat("%016x%016x", rng(), rng());
-}
-
-std::string Absolute(const std::string& path) {
-  if (path.empty()) return path;
-  std::error_code ec;
-  return fs::absolute(path, ec).lexically_normal().string();
-}
-
-// Workers read paths on their own machines: send absolute ones.
-void AbsolutizePaths(lora::v1::JobSpec* spec) {
-  if (!spec->model().path().empty())
-    spec->mutable_model()->set_path(Absolute(spec->model().path()));
-  const std::string& tok = spec->model().tokenizer();
-  if (!tok.empty() && tok != "byte") spec->mutable_model()->set_tokenizer(Absolute(tok));
-  if (!spec->dataset().path().empty())
-    spec->mutable_dataset()->set_path(Absolute(spec->dataset().path()));
-  if (!spec->dataset().validation_path().empty())
-    spec->mutable_dataset()->set_validation_path(Absolute(spec->dataset().validation_path()));
-  if (!spec->lora().adapter().empty())
-    spec->mutable_lora()->set_adapter(Absolute(spec->lora().adapter()));
 }
 
 bool IsTty() { return ::isatty(STDOUT_FILENO) == 1; }
@@ -137,11 +118,12 @@ absl::StatusOr<lora::v1::JobKind> ParseKind(const std::string& s) {
   return kind;
 }
 
-int SubmitSpec(const Globals& g, lora::v1::JobSpec spec, const std::string& request_id,
-               bool watch) {
-  AbsolutizePaths(&spec);
+int SubmitSpec(const Globals& g, lora::v1::JobSpec spec, const std::string& request_id, bool watch,
+               const std::string& base_dir, bool upload) {
   auto client = Connect(g);
   if (!client.ok()) return ReportError(client.status());
+  if (absl::Status s = PrepareSpecPaths(**client, &spec, base_dir, upload); !s.ok())
+    return ReportError(s);
   auto job = (*client)->CreateJob(spec, request_id.empty() ? NewRequestId() : request_id);
   if (!job.ok()) return ReportError(job.status());
   if (g.format != Format::kTable && !watch) {
@@ -222,7 +204,10 @@ int Submit(const Globals& g, const SubmitOptions& o) {
   // The same validation lorad runs, with file and line in the messages.
   absl::Status valid = ValidateJobSpec(parsed->spec, &*parsed, o.file);
   if (!valid.ok()) return ReportError(valid);
-  return SubmitSpec(g, parsed->spec, o.request_id, o.watch);
+  // Relative paths in a spec file are relative to the file, wherever loractl runs.
+  std::error_code ec;
+  const std::string base = fs::absolute(o.file, ec).parent_path().string();
+  return SubmitSpec(g, parsed->spec, o.request_id, o.watch, base, !o.no_upload);
 }
 
 int Get(const Globals& g, const std::string& job) {
@@ -247,6 +232,8 @@ int List(const Globals& g, const ListOptions& o) {
     req.add_kinds(*kind);
   }
   if (o.limit <= 0) return ReportError(absl::InvalidArgumentError("--limit: must be > 0"));
+  req.set_filter(o.filter);
+  req.set_order_by(o.order_by);
   auto client = Connect(g);
   if (!client.ok()) return ReportError(client.status());
   std::vector<lora::v1::Job> jobs;
@@ -276,16 +263,44 @@ int List(const Globals& g, const ListOptions& o) {
   return kOk;
 }
 
-int Cancel(const Globals& g, const std::string& job) {
-  auto client = Connect(g);
-  if (!client.ok()) return ReportError(client.status());
-  auto j = (*client)->CancelJob(JobName(job));
+namespace {
+
+// A job-changing call's answer: the job as JSON/YAML, or its name and state.
+int PrintJobAnswer(const Globals& g, const absl::StatusOr<lora::v1::Job>& j) {
   if (!j.ok()) return ReportError(j.status());
   if (g.format != Format::kTable) {
     PrintMessages({&*j}, g.format, false);
   } else {
     std::cout << j->name() << " " << StateName(j->state()) << std::endl;
   }
+  return kOk;
+}
+
+}  // namespace
+
+int Cancel(const Globals& g, const std::string& job) {
+  auto client = Connect(g);
+  if (!client.ok()) return ReportError(client.status());
+  return PrintJobAnswer(g, (*client)->CancelJob(JobName(job)));
+}
+
+int Pause(const Globals& g, const std::string& job) {
+  auto client = Connect(g);
+  if (!client.ok()) return ReportError(client.status());
+  return PrintJobAnswer(g, (*client)->PauseJob(JobName(job)));
+}
+
+int Resume(const Globals& g, const std::string& job) {
+  auto client = Connect(g);
+  if (!client.ok()) return ReportError(client.status());
+  return PrintJobAnswer(g, (*client)->ResumeJob(JobName(job)));
+}
+
+int Delete(const Globals& g, const std::string& job) {
+  auto client = Connect(g);
+  if (!client.ok()) return ReportError(client.status());
+  if (absl::Status s = (*client)->DeleteJob(JobName(job)); !s.ok()) return ReportError(s);
+  std::cout << JobName(job) << " deleted" << std::endl;
   return kOk;
 }
 
@@ -407,7 +422,8 @@ lora::v1::JobSpec ModelJobSpec(lora::v1::JobKind kind, const std::string& name,
   spec.mutable_job()->set_kind(kind);
   spec.mutable_job()->set_name(name);
   std::error_code ec;
-  if (fs::is_directory(model, ec))
+  if (fs::is_directory(model, ec) || absl::StartsWith(model, kWorkerPathPrefix) ||
+      absl::StartsWith(model, "files/"))
     spec.mutable_model()->set_path(model);
   else
     spec.mutable_model()->set_flavor(model);
@@ -415,10 +431,11 @@ lora::v1::JobSpec ModelJobSpec(lora::v1::JobKind kind, const std::string& name,
 }
 
 // Defaults, local validation (errors name the field), then submission.
-int ValidateAndSubmit(const Globals& g, lora::v1::JobSpec spec, bool watch) {
+int ValidateAndSubmit(const Globals& g, lora::v1::JobSpec spec, bool watch, bool upload) {
   ApplyJobSpecDefaults(&spec);
   if (absl::Status s = ValidateJobSpec(spec); !s.ok()) return ReportError(s);
-  return SubmitSpec(g, spec, "", watch);
+  std::error_code ec;
+  return SubmitSpec(g, spec, "", watch, fs::current_path(ec).string(), upload);
 }
 
 }  // namespace
@@ -432,14 +449,14 @@ int Convert(const Globals& g, const ConvertOptions& o) {
   spec.mutable_lora()->set_init(o.init);
   for (const auto& t : o.target_modules) spec.mutable_lora()->add_target_modules(t);
   spec.mutable_checkpoint()->set_export_dtype(o.export_dtype);
-  return ValidateAndSubmit(g, std::move(spec), o.watch);
+  return ValidateAndSubmit(g, std::move(spec), o.watch, !o.no_upload);
 }
 
 int Merge(const Globals& g, const MergeOptions& o) {
   lora::v1::JobSpec spec = ModelJobSpec(lora::v1::JOB_KIND_MERGE, o.name, o.model);
   spec.mutable_lora()->set_adapter(o.adapter);
   spec.mutable_checkpoint()->set_export_dtype(o.dtype);
-  return ValidateAndSubmit(g, std::move(spec), o.watch);
+  return ValidateAndSubmit(g, std::move(spec), o.watch, !o.no_upload);
 }
 
 }  // namespace lora::loractl

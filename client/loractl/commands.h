@@ -27,6 +27,7 @@ struct SubmitOptions {
   std::vector<std::string> overrides;
   std::string request_id;
   bool watch = false;
+  bool no_upload = false;  // send paths as they are (workers that share this disk)
 };
 int Submit(const Globals& g, const SubmitOptions& o);
 
@@ -36,10 +37,26 @@ struct ListOptions {
   std::vector<std::string> states;
   std::vector<std::string> kinds;
   int limit = 50;
+  std::string filter;    // AIP-160 subset (docs/API.md)
+  std::string order_by;  // "create_time [asc|desc]"
 };
 int List(const Globals& g, const ListOptions& o);
 
 int Cancel(const Globals& g, const std::string& job);
+int Pause(const Globals& g, const std::string& job);
+int Resume(const Globals& g, const std::string& job);
+int Delete(const Globals& g, const std::string& job);
+
+// `loractl files ...` (files_commands.cc).
+int FilesUpload(const Globals& g, const std::string& path);
+int FilesList(const Globals& g, int limit);
+int FilesGet(const Globals& g, const std::string& name);
+int FilesDelete(const Globals& g, const std::string& name);
+// The local paths `spec` names (relative to `base_dir`) uploaded and replaced by "files/{id}",
+// with a progress line on a terminal and one notice per file; "worker:" paths lose the
+// prefix. With `upload` false, paths are made absolute instead (workers sharing this disk).
+absl::Status PrepareSpecPaths(LoraClient& client, lora::v1::JobSpec* spec,
+                              const std::string& base_dir, bool upload);
 int Logs(const Globals& g, const std::string& job, bool follow);
 int Checkpoints(const Globals& g, const std::string& job);
 int Watch(const Globals& g, const std::string& job);
@@ -64,6 +81,7 @@ struct ConvertOptions {
   std::string export_dtype = "float32";
   std::string name;
   bool watch = false;
+  bool no_upload = false;
 };
 int Convert(const Globals& g, const ConvertOptions& o);
 
@@ -73,6 +91,7 @@ struct MergeOptions {
   std::string dtype = "float32";
   std::string name;
   bool watch = false;
+  bool no_upload = false;
 };
 int Merge(const Globals& g, const MergeOptions& o);
 

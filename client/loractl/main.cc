@@ -69,6 +69,9 @@ int main(int argc, char** argv) {
   c_submit->add_option("--set", submit.overrides, "Override a key: section.key=value (repeatable)");
   c_submit->add_option("--request-id", submit.request_id, "Idempotency key (default: random)");
   c_submit->add_flag("-w,--watch", submit.watch, "Follow the job; exit with its outcome");
+  c_submit->add_flag("--no-upload", submit.no_upload,
+                     "Send the spec's paths as they are (made absolute) instead of uploading the "
+                     "local files they name: for workers that share this disk");
 
   std::string job;
   auto* c_get = app.add_subcommand("get", "Show a job");
@@ -79,9 +82,35 @@ int main(int argc, char** argv) {
   c_list->add_option("--state", list.states, "Only these states (repeatable)");
   c_list->add_option("--kind", list.kinds, "Only these kinds: train, convert, merge (repeatable)");
   c_list->add_option("--limit", list.limit, "At most this many")->capture_default_str();
+  c_list->add_option("--filter", list.filter,
+                     "labels.KEY=VALUE, labels.KEY:*, state=STATE, kind=KIND joined by AND");
+  c_list->add_option("--order-by", list.order_by, "create_time desc (default) or create_time asc");
 
   auto* c_cancel = app.add_subcommand("cancel", "Cancel a job");
   c_cancel->add_option("job", job, "jobs/ID or ID")->required();
+
+  auto* c_pause = app.add_subcommand(
+      "pause", "Pause a job: it checkpoints and releases its workers until resumed");
+  c_pause->add_option("job", job, "jobs/ID or ID")->required();
+  auto* c_resume = app.add_subcommand("resume", "Resume a paused job from its latest checkpoint");
+  c_resume->add_option("job", job, "jobs/ID or ID")->required();
+  auto* c_delete =
+      app.add_subcommand("delete", "Delete a job that has ended, with its checkpoints and outputs");
+  c_delete->add_option("job", job, "jobs/ID or ID")->required();
+
+  auto* c_files = app.add_subcommand("files", "Uploaded files: upload, list, get, delete");
+  c_files->require_subcommand(1);
+  std::string file_arg;
+  int files_limit = 50;
+  auto* c_files_upload =
+      c_files->add_subcommand("upload", "Upload a file or a directory (a model); prints files/ID");
+  c_files_upload->add_option("path", file_arg, "Local file or directory")->required();
+  auto* c_files_list = c_files->add_subcommand("list", "List uploaded files, newest first");
+  c_files_list->add_option("--limit", files_limit, "At most this many")->capture_default_str();
+  auto* c_files_get = c_files->add_subcommand("get", "Show an uploaded file and its entries");
+  c_files_get->add_option("name", file_arg, "files/ID or ID")->required();
+  auto* c_files_delete = c_files->add_subcommand("delete", "Delete an uploaded file");
+  c_files_delete->add_option("name", file_arg, "files/ID or ID")->required();
 
   bool follow = false;
   auto* c_logs =
@@ -121,6 +150,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   c_conv->add_option("--name", conv.name, "Display name");
   c_conv->add_flag("-w,--watch", conv.watch, "Follow the job; exit with its outcome");
+  c_conv->add_flag("--no-upload", conv.no_upload,
+                   "Send --model as a path on the workers instead of uploading it");
 
   MergeOptions merge;
   auto* c_merge = app.add_subcommand(
@@ -132,6 +163,8 @@ int main(int argc, char** argv) {
   c_merge->add_option("--dtype", merge.dtype, "Output dtype")->capture_default_str();
   c_merge->add_option("--name", merge.name, "Display name");
   c_merge->add_flag("-w,--watch", merge.watch, "Follow the job; exit with its outcome");
+  c_merge->add_flag("--no-upload", merge.no_upload,
+                    "Send --model and --adapter as paths on the workers instead of uploading them");
 
   app.add_subcommand("version", "Print the version");
   std::string shell;
@@ -189,6 +222,13 @@ int main(int argc, char** argv) {
   if (c_get->parsed()) return Get(g, job);
   if (c_list->parsed()) return List(g, list);
   if (c_cancel->parsed()) return Cancel(g, job);
+  if (c_pause->parsed()) return Pause(g, job);
+  if (c_resume->parsed()) return Resume(g, job);
+  if (c_delete->parsed()) return Delete(g, job);
+  if (c_files_upload->parsed()) return FilesUpload(g, file_arg);
+  if (c_files_list->parsed()) return FilesList(g, files_limit);
+  if (c_files_get->parsed()) return FilesGet(g, file_arg);
+  if (c_files_delete->parsed()) return FilesDelete(g, file_arg);
   if (c_logs->parsed()) return Logs(g, job, follow);
   if (c_watch->parsed()) return Watch(g, job);
   if (c_ckpt->parsed()) return Checkpoints(g, job);

@@ -38,9 +38,9 @@ BlobWriter::~BlobWriter() {
 
 absl::Status BlobWriter::Write(const void* data, size_t size) {
   if (static_cast<int64_t>(size) > size_ - offset_) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("data: ", offset_ + static_cast<int64_t>(size),
-                     " bytes would pass the declared size of ", size_));
+    return absl::InvalidArgumentError(absl::StrCat("data: ", offset_ + static_cast<int64_t>(size),
+                                                   " bytes would pass the declared size of ",
+                                                   size_));
   }
   const char* p = static_cast<const char*>(data);
   size_t left = size;
@@ -114,8 +114,8 @@ std::string BlobStore::PartialPath(const std::string& tenant, const std::string&
   return absl::StrCat(root_, "/partial/", TenantKey(tenant), "-", sha256, "-", size);
 }
 
-std::optional<int64_t> BlobStore::PartialSize(const std::string& tenant,
-                                              const std::string& sha256, int64_t size) const {
+std::optional<int64_t> BlobStore::PartialSize(const std::string& tenant, const std::string& sha256,
+                                              int64_t size) const {
   struct stat st;
   if (stat(PartialPath(tenant, sha256, size).c_str(), &st) != 0) return std::nullopt;
   return st.st_size;
@@ -139,9 +139,9 @@ absl::StatusOr<std::unique_ptr<BlobWriter>> BlobStore::OpenPartial(const std::st
     st.st_size = 0;
   }
   if (offset != st.st_size) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "header.offset: ", offset, " but the server holds ", st.st_size,
-        " bytes of this upload; continue from there (StartUpload reports it)"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("header.offset: ", offset, " but the server holds ", st.st_size,
+                     " bytes of this upload; continue from there (StartUpload reports it)"));
   }
   // Hash what is already there: the final check covers every byte, not only this stream's.
   std::string buffer(1 << 20, '\0');
@@ -160,8 +160,7 @@ absl::StatusOr<std::unique_ptr<BlobWriter>> BlobStore::OpenPartial(const std::st
   return w;
 }
 
-void BlobStore::RemovePartial(const std::string& tenant, const std::string& sha256,
-                              int64_t size) {
+void BlobStore::RemovePartial(const std::string& tenant, const std::string& sha256, int64_t size) {
   unlink(PartialPath(tenant, sha256, size).c_str());
 }
 

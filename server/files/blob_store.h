@@ -57,9 +57,9 @@ class BlobWriter {
 struct PartialUpload {
   std::string tenant_key;
   std::string sha256;
-  int64_t declared_size = 0; // the whole blob's
-  int64_t size = 0;          // bytes so far
-  int64_t mtime_us = 0;      // last write
+  int64_t declared_size = 0;  // the whole blob's
+  int64_t size = 0;           // bytes so far
+  int64_t mtime_us = 0;       // last write
   std::string path;
 };
 
@@ -89,8 +89,7 @@ class BlobStore {
   static std::string TenantKey(const std::string& tenant);
 
  private:
-  std::string PartialPath(const std::string& tenant, const std::string& sha256,
-                          int64_t size) const;
+  std::string PartialPath(const std::string& tenant, const std::string& sha256, int64_t size) const;
   std::string root_;
 };
 

@@ -73,8 +73,8 @@ std::string PageToken(const File& f) {
 
 }  // namespace
 
-FileUpload::FileUpload(FileManager* manager, std::string tenant,
-                       std::unique_ptr<BlobWriter> writer, const lora::v1::UploadHeader& header)
+FileUpload::FileUpload(FileManager* manager, std::string tenant, std::unique_ptr<BlobWriter> writer,
+                       const lora::v1::UploadHeader& header)
     : manager_(manager), tenant_(std::move(tenant)), writer_(std::move(writer)), header_(header) {}
 
 FileUpload::~FileUpload() {
@@ -122,8 +122,8 @@ absl::StatusOr<int64_t> FileManager::TenantUsage(const std::string& tenant) {
   return UsageLocked(tenant);
 }
 
-absl::StatusOr<UploadStatus> FileManager::StartUpload(
-    const std::string& tenant, const lora::v1::StartUploadRequest& request) {
+absl::StatusOr<UploadStatus> FileManager::StartUpload(const std::string& tenant,
+                                                      const lora::v1::StartUploadRequest& request) {
   LORA_RETURN_IF_ERROR(ValidateSha256(request.sha256(), "sha256"));
   if (request.size() < 0 || request.size() > options_.max_blob_bytes) {
     return absl::InvalidArgumentError(
@@ -150,7 +150,8 @@ absl::StatusOr<UploadStatus> FileManager::StartUpload(
     if (options_.tenant_quota_bytes > 0 && used + request.size() > options_.tenant_quota_bytes) {
       return absl::ResourceExhaustedError(absl::StrCat(
           "storage quota of tenant \"", tenant, "\": ", used, " of ", options_.tenant_quota_bytes,
-          " bytes used, this upload needs ", request.size(), "; delete files (loractl files "
+          " bytes used, this upload needs ", request.size(),
+          "; delete files (loractl files "
           "delete) or ask for a larger quota"));
     }
     // Creating the (empty) partial reserves the bytes against the quota.
@@ -224,8 +225,8 @@ absl::StatusOr<File> FileManager::CreateFile(const std::string& tenant,
                                              const lora::v1::CreateFileRequest& request) {
   if (request.display_name().empty() || request.display_name().size() > kMaxDisplayNameBytes ||
       absl::StrContains(request.display_name(), '/')) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "display_name: must be a base name of 1 to ", kMaxDisplayNameBytes, " bytes"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("display_name: must be a base name of 1 to ", kMaxDisplayNameBytes, " bytes"));
   }
   const int n = request.entries_size();
   if (n == 0 || n > options_.max_entries) {
@@ -256,8 +257,8 @@ absl::StatusOr<File> FileManager::CreateFile(const std::string& tenant,
     }
     // A path that is also a directory of another entry ("a" and "a/b") cannot be laid out.
     if (i > 0 && absl::StartsWith(entries[i].path(), entries[i - 1].path() + "/")) {
-      return absl::InvalidArgumentError(absl::StrCat("entries: \"", entries[i - 1].path(),
-                                                     "\" is both a file and a directory"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("entries: \"", entries[i - 1].path(), "\" is both a file and a directory"));
     }
     total += entries[i].size();
   }
@@ -347,8 +348,8 @@ absl::StatusOr<std::vector<File>> FileManager::ResolveSpec(const std::string& te
       continue;
     absl::StatusOr<File> file = GetFile(tenant, p.path);
     if (absl::IsNotFound(file.status())) {
-      return absl::NotFoundError(absl::StrCat(p.field, ": ", p.path,
-                                              " not found (upload it with loractl files upload)"));
+      return absl::NotFoundError(
+          absl::StrCat(p.field, ": ", p.path, " not found (upload it with loractl files upload)"));
     }
     if (!file.ok()) return file.status();
     out.push_back(*std::move(file));

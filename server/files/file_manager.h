@@ -66,10 +66,10 @@ class FileManager {
  public:
   struct Options {
     JobStore* store = nullptr;
-    std::string root;                  // <data dir>/blobs
-    int64_t tenant_quota_bytes = 0;    // 0 = no quota
+    std::string root;                // <data dir>/blobs
+    int64_t tenant_quota_bytes = 0;  // 0 = no quota
     absl::Duration stall_timeout = absl::Hours(1);
-    int max_entries = 10000;           // per file set
+    int max_entries = 10000;  // per file set
     int64_t max_blob_bytes = int64_t{1} << 40;
     // Whether a job that has not ended names the file ("files/{id}"); set by lorad once the job
     // manager exists. Unset: no file is in use.
@@ -90,8 +90,8 @@ class FileManager {
   // `tenant` nullopt: any tenant's (admins).
   absl::StatusOr<lora::v1::File> GetFile(const std::optional<std::string>& tenant,
                                          const std::string& name);
-  absl::StatusOr<lora::v1::ListFilesResponse> ListFiles(
-      const std::optional<std::string>& tenant, const lora::v1::ListFilesRequest& request);
+  absl::StatusOr<lora::v1::ListFilesResponse> ListFiles(const std::optional<std::string>& tenant,
+                                                        const lora::v1::ListFilesRequest& request);
   absl::Status DeleteFile(const std::optional<std::string>& tenant, const std::string& name);
 
   // The files a spec's path fields name, in SpecPaths order (each once). NOT_FOUND naming the

@@ -142,6 +142,82 @@ TEST_F(LoractlTest, SubmitWatchGetListDownload) {
       true);
 }
 
+TEST_F(LoractlTest, SubmitUploadsTheSpecsLocalFilesSoDeletingThemAfterwardsChangesNothing) {
+  const std::string data_dir = dir_->Join("upload-spec");
+  std::filesystem::create_directories(data_dir + "/data");
+  {
+    std::ofstream out(data_dir + "/data/train.jsonl");
+    for (int i = 0; i < 120; ++i) out << "{\"text\": \"uploaded line " << i << " of the set\"}\n";
+  }
+  const std::string spec = data_dir + "/job.toml";
+  std::ofstream(spec) << R"([job]
+name = "uploaded"
+[job.labels]
+source = "laptop"
+[model]
+flavor = "tiny"
+[lora]
+rank = 4
+target_modules = ["q_proj", "v_proj"]
+[training]
+steps = 3
+seq_len = 32
+local_batch_size = 2
+[dataset]
+path = "data/train.jsonl"
+format = "text"
+validation_fraction = 0.1
+)";
+  // Run from elsewhere: the path is relative to the spec file, not the working directory.
+  ProcessResult submit = Loractl({"submit", spec});
+  ASSERT_EQ(submit.exit_code, 0) << submit.err;
+  EXPECT_THAT(submit.err, HasSubstr("dataset.path: uploaded data/train.jsonl as files/f-"));
+  const std::string name = submit.out.substr(0, submit.out.find('\n'));
+  std::filesystem::remove_all(data_dir);  // the client's copy is gone at once
+  ProcessResult watch = Loractl({"watch", name});
+  EXPECT_EQ(watch.exit_code, 0) << watch.out << watch.err << lorad_->log();
+  ProcessResult get = Loractl({"get", name, "-o", "json"});
+  EXPECT_THAT(get.out, HasSubstr("\"path\": \"files/f-"));
+
+  ProcessResult by_label = Loractl({"list", "--filter", "labels.source = laptop", "-o", "json"});
+  ASSERT_EQ(by_label.exit_code, 0) << by_label.err;
+  EXPECT_THAT(by_label.out, HasSubstr(name));
+  ProcessResult none = Loractl({"list", "--filter", "labels.source = elsewhere"});
+  EXPECT_THAT(none.out, Not(HasSubstr(name)));
+  EXPECT_EQ(Loractl({"list", "--filter", "owner = me"}).exit_code, 2);
+
+  ProcessResult missing = Loractl({"submit", WriteSpec("missing.toml", R"([model]
+flavor = "tiny"
+[dataset]
+path = "/nowhere/train.jsonl"
+format = "text"
+)")});
+  EXPECT_EQ(missing.exit_code, 3) << missing.err;
+  EXPECT_THAT(missing.err, HasSubstr("worker:/nowhere/train.jsonl"));
+  EXPECT_EQ(Loractl({"delete", name}).exit_code, 0);
+  EXPECT_EQ(Loractl({"get", name}).exit_code, 3);
+}
+
+TEST_F(LoractlTest, FilesUploadListGetAndDeleteADirectory) {
+  const std::string model = dir_->Join("model-dir");
+  std::filesystem::create_directories(model + "/shards");
+  std::ofstream(model + "/config.json") << "{}";
+  std::ofstream(model + "/shards/a.bin") << std::string(3 << 20, 'a');  // several chunks
+  ProcessResult up = Loractl({"files", "upload", model});
+  ASSERT_EQ(up.exit_code, 0) << up.err;
+  EXPECT_THAT(up.out, HasSubstr("model-dir/"));
+  EXPECT_THAT(up.out, HasSubstr("2 files"));
+  const std::string file = up.out.substr(0, up.out.find(' '));
+  ASSERT_THAT(file, ::testing::StartsWith("files/f-"));
+  // The same bytes again: the same file, nothing sent.
+  EXPECT_THAT(Loractl({"files", "upload", model}).out, HasSubstr(file));
+  EXPECT_THAT(Loractl({"files", "list"}).out, HasSubstr(file));
+  ProcessResult get = Loractl({"files", "get", file});
+  EXPECT_THAT(get.out, HasSubstr("shards/a.bin"));
+  EXPECT_EQ(Loractl({"files", "delete", file}).exit_code, 0);
+  EXPECT_EQ(Loractl({"files", "get", file}).exit_code, 3);
+}
+
 TEST_F(LoractlTest, GetSaysWhyAJobIsQueued) {
   const std::string spec = WriteSpec("cuda.toml", TinyToml(5) + "[resources]\ndevice = \"cuda\"\n");
   ProcessResult submit = Loractl({"submit", spec});
@@ -177,9 +253,10 @@ TEST_F(LoractlTest, ExitCodes) {
       testing::RunProcess({testing::BinaryPath("client/loractl"), "--addr", "127.0.0.1:1", "list"});
   EXPECT_EQ(unreachable.exit_code, 6);
   EXPECT_THAT(unreachable.err, HasSubstr("lorad at 127.0.0.1:1 is unreachable"));
-  // A job that fails makes `submit --watch` exit 4.
+  // A job that fails makes `submit --watch` exit 4 (the file is missing on the workers: a
+  // worker path, so loractl does not look for it here).
   const std::string bad =
-      WriteSpec("fails.toml", "[model]\nflavor = \"tiny\"\n[dataset]\npath = \"" +
+      WriteSpec("fails.toml", "[model]\nflavor = \"tiny\"\n[dataset]\npath = \"worker:" +
                                   dir_->Join("none.jsonl") + "\"\n");
   ProcessResult failed = Loractl({"submit", bad, "--watch"});
   EXPECT_EQ(failed.exit_code, 4) << failed.out << failed.err;
