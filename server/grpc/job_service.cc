@@ -167,26 +167,6 @@ class WatchReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer>, public E
 
 }  // namespace
 
-template <typename Fn>
-grpc::ServerUnaryReactor* JobServiceImpl::Unary(grpc::CallbackServerContext* context,
-                                                const char* method, Fn fn) {
-  auto* reactor = context->DefaultReactor();
-  const auto start = std::chrono::steady_clock::now();
-  absl::StatusOr<Principal> caller = credentials_->Authenticate(*context, Plane::kUser);
-  if (!caller.ok()) {
-    hooks_->Rpc(method, ToGrpcStatus(caller.status()).error_code(), 0);
-    reactor->Finish(ToGrpcStatus(caller.status()));
-    return reactor;
-  }
-  pool_->Schedule(
-      [this, reactor, method, start, p = *std::move(caller), fn = std::move(fn)]() mutable {
-        grpc::Status status = ToGrpcStatus(fn(p));
-        hooks_->Rpc(method, status.error_code(), SecondsSince(start));
-        reactor->Finish(status);
-      });
-  return reactor;
-}
-
 absl::Status JobServiceImpl::Authorize(const Principal& caller, const std::string& name) {
   absl::StatusOr<lora::v1::Job> job = manager_->GetJob(name);
   if (!job.ok()) return job.status();
@@ -253,19 +233,11 @@ grpc::ServerUnaryReactor* JobServiceImpl::RawUnary(
     grpc::CallbackServerContext* context, const char* method, const grpc::ByteBuffer* in,
     grpc::ByteBuffer* out,
     absl::Status (JobServiceImpl::*handler)(const Principal&, const Req&, Resp*)) {
-  // gRPC answers a request its generated handler cannot parse with a bare UNIMPLEMENTED; these
-  // methods take the bytes and parse them here, so a malformed request is INVALID_ARGUMENT.
-  auto request = std::make_shared<Req>();
-  // Checked after authentication (in Unary): an unauthenticated caller learns nothing else.
-  const absl::Status parsed = ParseMessage(*in, request.get());
-  return Unary(context, method,
-               [this, request, parsed, out, handler](const Principal& caller) -> absl::Status {
-                 LORA_RETURN_IF_ERROR(parsed);
-                 Resp response;
-                 LORA_RETURN_IF_ERROR((this->*handler)(caller, *request, &response));
-                 *out = ToByteBuffer(response);
-                 return absl::OkStatus();
-               });
+  return RawUnaryCall<Req, Resp>(
+      {context, credentials_, pool_, hooks_, method}, in, out,
+      [this, handler](const Principal& caller, const Req& request, Resp* response) {
+        return (this->*handler)(caller, request, response);
+      });
 }
 
 grpc::ServerUnaryReactor* JobServiceImpl::CreateJob(grpc::CallbackServerContext* context,

@@ -82,16 +82,12 @@ class JobServiceImpl final : public JobServiceBase {
   absl::Status DoListCheckpoints(const Principal& caller,
                                  const lora::v1::ListCheckpointsRequest& request,
                                  lora::v1::ListCheckpointsResponse* response);
-  // Parses the request (INVALID_ARGUMENT if it does not parse), runs `handler` through Unary,
-  // serializes the response.
+  // RawUnaryCall (unary_call.h) with a member handler.
   template <typename Req, typename Resp>
   grpc::ServerUnaryReactor* RawUnary(grpc::CallbackServerContext* context, const char* method,
                                      const grpc::ByteBuffer* in, grpc::ByteBuffer* out,
                                      absl::Status (JobServiceImpl::*handler)(const Principal&,
                                                                              const Req&, Resp*));
-  // Runs fn(principal) on the pool once the caller is authenticated.
-  template <typename Fn>
-  grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* context, const char* method, Fn fn);
   // OK when `name` exists and the caller may see it; NOT_FOUND otherwise, whichever it is.
   absl::Status Authorize(const Principal& caller, const std::string& name);
 
