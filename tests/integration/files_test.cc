@@ -4,11 +4,13 @@
 #include <signal.h>
 #include <sys/stat.h>
 
+#include <atomic>
 #include <filesystem>
 #include <fstream>
 
 #include "absl/strings/str_cat.h"
 #include "client/file_upload.h"
+#include "common/sha256.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "lora/worker/v1/worker_service.grpc.pb.h"
@@ -144,6 +146,50 @@ TEST_F(FilesTest, AWorkerCannotFetchABlobThatNoAssignmentItHoldsNames) {
       ::testing::AnyOf(grpc::StatusCode::NOT_FOUND, grpc::StatusCode::UNAVAILABLE,
                        grpc::StatusCode::PERMISSION_DENIED, grpc::StatusCode::UNAUTHENTICATED))
       << status.error_message();
+}
+
+TEST_F(FilesTest, AnUploadCutShortByALoradCrashContinuesFromWhatItHadStored) {
+  const int port = testing::FreePort();
+  auto lorad = std::make_unique<testing::Lorad>(
+      testing::Lorad::Options{dir_.Join("lorad"), /*local_workers=*/0, port});
+  ASSERT_TRUE(lorad->Start()) << lorad->log();
+  const std::string big = dir_.Join("client/big.bin");
+  {
+    std::ofstream out(big, std::ios::binary);
+    std::string block(1 << 20, '\0');
+    for (int mib = 0; mib < 48; ++mib) {
+      for (size_t i = 0; i < block.size(); ++i) block[i] = static_cast<char>((i * 31 + mib) & 0xff);
+      out.write(block.data(), static_cast<std::streamsize>(block.size()));
+    }
+  }
+  {
+    auto client = lorad->Client();
+    FileUploader uploader(client.get(), /*chunk_bytes=*/64 << 10);  // many small chunks
+    std::atomic<bool> killed{false};
+    auto first = uploader.Upload(big, [&](const UploadProgress& p) {
+      if (!killed && p.sent >= (16 << 20)) {
+        killed = true;
+        lorad->Kill(SIGKILL);  // mid-stream
+      }
+    });
+    EXPECT_FALSE(first.ok());
+  }
+  lorad = std::make_unique<testing::Lorad>(
+      testing::Lorad::Options{dir_.Join("lorad"), /*local_workers=*/0, port});
+  ASSERT_TRUE(lorad->Start()) << lorad->log();
+  auto client = lorad->Client();
+  FileUploader uploader(client.get());
+  int64_t resumed_at = -1;
+  auto file = uploader.Upload(big, [&](const UploadProgress& p) {
+    if (resumed_at < 0) resumed_at = p.sent;  // the first report: what lorad already had
+  });
+  ASSERT_TRUE(file.ok()) << file.status();
+  EXPECT_GT(resumed_at, 0) << "nothing of the first stream was kept";
+  EXPECT_LT(resumed_at, int64_t{48} << 20);
+  const std::string sha = file->entries(0).sha256();
+  EXPECT_EQ(
+      *Sha256File(absl::StrCat(dir_.Join("lorad"), "/blobs/sha256/", sha.substr(0, 2), "/", sha)),
+      sha);
 }
 
 TEST_F(FilesTest, SubmittingASpecUploadsItsLocalPathsAndKeepsWorkerPaths) {
