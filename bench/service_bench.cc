@@ -12,6 +12,7 @@
 #include <chrono>
 #include <fstream>
 #include <iostream>
+#include <mutex>
 #include <thread>
 
 #include "CLI/CLI.hpp"
@@ -103,6 +104,53 @@ void CreateJobs(testing::TempDir& dir, int jobs, int clients, const testing::Cer
                       "%.2f ms; %d errors",
                       jobs / seconds, Percentile(all, 0.5), Percentile(all, 0.99),
                       tls ? " + TLS handshake" : "", Percentile(first, 0.5), errors.load()));
+}
+
+// A growing backlog: `jobs` creates with no worker connected (every job stays queued), rate
+// and p99 per tenth, so the cost of a create with a long queue shows against a short one.
+void Backlog(testing::TempDir& dir, int jobs, int clients) {
+  testing::Lorad lorad({dir.Join("backlog"), 0, 0, {}});
+  if (!lorad.Start()) return;
+  const int tenth = std::max(1, jobs / 10);
+  std::vector<std::vector<double>> latency(10);  // by tenth
+  std::vector<double> tenth_end(10, 0);          // seconds since start when the tenth was done
+  std::mutex mu;
+  std::atomic<int> next{0}, done{0}, errors{0};
+  const auto t0 = Clock::now();
+  std::vector<std::thread> threads;
+  for (int c = 0; c < clients; ++c) {
+    threads.emplace_back([&] {
+      ClientOptions o;
+      o.address = lorad.address();
+      auto client = std::move(*LoraClient::Create(o));
+      while (true) {
+        const int i = next++;
+        if (i >= jobs) break;
+        const auto s = Clock::now();
+        auto job = client->CreateJob(testing::TinyTrainSpec(10), "");
+        const double ms = Ms(Clock::now() - s);
+        if (!job.ok()) ++errors;
+        const int n = ++done;
+        std::lock_guard<std::mutex> lock(mu);
+        const int t = std::min(9, i / tenth);
+        latency[static_cast<size_t>(t)].push_back(ms);
+        if (n % tenth == 0 && n / tenth <= 10)
+          tenth_end[static_cast<size_t>(n / tenth - 1)] =
+              std::chrono::duration<double>(Clock::now() - t0).count();
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int t = 0; t < 10; ++t) {
+    const double start = t == 0 ? 0 : tenth_end[static_cast<size_t>(t - 1)];
+    const double secs = tenth_end[static_cast<size_t>(t)] - start;
+    Row(absl::StrFormat("CreateJob, queue %6d..%6d (%d clients)", t * tenth, (t + 1) * tenth,
+                        clients),
+        absl::StrFormat("%6.0f jobs/s; p50 %.2f ms, p99 %.2f ms", secs > 0 ? tenth / secs : 0,
+                        Percentile(latency[static_cast<size_t>(t)], 0.5),
+                        Percentile(latency[static_cast<size_t>(t)], 0.99)));
+  }
+  Row("errors", std::to_string(errors.load()));
 }
 
 void SubmitToFirstStep(testing::TempDir& dir) {
@@ -227,9 +275,15 @@ int main(int argc, char** argv) {
   app.add_option("--jobs", jobs);
   app.add_option("--clients", clients);
   app.add_option("--watchers", watchers);
-  app.add_option("--only", only, "Run one part: create (CreateJob, plaintext and TLS)");
+  app.add_option("--only", only,
+                 "Run one part: create (CreateJob, plaintext and TLS) or backlog (CreateJob "
+                 "rate as the queue grows to --jobs)");
   CLI11_PARSE(app, argc, argv);
   lora::testing::TempDir dir;
+  if (only == "backlog") {
+    lora::Backlog(dir, jobs, clients);
+    return 0;
+  }
   lora::testing::TestPki pki(dir.Join("pki"));
   auto ca = pki.MakeCa("ca");
   auto server = ca ? pki.MakeLeaf(*ca, "server", "lorad", true) : std::nullopt;

@@ -90,6 +90,7 @@ absl::Status JobManager::Recover() {
         a.rt.cancel_deadline = deadline + options_.cancel_grace;
     }
     const std::string id = job.id();
+    Index(id, EntryOf(job));
     a.job = std::move(job);
     active_.emplace(id, std::move(a));
   }
@@ -114,7 +115,12 @@ absl::Status JobManager::Commit(ActiveJob& a, JobUpdate update) {
 }
 
 void JobManager::Publish(ActiveJob& a, JobUpdate update) {
+  const IndexEntry before = EntryOf(a.job);
   a.job = std::move(update.job);
+  if (before.queued != (a.job.state() == lora::v1::QUEUED)) {
+    Unindex(a.job.id(), before);
+    if (!IsTerminal(a.job.state())) Index(a.job.id(), EntryOf(a.job));
+  }
   auto it = subscribers_.find(a.job.id());
   if (it != subscribers_.end()) {
     for (EventSubscriber* sub : it->second) {
@@ -134,6 +140,34 @@ absl::Status JobManager::Transition(ActiveJob& a, Job next, JobState to, const s
   return Commit(a, std::move(update));
 }
 
+JobManager::IndexEntry JobManager::EntryOf(const Job& job) {
+  return IndexEntry{job.state() == lora::v1::QUEUED, job.spec().resources().device(), job.tenant(),
+                    job.spec().job().priority(), ToMicros(job.create_time())};
+}
+
+void JobManager::Index(const std::string& id, const IndexEntry& e) {
+  if (!e.queued) {
+    unqueued_.insert(id);
+    return;
+  }
+  queue_[e.device].insert(QueueKey{-e.priority, e.create_time_us, id});
+  ++queued_by_tenant_[e.tenant];
+}
+
+void JobManager::Unindex(const std::string& id, const IndexEntry& e) {
+  if (!e.queued) {
+    unqueued_.erase(id);
+    return;
+  }
+  auto pool = queue_.find(e.device);
+  if (pool != queue_.end()) {
+    pool->second.erase(QueueKey{-e.priority, e.create_time_us, id});
+    if (pool->second.empty()) queue_.erase(pool);
+  }
+  auto t = queued_by_tenant_.find(e.tenant);
+  if (t != queued_by_tenant_.end() && --t->second <= 0) queued_by_tenant_.erase(t);
+}
+
 void JobManager::Finish(const std::string& job_id_ref) {
   const std::string job_id = job_id_ref;  // the job (and its id) is erased below
   auto it = active_.find(job_id);
@@ -142,6 +176,7 @@ void JobManager::Finish(const std::string& job_id_ref) {
     SendCancel(it->second, absl::StrCat("jobs/", job_id, " is ",
                                         lora::v1::JobState_Name(it->second.job.state())));
     ReleaseRanks(it->second);
+    Unindex(job_id, EntryOf(it->second.job));
     active_.erase(it);
   }
   undecided_.erase(job_id);
@@ -340,8 +375,10 @@ void JobManager::SendAssignment(ActiveJob& a, int rank) {
 
 std::map<std::string, int> JobManager::UsedSlots() const {
   std::map<std::string, int> used;
-  for (const auto& [id, a] : active_) {
-    for (const RankSlot& s : a.rt.ranks) {
+  for (const std::string& id : unqueued_) {
+    auto it = active_.find(id);
+    if (it == active_.end()) continue;
+    for (const RankSlot& s : it->second.rt.ranks) {
       if (!s.worker_id.empty() && !s.exited && !s.lost) ++used[s.worker_id];
     }
   }
@@ -361,21 +398,59 @@ std::vector<WorkerSlots> JobManager::ConnectedWorkerSlots() const {
   return out;
 }
 
+void JobManager::ScheduleCreated(ActiveJob& a) {
+  // A new job can start only on a free slot of its pool. With none (every worker busy, or none
+  // of its device: the backlog case) scheduling would change nothing but the new job's own
+  // reason, so only that is set, and a create costs the same however long the queue is; the
+  // next Tick refines the reason against the jobs ahead of it.
+  const std::string& device = a.job.spec().resources().device();
+  const std::vector<WorkerSlots> workers = ConnectedWorkerSlots();
+  int free = 0;
+  for (const WorkerSlots& w : workers) {
+    if (w.device == device) free += std::max(0, w.slots - w.used);
+  }
+  if (free > 0) {
+    Schedule();
+    return;
+  }
+  const std::map<std::string, DevicePool> pools = PoolsOf(workers);
+  auto pool = pools.find(device);
+  a.job.set_queue_reason(QueueReason(device, WorldOf(a.job),
+                                     pool == pools.end() ? DevicePool{} : pool->second, 0,
+                                     static_cast<int>(workers.size())));
+}
+
 void JobManager::Schedule() {
   if (shutdown_ || draining_for_stop_) return;
   SchedulerInput in;
   std::vector<ActiveJob*> queued;  // parallel to in.queued
-  for (auto& [id, a] : active_) {
-    if (a.job.state() == lora::v1::QUEUED) {
+  // Each pool's head: within a pool the first job that cannot start holds the line, so a job
+  // further back could only start past heads waiting for their tenant's quota; the window
+  // bounds how many of those one pass looks past.
+  window_end_.clear();
+  for (const auto& [device, keys] : queue_) {
+    size_t n = 0;
+    for (const QueueKey& key : keys) {
+      if (n++ == kScheduleWindow) {
+        window_end_[device] = *std::prev(keys.find(key));
+        break;
+      }
+      auto it = active_.find(key.id);
+      if (it == active_.end()) continue;
+      ActiveJob& a = it->second;
       queued.push_back(&a);
-      in.queued.push_back(QueuedJob{id, a.job.tenant(), a.job.spec().resources().device(),
-                                    a.job.spec().job().priority(), ToMicros(a.job.create_time()),
-                                    WorldOf(a.job)});
-    } else {
-      in.running_ranks_by_tenant[a.job.tenant()] += static_cast<int>(a.rt.ranks.size());
+      in.queued.push_back(QueuedJob{key.id, a.job.tenant(), device, a.job.spec().job().priority(),
+                                    key.create_time_us, WorldOf(a.job)});
     }
   }
   if (in.queued.empty()) return;
+  for (const std::string& id : unqueued_) {
+    auto it = active_.find(id);
+    if (it != active_.end()) {
+      in.running_ranks_by_tenant[it->second.job.tenant()] +=
+          static_cast<int>(it->second.rt.ranks.size());
+    }
+  }
   in.workers = ConnectedWorkerSlots();
   in.max_running_ranks_per_tenant = options_.max_running_ranks_per_tenant;
   SchedulerOutput out = ScheduleJobs(in);

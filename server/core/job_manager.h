@@ -213,6 +213,27 @@ class JobManager {
   // it exits or its worker is lost.
   using RankKey = std::tuple<std::string, int, int>;  // job, attempt, rank
 
+  // Where an active job sits in the indexes below: what they are keyed by, copied out of the
+  // job so that a change can be reindexed without keeping the old job around.
+  struct IndexEntry {
+    bool queued = false;
+    std::string device, tenant;
+    int priority = 0;
+    int64_t create_time_us = 0;
+  };
+  struct QueueKey {  // a pool's order: priority (higher first), create time, id
+    int neg_priority;
+    int64_t create_time_us;
+    std::string id;
+    bool operator<(const QueueKey& o) const {
+      return std::tie(neg_priority, create_time_us, id) <
+             std::tie(o.neg_priority, o.create_time_us, o.id);
+    }
+  };
+  static IndexEntry EntryOf(const lora::v1::Job& job);
+  void Index(const std::string& id, const IndexEntry& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Unindex(const std::string& id, const IndexEntry& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
   JobManager(const Options& options, JobStore* store, ArtifactStore* artifacts);
   absl::Status Recover();
   // A store error in a background decision (counted, logged at most every 10 s; the decision
@@ -248,6 +269,8 @@ class JobManager {
   std::map<std::string, int> UsedSlots() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::vector<WorkerSlots> ConnectedWorkerSlots() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Schedule() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Schedule for a job just created: the full pass only when its pool has a free slot.
+  void ScheduleCreated(ActiveJob& a) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status Start(ActiveJob& a, const std::vector<std::string>& workers)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void SendAssignment(ActiveJob& a, int rank) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -264,6 +287,19 @@ class JobManager {
 
   absl::Mutex mu_;
   std::map<std::string, ActiveJob> active_ ABSL_GUARDED_BY(mu_);
+  // The queue as an ordered index per device pool, and the active jobs that are not queued
+  // (their ranks hold slots), kept in step with active_ (Index / Unindex on every insert,
+  // publish and finish). Schedule looks at the first kScheduleWindow jobs of each pool only,
+  // and nothing on the create path walks the whole queue: a create costs the same with ten jobs
+  // waiting or a hundred thousand.
+  static constexpr size_t kScheduleWindow = 256;
+  std::map<std::string, std::set<QueueKey>> queue_ ABSL_GUARDED_BY(mu_);
+  std::set<std::string> unqueued_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, int> queued_by_tenant_ ABSL_GUARDED_BY(mu_);
+  // Per pool, the last job the latest Schedule looked at when the window was full: jobs after
+  // it are told they wait behind at least kScheduleWindow others (their stored reason may be
+  // older than the queue ahead of them).
+  std::map<std::string, QueueKey> window_end_ ABSL_GUARDED_BY(mu_);
   WorkerRegistry workers_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::set<EventSubscriber*>> subscribers_ ABSL_GUARDED_BY(mu_);
   std::map<RankKey, std::string> draining_ ABSL_GUARDED_BY(mu_);  // -> worker id

@@ -131,10 +131,8 @@ absl::StatusOr<Job> JobManager::CreateJob(lora::v1::JobSpec spec, const std::str
   absl::MutexLock lock(&mu_);
   if (shutdown_) return absl::UnavailableError("lorad is shutting down");
   if (options_.max_queued_jobs_per_tenant > 0) {
-    int queued = 0;
-    for (const auto& [id, a] : active_) {
-      if (a.job.tenant() == tenant && a.job.state() == lora::v1::QUEUED) ++queued;
-    }
+    auto count = queued_by_tenant_.find(tenant);
+    const int queued = count == queued_by_tenant_.end() ? 0 : count->second;
     if (queued >= options_.max_queued_jobs_per_tenant) {
       // A retry of a request that already created its job still gets that job.
       if (!request_id.empty()) {
@@ -164,8 +162,8 @@ absl::StatusOr<Job> JobManager::CreateJob(lora::v1::JobSpec spec, const std::str
   *created = true;
   ActiveJob a;
   a.job = job;
-  active_.emplace(job.id(), std::move(a));
-  Schedule();
+  Index(job.id(), EntryOf(job));
+  ScheduleCreated(active_.emplace(job.id(), std::move(a)).first->second);
   auto it = active_.find(job.id());
   return it != active_.end() ? it->second.job : job;
 }
@@ -175,7 +173,19 @@ absl::StatusOr<Job> JobManager::GetJob(const std::string& name) {
   {
     absl::MutexLock lock(&mu_);
     auto it = active_.find(id);
-    if (it != active_.end()) return it->second.job;
+    if (it != active_.end()) {
+      Job job = it->second.job;
+      // Only a pool's first kScheduleWindow jobs get a reason from the scheduler.
+      const IndexEntry e = EntryOf(job);
+      auto end = window_end_.find(e.device);
+      if (e.queued && end != window_end_.end() &&
+          end->second < QueueKey{-e.priority, e.create_time_us, id}) {
+        job.set_queue_reason(absl::StrCat("behind at least ", kScheduleWindow, " jobs in the ",
+                                          job.spec().resources().device(),
+                                          " queue (FIFO within priority)"));
+      }
+      return job;
+    }
   }
   return store_->GetJob(id);
 }

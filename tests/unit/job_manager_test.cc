@@ -591,6 +591,35 @@ TEST_F(JobManagerTest, AssignmentsCarryTheirFilesAndOnlyTheirHoldersMayFetchThei
   EXPECT_FALSE(manager_->CheckBlobForRank(holder, Ref(*job), std::string(64, 'a')).ok());
 }
 
+TEST_F(JobManagerTest, TheQueueIndexStartsJobsInOrderAndNamesAReasonPastTheSchedulingWindow) {
+  std::vector<lora::v1::Job> jobs;
+  for (int i = 0; i < 300; ++i) jobs.push_back(Create());
+  EXPECT_THAT(Get(jobs[0].id()).queue_reason(), HasSubstr("no connected worker"));
+  EXPECT_THAT(Get(jobs[299].id()).queue_reason(), HasSubstr("no connected worker"));
+  manager_->Tick();  // a full pass: the window ends at the 256th job
+  EXPECT_THAT(Get(jobs[255].id()).queue_reason(), HasSubstr("behind jobs/" + jobs[0].id()));
+  EXPECT_THAT(Get(jobs[299].id()).queue_reason(), HasSubstr("behind at least 256 jobs"));
+  lora::v1::JobSpec urgent = Spec();
+  urgent.mutable_job()->set_priority(5);
+  bool created = false;
+  auto first = manager_->CreateJob(urgent, "", &created);  // jumps the queue
+  ASSERT_TRUE(first.ok());
+  ASSERT_TRUE(manager_->CancelJob(jobs[0].name()).ok());
+  ASSERT_TRUE(manager_->PauseJob(jobs[1].name()).ok());
+  auto w = Connect("w1", /*slots=*/2);
+  EXPECT_EQ(Get(first->id()).state(), lora::v1::STARTING);
+  EXPECT_EQ(Get(jobs[2].id()).state(), lora::v1::STARTING);  // 0 cancelled, 1 paused
+  EXPECT_EQ(Get(jobs[3].id()).state(), lora::v1::QUEUED);
+  // A finished job frees its slot for the next in line, found through the index.
+  Exit("w1", Get(jobs[2].id()), kExitInterrupted);  // requeued: back in the queue, in order
+  EXPECT_EQ(Get(jobs[2].id()).state(), lora::v1::STARTING);
+  ASSERT_TRUE(manager_->ResumeJob(jobs[1].name()).ok());
+  EXPECT_EQ(Get(jobs[1].id()).state(), lora::v1::QUEUED);
+  Restart();  // the index is rebuilt from the store
+  w = Connect("w1", 3);
+  EXPECT_EQ(Get(jobs[1].id()).state(), lora::v1::STARTING);
+}
+
 TEST(DataDirLockTest, ASecondHolderIsRefusedWithTheFirstOnesPid) {
   const std::string dir =
       (fs::temp_directory_path() / ("lock-" + std::to_string(::getpid()))).string();
