@@ -151,6 +151,51 @@ void Backlog(testing::TempDir& dir, int jobs, int clients) {
                         Percentile(latency[static_cast<size_t>(t)], 0.99)));
   }
   Row("errors", std::to_string(errors.load()));
+
+  // Reading the backlog: pages of 50, newest first, from the start and from deep in the list.
+  auto client = lorad.Client();
+  std::vector<double> first_page, deep_page;
+  std::string deep_token;
+  {
+    lora::v1::ListJobsRequest r;
+    r.set_page_size(1000);
+    for (int i = 0; i < 20; ++i) {  // 20,000 jobs in
+      auto page = client->ListJobs(r);
+      if (!page.ok() || page->next_page_token().empty()) break;
+      r.set_page_token(page->next_page_token());
+    }
+    deep_token = r.page_token();
+  }
+  for (int i = 0; i < 200; ++i) {
+    lora::v1::ListJobsRequest r;
+    r.set_page_size(50);
+    auto s = Clock::now();
+    (void)client->ListJobs(r);
+    first_page.push_back(Ms(Clock::now() - s));
+    r.set_page_token(deep_token);
+    s = Clock::now();
+    (void)client->ListJobs(r);
+    deep_page.push_back(Ms(Clock::now() - s));
+  }
+  Row(absl::StrFormat("ListJobs, 50 per page, over %d jobs: first page", jobs),
+      absl::StrFormat("p50 %.2f ms, p99 %.2f ms", Percentile(first_page, 0.5),
+                      Percentile(first_page, 0.99)));
+  Row("ListJobs, 50 per page: a page 20,000 jobs deep",
+      absl::StrFormat("p50 %.2f ms, p99 %.2f ms", Percentile(deep_page, 0.5),
+                      Percentile(deep_page, 0.99)));
+  // A restart with the whole backlog queued: from exec to serving (the harness waits for the
+  // port) and to the first answer.
+  lorad.Kill(SIGTERM);
+  lorad.WaitExit(60);
+  const int port = lorad.port();
+  const auto t0r = Clock::now();
+  testing::Lorad again({dir.Join("backlog"), 0, port, {}});
+  if (!again.Start()) return;
+  auto c2 = again.Client();
+  auto any = c2->ListJobs(lora::v1::ListJobsRequest());
+  Row(absl::StrFormat("lorad restart with %d jobs queued: start -> first ListJobs answered", jobs),
+      absl::StrFormat("%.2f s%s", std::chrono::duration<double>(Clock::now() - t0r).count(),
+                      any.ok() ? "" : " (the call failed)"));
 }
 
 void SubmitToFirstStep(testing::TempDir& dir) {

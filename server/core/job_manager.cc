@@ -142,7 +142,7 @@ absl::Status JobManager::Transition(ActiveJob& a, Job next, JobState to, const s
 
 JobManager::IndexEntry JobManager::EntryOf(const Job& job) {
   return IndexEntry{job.state() == lora::v1::QUEUED, job.spec().resources().device(), job.tenant(),
-                    job.spec().job().priority(), ToMicros(job.create_time())};
+                    job.spec().job().priority(),     ToMicros(job.create_time()),     WorldOf(job)};
 }
 
 void JobManager::Index(const std::string& id, const IndexEntry& e) {
@@ -152,6 +152,7 @@ void JobManager::Index(const std::string& id, const IndexEntry& e) {
   }
   queue_[e.device].insert(QueueKey{-e.priority, e.create_time_us, id});
   ++queued_by_tenant_[e.tenant];
+  ++queued_ranks_[e.device][e.ranks];
 }
 
 void JobManager::Unindex(const std::string& id, const IndexEntry& e) {
@@ -166,6 +167,12 @@ void JobManager::Unindex(const std::string& id, const IndexEntry& e) {
   }
   auto t = queued_by_tenant_.find(e.tenant);
   if (t != queued_by_tenant_.end() && --t->second <= 0) queued_by_tenant_.erase(t);
+  auto r = queued_ranks_.find(e.device);
+  if (r != queued_ranks_.end()) {
+    auto c = r->second.find(e.ranks);
+    if (c != r->second.end() && --c->second <= 0) r->second.erase(c);
+    if (r->second.empty()) queued_ranks_.erase(r);
+  }
 }
 
 void JobManager::Finish(const std::string& job_id_ref) {
@@ -308,7 +315,10 @@ absl::Status JobManager::Apply(ActiveJob& a, const Decision& d) {
 
 void JobManager::RanksLost(const std::string& worker_id, const std::string& reason) {
   std::vector<std::string> affected;
-  for (auto& [id, a] : active_) {
+  for (const std::string& id : unqueued_) {
+    auto found = active_.find(id);
+    if (found == active_.end()) continue;
+    ActiveJob& a = found->second;
     bool hit = false;
     for (RankSlot& s : a.rt.ranks) {
       if (s.worker_id == worker_id && s.assigned && !s.exited && !s.lost) {
@@ -505,7 +515,11 @@ void JobManager::Tick() {
   for (const auto& [id, why] : workers_.Expired(now, options_.heartbeat_timeout))
     WorkerLost(id, why);
   std::vector<std::string> to_decide(undecided_.begin(), undecided_.end());
-  for (auto& [id, a] : active_) {
+  // Deadlines belong to attempts that hold ranks: the unqueued jobs, not the backlog.
+  for (const std::string& id : unqueued_) {
+    auto it = active_.find(id);
+    if (it == active_.end()) continue;
+    ActiveJob& a = it->second;
     if ((a.job.state() == lora::v1::CANCELLING || a.job.state() == lora::v1::PAUSING) &&
         now > a.rt.cancel_deadline)
       to_decide.push_back(id);
@@ -553,7 +567,12 @@ void JobManager::Shutdown() {
 JobManagerStats JobManager::Stats() {
   absl::MutexLock lock(&mu_);
   JobManagerStats s;
-  for (const auto& [id, a] : active_) ++s.jobs_by_state[a.job.state()];
+  // From the indexes: the cost does not grow with the backlog.
+  for (const auto& [device, keys] : queue_) s.jobs_by_state[lora::v1::QUEUED] += keys.size();
+  for (const std::string& id : unqueued_) {
+    auto it = active_.find(id);
+    if (it != active_.end()) ++s.jobs_by_state[it->second.job.state()];
+  }
   const std::vector<WorkerSlots> connected = ConnectedWorkerSlots();
   for (const WorkerSlots& w : connected) {
     ++s.workers_connected;
@@ -562,12 +581,13 @@ JobManagerStats JobManager::Stats() {
   }
   for (const auto& [id, subs] : subscribers_) s.watchers += static_cast<int64_t>(subs.size());
   const std::map<std::string, DevicePool> pools = PoolsOf(connected);
-  for (const auto& [id, a] : active_) {
-    if (a.job.state() != lora::v1::QUEUED) continue;
-    QueuedJob q;
-    q.device = a.job.spec().resources().device();
-    q.ranks = WorldOf(a.job);
-    if (Unschedulable(q, pools)) ++s.unschedulable_by_device[q.device];
+  for (const auto& [device, by_ranks] : queued_ranks_) {
+    for (const auto& [ranks, count] : by_ranks) {
+      QueuedJob q;
+      q.device = device;
+      q.ranks = ranks;
+      if (Unschedulable(q, pools)) s.unschedulable_by_device[device] += count;
+    }
   }
   s.undecided_jobs = static_cast<int64_t>(undecided_.size());
   s.store_write_failures = store_write_failures_;

@@ -220,6 +220,7 @@ class JobManager {
     std::string device, tenant;
     int priority = 0;
     int64_t create_time_us = 0;
+    int ranks = 1;
   };
   struct QueueKey {  // a pool's order: priority (higher first), create time, id
     int neg_priority;
@@ -296,6 +297,7 @@ class JobManager {
   std::map<std::string, std::set<QueueKey>> queue_ ABSL_GUARDED_BY(mu_);
   std::set<std::string> unqueued_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, int> queued_by_tenant_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::map<int, int>> queued_ranks_ ABSL_GUARDED_BY(mu_);  // device, ranks
   // Per pool, the last job the latest Schedule looked at when the window was full: jobs after
   // it are told they wait behind at least kScheduleWindow others (their stored reason may be
   // older than the queue ahead of them).
