@@ -123,8 +123,15 @@ void JobManager::Publish(ActiveJob& a, JobUpdate update) {
   }
   auto it = subscribers_.find(a.job.id());
   if (it != subscribers_.end()) {
+    std::vector<std::shared_ptr<const PublishedEvent>> published;
+    for (JobEvent& e : update.events) {
+      auto p = std::make_shared<PublishedEvent>();
+      p->wire = e.SerializeAsString();
+      p->event = std::move(e);
+      published.push_back(std::move(p));
+    }
     for (EventSubscriber* sub : it->second) {
-      for (const JobEvent& e : update.events) sub->OnEvent(e);
+      for (const auto& e : published) sub->OnEvent(e);
     }
   }
   if (IsTerminal(a.job.state())) {

@@ -47,10 +47,16 @@ namespace lora::server {
 
 // Receives a job's events as they are stored. Called with the manager's lock held: must only
 // enqueue, never block or call back into the manager.
+// A job event as published to watchers: serialized once, shared by all of them.
+struct PublishedEvent {
+  lora::v1::JobEvent event;
+  std::string wire;  // event.SerializeAsString()
+};
+
 class EventSubscriber {
  public:
   virtual ~EventSubscriber() = default;
-  virtual void OnEvent(const lora::v1::JobEvent& event) = 0;
+  virtual void OnEvent(const std::shared_ptr<const PublishedEvent>& event) = 0;
   // The job reached a terminal state (its last event was delivered first), or the server is
   // shutting down.
   virtual void OnClose(bool shutdown) = 0;

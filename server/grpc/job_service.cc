@@ -26,10 +26,16 @@ double SecondsSince(std::chrono::steady_clock::time_point start) {
 }
 
 // Replays a job's stored events after `after_sequence`, then follows live ones until the job
-// ends. One write in flight; the queue absorbs bursts.
+// ends. One write in flight. History is read a page at a time, the next page only once the
+// last one was written, and live events arrive serialized once for every watcher
+// (PublishedEvent), so a watcher holds at most kMaxPendingEvents events: one that falls further
+// behind is ended UNAVAILABLE, to resume after the last event it received.
 // Registered raw (it parses its own request): writes serialized JobEvents.
 class WatchReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer>, public EventSubscriber {
  public:
+  static constexpr size_t kMaxPendingEvents = 10000;
+  static constexpr int kHistoryPage = 1000;
+
   WatchReactor(JobManager* manager, ThreadPool* pool, const ServiceHooks* hooks, std::string name,
                int64_t after, absl::Status auth, std::function<absl::Status()> authorize)
       : manager_(manager),
@@ -37,6 +43,8 @@ class WatchReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer>, public E
         hooks_(hooks),
         name_(std::move(name)),
         after_(after),
+        cursor_(after),
+        delivered_(after),
         authorize_(std::move(authorize)) {
     if (hooks_->on_watch_streams) hooks_->on_watch_streams(+1);
     if (!auth.ok()) {
@@ -54,10 +62,19 @@ class WatchReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer>, public E
     });
   }
 
-  void OnEvent(const JobEvent& event) override {
+  void OnEvent(const std::shared_ptr<const PublishedEvent>& event) override {
     std::unique_lock<std::mutex> lock(mu_);
     if (finished_) return;
     (loading_ ? live_during_load_ : queue_).push_back(event);
+    if (queue_.size() + live_during_load_.size() > kMaxPendingEvents) {
+      const int64_t resume = delivered_;
+      lock.unlock();
+      FinishOnce(absl::UnavailableError(absl::StrCat("this watcher fell ", kMaxPendingEvents,
+                                                     " events behind the job; resume with "
+                                                     "after_sequence = ",
+                                                     resume)));
+      return;
+    }
     MaybeWriteLocked(lock);
   }
 
@@ -65,7 +82,7 @@ class WatchReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer>, public E
     std::unique_lock<std::mutex> lock(mu_);
     closed_ = true;
     shutdown_ = shutdown;
-    if (!loading_) MaybeWriteLocked(lock);
+    MaybeWriteLocked(lock);
   }
 
   void OnWriteDone(bool ok) override {
@@ -94,44 +111,77 @@ class WatchReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer>, public E
     bool terminal = false;
     absl::Status s = manager_->Subscribe(name_, this, &last, &terminal);
     if (!s.ok()) return FinishOnce(s);
+    std::unique_lock<std::mutex> lock(mu_);
     job_id_ = name_.substr(5);
     subscribed_ = !terminal;
-    // History (after_, last] from the store, in pages.
-    int64_t cursor = after_;
-    while (cursor < last) {
-      auto page = manager_->ReadEvents(job_id_, cursor, 1000);
-      if (!page.ok()) return FinishOnce(page.status());
-      if (page->empty()) break;
-      std::unique_lock<std::mutex> lock(mu_);
-      for (auto& e : *page) {
-        if (e.sequence() > last) break;
-        cursor = e.sequence();
-        queue_.push_back(std::move(e));
-      }
-      MaybeWriteLocked(lock);
+    history_end_ = last;
+    if (terminal) closed_ = true;
+    lock.unlock();
+    LoadPage();
+  }
+
+  // On the pool: the next page of history after cursor_ (up to history_end_); the last page
+  // hands over to the live events that came meanwhile.
+  void LoadPage() {
+    int64_t cursor, end;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      cursor = cursor_;
+      end = history_end_;
+    }
+    std::vector<JobEvent> page;
+    if (cursor < end) {
+      auto read = manager_->ReadEvents(job_id_, cursor, kHistoryPage);
+      if (!read.ok()) return FinishOnce(read.status());
+      page = *std::move(read);
     }
     std::unique_lock<std::mutex> lock(mu_);
-    loading_ = false;
-    for (auto& e : live_during_load_) {
-      if (e.sequence() > std::max(cursor, after_)) queue_.push_back(std::move(e));
+    page_pending_ = false;
+    for (JobEvent& e : page) {
+      if (e.sequence() > end) break;
+      cursor_ = e.sequence();
+      auto published = std::make_shared<PublishedEvent>();
+      published->wire = e.SerializeAsString();
+      published->event = std::move(e);
+      queue_.push_back(std::move(published));
     }
-    live_during_load_.clear();
-    if (terminal) closed_ = true;
+    if (page.empty() || cursor_ >= end) {
+      loading_ = false;
+      for (auto& e : live_during_load_) {
+        if (e->event.sequence() > std::max(cursor_, after_)) queue_.push_back(std::move(e));
+      }
+      live_during_load_.clear();
+    }
     MaybeWriteLocked(lock);
   }
 
-  // Starts the next write, or finishes when the job is over and everything was sent.
+  // Starts the next write, asks for the next page of history, or finishes when the job is over
+  // and everything was sent.
   void MaybeWriteLocked(std::unique_lock<std::mutex>& lock) {
     if (writing_ || finished_) return;
     if (!queue_.empty()) {
-      current_ = ToByteBuffer(queue_.front());
+      std::shared_ptr<const PublishedEvent> next = std::move(queue_.front());
       queue_.pop_front();
+      delivered_ = next->event.sequence();
+      grpc::Slice slice(next->wire);
+      current_ = grpc::ByteBuffer(&slice, 1);
       writing_ = true;
       lock.unlock();
       StartWrite(&current_);
       return;
     }
-    if (closed_ && !loading_) {
+    if (loading_) {
+      if (page_pending_ || job_id_.empty()) return;  // a page is on its way (or Start is)
+      if (!life_.Enter()) return;
+      page_pending_ = true;
+      lock.unlock();
+      pool_->Schedule([this] {
+        LoadPage();
+        life_.Leave();
+      });
+      return;
+    }
+    if (closed_) {
       const bool shutdown = shutdown_;
       lock.unlock();
       FinishOnce(shutdown
@@ -155,12 +205,16 @@ class WatchReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer>, public E
   const ServiceHooks* hooks_;
   std::string name_, job_id_;
   int64_t after_;
+  int64_t cursor_;  // the last history event queued
+  int64_t history_end_ = 0;
+  int64_t delivered_;  // the last event handed to gRPC
   std::function<absl::Status()> authorize_;
   bool subscribed_ = false;
   std::mutex mu_;
-  std::deque<JobEvent> queue_, live_during_load_;
+  std::deque<std::shared_ptr<const PublishedEvent>> queue_, live_during_load_;
   grpc::ByteBuffer current_;
-  bool loading_ = true, writing_ = false, closed_ = false, shutdown_ = false, finished_ = false;
+  bool loading_ = true, page_pending_ = true, writing_ = false, closed_ = false, shutdown_ = false,
+       finished_ = false;
   std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
   ReactorLifetime<WatchReactor> life_{this};
 };

@@ -38,7 +38,9 @@ class FakeChannel : public WorkerChannel {
 
 class RecordingSubscriber : public EventSubscriber {
  public:
-  void OnEvent(const lora::v1::JobEvent& e) override { events.push_back(e); }
+  void OnEvent(const std::shared_ptr<const PublishedEvent>& e) override {
+    events.push_back(e->event);
+  }
   void OnClose(bool) override { closed = true; }
   std::vector<lora::v1::JobEvent> events;
   bool closed = false;
