@@ -374,8 +374,11 @@ TEST_F(LoractlTest, CtrlCStopsWatchingNotTheJob) {
   watch.Signal(SIGINT);
   EXPECT_EQ(watch.Wait(20), 0);
   EXPECT_THAT(testing::ReadFile(dir_->Join("w.err")), HasSubstr("keeps running"));
+  // Not stopped by the watcher's Ctrl-C (QUEUED too: on a loaded machine the suite's local
+  // worker may not have registered yet when the job was submitted).
   auto job = lorad_->Client()->GetJob(name);
-  EXPECT_TRUE(job->state() == lora::v1::RUNNING || job->state() == lora::v1::STARTING)
+  EXPECT_TRUE(job->state() == lora::v1::RUNNING || job->state() == lora::v1::STARTING ||
+              job->state() == lora::v1::QUEUED)
       << job->ShortDebugString();
   EXPECT_EQ(Loractl({"cancel", name}).exit_code, 0);
 }
