@@ -48,20 +48,13 @@ absl::StatusOr<File> JobStore::GetFile(const std::string& id) {
 absl::StatusOr<std::vector<File>> JobStore::ListFiles(const ListFilesQuery& q) {
   std::string sql = "SELECT proto FROM files WHERE 1";
   if (q.tenant) absl::StrAppend(&sql, " AND tenant = ?");
-  if (q.before)
-    absl::StrAppend(&sql, " AND (create_time_us < ? OR (create_time_us = ? AND id < ?))");
-  absl::StrAppend(&sql, " ORDER BY create_time_us DESC, id DESC LIMIT ?");
+  AppendKeysetPage(&sql, q.before.has_value(), /*ascending=*/false);
   absl::MutexLock lock(&mu_);
   Statement s(db_, sql.c_str());
   if (!s.ok()) return SqlError(db_, "prepare list files");
   int i = 1;
   if (q.tenant) s.Bind(i++, *q.tenant);
-  if (q.before) {
-    s.Bind(i++, q.before->first);
-    s.Bind(i++, q.before->first);
-    s.Bind(i++, q.before->second);
-  }
-  s.Bind(i, q.limit);
+  BindKeysetPage(s, i, q.before, q.limit);
   return ReadRecords<File>(db_, s, "file", "list files");
 }
 

@@ -278,24 +278,13 @@ absl::StatusOr<std::vector<Job>> JobStore::ListJobs(const ListJobsQuery& q) {
     absl::StrAppend(&sql, " AND kind IN (", absl::StrJoin(v, ","), ")");
   }
   if (q.tenant) absl::StrAppend(&sql, " AND tenant = ?");
-  if (q.before) {
-    absl::StrAppend(&sql, q.ascending
-                              ? " AND (create_time_us > ? OR (create_time_us = ? AND id > ?))"
-                              : " AND (create_time_us < ? OR (create_time_us = ? AND id < ?))");
-  }
-  absl::StrAppend(&sql, q.ascending ? " ORDER BY create_time_us ASC, id ASC LIMIT ?"
-                                    : " ORDER BY create_time_us DESC, id DESC LIMIT ?");
+  AppendKeysetPage(&sql, q.before.has_value(), q.ascending);
   absl::MutexLock lock(&mu_);
   Statement s(db_, sql.c_str());
   if (!s.ok()) return SqlError(db_, "prepare list");
   int i = 1;
   if (q.tenant) s.Bind(i++, *q.tenant);
-  if (q.before) {
-    s.Bind(i++, q.before->first);
-    s.Bind(i++, q.before->first);
-    s.Bind(i++, q.before->second);
-  }
-  s.Bind(i, q.limit);
+  BindKeysetPage(s, i, q.before, q.limit);
   return ReadRecords<Job>(db_, s, "job", "list jobs");
 }
 

@@ -4,7 +4,9 @@
 
 #include <sqlite3.h>
 
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -117,6 +119,28 @@ class Transaction {
   bool ok_ = false;
   bool done_ = false;
 };
+
+// Keyset paging over (create_time_us, id), the order every list of the store uses: appends the
+// cursor condition (when there is one) and the ORDER BY ... LIMIT ?, then binds them from `*i`.
+inline void AppendKeysetPage(std::string* sql, bool has_cursor, bool ascending) {
+  if (has_cursor) {
+    absl::StrAppend(sql, ascending
+                             ? " AND (create_time_us > ? OR (create_time_us = ? AND id > ?))"
+                             : " AND (create_time_us < ? OR (create_time_us = ? AND id < ?))");
+  }
+  absl::StrAppend(sql, ascending ? " ORDER BY create_time_us ASC, id ASC LIMIT ?"
+                                 : " ORDER BY create_time_us DESC, id DESC LIMIT ?");
+}
+inline void BindKeysetPage(Statement& s, int i,
+                           const std::optional<std::pair<int64_t, std::string>>& cursor,
+                           int limit) {
+  if (cursor) {
+    s.Bind(i++, cursor->first);
+    s.Bind(i++, cursor->first);
+    s.Bind(i++, cursor->second);
+  }
+  s.Bind(i, limit);
+}
 
 }  // namespace lora::server::store_internal
 
