@@ -317,7 +317,10 @@ int main(int argc, char** argv) {
   auto rpc_metrics = *lora::RpcMetrics::Create(&registry);  // per method; streams apart
   if (absl::Status s = lora::RegisterProcessMetrics(&registry); !s.ok())
     lora::LogWarning(absl::StrCat("no process_* metrics: ", s.message()));
-  (void)lora::RegisterBuildInfo(&registry, "lorad_build_info", {{"grpc_version", grpc::Version()}});
+  if (absl::Status s = lora::RegisterBuildInfo(&registry, "lorad_build_info",
+                                               {{"grpc_version", grpc::Version()}});
+      !s.ok())
+    lora::LogWarning(absl::StrCat("no lorad_build_info metric: ", s.message()));
   auto active =
       *registry.AddGauge("lorad_active_jobs", "Jobs not yet finished, by state", {"state"});
   auto workers = *registry.AddGauge("lorad_workers_connected", "Connected lora-worker agents", {});
@@ -337,11 +340,13 @@ int main(int argc, char** argv) {
                                    "Artifact bytes streamed to clients", {});
   auto received = *registry.AddCounter("lorad_artifact_bytes_received_total",
                                        "Artifact bytes uploaded by workers", {});
-  (void)registry.AddCallbackGauge("lorad_jobs", "Jobs in the store (all states)",
-                                  [s = store->get()] {
-                                    auto n = s->CountJobs();
-                                    return n.ok() ? static_cast<double>(*n) : 0.0;
-                                  });
+  if (absl::Status s = registry.AddCallbackGauge("lorad_jobs", "Jobs in the store (all states)",
+                                                 [db = store->get()] {
+                                                   auto n = db->CountJobs();
+                                                   return n.ok() ? static_cast<double>(*n) : 0.0;
+                                                 });
+      !s.ok())
+    lora::LogWarning(absl::StrCat("no lorad_jobs metric: ", s.message()));
   lora::server::ServiceHooks hooks;
   hooks.on_rpc = [&](const std::string& method, grpc::StatusCode code, double seconds) {
     rpc_metrics->Record(method, static_cast<int>(code), seconds);
@@ -417,7 +422,11 @@ int main(int argc, char** argv) {
       .Field("metrics_port", metrics_http ? metrics_http->port() : 0)
       .Field("version", lora::GetBuildInfo().version)
       .Field("revision", lora::GetBuildInfo().revision);
-  if (!f.port_file.empty()) (void)lora::WriteFileAtomically(f.port_file, absl::StrCat(port, "\n"));
+  if (!f.port_file.empty()) {
+    // Whoever waits for the file would wait forever: say why here.
+    if (absl::Status s = lora::WriteFileAtomically(f.port_file, absl::StrCat(port, "\n")); !s.ok())
+      lora::LogError(absl::StrCat("--port-file: ", s.message()));
+  }
 
   struct sigaction sa = {};
   sa.sa_handler = OnSignal;

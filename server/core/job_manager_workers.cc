@@ -221,10 +221,8 @@ std::vector<std::string> JobManager::PruneCheckpoints(const Job& job) {
   if (keep <= 0) return {};
   auto checkpoints = store_->ListCheckpoints(job.id());
   if (!checkpoints.ok() || static_cast<int>(checkpoints->size()) <= keep) return {};
-  std::vector<int64_t> steps;
-  for (size_t i = 0; i + static_cast<size_t>(keep) < checkpoints->size(); ++i)
-    steps.push_back((*checkpoints)[i].step());
-  auto removed = store_->DeleteCheckpoints(job.id(), steps);
+  const int64_t first_kept = (*checkpoints)[checkpoints->size() - static_cast<size_t>(keep)].step();
+  auto removed = store_->DeleteCheckpointsBefore(job.id(), first_kept);
   if (!removed.ok()) {
     // The records stay, and so do their files: retried after the next checkpoint.
     LogStoreError(job, removed.status(), "checkpoint retention");

@@ -352,29 +352,24 @@ absl::StatusOr<lora::v1::ArtifactFile> JobStore::GetArtifact(const std::string& 
   return f;
 }
 
-absl::StatusOr<std::vector<std::string>> JobStore::DeleteCheckpoints(
-    const std::string& job_id, const std::vector<int64_t>& steps) {
+absl::StatusOr<std::vector<std::string>> JobStore::DeleteCheckpointsBefore(
+    const std::string& job_id, int64_t first_kept_step) {
   absl::MutexLock lock(&mu_);
   if (!write_fault_.ok()) return write_fault_;
   Transaction tx(db_);
   if (!tx.ok()) return SqlError(db_, "begin");
   std::vector<std::string> paths;
-  for (int64_t step : steps) {
-    Statement read(db_, "SELECT proto FROM checkpoints WHERE job_id = ? AND step = ?");
-    read.Bind(1, job_id).Bind(2, step);
-    if (read.Step() != SQLITE_ROW) continue;
-    lora::v1::Checkpoint c;
-    if (!c.ParseFromString(read.Blob(0))) return absl::DataLossError("unreadable checkpoint row");
-    for (const auto& f : c.files()) {
-      Statement del(db_, "DELETE FROM artifacts WHERE job_id = ? AND path = ?");
-      del.Bind(1, job_id).Bind(2, f.path());
-      if (del.Step() != SQLITE_DONE) return SqlError(db_, "delete artifact");
-      paths.push_back(f.path());
-    }
-    Statement del(db_, "DELETE FROM checkpoints WHERE job_id = ? AND step = ?");
-    del.Bind(1, job_id).Bind(2, step);
-    if (del.Step() != SQLITE_DONE) return SqlError(db_, "delete checkpoint");
+  {
+    Statement read(db_, "SELECT path FROM artifacts WHERE job_id = ? AND step > 0 AND step < ?");
+    read.Bind(1, job_id).Bind(2, first_kept_step);
+    while (read.Step() == SQLITE_ROW) paths.push_back(read.Text(0));
   }
+  Statement artifacts(db_, "DELETE FROM artifacts WHERE job_id = ? AND step > 0 AND step < ?");
+  artifacts.Bind(1, job_id).Bind(2, first_kept_step);
+  if (artifacts.Step() != SQLITE_DONE) return SqlError(db_, "delete artifacts");
+  Statement checkpoints(db_, "DELETE FROM checkpoints WHERE job_id = ? AND step < ?");
+  checkpoints.Bind(1, job_id).Bind(2, first_kept_step);
+  if (checkpoints.Step() != SQLITE_DONE) return SqlError(db_, "delete checkpoints");
   LORA_RETURN_IF_ERROR(tx.Commit());
   return paths;
 }

@@ -96,10 +96,13 @@ class JobStore {
   // Ids of up to `limit` jobs that ended before `before_us`, the longest-ended first.
   absl::StatusOr<std::vector<std::string>> JobsEndedBefore(int64_t before_us, int limit);
 
-  // Deletes the checkpoints of `steps` and the artifact records of their files in one
-  // transaction; returns those files' job paths (the caller removes the files).
-  absl::StatusOr<std::vector<std::string>> DeleteCheckpoints(const std::string& job_id,
-                                                             const std::vector<int64_t>& steps);
+  // Deletes, in one transaction, the checkpoints before `first_kept_step` and the artifact
+  // records of every checkpoint file before it, recorded or not: the files of a checkpoint
+  // that never became whole (an upload cut short) belong to no record but take disk all the
+  // same. Final outputs (step 0) stay. Returns the deleted files' job paths (the caller
+  // removes the files).
+  absl::StatusOr<std::vector<std::string>> DeleteCheckpointsBefore(const std::string& job_id,
+                                                                   int64_t first_kept_step);
 
   // Uploaded files (server/files/file_manager.h) and the blobs each tenant holds. A tenant's
   // blob row lives while the tenant uploaded it recently or names it in a file.

@@ -482,7 +482,7 @@ class TrainingCheckpointTest : public ::testing::Test {
     ASSERT_TRUE(ConvertToLora(*model_, lora_).ok());
   }
   // step-N under run_, its adapters and moments filled with N.
-  void Save(int64_t step) {
+  void Save(int64_t step, const CheckpointRetention& retention = {}) {
     torch::NoGradGuard no_grad;
     for (const auto& item : model_->named_parameters()) {
       if (item.value().requires_grad()) item.value().fill_(static_cast<double>(step));
@@ -497,7 +497,7 @@ class TrainingCheckpointTest : public ::testing::Test {
     c.state.step = step;
     c.state.optimizer_step = step;
     c.state.tokens = 100 * step;
-    auto info = SaveTrainingCheckpoint(run_.path(), c, 0);
+    auto info = SaveTrainingCheckpoint(run_.path(), c, retention);
     ASSERT_TRUE(info.ok()) << info.status();
     EXPECT_EQ(info->files.size(), 5u);
   }
@@ -509,6 +509,41 @@ class TrainingCheckpointTest : public ::testing::Test {
   LoraConfig lora_;
   testing::TempDir run_;
 };
+
+TEST_F(TrainingCheckpointTest, KeepLatestDeletesTheOldestStepDirectories) {
+  for (int64_t step : {5, 10, 15, 20}) Save(step, {2});
+  EXPECT_FALSE(fs::exists(StepDir(5)));
+  EXPECT_FALSE(fs::exists(StepDir(10)));
+  EXPECT_TRUE(fs::exists(StepDir(15)));
+  EXPECT_TRUE(fs::exists(StepDir(20)));
+}
+
+// lora-worker uploads a checkpoint after the engine reports it; a fast engine used to delete
+// step directories the worker had not uploaded yet, so the controller never recorded them.
+TEST_F(TrainingCheckpointTest, KeepLatestNeverDeletesAStepTheLauncherHasNotCopied) {
+  CheckpointRetention retention;
+  retention.keep_latest = 1;
+  retention.copied_through_step = 0;
+  for (int64_t step : {5, 10, 15}) Save(step, retention);
+  for (int64_t step : {5, 10, 15}) EXPECT_TRUE(fs::exists(StepDir(step))) << step;
+  retention.copied_through_step = 10;  // the launcher caught up with step 10
+  Save(20, retention);
+  EXPECT_FALSE(fs::exists(StepDir(5)));
+  EXPECT_FALSE(fs::exists(StepDir(10)));
+  EXPECT_TRUE(fs::exists(StepDir(15)));  // beyond keep_latest, but not copied yet
+  EXPECT_TRUE(fs::exists(StepDir(20)));
+}
+
+TEST(CopiedThroughStepTest, AMissingOrGarbledFileMeansNothingWasCopied) {
+  testing::TempDir dir;
+  EXPECT_EQ(ReadCopiedThroughStep(dir.Join("absent")), 0);
+  std::ofstream(dir.Join("garbled")) << "ten";
+  EXPECT_EQ(ReadCopiedThroughStep(dir.Join("garbled")), 0);
+  std::ofstream(dir.Join("negative")) << "-4";
+  EXPECT_EQ(ReadCopiedThroughStep(dir.Join("negative")), 0);
+  std::ofstream(dir.Join("good")) << "40\n";
+  EXPECT_EQ(ReadCopiedThroughStep(dir.Join("good")), 40);
+}
 
 TEST_F(TrainingCheckpointTest, ResumeLoadsTheNewestIntactCheckpointNamingTheCorruptOnes) {
   for (int64_t step : {1, 2, 3}) Save(step);

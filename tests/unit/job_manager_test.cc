@@ -376,6 +376,29 @@ TEST_F(JobManagerTest, KeepLatestPrunesOlderCheckpointsAndTheirFiles) {
   EXPECT_FALSE(store_->GetArtifact(job.id(), "checkpoints/step-2/adapter.safetensors").ok());
 }
 
+// An upload cut short leaves a checkpoint unrecorded with some of its files stored. They
+// belonged to no record, so retention used to keep them on the controller's disk for good.
+TEST_F(JobManagerTest, KeepLatestAlsoRemovesTheFilesOfACheckpointThatNeverBecameWhole) {
+  auto w = Connect("w1");
+  lora::v1::Job job = Create(/*keep_latest=*/2);
+  Event("w1", job, 2, Checkpoint(job, 2));
+  lora::engine::v1::EngineEvent partial = Checkpoint(job, 4);
+  partial.mutable_checkpoint()->mutable_uploaded()->RemoveLast();  // the manifest never came
+  Event("w1", job, 4, partial);
+  const fs::path orphan = dir_ / "artifacts" / job.id() / "checkpoints/step-4/adapter.safetensors";
+  ASSERT_TRUE(fs::exists(orphan));
+  ASSERT_EQ(manager_->ListCheckpoints(job.name())->size(), 1u);  // step 4 was not recorded
+  for (int64_t step : {6, 8}) Event("w1", job, step, Checkpoint(job, step));
+  auto checkpoints = manager_->ListCheckpoints(job.name());
+  ASSERT_TRUE(checkpoints.ok());
+  ASSERT_EQ(checkpoints->size(), 2u);
+  EXPECT_EQ((*checkpoints)[0].step(), 6);
+  EXPECT_FALSE(fs::exists(orphan));
+  EXPECT_FALSE(fs::exists(orphan.parent_path()));
+  EXPECT_FALSE(store_->GetArtifact(job.id(), "checkpoints/step-4/adapter.safetensors").ok());
+  EXPECT_TRUE(fs::exists(dir_ / "artifacts" / job.id() / "checkpoints/step-6/manifest.json"));
+}
+
 TEST_F(JobManagerTest, AssignmentsOfferOlderCheckpointsNewestFirstAsFallbacks) {
   auto w = Connect("w1");
   lora::v1::Job job = Create();

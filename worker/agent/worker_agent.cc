@@ -768,7 +768,8 @@ void WorkerAgent::RunRank(Key key) {
   std::string spec_json;
   google::protobuf::util::JsonPrintOptions json_options;
   json_options.preserve_proto_field_names = true;
-  (void)google::protobuf::util::MessageToJsonString(spec, &spec_json, json_options);
+  if (auto s = google::protobuf::util::MessageToJsonString(spec, &spec_json, json_options); !s.ok())
+    return fail(absl::StrCat("cannot write the job spec: ", s.message().as_string()));
   const std::string spec_path = JoinPath(run_dir, "job.json");
   if (absl::Status s = WriteFileAtomically(spec_path, spec_json); !s.ok())
     return fail(std::string(s.message()));
@@ -800,6 +801,16 @@ void WorkerAgent::RunRank(Key key) {
                                    std::to_string(kEngineEventsFd),
                                    "--quiet"};
   if (*resume_step > 0) argv.insert(argv.end(), {"--resume", run_dir});
+  // Rank 0 saves the checkpoints and this agent uploads them after the engine reports each one;
+  // the engine's keep_latest must not delete one before then.
+  const bool uploads_checkpoints = ref.rank() == 0;
+  const std::string copied_file = JoinPath(run_dir, "copied_through_step");
+  if (uploads_checkpoints) {
+    // A previous attempt's figure would vouch for steps this attempt has not uploaded.
+    if (absl::Status s = WriteFileAtomically(copied_file, "0\n"); !s.ok())
+      return fail(absl::StrCat("cannot write ", copied_file, ": ", s.message()));
+    argv.insert(argv.end(), {"--copied-checkpoints-file", copied_file});
+  }
   for (const std::string& root : options_.data_roots.roots())
     argv.insert(argv.end(), {"--data-root", root});
   if (options_.data_roots.restricted() && !a.files().empty())
@@ -838,7 +849,16 @@ void WorkerAgent::RunRank(Key key) {
   while (auto line = c->ReadEventLine()) {
     if (line->empty()) continue;
     std::optional<ev1::EngineEvent> forwarded = Prepare(key, run_dir, *line);
-    if (forwarded) AddEvent(key, *std::move(forwarded));
+    if (!forwarded) continue;
+    if (uploads_checkpoints && forwarded->has_checkpoint()) {
+      // Uploaded, or given up on: either way the engine may now prune it. A failed write only
+      // keeps more checkpoints on this disk for a while.
+      const std::string step = absl::StrCat(forwarded->checkpoint().step(), "\n");
+      if (absl::Status s = WriteFileAtomically(copied_file, step); !s.ok())
+        LogRank(LogLevel::kWarning, key,
+                absl::StrCat("cannot write ", copied_file, ": ", s.message()));
+    }
+    AddEvent(key, *std::move(forwarded));
   }
   const ChildExit exit = c->Wait();
   LogRank(LogLevel::kInfo, key,

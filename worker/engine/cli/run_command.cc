@@ -45,6 +45,7 @@ struct RunOptions {
   bool quiet = false;
   bool portable_kernels = false;
   std::vector<std::string> data_roots;
+  std::string copied_checkpoints_file;
 };
 
 absl::Status RunConvertJob(const lora::v1::JobSpec& spec, const std::string& out,
@@ -168,6 +169,7 @@ int RunJob(const RunOptions& o) {
   t.spec = *spec;
   t.output_dir = out;
   t.resume_from = o.resume;
+  t.copied_checkpoints_file = o.copied_checkpoints_file;
   t.events = &events;
   t.stop_requested = &g_stop;
   absl::StatusOr<TrainResult> result;
@@ -200,6 +202,9 @@ void AddRunCommand(CLI::App& app, CommandRunner* runner) {
   cmd->add_option("--data-root", o->data_roots,
                   "Directory the job's model, tokenizer, adapter and dataset paths must lie under "
                   "(repeatable; symbolic links and .. count where they lead; default: anywhere)");
+  cmd->add_option("--copied-checkpoints-file", o->copied_checkpoints_file,
+                  "File in which the launcher keeps the newest checkpoint step it has copied off "
+                  "this machine; checkpoint.keep_latest never deletes a later one");
   cmd->add_flag("--portable-kernels", o->portable_kernels,
                 "Attention and SwiGLU as plain LibTorch ops (what CUDA runs) instead of the "
                 "fused CPU kernels; single-process training");

@@ -4,6 +4,8 @@
 #include <regex>
 #include <type_traits>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/file_util.h"
@@ -199,7 +201,7 @@ absl::StatusOr<TrainerState> ParseTrainerState(const std::string& text) {
 
 absl::StatusOr<CheckpointInfo> SaveTrainingCheckpoint(const std::string& run_dir,
                                                       const CheckpointContents& c,
-                                                      int keep_latest) {
+                                                      const CheckpointRetention& retention) {
   const int64_t step = c.state.step;
   const std::string checkpoints = JoinPath(run_dir, "checkpoints");
   LORA_RETURN_IF_ERROR(MakeDirectories(checkpoints));
@@ -237,14 +239,23 @@ absl::StatusOr<CheckpointInfo> SaveTrainingCheckpoint(const std::string& run_dir
   info.bytes += manifest.size();
   LORA_RETURN_IF_ERROR(staged->Commit());
 
-  if (keep_latest > 0) {
+  if (retention.keep_latest > 0) {
     auto all = ListCheckpoints(checkpoints);
-    for (size_t i = 0; i + static_cast<size_t>(keep_latest) < all.size(); ++i) {
+    for (size_t i = 0; i + static_cast<size_t>(retention.keep_latest) < all.size(); ++i) {
+      if (retention.copied_through_step && all[i].first > *retention.copied_through_step) break;
       std::error_code ec;
       fs::remove_all(all[i].second, ec);
     }
   }
   return info;
+}
+
+int64_t ReadCopiedThroughStep(const std::string& path) {
+  auto text = ReadFileToString(path);
+  int64_t step = 0;
+  if (!text.ok() || !absl::SimpleAtoi(absl::StripAsciiWhitespace(*text), &step) || step < 0)
+    return 0;
+  return step;
 }
 
 absl::Status VerifyCheckpoint(const std::string& step_dir) {

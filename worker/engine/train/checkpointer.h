@@ -8,7 +8,7 @@
 //   manifest.json             every file above with its size and sha256
 //
 //   CheckpointContents c;  c.state.step = 10;  ...
-//   LORA_ASSIGN_OR_RETURN(CheckpointInfo info, SaveTrainingCheckpoint(run_dir, c, keep_latest));
+//   LORA_ASSIGN_OR_RETURN(CheckpointInfo info, SaveTrainingCheckpoint(run_dir, c, {3}));
 //   LORA_ASSIGN_OR_RETURN(LoadedCheckpoint back, LoadLatestCheckpoint(run_dir, device,
 //       [](const std::string& dir, const absl::Status& why) { /* skipped: corrupt */ }));
 //
@@ -24,6 +24,7 @@
 #include <cmath>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -95,10 +96,23 @@ struct LoadedCheckpoint {
 
 std::string CheckpointDirName(int64_t step);
 
-// Writes <run_dir>/checkpoints/step-N and deletes the oldest beyond keep_latest (0 keeps all).
+// Which older step directories a save may delete.
+struct CheckpointRetention {
+  int keep_latest = 0;  // the newest kept; 0 keeps all
+  // A launcher that copies checkpoints off the machine (lora-worker) says how far it got; a
+  // step after this one is kept whatever keep_latest says, since deleting it would lose a
+  // checkpoint nobody has a copy of. Unset: nobody copies, keep_latest alone decides.
+  std::optional<int64_t> copied_through_step;
+};
+
+// Writes <run_dir>/checkpoints/step-N and applies `retention` to the older step directories.
 absl::StatusOr<CheckpointInfo> SaveTrainingCheckpoint(const std::string& run_dir,
                                                       const CheckpointContents& contents,
-                                                      int keep_latest);
+                                                      const CheckpointRetention& retention);
+
+// The step a launcher wrote to `path` (decimal, one line), the highest it copied off the
+// machine; 0 while the file is missing or unreadable, so that nothing uncopied is deleted.
+int64_t ReadCopiedThroughStep(const std::string& path);
 
 // DataLoss naming the file unless every file the manifest lists has its size and sha256.
 absl::Status VerifyCheckpoint(const std::string& step_dir);

@@ -235,7 +235,11 @@ absl::StatusOr<TrainResult> RunTrainingLoop(const TrainerOptions& options,
     c.state.data_cursor_windows = step * rows_per_step;
     absl::Status status = absl::OkStatus();
     if (leader) {
-      auto info = SaveTrainingCheckpoint(options.output_dir, c, spec.checkpoint().keep_latest());
+      CheckpointRetention retention;
+      retention.keep_latest = spec.checkpoint().keep_latest();
+      if (!options.copied_checkpoints_file.empty())
+        retention.copied_through_step = ReadCopiedThroughStep(options.copied_checkpoints_file);
+      auto info = SaveTrainingCheckpoint(options.output_dir, c, retention);
       if (info.ok()) {
         last_checkpoint = ReportCheckpoint(events, *info, drain);
       } else {

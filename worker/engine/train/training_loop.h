@@ -41,6 +41,9 @@ struct TrainerOptions {
   lora::v1::JobSpec spec;  // defaults applied and validated
   std::string output_dir;
   std::string resume_from;  // a run, checkpoints/ or step directory; empty = fresh start
+  // Where the launcher records the newest checkpoint step it has copied off this machine
+  // (ReadCopiedThroughStep); keep_latest never deletes a later one. Empty: nobody copies.
+  std::string copied_checkpoints_file;
   EventSink* events = nullptr;
   const std::atomic<bool>* stop_requested = nullptr;
   // Where the model and batches live (ResolveTrainingDevice); off the CPU, and on it when
