@@ -182,6 +182,18 @@ void JobManager::Unindex(const std::string& id, const IndexEntry& e) {
   }
 }
 
+JobManager::ActiveJob* JobManager::FindActive(const std::string& id) {
+  struct Waiting {
+    const std::set<std::string>* creating;
+    const std::string* id;
+  } waiting{&creating_, &id};
+  // Bounded by one group commit: the creator indexes the job as soon as its write returns.
+  mu_.Await(absl::Condition(
+      +[](Waiting* w) { return w->creating->count(*w->id) == 0; }, &waiting));
+  auto it = active_.find(id);
+  return it == active_.end() ? nullptr : &it->second;
+}
+
 void JobManager::Finish(const std::string& job_id_ref) {
   const std::string job_id = job_id_ref;  // the job (and its id) is erased below
   auto it = active_.find(job_id);

@@ -283,6 +283,15 @@ class JobManager {
   void SendAssignment(ActiveJob& a, int rank) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   ActiveJob* FindRank(const lora::worker::v1::RankRef& ref, const std::string& worker_id)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // CreateJob's answer when the tenant has `queued` jobs, its limit: the job of a retried
+  // request, else RESOURCE_EXHAUSTED.
+  absl::StatusOr<lora::v1::Job> QueueLimitReached(const std::string& tenant,
+                                                  const std::string& request_id, int queued,
+                                                  const lora::v1::Job& job, bool* created)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The active job `id` (nullptr if it has ended or never was), after waiting for a CreateJob
+  // that is still writing it.
+  ActiveJob* FindActive(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Applies keep_latest to the job's stored checkpoints; returns the files to delete.
   std::vector<std::string> PruneCheckpoints(const lora::v1::Job& job)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -303,6 +312,11 @@ class JobManager {
   std::map<std::string, std::set<QueueKey>> queue_ ABSL_GUARDED_BY(mu_);
   std::set<std::string> unqueued_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, int> queued_by_tenant_ ABSL_GUARDED_BY(mu_);
+  // Jobs a CreateJob is writing to the store (without mu_, so that concurrent creates share
+  // one group commit): they count against their tenant's queue limit already, and a call that
+  // names one waits until it is indexed (FindActive) rather than take it for ended.
+  std::set<std::string> creating_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, int> creating_by_tenant_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::map<int, int>> queued_ranks_ ABSL_GUARDED_BY(mu_);  // device, ranks
   // Per pool, the last job the latest Schedule looked at when the window was full: jobs after
   // it are told they wait behind at least kScheduleWindow others (their stored reason may be

@@ -20,6 +20,11 @@ using lora::v1::JobState;
 
 namespace {
 
+int CountOf(const std::map<std::string, int>& counts, const std::string& key) {
+  auto it = counts.find(key);
+  return it == counts.end() ? 0 : it->second;
+}
+
 std::string NewJobId() {
   static std::mt19937_64 rng(std::random_device{}() ^ static_cast<uint64_t>(NowMicros()));
   static absl::Mutex mu;
@@ -128,30 +133,24 @@ absl::StatusOr<Job> JobManager::CreateJob(lora::v1::JobSpec spec, const std::str
   job = std::move(created_update.job);
   const JobEvent& first = created_update.events.front();
 
-  absl::MutexLock lock(&mu_);
-  if (shutdown_) return absl::UnavailableError("lorad is shutting down");
-  if (options_.max_queued_jobs_per_tenant > 0) {
-    auto count = queued_by_tenant_.find(tenant);
-    const int queued = count == queued_by_tenant_.end() ? 0 : count->second;
-    if (queued >= options_.max_queued_jobs_per_tenant) {
-      // A retry of a request that already created its job still gets that job.
-      if (!request_id.empty()) {
-        auto existing = store_->FindJobByRequestId(tenant, request_id);
-        if (existing.ok()) {
-          LORA_RETURN_IF_ERROR(SameRequest(*existing, job));
-          *created = false;
-          auto it = active_.find(existing->id());
-          return it != active_.end() ? it->second.job : *existing;
-        }
+  {
+    absl::MutexLock lock(&mu_);
+    if (shutdown_) return absl::UnavailableError("lorad is shutting down");
+    if (options_.max_queued_jobs_per_tenant > 0) {
+      const int queued = CountOf(queued_by_tenant_, tenant) + CountOf(creating_by_tenant_, tenant);
+      if (queued >= options_.max_queued_jobs_per_tenant) {
+        return QueueLimitReached(tenant, request_id, queued, job, created);
       }
-      return absl::ResourceExhaustedError(
-          absl::StrCat("tenant '", tenant, "' has ", queued,
-                       " queued jobs, its limit; wait for one to start "
-                       "or cancel one"));
     }
+    creating_.insert(job.id());
+    ++creating_by_tenant_[tenant];
   }
+  // Outside mu_: creates that arrive while one is being fsynced join the next group commit.
   Job existing;
   absl::Status s = store_->InsertJob(job, first, &existing);
+  absl::MutexLock lock(&mu_);
+  creating_.erase(job.id());
+  if (--creating_by_tenant_[tenant] <= 0) creating_by_tenant_.erase(tenant);
   if (absl::IsAlreadyExists(s)) {
     LORA_RETURN_IF_ERROR(SameRequest(existing, job));
     *created = false;
@@ -160,12 +159,32 @@ absl::StatusOr<Job> JobManager::CreateJob(lora::v1::JobSpec spec, const std::str
   }
   LORA_RETURN_IF_ERROR(s);
   *created = true;
+  // Stored, so it runs: now, or after the restart that a shutdown means (recovery reads it).
+  if (shutdown_) return job;
   ActiveJob a;
   a.job = job;
   Index(job.id(), EntryOf(job));
   ScheduleCreated(active_.emplace(job.id(), std::move(a)).first->second);
   auto it = active_.find(job.id());
   return it != active_.end() ? it->second.job : job;
+}
+
+absl::StatusOr<Job> JobManager::QueueLimitReached(const std::string& tenant,
+                                                  const std::string& request_id, int queued,
+                                                  const Job& job, bool* created) {
+  // A retry of a request that already created its job still gets that job.
+  if (!request_id.empty()) {
+    auto existing = store_->FindJobByRequestId(tenant, request_id);
+    if (existing.ok()) {
+      LORA_RETURN_IF_ERROR(SameRequest(*existing, job));
+      *created = false;
+      auto it = active_.find(existing->id());
+      return it != active_.end() ? it->second.job : *existing;
+    }
+  }
+  return absl::ResourceExhaustedError(
+      absl::StrCat("tenant '", tenant, "' has ", queued,
+                   " queued jobs, its limit; wait for one to start or cancel one"));
 }
 
 absl::StatusOr<Job> JobManager::GetJob(const std::string& name) {
@@ -273,13 +292,13 @@ absl::StatusOr<lora::v1::ListJobsResponse> JobManager::ListJobs(
 absl::StatusOr<Job> JobManager::CancelJob(const std::string& name) {
   LORA_ASSIGN_OR_RETURN(std::string id, JobId(name));
   absl::MutexLock lock(&mu_);
-  auto it = active_.find(id);
-  if (it == active_.end()) {
+  ActiveJob* found = FindActive(id);
+  if (found == nullptr) {
     LORA_ASSIGN_OR_RETURN(Job job, store_->GetJob(id));
     return absl::FailedPreconditionError(
         absl::StrCat(name, " is already ", lora::v1::JobState_Name(job.state())));
   }
-  ActiveJob& a = it->second;
+  ActiveJob& a = *found;
   switch (a.job.state()) {
     case lora::v1::QUEUED: {
       LORA_RETURN_IF_ERROR(
@@ -324,10 +343,9 @@ absl::Status JobManager::Subscribe(const std::string& name, EventSubscriber* sub
   LORA_ASSIGN_OR_RETURN(std::string id, JobId(name));
   absl::MutexLock lock(&mu_);
   if (shutdown_) return absl::UnavailableError("lorad is shutting down");
-  auto it = active_.find(id);
-  if (it != active_.end()) {
+  if (ActiveJob* a = FindActive(id)) {
     subscribers_[id].insert(subscriber);
-    *last_sequence = it->second.job.last_sequence();
+    *last_sequence = a->job.last_sequence();
     *terminal = false;
     return absl::OkStatus();
   }

@@ -11,13 +11,13 @@ using lora::v1::Job;
 absl::StatusOr<Job> JobManager::PauseJob(const std::string& name) {
   LORA_ASSIGN_OR_RETURN(std::string id, JobId(name));
   absl::MutexLock lock(&mu_);
-  auto it = active_.find(id);
-  if (it == active_.end()) {
+  ActiveJob* found = FindActive(id);
+  if (found == nullptr) {
     LORA_ASSIGN_OR_RETURN(Job job, store_->GetJob(id));
     return absl::FailedPreconditionError(
         absl::StrCat(name, " has ended (", lora::v1::JobState_Name(job.state()), ")"));
   }
-  ActiveJob& a = it->second;
+  ActiveJob& a = *found;
   switch (a.job.state()) {
     case lora::v1::QUEUED:
       LORA_RETURN_IF_ERROR(Transition(a, a.job, lora::v1::PAUSED, "paused before it started"));
@@ -39,23 +39,26 @@ absl::StatusOr<Job> JobManager::PauseJob(const std::string& name) {
 absl::StatusOr<Job> JobManager::ResumeJob(const std::string& name) {
   LORA_ASSIGN_OR_RETURN(std::string id, JobId(name));
   absl::MutexLock lock(&mu_);
-  auto it = active_.find(id);
-  const lora::v1::JobState state =
-      it != active_.end() ? it->second.job.state() : store_->GetJob(id).value_or(Job()).state();
-  if (it == active_.end() && state == lora::v1::JOB_STATE_UNSPECIFIED)
-    return store_->GetJob(id).status();
-  if (state != lora::v1::PAUSED) {
+  ActiveJob* found = FindActive(id);
+  lora::v1::JobState state;
+  if (found != nullptr) {
+    state = found->job.state();
+  } else {
+    LORA_ASSIGN_OR_RETURN(Job ended, store_->GetJob(id));
+    state = ended.state();
+  }
+  if (found == nullptr || state != lora::v1::PAUSED) {
     return absl::FailedPreconditionError(absl::StrCat(name, " is ", lora::v1::JobState_Name(state),
                                                       "; only a PAUSED job can be resumed"));
   }
-  ActiveJob& a = it->second;
+  ActiveJob& a = *found;
   const std::string reason =
       a.job.latest_checkpoint_step() > 0
           ? absl::StrCat("resumed; continues from step ", a.job.latest_checkpoint_step())
           : "resumed";
   LORA_RETURN_IF_ERROR(Transition(a, a.job, lora::v1::QUEUED, reason));
   Schedule();
-  it = active_.find(id);
+  auto it = active_.find(id);
   return it != active_.end() ? it->second.job : store_->GetJob(id);
 }
 
@@ -63,10 +66,9 @@ absl::Status JobManager::DeleteJob(const std::string& name) {
   LORA_ASSIGN_OR_RETURN(std::string id, JobId(name));
   {
     absl::MutexLock lock(&mu_);
-    auto it = active_.find(id);
-    if (it != active_.end()) {
+    if (ActiveJob* a = FindActive(id)) {
       return absl::FailedPreconditionError(
-          absl::StrCat(name, " is ", lora::v1::JobState_Name(it->second.job.state()),
+          absl::StrCat(name, " is ", lora::v1::JobState_Name(a->job.state()),
                        "; only a job that has ended can be deleted (cancel it first)"));
     }
   }

@@ -2,6 +2,7 @@
 
 #include <sqlite3.h>
 
+#include <algorithm>
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
@@ -85,13 +86,20 @@ CREATE UNIQUE INDEX IF NOT EXISTS jobs_tenant_request_id ON jobs(tenant, request
 CREATE INDEX IF NOT EXISTS jobs_tenant_created ON jobs(tenant, create_time_us DESC, id DESC);
 )sql";
 
-absl::Status InsertEvent(sqlite3* db, const std::string& job_id, const JobEvent& e) {
-  Statement s(db, "INSERT INTO events (job_id, sequence, proto) VALUES (?, ?, ?)");
+absl::Status InsertEvent(StatementCache& sql, const std::string& job_id, const JobEvent& e) {
+  sqlite3* db = sql.db();
+  Statement s(sql, "INSERT INTO events (job_id, sequence, proto) VALUES (?, ?, ?)");
   if (!s.ok()) return SqlError(db, "prepare event insert");
   s.Bind(1, job_id).Bind(2, e.sequence()).BindBlob(3, e.SerializeAsString());
   if (s.Step() != SQLITE_DONE) return SqlError(db, "insert event");
   return absl::OkStatus();
 }
+
+// A job's rows, written inside a group commit's transaction (JobStore::GroupWrite).
+absl::Status InsertJobRows(StatementCache& sql, const Job& job, const JobEvent& first_event,
+                           Job* existing);
+absl::Status UpdateJobRows(StatementCache& sql, const Job& job,
+                           const std::vector<JobEvent>& events);
 
 }  // namespace
 
@@ -172,8 +180,11 @@ absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(const Options& options)
   return store;
 }
 
+JobStore::JobStore(sqlite3* db) : db_(db), statements_(std::make_unique<StatementCache>(db)) {}
+
 JobStore::~JobStore() {
   absl::MutexLock lock(&mu_);
+  statements_.reset();  // its statements are finalized before the connection closes
   sqlite3_close(db_);
 }
 
@@ -188,13 +199,107 @@ absl::Status JobStore::Exec(const char* sql) {
   return absl::OkStatus();
 }
 
-absl::Status JobStore::InsertJob(const Job& job, const JobEvent& first_event, Job* existing) {
+struct JobStore::PendingWrite {
+  const std::function<absl::Status()>* body;
+  absl::Status result;
+  bool done = false;  // guarded by queue_mu_
+};
+
+absl::Status JobStore::GroupWrite(const std::function<absl::Status()>& body) {
+  PendingWrite self{&body};
+  std::vector<PendingWrite*> batch;
+  {
+    absl::MutexLock lock(&queue_mu_);
+    queue_.push_back(&self);
+    while (committing_ && !self.done) batch_done_.Wait(&queue_mu_);
+    if (self.done) return self.result;  // a batch that started after we queued held us
+    committing_ = true;                 // we write everything queued so far
+    struct Gathered {
+      const std::vector<PendingWrite*>* queue;
+      const int* wanted;  // read live: a test may lower it while we wait
+    } gathered{&queue_, &gather_};
+    queue_mu_.Await(absl::Condition(
+        +[](Gathered* g) { return static_cast<int>(g->queue->size()) >= *g->wanted; }, &gathered));
+    batch.swap(queue_);
+  }
+  CommitBatch(batch);
+  absl::MutexLock lock(&queue_mu_);
+  for (PendingWrite* w : batch) w->done = true;
+  ++batches_;
+  grouped_writes_ += static_cast<int64_t>(batch.size());
+  committing_ = false;
+  batch_done_.SignalAll();  // the answered, and the queued of whom one writes the next batch
+  return self.result;
+}
+
+void JobStore::CommitBatch(const std::vector<PendingWrite*>& batch) {
   absl::MutexLock lock(&mu_);
-  if (!write_fault_.ok()) return write_fault_;
+  auto fail_all = [&](const absl::Status& s) {
+    for (PendingWrite* w : batch) w->result = s;
+  };
+  if (!write_fault_.ok()) return fail_all(write_fault_);
   Transaction tx(db_);
-  if (!tx.ok()) return SqlError(db_, "begin");
+  if (!tx.ok()) return fail_all(SqlError(db_, "begin"));
+  for (size_t i = 0; i < batch.size(); ++i) {
+    PendingWrite* w = batch[i];
+    if (Statement(*statements_, "SAVEPOINT w").Step() != SQLITE_DONE) {
+      w->result = SqlError(db_, "savepoint");
+    } else {
+      w->result = (*w->body)();
+    }
+    if (w->result.ok()) {
+      Statement(*statements_, "RELEASE w").Step();
+      continue;
+    }
+    if (sqlite3_get_autocommit(db_)) {
+      // SQLite rolled the whole transaction back (a full disk, an I/O error): the writes
+      // before this one are gone too, and nothing after it can join a batch that is over.
+      const absl::Status lost = w->result;
+      for (PendingWrite* other : batch) {
+        if (other != w) other->result = lost;
+      }
+      tx.Abandon();
+      return;
+    }
+    Statement(*statements_, "ROLLBACK TO w").Step();
+    Statement(*statements_, "RELEASE w").Step();
+  }
+  if (absl::Status s = tx.Commit(); !s.ok()) {
+    for (PendingWrite* w : batch) {
+      if (w->result.ok()) w->result = s;
+    }
+  }
+}
+
+void JobStore::GatherBatchesForTesting(int writes) {
+  absl::MutexLock lock(&queue_mu_);
+  gather_ = std::max(1, writes);
+}
+
+std::pair<int64_t, int64_t> JobStore::GroupCommitStats() {
+  absl::MutexLock lock(&queue_mu_);
+  return {batches_, grouped_writes_};
+}
+
+absl::Status JobStore::InsertJob(const Job& job, const JobEvent& first_event, Job* existing) {
+  return GroupWrite([&]() ABSL_NO_THREAD_SAFETY_ANALYSIS {  // CommitBatch holds mu_
+    return InsertJobRows(*statements_, job, first_event, existing);
+  });
+}
+
+absl::Status JobStore::UpdateJob(const Job& job, const std::vector<JobEvent>& events) {
+  return GroupWrite([&]() ABSL_NO_THREAD_SAFETY_ANALYSIS {  // CommitBatch holds mu_
+    return UpdateJobRows(*statements_, job, events);
+  });
+}
+
+namespace {
+
+absl::Status InsertJobRows(StatementCache& sql, const Job& job, const JobEvent& first_event,
+                           Job* existing) {
+  sqlite3* db_ = sql.db();
   if (!job.request_id().empty()) {
-    Statement find(db_, "SELECT proto FROM jobs WHERE tenant = ? AND request_id = ?");
+    Statement find(sql, "SELECT proto FROM jobs WHERE tenant = ? AND request_id = ?");
     find.Bind(1, job.tenant()).Bind(2, job.request_id());
     if (find.Step() == SQLITE_ROW) {
       auto found = Parse<Job>(find.Blob(0), "job");
@@ -204,7 +309,7 @@ absl::Status JobStore::InsertJob(const Job& job, const JobEvent& first_event, Jo
           absl::StrCat("request_id ", job.request_id(), " already created ", found->name()));
     }
   }
-  Statement s(db_,
+  Statement s(sql,
               "INSERT INTO jobs (id, request_id, state, kind, priority, create_time_us, proto, "
               "tenant) VALUES (?,?,?,?,?,?,?,?)");
   if (!s.ok()) return SqlError(db_, "prepare job insert");
@@ -220,16 +325,13 @@ absl::Status JobStore::InsertJob(const Job& job, const JobEvent& first_event, Jo
   s.BindBlob(7, job.SerializeAsString());
   s.Bind(8, job.tenant());
   if (s.Step() != SQLITE_DONE) return SqlError(db_, "insert job");
-  if (absl::Status e = InsertEvent(db_, job.id(), first_event); !e.ok()) return e;
-  return tx.Commit();
+  return InsertEvent(sql, job.id(), first_event);
 }
 
-absl::Status JobStore::UpdateJob(const Job& job, const std::vector<JobEvent>& events) {
-  absl::MutexLock lock(&mu_);
-  if (!write_fault_.ok()) return write_fault_;
-  Transaction tx(db_);
-  if (!tx.ok()) return SqlError(db_, "begin");
-  Statement s(db_, "UPDATE jobs SET state = ?, proto = ?, end_time_us = ? WHERE id = ?");
+absl::Status UpdateJobRows(StatementCache& sql, const Job& job,
+                           const std::vector<JobEvent>& events) {
+  sqlite3* db_ = sql.db();
+  Statement s(sql, "UPDATE jobs SET state = ?, proto = ?, end_time_us = ? WHERE id = ?");
   if (!s.ok()) return SqlError(db_, "prepare job update");
   s.Bind(1, job.state())
       .BindBlob(2, job.SerializeAsString())
@@ -239,10 +341,12 @@ absl::Status JobStore::UpdateJob(const Job& job, const std::vector<JobEvent>& ev
   if (sqlite3_changes(db_) != 1)
     return absl::NotFoundError(absl::StrCat("jobs/", job.id(), " not found"));
   for (const JobEvent& e : events) {
-    if (absl::Status st = InsertEvent(db_, job.id(), e); !st.ok()) return st;
+    if (absl::Status st = InsertEvent(sql, job.id(), e); !st.ok()) return st;
   }
-  return tx.Commit();
+  return absl::OkStatus();
 }
+
+}  // namespace
 
 absl::StatusOr<Job> JobStore::GetJob(const std::string& id) {
   absl::MutexLock lock(&mu_);

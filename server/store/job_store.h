@@ -5,12 +5,19 @@
 // queries the service makes. Thread-safe (one connection behind a mutex; SQLite serializes
 // writers anyway).
 //
+// Group commit: InsertJob and UpdateJob calls that arrive while another batch is being written
+// and fsynced queue up, and the first of them then writes them all in one transaction, each in
+// its own savepoint (one call's failure undoes only its own changes). Every caller is answered
+// after the fsync of its batch, so nothing is acknowledged before it is durable, and N
+// concurrent writers cost one fsync, not N.
+//
 //   LORA_ASSIGN_OR_RETURN(auto store, JobStore::Open({.path = dir + "/lorad.db"}));
 //   LORA_RETURN_IF_ERROR(store->InsertJob(job, first_event, &existing));
 #ifndef LORA_SERVER_STORE_JOB_STORE_H_
 #define LORA_SERVER_STORE_JOB_STORE_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -26,6 +33,9 @@
 struct sqlite3;
 
 namespace lora::server {
+namespace store_internal {
+class StatementCache;
+}  // namespace store_internal
 
 struct ListJobsQuery {
   std::vector<lora::v1::JobState> states;  // any of (empty = all)
@@ -132,16 +142,39 @@ class JobStore {
   // Caps the database at `pages` pages, so writes that grow it fail with SQLITE_FULL as on a
   // full disk (tests of what a failed write does; the default is SQLite's, no cap).
   absl::Status LimitPagesForTesting(int64_t pages);
+  // Group commits wait until `writes` writes are queued before they start (1: no waiting), so
+  // tests can make a batch of a known size.
+  void GatherBatchesForTesting(int writes);
   // Every write fails with `status` before it reaches SQLite until called with OkStatus().
   void FailWritesForTesting(absl::Status status);
 
  private:
-  explicit JobStore(sqlite3* db) : db_(db) {}
+  struct PendingWrite;
+  explicit JobStore(sqlite3* db);
   absl::Status Exec(const char* sql) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Runs `body` (statements on db_, no transaction of its own) in the next group commit;
+  // its status, or the commit's error if the batch could not be made durable.
+  absl::Status GroupWrite(const std::function<absl::Status()>& body)
+      ABSL_LOCKS_EXCLUDED(mu_, queue_mu_);
+  // Writes `batch` in one transaction; sets each write's result.
+  void CommitBatch(const std::vector<PendingWrite*>& batch) ABSL_LOCKS_EXCLUDED(mu_);
 
   absl::Mutex mu_;
   sqlite3* db_ ABSL_GUARDED_BY(mu_);
+  std::unique_ptr<store_internal::StatementCache> statements_ ABSL_GUARDED_BY(mu_);
   absl::Status write_fault_ ABSL_GUARDED_BY(mu_);
+
+  absl::Mutex queue_mu_ ABSL_ACQUIRED_BEFORE(mu_);
+  std::vector<PendingWrite*> queue_ ABSL_GUARDED_BY(queue_mu_);  // waiting for the next batch
+  bool committing_ ABSL_GUARDED_BY(queue_mu_) = false;           // a batch is being written
+  absl::CondVar batch_done_;
+  int gather_ ABSL_GUARDED_BY(queue_mu_) = 1;
+  int64_t batches_ ABSL_GUARDED_BY(queue_mu_) = 0;
+  int64_t grouped_writes_ ABSL_GUARDED_BY(queue_mu_) = 0;
+
+ public:
+  // Batches written and the writes they held since Open (their ratio is the grouping).
+  std::pair<int64_t, int64_t> GroupCommitStats() ABSL_LOCKS_EXCLUDED(queue_mu_);
 };
 
 // True for SUCCEEDED, FAILED and CANCELLED.

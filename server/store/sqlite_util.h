@@ -4,6 +4,7 @@
 
 #include <sqlite3.h>
 
+#include <map>
 #include <optional>
 #include <string>
 #include <utility>
@@ -23,13 +24,56 @@ inline absl::Status SqlError(sqlite3* db, const std::string& what) {
   return absl::InternalError(message);
 }
 
-// A prepared statement, finalized on destruction.
+// Statements of the hot write path, prepared once per connection and reused: preparing costs
+// about as much as executing a small insert. Used under the lock that guards the connection;
+// destroyed before the connection is closed.
+class StatementCache {
+ public:
+  explicit StatementCache(sqlite3* db) : db_(db) {}
+  ~StatementCache() {
+    for (auto& [sql, stmt] : cache_) sqlite3_finalize(stmt);
+  }
+  StatementCache(const StatementCache&) = delete;
+  StatementCache& operator=(const StatementCache&) = delete;
+  sqlite3* db() const { return db_; }
+  // The statement for `sql` (a string literal: cached by its address), reset and unbound;
+  // nullptr if it does not prepare.
+  sqlite3_stmt* Get(const char* sql) {
+    auto it = cache_.find(sql);
+    if (it != cache_.end()) return it->second;
+    sqlite3_stmt* stmt = nullptr;
+    if (sqlite3_prepare_v3(db_, sql, -1, SQLITE_PREPARE_PERSISTENT, &stmt, nullptr) != SQLITE_OK)
+      return nullptr;
+    cache_.emplace(sql, stmt);
+    return stmt;
+  }
+
+ private:
+  sqlite3* db_;
+  std::map<const char*, sqlite3_stmt*> cache_;
+};
+
+// A prepared statement, finalized on destruction; or one borrowed from a StatementCache, reset
+// and unbound on destruction.
 class Statement {
  public:
   Statement(sqlite3* db, const char* sql) : db_(db) {
     ok_ = sqlite3_prepare_v2(db, sql, -1, &stmt_, nullptr) == SQLITE_OK;
   }
-  ~Statement() { sqlite3_finalize(stmt_); }
+  Statement(StatementCache& cache, const char* sql) : db_(cache.db()), borrowed_(true) {
+    stmt_ = cache.Get(sql);
+    ok_ = stmt_ != nullptr;
+  }
+  ~Statement() {
+    if (!borrowed_) {
+      sqlite3_finalize(stmt_);
+    } else if (stmt_ != nullptr) {
+      sqlite3_reset(stmt_);
+      sqlite3_clear_bindings(stmt_);
+    }
+  }
+  Statement(const Statement&) = delete;
+  Statement& operator=(const Statement&) = delete;
   bool ok() const { return ok_; }
   Statement& Bind(int i, int64_t v) {
     sqlite3_bind_int64(stmt_, i, v);
@@ -66,6 +110,7 @@ class Statement {
   sqlite3* db_;
   sqlite3_stmt* stmt_ = nullptr;
   bool ok_ = false;
+  bool borrowed_ = false;
 };
 
 template <typename Message>
@@ -102,6 +147,8 @@ class Transaction {
     if (ok_ && !done_) sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
   }
   bool ok() const { return ok_; }
+  // SQLite already rolled the transaction back by itself (after SQLITE_FULL, IOERR, ...).
+  void Abandon() { done_ = true; }
   absl::Status Commit() {
     done_ = true;
     if (sqlite3_exec(db_, "COMMIT", nullptr, nullptr, nullptr) != SQLITE_OK) {

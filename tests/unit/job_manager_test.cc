@@ -6,8 +6,10 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <filesystem>
 #include <fstream>
+#include <thread>
 
 #include "common/exit_codes.h"
 #include "common/file_util.h"
@@ -89,6 +91,7 @@ class JobManagerTest : public ::testing::Test {
     JobManager::Options o;
     o.max_attempts = 3;
     o.heartbeat_timeout = absl::Seconds(60);
+    o.max_queued_jobs_per_tenant = max_queued_per_tenant_;
     o.resolve_files =
         [this](const std::string& tenant,
                const lora::v1::JobSpec& spec) -> absl::StatusOr<std::vector<lora::v1::File>> {
@@ -194,6 +197,7 @@ class JobManagerTest : public ::testing::Test {
   }
 
   fs::path dir_;
+  int max_queued_per_tenant_ = 0;
   std::vector<lora::v1::File> files_;  // what resolve_files knows
   std::unique_ptr<JobStore> store_;
   std::unique_ptr<ArtifactStore> artifacts_;
@@ -397,6 +401,46 @@ TEST_F(JobManagerTest, KeepLatestAlsoRemovesTheFilesOfACheckpointThatNeverBecame
   EXPECT_FALSE(fs::exists(orphan.parent_path()));
   EXPECT_FALSE(store_->GetArtifact(job.id(), "checkpoints/step-4/adapter.safetensors").ok());
   EXPECT_TRUE(fs::exists(dir_ / "artifacts" / job.id() / "checkpoints/step-6/manifest.json"));
+}
+
+// Creates write the store without the manager's lock (so that they share group commits): the
+// queue limit must count the jobs still being written, or concurrent creates overshoot it.
+TEST_F(JobManagerTest, ConcurrentCreatesShareCommitsAndNeverPassTheTenantsQueueLimit) {
+  max_queued_per_tenant_ = 12;
+  Restart();
+  store_->GatherBatchesForTesting(4);  // every commit waits for four creates
+  std::atomic<int> created{0}, refused{0}, other{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < 4; ++i) {
+        bool was_created = false;
+        auto job = manager_->CreateJob(Spec(), "", &was_created, "tenant-a");
+        if (job.ok()) {
+          ++created;
+          // Whoever holds the answer can act on the job at once.
+          EXPECT_EQ(Get(job->id()).state(), lora::v1::QUEUED);
+        } else if (absl::IsResourceExhausted(job.status())) {
+          ++refused;
+        } else {
+          ++other;
+          ADD_FAILURE() << job.status();
+        }
+        // Keep the batches at four: a refused create writes nothing.
+        if (!job.ok()) store_->GatherBatchesForTesting(1);
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  store_->GatherBatchesForTesting(1);
+  EXPECT_EQ(created.load(), 12);
+  EXPECT_EQ(refused.load(), 20);
+  EXPECT_EQ(other.load(), 0);
+  auto stored = store_->ListActiveJobs();
+  ASSERT_TRUE(stored.ok());
+  EXPECT_EQ(stored->size(), 12u);
+  const auto [batches, writes] = store_->GroupCommitStats();
+  EXPECT_LT(batches, writes);
 }
 
 TEST_F(JobManagerTest, AssignmentsOfferOlderCheckpointsNewestFirstAsFallbacks) {
