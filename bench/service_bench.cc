@@ -98,7 +98,7 @@ void CreateJobs(testing::TempDir& dir, int jobs, int clients, const testing::Cer
   const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   std::vector<double> all;
   for (auto& v : latencies) all.insert(all.end(), v.begin(), v.end());
-  Row(absl::StrFormat("CreateJob %s, %d jobs, %d concurrent clients (fsync each)",
+  Row(absl::StrFormat("CreateJob %s, %d jobs, %d concurrent clients (durable when answered)",
                       tls ? "TLS      " : "plaintext", jobs, clients),
       absl::StrFormat("%.0f jobs/s; p50 %.2f ms, p99 %.2f ms; first call (connect%s) median "
                       "%.2f ms; %d errors",
