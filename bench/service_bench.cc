@@ -15,9 +15,21 @@
 #include <mutex>
 #include <thread>
 
+#include <grpcpp/grpcpp.h>
+
+#include <cmath>
+#include <limits>
+
 #include "CLI/CLI.hpp"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "common/sha256.h"
+#include "lora/v1/job_service.grpc.pb.h"
 #include "tests/integration/lorad_harness.h"
 #include "tests/integration/subprocess.h"
 #include "tests/integration/test_pki.h"
@@ -218,54 +230,210 @@ void SubmitToFirstStep(testing::TempDir& dir) {
       absl::StrFormat("median %.0f ms, best %.0f ms", Percentile(ms, 0.5), Percentile(ms, 0.0)));
 }
 
-void ManyWatchers(testing::TempDir& dir, int watchers) {
-  testing::Lorad lorad({dir.Join("watch"), 1, 0, {}});
+// Delivery delays in 1 ms bins up to 10 s (the last bin holds the rest), shared by many
+// streams' callbacks.
+class DelayBins {
+ public:
+  static constexpr int kBins = 10001;
+  DelayBins() : bins_(kBins) {}
+  void Add(double ms) {
+    const int bin = std::clamp(static_cast<int>(ms), 0, kBins - 1);
+    bins_[static_cast<size_t>(bin)].fetch_add(1, std::memory_order_relaxed);
+  }
+  // "bin:count bin:count ..." for the non-empty bins.
+  std::string Format() const {
+    std::string out;
+    for (int b = 0; b < kBins; ++b) {
+      const int64_t n = bins_[static_cast<size_t>(b)].load();
+      if (n > 0) absl::StrAppend(&out, b, ":", n, " ");
+    }
+    return out;
+  }
+
+ private:
+  std::vector<std::atomic<int64_t>> bins_;
+};
+
+// One WatchJob stream on the callback API (no thread of its own): counts the live step
+// events' delivery delays (event time to arrival; history replayed at connect is skipped).
+class WatchStream : public grpc::ClientReadReactor<lora::v1::JobEvent> {
+ public:
+  WatchStream(lora::v1::JobService::Stub* stub, const std::string& job, DelayBins* bins,
+              std::atomic<int>* open, std::atomic<int>* failed)
+      : bins_(bins), open_(open), failed_(failed), since_(NowWall()) {
+    request_.set_name(job);
+    ++*open_;
+    stub->async()->WatchJob(&context_, &request_, this);
+    StartRead(&event_);
+    StartCall();
+  }
+  void OnReadDone(bool ok) override {
+    if (!ok) return;  // OnDone follows
+    const double at = WallSeconds(event_.time());
+    if (event_.has_metrics() && at >= since_) bins_->Add((NowWall() - at) * 1000);
+    StartRead(&event_);
+  }
+  void OnDone(const grpc::Status& status) override {
+    if (!status.ok()) ++*failed_;
+    --*open_;
+  }
+
+ private:
+  grpc::ClientContext context_;
+  lora::v1::WatchJobRequest request_;
+  lora::v1::JobEvent event_;
+  DelayBins* bins_;
+  std::atomic<int>* open_;
+  std::atomic<int>* failed_;
+  double since_;
+};
+
+// The body of one watcher process: `streams` streams spread over `jobs`, 100 per connection.
+// Prints "failed N" and "bins ..." when every stream has ended.
+int WatchChild(const std::string& address, const std::vector<std::string>& jobs, int streams) {
+  DelayBins bins;
+  std::atomic<int> open{0}, failed{0};
+  std::vector<std::unique_ptr<lora::v1::JobService::Stub>> stubs;
+  std::vector<std::unique_ptr<WatchStream>> all;
+  for (int i = 0; i < streams; ++i) {
+    if (i % 100 == 0) {
+      grpc::ChannelArguments args;
+      args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);  // a connection of its own
+      stubs.push_back(lora::v1::JobService::NewStub(
+          grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args)));
+    }
+    all.push_back(std::make_unique<WatchStream>(
+        stubs.back().get(), jobs[static_cast<size_t>(i) % jobs.size()], &bins, &open, &failed));
+  }
+  while (open.load() > 0) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  std::cout << "failed " << failed.load() << "\nbins " << bins.Format() << "\n";
+  return 0;
+}
+
+// Quantiles of merged "bin:count" lists.
+struct Merged {
+  std::vector<int64_t> bins = std::vector<int64_t>(DelayBins::kBins);
+  int64_t total = 0;
+  void Add(const std::string& line) {
+    for (absl::string_view pair : absl::StrSplit(line, ' ', absl::SkipEmpty())) {
+      std::vector<std::string> kv = absl::StrSplit(pair, ':');
+      int b = 0;
+      int64_t n = 0;
+      if (kv.size() == 2 && absl::SimpleAtoi(kv[0], &b) && absl::SimpleAtoi(kv[1], &n) && b >= 0 &&
+          b < DelayBins::kBins) {
+        bins[static_cast<size_t>(b)] += n;
+        total += n;
+      }
+    }
+  }
+  // The upper edge of the bin holding quantile p, in ms.
+  double Quantile(double p) const {
+    int64_t seen = 0;
+    for (int b = 0; b < DelayBins::kBins; ++b) {
+      seen += bins[static_cast<size_t>(b)];
+      if (seen > 0 && static_cast<double>(seen) >= p * static_cast<double>(total)) return b + 1;
+    }
+    return DelayBins::kBins;
+  }
+};
+
+// lorad's own view: lorad_watch_delivery_seconds buckets -> the bucket bound holding p (ms).
+std::string ServerDelivery(int metrics_port) {
+  const std::string page = testing::HttpGet(metrics_port, "/metrics");
+  std::vector<std::pair<double, double>> buckets;  // le, cumulative count
+  for (absl::string_view line : absl::StrSplit(page, '\n')) {
+    constexpr absl::string_view kPrefix = "lorad_watch_delivery_seconds_bucket{le=\"";
+    if (!absl::StartsWith(line, kPrefix)) continue;
+    line.remove_prefix(kPrefix.size());
+    const size_t quote = line.find('"');
+    const size_t space = line.rfind(' ');
+    double le = 0, count = 0;
+    const std::string bound(line.substr(0, quote));
+    if (bound == "+Inf") {
+      le = std::numeric_limits<double>::infinity();
+    } else if (!absl::SimpleAtod(bound, &le)) {
+      continue;
+    }
+    if (!absl::SimpleAtod(line.substr(space + 1), &count)) continue;
+    buckets.emplace_back(le, count);
+  }
+  if (buckets.empty() || buckets.back().second == 0) return "no samples";
+  auto bound_of = [&](double p) {
+    for (const auto& [le, n] : buckets) {
+      if (n >= p * buckets.back().second)
+        return std::isinf(le) ? std::string(">5 s") : absl::StrFormat("<= %g ms", le * 1000);
+    }
+    return std::string("?");
+  };
+  return absl::StrFormat("%.0f writes; p50 %s, p99 %s", buckets.back().second, bound_of(0.5),
+                         bound_of(0.99));
+}
+
+// `watchers` WatchJob streams over `jobs` training jobs (`steps` each), held by `processes`
+// client processes on the callback API.
+void ManyWatchers(testing::TempDir& dir, int watchers, int jobs, int processes, int steps) {
+  testing::Lorad lorad({dir.Join(absl::StrCat("watch-", jobs)), std::min(jobs, 2), 0, {}});
   if (!lorad.Start()) return;
   auto client = lorad.Client();
   std::this_thread::sleep_for(std::chrono::seconds(1));
   const int64_t rss_before = RssKb(lorad.pid(), "VmRSS:");
-  auto spec = testing::TinyTrainSpec(400, 100);
-  auto job = client->CreateJob(spec, "");
-  std::vector<std::vector<double>> delays(static_cast<size_t>(watchers));
-  std::atomic<int> connected{0};
-  std::vector<std::thread> threads;
-  std::vector<std::unique_ptr<LoraClient>> clients;
-  for (int w = 0; w < watchers; ++w) clients.push_back(lorad.Client());
-  for (int w = 0; w < watchers; ++w) {
-    threads.emplace_back([&, w] {
-      bool counted = false;
-      (void)clients[static_cast<size_t>(w)]->Watch(
-          job->name(), 0, [&](const lora::v1::JobEvent& e) {
-            if (!counted) {
-              counted = true;
-              ++connected;
-            }
-            // Live events only (history replay is not delivery latency).
-            const double delay = (NowWall() - WallSeconds(e.time())) * 1000;
-            if (e.has_metrics()) delays[static_cast<size_t>(w)].push_back(delay);
-            return true;
-          });
-    });
+  std::vector<std::string> names;
+  for (int j = 0; j < jobs; ++j) {
+    auto job = client->CreateJob(testing::TinyTrainSpec(steps, steps), "");
+    if (!job.ok()) {
+      Row("CreateJob", job.status().ToString());
+      return;
+    }
+    names.push_back(job->name());
+  }
+  std::vector<std::unique_ptr<testing::ChildProcess>> children;
+  for (int p = 0; p < processes; ++p) {
+    const int streams = watchers / processes + (p < watchers % processes ? 1 : 0);
+    children.push_back(std::make_unique<testing::ChildProcess>(
+        std::vector<std::string>{"/proc/self/exe", "--watch-child", "--address", lorad.address(),
+                                 "--streams", std::to_string(streams), "--watch-jobs",
+                                 absl::StrJoin(names, ",")},
+        dir.Join(absl::StrCat("watch-child-", jobs, "-", p, ".out")),
+        dir.Join(absl::StrCat("watch-child-", jobs, "-", p, ".err"))));
   }
   int64_t peak = 0;
-  while (true) {
-    peak = std::max(peak, RssKb(lorad.pid(), "VmRSS:"));
-    auto j = client->GetJob(job->name());
-    if (!j.ok() || j->state() == lora::v1::SUCCEEDED || j->state() == lora::v1::FAILED) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  int64_t peak_streams = 0;
+  const auto start = Clock::now();
+  for (const std::string& name : names) {
+    while (true) {
+      peak = std::max(peak, RssKb(lorad.pid(), "VmRSS:"));
+      auto j = client->GetJob(name);
+      if (!j.ok() || testing::JobEnded(*j)) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
   }
-  for (auto& t : threads) t.join();
-  std::vector<double> all;
-  for (auto& v : delays) {
-    // Skip each watcher's first events: they arrive as history while it connects.
-    all.insert(all.end(), v.begin() + std::min<size_t>(v.size(), 20), v.end());
+  const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  (void)peak_streams;
+  Merged merged;
+  int64_t failed = 0;
+  for (size_t p = 0; p < children.size(); ++p) {
+    children[p]->Wait(120);
+    const std::string out =
+        testing::ReadFile(dir.Join(absl::StrCat("watch-child-", jobs, "-", p, ".out")));
+    for (absl::string_view line : absl::StrSplit(out, '\n')) {
+      if (absl::ConsumePrefix(&line, "bins ")) merged.Add(std::string(line));
+      int64_t n = 0;
+      if (absl::ConsumePrefix(&line, "failed ") && absl::SimpleAtoi(line, &n)) failed += n;
+    }
   }
-  Row(absl::StrFormat("%d WatchJob streams on one job (%d step events each)", watchers, 400),
-      absl::StrFormat("delivery p50 %.1f ms, p99 %.1f ms, max %.1f ms", Percentile(all, 0.5),
-                      Percentile(all, 0.99), Percentile(all, 1.0)));
+  const std::string what = absl::StrFormat("%d WatchJob streams on %d job%s, %d client processes",
+                                           watchers, jobs, jobs == 1 ? "" : "s", processes);
+  Row(what + ": client-side delivery",
+      absl::StrFormat("%lld events; p50 %.0f ms, p99 %.0f ms, max %.0f ms; %lld streams failed; "
+                      "%.0f s",
+                      static_cast<long long>(merged.total), merged.Quantile(0.5),
+                      merged.Quantile(0.99), merged.Quantile(1.0), static_cast<long long>(failed),
+                      seconds));
+  Row(what + ": lorad commit -> write done", ServerDelivery(lorad.metrics_port()));
   Row("lorad RSS: idle -> peak with the watchers",
-      absl::StrFormat("%.1f MiB -> %.1f MiB (VmHWM %.1f MiB)", rss_before / 1024.0, peak / 1024.0,
-                      RssKb(lorad.pid(), "VmHWM:") / 1024.0));
+      absl::StrFormat("%.1f MiB -> %.1f MiB (%.1f KiB per stream)", rss_before / 1024.0,
+                      peak / 1024.0,
+                      static_cast<double>(peak - rss_before) / std::max(1, watchers)));
 }
 
 void Downloads(testing::TempDir& dir) {
@@ -321,12 +489,30 @@ int main(int argc, char** argv) {
   app.add_option("--clients", clients);
   app.add_option("--watchers", watchers);
   app.add_option("--only", only,
-                 "Run one part: create (CreateJob, plaintext and TLS) or backlog (CreateJob "
-                 "rate as the queue grows to --jobs)");
+                 "Run one part: create (CreateJob, plaintext and TLS), backlog (CreateJob "
+                 "rate as the queue grows to --jobs) or watch (--watchers streams over "
+                 "--watch-jobs-count jobs)");
+  int watch_jobs_count = 1, processes = 4, watch_steps = 400;
+  app.add_option("--watch-jobs-count", watch_jobs_count, "Jobs the watchers spread over");
+  app.add_option("--watch-processes", processes, "Client processes holding the watchers");
+  app.add_option("--watch-steps", watch_steps, "Training steps of each watched job");
+  // The watcher processes run this program again in this mode.
+  bool watch_child = false;
+  std::string address, watch_jobs;
+  int streams = 0;
+  app.add_flag("--watch-child", watch_child)->group("");
+  app.add_option("--address", address)->group("");
+  app.add_option("--watch-jobs", watch_jobs)->group("");
+  app.add_option("--streams", streams)->group("");
   CLI11_PARSE(app, argc, argv);
   lora::testing::TempDir dir;
   if (only == "backlog") {
     lora::Backlog(dir, jobs, clients);
+    return 0;
+  }
+  if (watch_child) return lora::WatchChild(address, absl::StrSplit(watch_jobs, ','), streams);
+  if (only == "watch") {
+    lora::ManyWatchers(dir, watchers, watch_jobs_count, processes, watch_steps);
     return 0;
   }
   lora::testing::TestPki pki(dir.Join("pki"));
@@ -340,7 +526,7 @@ int main(int argc, char** argv) {
   }
   if (only == "create") return 0;
   lora::SubmitToFirstStep(dir);
-  lora::ManyWatchers(dir, watchers);
+  lora::ManyWatchers(dir, watchers, 1, processes, 400);
   lora::Downloads(dir);
   return 0;
 }

@@ -326,6 +326,10 @@ int main(int argc, char** argv) {
   auto workers = *registry.AddGauge("lorad_workers_connected", "Connected lora-worker agents", {});
   auto slots = *registry.AddGauge("lorad_worker_slots", "Worker rank slots, by use", {"use"});
   auto watchers = *registry.AddGauge("lorad_watch_streams", "Open WatchJob streams", {});
+  auto watch_delivery = *registry.AddHistogram(
+      "lorad_watch_delivery_seconds",
+      "From a live event's commit to its write to one WatchJob stream completing", {},
+      {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5});
   auto unschedulable = *registry.AddGauge(
       "lorad_unschedulable_jobs",
       "Queued jobs the connected workers cannot run (no worker with the device, or too few "
@@ -358,6 +362,9 @@ int main(int argc, char** argv) {
     received->WithLabels({})->Increment(static_cast<double>(n));
   };
   hooks.on_watch_streams = [&](int delta) { watchers->WithLabels({})->Increment(delta); };
+  hooks.on_watch_delivery = [delivery = watch_delivery->WithLabels({})](double seconds) {
+    delivery->Observe(seconds);
+  };
   std::unique_ptr<lora::MetricsHttpServer> metrics_http;
   if (!f.metrics_listen.empty()) {
     auto http = lora::MetricsHttpServer::Create(&registry, f.metrics_listen);

@@ -124,8 +124,10 @@ void JobManager::Publish(ActiveJob& a, JobUpdate update) {
   auto it = subscribers_.find(a.job.id());
   if (it != subscribers_.end()) {
     std::vector<std::shared_ptr<const PublishedEvent>> published;
+    const auto now = std::chrono::steady_clock::now();
     for (JobEvent& e : update.events) {
       auto p = std::make_shared<PublishedEvent>();
+      p->published_at = now;
       p->wire = e.SerializeAsString();
       p->event = std::move(e);
       published.push_back(std::move(p));

@@ -19,6 +19,7 @@
 #ifndef LORA_SERVER_CORE_JOB_MANAGER_H_
 #define LORA_SERVER_CORE_JOB_MANAGER_H_
 
+#include <chrono>
 #include <functional>
 #include <map>
 #include <memory>
@@ -51,6 +52,9 @@ namespace lora::server {
 struct PublishedEvent {
   lora::v1::JobEvent event;
   std::string wire;  // event.SerializeAsString()
+  // When the manager published it after committing it; unset for history read back from the
+  // store (delivery latency is measured on live events only).
+  std::optional<std::chrono::steady_clock::time_point> published_at;
 };
 
 class EventSubscriber {

@@ -93,6 +93,11 @@ class WatchReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer>, public E
       FinishOnce(absl::CancelledError("the watcher went away"));
       return;
     }
+    if (current_published_at_ && hooks_->on_watch_delivery) {
+      hooks_->on_watch_delivery(
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - *current_published_at_)
+              .count());
+    }
     MaybeWriteLocked(lock);
   }
 
@@ -163,6 +168,7 @@ class WatchReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer>, public E
       std::shared_ptr<const PublishedEvent> next = std::move(queue_.front());
       queue_.pop_front();
       delivered_ = next->event.sequence();
+      current_published_at_ = next->published_at;
       grpc::Slice slice(next->wire);
       current_ = grpc::ByteBuffer(&slice, 1);
       writing_ = true;
@@ -213,6 +219,7 @@ class WatchReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer>, public E
   std::mutex mu_;
   std::deque<std::shared_ptr<const PublishedEvent>> queue_, live_during_load_;
   grpc::ByteBuffer current_;
+  std::optional<std::chrono::steady_clock::time_point> current_published_at_;  // of current_
   bool loading_ = true, page_pending_ = true, writing_ = false, closed_ = false, shutdown_ = false,
        finished_ = false;
   std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();

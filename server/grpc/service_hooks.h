@@ -16,6 +16,9 @@ struct ServiceHooks {
   std::function<void(int64_t bytes)> on_artifact_bytes_sent;
   std::function<void(int64_t bytes)> on_artifact_bytes_received;
   std::function<void(int delta)> on_watch_streams;
+  // A live event's time from its publication (after the store commit) to gRPC completing its
+  // write to one WatchJob stream: the server's share of delivery latency.
+  std::function<void(double seconds)> on_watch_delivery;
 
   void Rpc(const std::string& method, grpc::StatusCode code, double seconds) const {
     if (on_rpc) on_rpc(method, code, seconds);

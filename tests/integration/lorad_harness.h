@@ -38,6 +38,8 @@ class Lorad {
   pid_t pid() const { return pid_; }
   std::unique_ptr<LoraClient> Client(const std::string& token = "");
   std::string log() const;
+  // The port of its /metrics endpoint, from its startup line (0 if not found).
+  int metrics_port() const;
 
  private:
   Options options_;
@@ -45,6 +47,10 @@ class Lorad {
   pid_t pid_ = -1;
   std::string log_path_;
 };
+
+// The whole HTTP/1.0 response (status line, headers, body) of GET `path` on 127.0.0.1:`port`;
+// "" if nothing answers.
+std::string HttpGet(int port, const std::string& path);
 
 // Pids of processes whose command line contains `needle`.
 std::vector<pid_t> FindProcesses(const std::string& needle);

@@ -44,8 +44,6 @@ using testing::WaitForJob;
 namespace fs = std::filesystem;
 
 // GET `path` from 127.0.0.1:`port`; the raw HTTP response (defined below).
-std::string HttpGet(int port, const std::string& path);
-
 // Whether a job's event stream shows a retry (re-queued after running; the reason must say
 // where it resumes) and the first step reported after it (-1: none).
 struct Retry {
@@ -593,7 +591,7 @@ TEST_F(ServiceTest, CudaJobsWaitWithAReasonWithoutHoldingUpCpuJobs) {
   const int port = std::atoi(log.c_str() + at + 16);
   std::string metrics;
   for (int i = 0; i < 50; ++i) {
-    metrics = HttpGet(port, "/metrics");
+    metrics = testing::HttpGet(port, "/metrics");
     if (metrics.find("lorad_unschedulable_jobs{device=\"cpu\"} 1") != std::string::npos) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
@@ -804,23 +802,6 @@ TEST_F(ServiceTest, StandardHealthServiceReportsServing) {
 namespace lora {
 namespace {
 
-std::string HttpGet(int port, const std::string& path) {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) return "";
-  std::string req = "GET " + path + " HTTP/1.0\r\nHost: localhost\r\n\r\n";
-  (void)!::write(fd, req.data(), req.size());
-  std::string out;
-  char buf[4096];
-  ssize_t n;
-  while ((n = ::read(fd, buf, sizeof(buf))) > 0) out.append(buf, static_cast<size_t>(n));
-  ::close(fd);
-  return out;
-}
-
 TEST_F(ServiceTest, MetricsEndpointPassesPromtool) {
   auto lorad = StartLorad(1);
   const std::string log = lorad->log();
@@ -828,7 +809,7 @@ TEST_F(ServiceTest, MetricsEndpointPassesPromtool) {
   ASSERT_NE(at, std::string::npos) << log;
   const int port = std::atoi(log.c_str() + at + 16);
   auto scrape = [&] {
-    const std::string response = HttpGet(port, "/metrics");
+    const std::string response = testing::HttpGet(port, "/metrics");
     EXPECT_THAT(response, HasSubstr("200 OK"));
     return response.substr(response.find("\r\n\r\n") + 4);
   };
