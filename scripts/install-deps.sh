@@ -19,6 +19,8 @@ PACKAGES=(
   # service: gRPC 1.51, Protobuf 3.21, Abseil, SQLite, civetweb (metrics HTTP)
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libsqlite3-dev sqlite3 libcivetweb-dev
+  # PostgreSQL store's client library and the server its tests start
+  libpq-dev postgresql
   # config and CLI parsing
   nlohmann-json3-dev libtoml11-dev libcli11-dev
   # tests and benchmarks

@@ -521,27 +521,7 @@ struct HttpResponse {
 // A one-shot HTTP/1.0 client: the server closes the connection after the response.
 HttpResponse HttpRequest(int port, const std::string& method, const std::string& path) {
   HttpResponse response;
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return response;
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    ::close(fd);
-    return response;
-  }
-  std::string request = absl::StrCat(method, " ", path, " HTTP/1.0\r\nHost: localhost\r\n\r\n");
-  if (::send(fd, request.data(), request.size(), MSG_NOSIGNAL) !=
-      static_cast<ssize_t>(request.size())) {
-    ::close(fd);
-    return response;
-  }
-  std::string raw;
-  char buf[4096];
-  ssize_t n;
-  while ((n = ::recv(fd, buf, sizeof(buf), 0)) > 0) raw.append(buf, static_cast<size_t>(n));
-  ::close(fd);
+  const std::string raw = testing::RawHttpRequest(port, method, path);
   size_t end = raw.find("\r\n\r\n");
   if (end == std::string::npos || raw.size() < 12) return response;
   response.status = std::atoi(raw.substr(9, 3).c_str());  // "HTTP/1.1 200 OK"
