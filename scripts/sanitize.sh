@@ -37,11 +37,11 @@ ASAN_TESTS=(safetensors_test job_spec_test data_roots_test hf_tokenizer_test cha
   fuzz_replay_hf_config fuzz_replay_tokenizer fuzz_replay_nesting
   scheduler_test retry_policy_test job_core_test job_manager_test
   worker_retry_policy_test worker_work_dir_test log_test job_observer_test
-  file_manager_test worker_file_cache_test)
+  file_manager_test worker_file_cache_test job_store_test)
 # Not worker_session_writer_test: gRPC's event engine locks Debian's uninstrumented absl::Mutex,
 # which our TSan shim for absl::Mutex then reports as unlocks by the wrong thread (noise).
 TSAN_TESTS=(metrics_test credentials_test job_manager_test log_test file_manager_test
-  worker_file_cache_test)
+  worker_file_cache_test job_store_test)
 
 run_asan() {
   local dir=${LORA_ASAN_BUILD_DIR:-build-asan}

@@ -84,6 +84,8 @@ struct Flags {
   std::vector<std::string> data_roots;
   int64_t tenant_storage_bytes = 0;
   double upload_stall_timeout_s = 3600;
+  int64_t watch_max_pending_events =
+      static_cast<int64_t>(lora::server::JobServiceImpl::kDefaultWatchMaxPendingEvents);
   double retain_finished_s = 0;
   lora::server::TlsServerOptions tls;
   std::string log_format = "text";
@@ -184,6 +186,11 @@ int main(int argc, char** argv) {
                  "Seconds a job that ended is kept (its events, checkpoints and artifacts), then "
                  "deleted; 0 = forever")
       ->check(CLI::NonNegativeNumber);
+  app.add_option("--watch-max-pending-events", f.watch_max_pending_events,
+                 "Events a WatchJob stream may fall behind its job before it is ended "
+                 "UNAVAILABLE with the after_sequence to resume from (bounds a slow watcher's "
+                 "memory)")
+      ->check(CLI::Range(int64_t{1}, int64_t{10000000}));
   app.add_option("--upload-stall-timeout", f.upload_stall_timeout_s,
                  "Seconds after which an upload that received nothing is removed, and so are "
                  "uploaded bytes no file names")
@@ -374,7 +381,8 @@ int main(int argc, char** argv) {
 
   // gRPC.
   lora::server::ThreadPool pool(f.pool_threads);
-  lora::server::JobServiceImpl job_service(manager->get(), &artifacts, &pool, &hooks, creds->get());
+  lora::server::JobServiceImpl job_service(manager->get(), &artifacts, &pool, &hooks, creds->get(),
+                                           static_cast<size_t>(f.watch_max_pending_events));
   lora::server::WorkerServiceImpl worker_service(manager->get(), &artifacts, &pool, &hooks,
                                                  creds->get(), files->get());
   lora::server::FileServiceImpl file_service(files->get(), &pool, &hooks, creds->get());

@@ -28,17 +28,18 @@ double SecondsSince(std::chrono::steady_clock::time_point start) {
 // Replays a job's stored events after `after_sequence`, then follows live ones until the job
 // ends. One write in flight. History is read a page at a time, the next page only once the
 // last one was written, and live events arrive serialized once for every watcher
-// (PublishedEvent), so a watcher holds at most kMaxPendingEvents events: one that falls further
+// (PublishedEvent), so a watcher holds at most max_pending events: one that falls further
 // behind is ended UNAVAILABLE, to resume after the last event it received.
 // Registered raw (it parses its own request): writes serialized JobEvents.
 class WatchReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer>, public EventSubscriber {
  public:
-  static constexpr size_t kMaxPendingEvents = 10000;
   static constexpr int kHistoryPage = 1000;
 
   WatchReactor(JobManager* manager, ThreadPool* pool, const ServiceHooks* hooks, std::string name,
-               int64_t after, absl::Status auth, std::function<absl::Status()> authorize)
-      : manager_(manager),
+               int64_t after, size_t max_pending, absl::Status auth,
+               std::function<absl::Status()> authorize)
+      : max_pending_(max_pending),
+        manager_(manager),
         pool_(pool),
         hooks_(hooks),
         name_(std::move(name)),
@@ -66,10 +67,10 @@ class WatchReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer>, public E
     std::unique_lock<std::mutex> lock(mu_);
     if (finished_) return;
     (loading_ ? live_during_load_ : queue_).push_back(event);
-    if (queue_.size() + live_during_load_.size() > kMaxPendingEvents) {
+    if (queue_.size() + live_during_load_.size() > max_pending_) {
       const int64_t resume = delivered_;
       lock.unlock();
-      FinishOnce(absl::UnavailableError(absl::StrCat("this watcher fell ", kMaxPendingEvents,
+      FinishOnce(absl::UnavailableError(absl::StrCat("this watcher fell ", max_pending_,
                                                      " events behind the job; resume with "
                                                      "after_sequence = ",
                                                      resume)));
@@ -206,6 +207,7 @@ class WatchReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer>, public E
     Finish(ToGrpcStatus(status));
   }
 
+  const size_t max_pending_;
   JobManager* manager_;
   ThreadPool* pool_;
   const ServiceHooks* hooks_;
@@ -339,7 +341,8 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* JobServiceImpl::WatchJob(
   absl::Status ready = caller.status();
   if (ready.ok()) ready = ParseMessage(*raw, &request);
   Principal p = caller.ok() ? *caller : Principal{};
-  return new WatchReactor(manager_, pool_, hooks_, request.name(), request.after_sequence(), ready,
+  return new WatchReactor(manager_, pool_, hooks_, request.name(), request.after_sequence(),
+                          watch_max_pending_events_, ready,
                           [this, p, name = request.name()] { return Authorize(p, name); });
 }
 

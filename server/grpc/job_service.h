@@ -33,13 +33,19 @@ using JobServiceBase = lora::v1::JobService::WithRawCallbackMethod_CreateJob<
 
 class JobServiceImpl final : public JobServiceBase {
  public:
+  // A watcher more than `watch_max_pending_events` events behind its job is ended UNAVAILABLE
+  // with the after_sequence to resume from, so that it cannot hold unbounded memory.
+  static constexpr size_t kDefaultWatchMaxPendingEvents = 10000;
+
   JobServiceImpl(JobManager* manager, ArtifactStore* artifacts, ThreadPool* pool,
-                 const ServiceHooks* hooks, const CredentialStore* credentials)
+                 const ServiceHooks* hooks, const CredentialStore* credentials,
+                 size_t watch_max_pending_events = kDefaultWatchMaxPendingEvents)
       : manager_(manager),
         artifacts_(artifacts),
         pool_(pool),
         hooks_(hooks),
-        credentials_(credentials) {}
+        credentials_(credentials),
+        watch_max_pending_events_(watch_max_pending_events) {}
 
   grpc::ServerUnaryReactor* CreateJob(grpc::CallbackServerContext* context,
                                       const grpc::ByteBuffer* request,
@@ -96,6 +102,7 @@ class JobServiceImpl final : public JobServiceBase {
   ThreadPool* pool_;
   const ServiceHooks* hooks_;
   const CredentialStore* credentials_;
+  const size_t watch_max_pending_events_;
 };
 
 }  // namespace lora::server

@@ -17,6 +17,7 @@
 #include <thread>
 
 #include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -474,6 +475,53 @@ TEST_F(ServiceTest, RestartedLoradLosesNoJobAndWatchersResume) {
   ASSERT_FALSE(sequences.empty());
   for (size_t i = 0; i < sequences.size(); ++i)
     EXPECT_EQ(sequences[i], static_cast<int64_t>(i) + 1);
+  EXPECT_EQ(sequences.back(), done.last_sequence());
+}
+
+// A watcher that stops reading must not make lorad hold every event for it: past
+// --watch-max-pending-events it is ended UNAVAILABLE, naming where to resume, and resuming from
+// there loses and repeats nothing.
+TEST_F(ServiceTest, AWatcherThatStopsReadingIsEndedResumablyAndResumesWithoutAGap) {
+  auto lorad = StartLorad(1, {"--watch-max-pending-events", "20"});
+  auto client = lorad->Client();
+  auto job = client->CreateJob(TinyTrainSpec(300, 100), "");
+  ASSERT_TRUE(job.ok()) << job.status();
+  // A tiny HTTP/2 window and no BDP probing: what the client does not read backs up in lorad.
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 1024);
+  args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  auto stub = lora::v1::JobService::NewStub(
+      grpc::CreateCustomChannel(lorad->address(), grpc::InsecureChannelCredentials(), args));
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(240));
+  lora::v1::WatchJobRequest request;
+  request.set_name(job->name());
+  auto reader = stub->WatchJob(&context, request);
+  std::vector<int64_t> sequences;
+  JobEvent e;
+  ASSERT_TRUE(reader->Read(&e));
+  sequences.push_back(e.sequence());
+  // Stop reading until the job has ended, then take what was buffered.
+  Job done = WaitForJob(*client, job->name(), Done, 180);
+  ASSERT_EQ(done.state(), lora::v1::SUCCEEDED) << done.error().message();
+  while (reader->Read(&e)) sequences.push_back(e.sequence());
+  const grpc::Status ended = reader->Finish();
+  ASSERT_EQ(ended.error_code(), grpc::StatusCode::UNAVAILABLE) << ended.error_message();
+  EXPECT_THAT(ended.error_message(), HasSubstr("fell 20 events behind"));
+  const std::string marker = "after_sequence = ";
+  const size_t at = ended.error_message().find(marker);
+  ASSERT_NE(at, std::string::npos) << ended.error_message();
+  const int64_t resume = std::atoll(ended.error_message().c_str() + at + marker.size());
+  EXPECT_EQ(resume, sequences.back());  // everything up to it arrived, nothing after it
+  EXPECT_LT(resume, done.last_sequence());
+  absl::Status rest = client->Watch(job->name(), resume, [&](const JobEvent& next) {
+    sequences.push_back(next.sequence());
+    return true;
+  });
+  ASSERT_TRUE(rest.ok()) << rest;
+  for (size_t i = 0; i < sequences.size(); ++i)
+    ASSERT_EQ(sequences[i], static_cast<int64_t>(i) + 1) << "a gap or a repeat at " << i;
   EXPECT_EQ(sequences.back(), done.last_sequence());
 }
 
