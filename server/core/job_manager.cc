@@ -185,13 +185,8 @@ void JobManager::Unindex(const std::string& id, const IndexEntry& e) {
 }
 
 JobManager::ActiveJob* JobManager::FindActive(const std::string& id) {
-  struct Waiting {
-    const std::set<std::string>* creating;
-    const std::string* id;
-  } waiting{&creating_, &id};
   // Bounded by one group commit: the creator indexes the job as soon as its write returns.
-  mu_.Await(absl::Condition(
-      +[](Waiting* w) { return w->creating->count(*w->id) == 0; }, &waiting));
+  while (creating_.count(id) > 0) created_.Wait(&mu_);
   auto it = active_.find(id);
   return it == active_.end() ? nullptr : &it->second;
 }

@@ -321,6 +321,7 @@ class JobManager {
   // names one waits until it is indexed (FindActive) rather than take it for ended.
   std::set<std::string> creating_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, int> creating_by_tenant_ ABSL_GUARDED_BY(mu_);
+  absl::CondVar created_;  // a job left creating_
   std::map<std::string, std::map<int, int>> queued_ranks_ ABSL_GUARDED_BY(mu_);  // device, ranks
   // Per pool, the last job the latest Schedule looked at when the window was full: jobs after
   // it are told they wait behind at least kScheduleWindow others (their stored reason may be

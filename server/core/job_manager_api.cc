@@ -150,6 +150,7 @@ absl::StatusOr<Job> JobManager::CreateJob(lora::v1::JobSpec spec, const std::str
   absl::Status s = store_->InsertJob(job, first, &existing);
   absl::MutexLock lock(&mu_);
   creating_.erase(job.id());
+  created_.SignalAll();
   if (--creating_by_tenant_[tenant] <= 0) creating_by_tenant_.erase(tenant);
   if (absl::IsAlreadyExists(s)) {
     LORA_RETURN_IF_ERROR(SameRequest(existing, job));

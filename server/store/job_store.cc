@@ -211,15 +211,11 @@ absl::Status JobStore::GroupWrite(const std::function<absl::Status()>& body) {
   {
     absl::MutexLock lock(&queue_mu_);
     queue_.push_back(&self);
+    if (gather_ > 1) gathered_.SignalAll();
     while (committing_ && !self.done) batch_done_.Wait(&queue_mu_);
     if (self.done) return self.result;  // a batch that started after we queued held us
     committing_ = true;                 // we write everything queued so far
-    struct Gathered {
-      const std::vector<PendingWrite*>* queue;
-      const int* wanted;  // read live: a test may lower it while we wait
-    } gathered{&queue_, &gather_};
-    queue_mu_.Await(absl::Condition(
-        +[](Gathered* g) { return static_cast<int>(g->queue->size()) >= *g->wanted; }, &gathered));
+    while (static_cast<int>(queue_.size()) < gather_) gathered_.Wait(&queue_mu_);
     batch.swap(queue_);
   }
   CommitBatch(batch);
@@ -274,6 +270,7 @@ void JobStore::CommitBatch(const std::vector<PendingWrite*>& batch) {
 void JobStore::GatherBatchesForTesting(int writes) {
   absl::MutexLock lock(&queue_mu_);
   gather_ = std::max(1, writes);
+  gathered_.SignalAll();
 }
 
 std::pair<int64_t, int64_t> JobStore::GroupCommitStats() {

@@ -169,6 +169,7 @@ class JobStore {
   bool committing_ ABSL_GUARDED_BY(queue_mu_) = false;           // a batch is being written
   absl::CondVar batch_done_;
   int gather_ ABSL_GUARDED_BY(queue_mu_) = 1;
+  absl::CondVar gathered_;  // the queue grew while gather_ > 1, or gather_ changed
   int64_t batches_ ABSL_GUARDED_BY(queue_mu_) = 0;
   int64_t grouped_writes_ ABSL_GUARDED_BY(queue_mu_) = 0;
 
