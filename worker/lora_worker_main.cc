@@ -90,6 +90,11 @@ int main(int argc, char** argv) {
   app.add_option("--tls-cert", tls_cert,
                  "Client certificate (PEM) to present to lorad (mutual TLS; needs --tls-ca)");
   app.add_option("--tls-key", tls_key, "Private key (PEM) of --tls-cert");
+  unsigned tls_refresh_s = 5;
+  app.add_option("--tls-refresh-interval", tls_refresh_s,
+                 "Seconds between re-reads of the --tls-* files: renewed certificates are used "
+                 "from the next connection on, without a restart")
+      ->check(CLI::Range(1u, 86400u));
   std::string log_format = "text";
   app.add_option("--log-format", log_format,
                  "Log lines on stderr: text (\"lora-worker: ...\") or json (one object per line: "
@@ -112,6 +117,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   o.tls = *std::move(tls);
+  o.tls.refresh_interval_s = tls_refresh_s;
   if (!token_file.empty()) {
     auto token = lora::ReadSecretFile(token_file);
     if (!token.ok()) {

@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <filesystem>
+#include <iostream>
 #include <memory>
 #include <string>
 #include <thread>
@@ -18,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "common/file_util.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "lora/v1/job_service.grpc.pb.h"
@@ -298,6 +300,39 @@ TEST_F(TlsTest, WorkerWithCertificateRegistersAndOneFromAnotherCaDoesNot) {
   EXPECT_EQ(good->Wait(30), 0);
   EXPECT_EQ(bad->Wait(30), 0);
   ExpectNoKeyMaterial(lorad.log(), {server_.key, worker_.key, stranger_.key});
+}
+
+// Client certificates are short-lived where they are rotated automatically (cert-manager):
+// the worker must present what its files hold now, not what they held when it started.
+TEST_F(TlsTest, AWorkerPicksUpRenewedCertificateFilesWithoutARestart) {
+  Lorad lorad({dir_.Join("lorad"), 0, 0, TlsArgs(true)});
+  ASSERT_TRUE(lorad.Start()) << lorad.log();
+  const std::string cert = dir_.Join("renewed-cert.pem");
+  const std::string key = dir_.Join("renewed-key.pem");
+  auto install = [&](const CertFiles& from) {
+    // Key first, then certificate, each replaced atomically (as a secret volume does).
+    ASSERT_TRUE(WriteFileAtomically(key, ReadFile(from.key)).ok());
+    ASSERT_TRUE(WriteFileAtomically(cert, ReadFile(from.cert)).ok());
+  };
+  install(stranger_);  // lorad's client CA did not sign this one
+  testing::ChildProcess worker(
+      {testing::BinaryPath("worker/lora-worker"), "--controller", lorad.address(), "--worker-id",
+       "rotating", "--work-dir", dir_.Join("rotating"), "--tls-ca", ca_.cert, "--tls-cert", cert,
+       "--tls-key", key, "--tls-refresh-interval", "1"},
+      dir_.Join("rotating.out"), dir_.Join("rotating.err"));
+  // A few handshakes fail meanwhile (the worker's reconnect backoff stays short this early).
+  std::this_thread::sleep_for(std::chrono::seconds(3));
+  EXPECT_THAT(ReadFile(dir_.Join("rotating.err")), Not(HasSubstr("registered with")));
+  const auto renewed = std::chrono::steady_clock::now();
+  install(worker_);  // renewed: signed by the CA lorad trusts
+  EXPECT_TRUE(WaitForFileContaining(dir_.Join("rotating.err"), "registered with", 60))
+      << ReadFile(dir_.Join("rotating.err"));
+  std::cout << "[ measured ] registered "
+            << std::chrono::duration<double>(std::chrono::steady_clock::now() - renewed).count()
+            << " s after the renewed files were written\n";
+  worker.Signal(SIGTERM);
+  EXPECT_EQ(worker.Wait(30), 0);
+  ExpectNoKeyMaterial(ReadFile(dir_.Join("rotating.err")), {worker_.key, stranger_.key});
 }
 
 TEST_F(TlsTest, WorkerTlsFlagErrorsNameTheFlag) {

@@ -1,5 +1,9 @@
 #include "worker/agent/worker_agent.h"
 
+#include <grpcpp/security/tls_certificate_provider.h>
+#include <grpcpp/security/tls_certificate_verifier.h>
+#include <grpcpp/security/tls_credentials_options.h>
+
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -118,6 +122,9 @@ absl::StatusOr<WorkerAgentOptions::Tls> ReadWorkerTls(const std::string& ca_file
     }
     *out = std::move(*pem);
   }
+  tls.ca_file = ca_file;
+  tls.cert_file = cert_file;
+  tls.key_file = key_file;
   return tls;
 }
 
@@ -176,8 +183,29 @@ std::shared_ptr<grpc::Channel> WorkerAgent::MakeChannel() {
   args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 200);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
+  // After a failed connection gRPC re-resolves the address before it tries again, and by
+  // default at most every 30 s: a controller back from a restart, or a handshake that a renewed
+  // certificate would now pass, waited that long.
+  args.SetInt(GRPC_ARG_DNS_MIN_TIME_BETWEEN_RESOLUTIONS_MS, 1000);
   if (options_.tls.ca_pem.empty()) {
     return grpc::CreateCustomChannel(options_.controller, grpc::InsecureChannelCredentials(), args);
+  }
+  if (!options_.tls.ca_file.empty()) {
+    const auto& t = options_.tls;
+    auto provider = std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
+        t.key_file, t.cert_file, t.ca_file, std::max(1u, t.refresh_interval_s));
+    grpc::experimental::TlsChannelCredentialsOptions tls;
+    tls.set_certificate_provider(provider);
+    tls.watch_root_certs();
+    if (!t.cert_file.empty()) tls.watch_identity_key_cert_pairs();
+    // What SslCredentials checks too: the chain to the CA and lorad's name.
+    tls.set_verify_server_certs(true);
+    tls.set_certificate_verifier(
+        std::make_shared<grpc::experimental::HostNameCertificateVerifier>());
+    if (auto credentials = grpc::experimental::TlsCredentials(tls)) {
+      return grpc::CreateCustomChannel(options_.controller, credentials, args);
+    }
+    LogWarning("gRPC refused the file-watching TLS options; certificates are read once");
   }
   grpc::SslCredentialsOptions ssl;
   ssl.pem_root_certs = options_.tls.ca_pem;

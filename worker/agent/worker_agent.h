@@ -81,6 +81,11 @@ struct WorkerAgentOptions {
   struct Tls {
     std::string ca_pem;             // verifies lorad's certificate
     std::string cert_pem, key_pem;  // this worker's client certificate (optional)
+    // Where they came from (ReadWorkerTls): when set, gRPC re-reads the files every
+    // refresh_interval_s and new connections use what they hold then, so renewed certificates
+    // need no restart. A pair it cannot load (caught mid-replacement) leaves the previous one.
+    std::string ca_file, cert_file, key_file;
+    unsigned refresh_interval_s = 5;
   } tls;
   // After Stop(): how long ranks get to write their drain checkpoints and have them uploaded
   // and their exits reported; then the rest are killed (and reported killed).
