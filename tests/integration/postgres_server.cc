@@ -265,8 +265,8 @@ absl::Status PostgresServer::Launch() {
     const size_t log_offset = ReadFile(log_path).size();
     pid_ = Spawn({BinDir() + "/postgres", "-D", dir_ + "/data", "-p", std::to_string(port_), "-c",
                   "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=" + dir_ + "/sock",
-                  "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-                  "-c", "max_connections=40", "-c", "shared_buffers=16MB"},
+                  "-c", "fsync=off", "-c", "full_page_writes=off", "-c", "max_connections=40", "-c",
+                  "shared_buffers=16MB"},
                  log_path, *as);
     const std::string ping = absl::StrCat("host=127.0.0.1 port=", port_,
                                           " dbname=postgres user=lorad connect_timeout=2");

@@ -30,8 +30,7 @@ WITH attempt AS (
   VALUES ($1, $2, 1, now() + $3::bigint * interval '1 microsecond')
   ON CONFLICT (name) DO UPDATE
     SET holder = excluded.holder,
-        epoch = CASE WHEN l.holder = excluded.holder AND l.expires_at > now()
-                     THEN l.epoch ELSE l.epoch + 1 END,
+        epoch = l.epoch + 1,
         expires_at = excluded.expires_at
     WHERE l.expires_at <= now() OR l.holder = excluded.holder
   RETURNING holder, epoch, expires_at)

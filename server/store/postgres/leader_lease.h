@@ -21,9 +21,13 @@
 //     does not matter; only the replicas' clock RATE matters, which is why a leader steps down
 //     by its own monotonic clock a little before `ttl` has passed since the start of its last
 //     successful renewal (the database's expiry is at least `ttl` after that start).
-//   - Whoever acquires the lease after it expired (or after it was released) gets the next
-//     epoch: epochs are the fencing tokens, strictly increasing across leaders. A holder that
-//     renews or re-acquires a lease that has not expired keeps its epoch.
+//   - Every acquisition (TryAcquire) starts a new term with the next epoch, even by the holder
+//     of the previous one: epochs are the fencing tokens, strictly increasing across terms.
+//     Only Renew keeps an epoch, and only while the term has not expired.
+//   - The database must not lose acknowledged commits (synchronous_commit on, the default): one
+//     that forgets an acquisition after a crash hands out the same epoch twice. (The tests run
+//     PostgreSQL with fsync off, which a killed server survives, but not with
+//     synchronous_commit off, which it does not.)
 //   - RunFenced locks the lease row FOR SHARE in its transaction, so a takeover waits for that
 //     transaction to end: every write committed under epoch N precedes the start of epoch N+1,
 //     and a write under an older epoch is refused (FAILED_PRECONDITION) and not made.
@@ -65,8 +69,10 @@ class LeaderLease {
   static absl::StatusOr<std::unique_ptr<LeaderLease>> Create(std::unique_ptr<PgConnection> conn,
                                                              std::string name = "lorad");
 
-  // One atomic statement: takes the lease if it expired (a new epoch) or is already ours (the
-  // same epoch, expiry moved to now() + ttl). held_by_caller false: someone else holds it.
+  // One atomic statement: takes the lease if it expired or is already ours, always under a new
+  // epoch (a new term: whatever the previous term of the same holder still had in flight is
+  // fenced off too); Renew, not this, extends a term. held_by_caller false: someone else holds
+  // it.
   absl::StatusOr<LeaseState> TryAcquire(const std::string& holder, absl::Duration ttl);
   // Extends the lease only while `holder` still holds `epoch` unexpired; FAILED_PRECONDITION
   // when it does not (it was lost: stop leading).
