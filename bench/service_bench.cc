@@ -397,7 +397,6 @@ void ManyWatchers(testing::TempDir& dir, int watchers, int jobs, int processes, 
         dir.Join(absl::StrCat("watch-child-", jobs, "-", p, ".err"))));
   }
   int64_t peak = 0;
-  int64_t peak_streams = 0;
   const auto start = Clock::now();
   for (const std::string& name : names) {
     while (true) {
@@ -408,7 +407,6 @@ void ManyWatchers(testing::TempDir& dir, int watchers, int jobs, int processes, 
     }
   }
   const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
-  (void)peak_streams;
   Merged merged;
   int64_t failed = 0;
   for (size_t p = 0; p < children.size(); ++p) {

@@ -97,9 +97,55 @@ absl::Status InsertEvent(StatementCache& sql, const std::string& job_id, const J
 
 // A job's rows, written inside a group commit's transaction (JobStore::GroupWrite).
 absl::Status InsertJobRows(StatementCache& sql, const Job& job, const JobEvent& first_event,
-                           Job* existing);
+                           Job* existing) {
+  sqlite3* db = sql.db();
+  if (!job.request_id().empty()) {
+    Statement find(sql, "SELECT proto FROM jobs WHERE tenant = ? AND request_id = ?");
+    find.Bind(1, job.tenant()).Bind(2, job.request_id());
+    if (find.Step() == SQLITE_ROW) {
+      auto found = Parse<Job>(find.Blob(0), "job");
+      if (!found.ok()) return found.status();
+      if (existing) *existing = *found;
+      return absl::AlreadyExistsError(
+          absl::StrCat("request_id ", job.request_id(), " already created ", found->name()));
+    }
+  }
+  Statement s(sql,
+              "INSERT INTO jobs (id, request_id, state, kind, priority, create_time_us, proto, "
+              "tenant) VALUES (?,?,?,?,?,?,?,?)");
+  if (!s.ok()) return SqlError(db, "prepare job insert");
+  s.Bind(1, job.id());
+  if (job.request_id().empty())
+    s.BindNull(2);
+  else
+    s.Bind(2, job.request_id());
+  s.Bind(3, job.state())
+      .Bind(4, job.kind())
+      .Bind(5, job.spec().job().priority())
+      .Bind(6, ToMicros(job.create_time()));
+  s.BindBlob(7, job.SerializeAsString());
+  s.Bind(8, job.tenant());
+  if (s.Step() != SQLITE_DONE) return SqlError(db, "insert job");
+  return InsertEvent(sql, job.id(), first_event);
+}
+
 absl::Status UpdateJobRows(StatementCache& sql, const Job& job,
-                           const std::vector<JobEvent>& events);
+                           const std::vector<JobEvent>& events) {
+  sqlite3* db = sql.db();
+  Statement s(sql, "UPDATE jobs SET state = ?, proto = ?, end_time_us = ? WHERE id = ?");
+  if (!s.ok()) return SqlError(db, "prepare job update");
+  s.Bind(1, job.state())
+      .BindBlob(2, job.SerializeAsString())
+      .Bind(3, job.has_end_time() ? ToMicros(job.end_time()) : 0)
+      .Bind(4, job.id());
+  if (s.Step() != SQLITE_DONE) return SqlError(db, "update job");
+  if (sqlite3_changes(db) != 1)
+    return absl::NotFoundError(absl::StrCat("jobs/", job.id(), " not found"));
+  for (const JobEvent& e : events) {
+    if (absl::Status st = InsertEvent(sql, job.id(), e); !st.ok()) return st;
+  }
+  return absl::OkStatus();
+}
 
 }  // namespace
 
@@ -236,8 +282,7 @@ void JobStore::CommitBatch(const std::vector<PendingWrite*>& batch) {
   if (!write_fault_.ok()) return fail_all(write_fault_);
   Transaction tx(db_);
   if (!tx.ok()) return fail_all(SqlError(db_, "begin"));
-  for (size_t i = 0; i < batch.size(); ++i) {
-    PendingWrite* w = batch[i];
+  for (PendingWrite* w : batch) {
     if (Statement(*statements_, "SAVEPOINT w").Step() != SQLITE_DONE) {
       w->result = SqlError(db_, "savepoint");
     } else {
@@ -289,61 +334,6 @@ absl::Status JobStore::UpdateJob(const Job& job, const std::vector<JobEvent>& ev
     return UpdateJobRows(*statements_, job, events);
   });
 }
-
-namespace {
-
-absl::Status InsertJobRows(StatementCache& sql, const Job& job, const JobEvent& first_event,
-                           Job* existing) {
-  sqlite3* db_ = sql.db();
-  if (!job.request_id().empty()) {
-    Statement find(sql, "SELECT proto FROM jobs WHERE tenant = ? AND request_id = ?");
-    find.Bind(1, job.tenant()).Bind(2, job.request_id());
-    if (find.Step() == SQLITE_ROW) {
-      auto found = Parse<Job>(find.Blob(0), "job");
-      if (!found.ok()) return found.status();
-      if (existing) *existing = *found;
-      return absl::AlreadyExistsError(
-          absl::StrCat("request_id ", job.request_id(), " already created ", found->name()));
-    }
-  }
-  Statement s(sql,
-              "INSERT INTO jobs (id, request_id, state, kind, priority, create_time_us, proto, "
-              "tenant) VALUES (?,?,?,?,?,?,?,?)");
-  if (!s.ok()) return SqlError(db_, "prepare job insert");
-  s.Bind(1, job.id());
-  if (job.request_id().empty())
-    s.BindNull(2);
-  else
-    s.Bind(2, job.request_id());
-  s.Bind(3, job.state())
-      .Bind(4, job.kind())
-      .Bind(5, job.spec().job().priority())
-      .Bind(6, ToMicros(job.create_time()));
-  s.BindBlob(7, job.SerializeAsString());
-  s.Bind(8, job.tenant());
-  if (s.Step() != SQLITE_DONE) return SqlError(db_, "insert job");
-  return InsertEvent(sql, job.id(), first_event);
-}
-
-absl::Status UpdateJobRows(StatementCache& sql, const Job& job,
-                           const std::vector<JobEvent>& events) {
-  sqlite3* db_ = sql.db();
-  Statement s(sql, "UPDATE jobs SET state = ?, proto = ?, end_time_us = ? WHERE id = ?");
-  if (!s.ok()) return SqlError(db_, "prepare job update");
-  s.Bind(1, job.state())
-      .BindBlob(2, job.SerializeAsString())
-      .Bind(3, job.has_end_time() ? ToMicros(job.end_time()) : 0)
-      .Bind(4, job.id());
-  if (s.Step() != SQLITE_DONE) return SqlError(db_, "update job");
-  if (sqlite3_changes(db_) != 1)
-    return absl::NotFoundError(absl::StrCat("jobs/", job.id(), " not found"));
-  for (const JobEvent& e : events) {
-    if (absl::Status st = InsertEvent(sql, job.id(), e); !st.ok()) return st;
-  }
-  return absl::OkStatus();
-}
-
-}  // namespace
 
 absl::StatusOr<Job> JobStore::GetJob(const std::string& id) {
   absl::MutexLock lock(&mu_);
