@@ -20,7 +20,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/job_spec/job_spec.h"
-#include "server/store/job_store.h"
+#include "server/store/sqlite_job_store.h"
 
 namespace lora {
 namespace {
@@ -95,7 +95,7 @@ Result BareInsert(const std::string& path, int rows, size_t blob_size) {
 }
 
 Result StoreInserts(const std::string& path, int rows, int threads, double* mean_batch) {
-  auto store = server::JobStore::Open({path});
+  auto store = server::SqliteJobStore::Open({path});
   if (!store.ok()) {
     std::cerr << store.status() << "\n";
     std::exit(1);

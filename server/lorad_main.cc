@@ -42,7 +42,7 @@
 #include "server/metrics/process_metrics.h"
 #include "server/metrics/rpc_metrics.h"
 #include "server/store/data_dir_lock.h"
-#include "server/store/job_store.h"
+#include "server/store/sqlite_job_store.h"
 
 namespace {
 
@@ -256,7 +256,7 @@ int main(int argc, char** argv) {
   // Before anything reads the store: two lorads on one directory would run the same jobs.
   auto dir_lock = lora::server::DataDirLock::Acquire(f.data_dir);
   if (!dir_lock.ok()) return Fail(std::string(dir_lock.status().message()));
-  auto store = lora::server::JobStore::Open({lora::JoinPath(f.data_dir, "lorad.db")});
+  auto store = lora::server::SqliteJobStore::Open({lora::JoinPath(f.data_dir, "lorad.db")});
   if (!store.ok()) return Fail(std::string(store.status().message()));
   lora::server::ArtifactStore artifacts(lora::JoinPath(f.data_dir, "artifacts"));
   if (int removed = artifacts.RemoveLeftovers(); removed > 0)

@@ -1,5 +1,7 @@
 // Uploaded files (server/files/): a real SQLite store and real blob files in a temp directory.
+
 #include "server/files/file_manager.h"
+#include "server/store/sqlite_job_store.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -25,7 +27,7 @@ std::string Sha(const std::string& data) {
 class FileManagerTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    auto store = JobStore::Open({dir_.path() + "/lorad.db"});
+    auto store = SqliteJobStore::Open({dir_.path() + "/lorad.db"});
     ASSERT_TRUE(store.ok()) << store.status();
     store_ = *std::move(store);
     Reopen();
@@ -80,7 +82,7 @@ class FileManagerTest : public ::testing::Test {
   }
 
   lora::testing::TempDir dir_;
-  std::unique_ptr<JobStore> store_;
+  std::unique_ptr<SqliteJobStore> store_;
   std::unique_ptr<FileManager> files_;
   std::set<std::string> in_use_;
 };

@@ -1,7 +1,9 @@
 // The controller core without processes: a real SQLite store (that fails on demand), a fake
 // worker channel, the JobManager in between. Each test names the behaviour it pins.
+
 #include "server/core/job_manager.h"
 #include "common/data_roots.h"
+#include "server/store/sqlite_job_store.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -74,7 +76,7 @@ class JobManagerTest : public ::testing::Test {
             ::testing::UnitTest::GetInstance()->current_test_info()->name());
     fs::remove_all(dir_);
     fs::create_directories(dir_ / "artifacts");
-    auto store = JobStore::Open({(dir_ / "lorad.db").string()});
+    auto store = SqliteJobStore::Open({(dir_ / "lorad.db").string()});
     ASSERT_TRUE(store.ok()) << store.status();
     store_ = std::move(*store);
     artifacts_ = std::make_unique<ArtifactStore>((dir_ / "artifacts").string());
@@ -199,7 +201,7 @@ class JobManagerTest : public ::testing::Test {
   fs::path dir_;
   int max_queued_per_tenant_ = 0;
   std::vector<lora::v1::File> files_;  // what resolve_files knows
-  std::unique_ptr<JobStore> store_;
+  std::unique_ptr<SqliteJobStore> store_;
   std::unique_ptr<ArtifactStore> artifacts_;
   std::unique_ptr<JobManager> manager_;
 };

@@ -12,7 +12,9 @@
 
 #include "common/exit_codes.h"
 #include "common/job_spec/job_spec.h"
+
 #include "server/core/job_manager.h"
+#include "server/store/sqlite_job_store.h"
 
 namespace lora::server {
 namespace {
@@ -36,7 +38,7 @@ class JobObserverTest : public ::testing::Test {
             ::testing::UnitTest::GetInstance()->current_test_info()->name());
     fs::remove_all(dir_);
     fs::create_directories(dir_ / "artifacts");
-    auto store = JobStore::Open({(dir_ / "lorad.db").string()});
+    auto store = SqliteJobStore::Open({(dir_ / "lorad.db").string()});
     ASSERT_TRUE(store.ok()) << store.status();
     store_ = std::move(*store);
     artifacts_ = std::make_unique<ArtifactStore>((dir_ / "artifacts").string());
@@ -106,7 +108,7 @@ name = "synthetic-arith"
   }
 
   fs::path dir_;
-  std::unique_ptr<JobStore> store_;
+  std::unique_ptr<SqliteJobStore> store_;
   std::unique_ptr<ArtifactStore> artifacts_;
   std::unique_ptr<JobManager> manager_;
   std::vector<std::string> finished, retried, whys, lost;

@@ -1,6 +1,6 @@
 // The SQLite store's group commit, on real database files: what a batch of concurrent writers
 // gets when all succeed, when one fails, and when the disk fills under them.
-#include "server/store/job_store.h"
+#include "server/store/sqlite_job_store.h"
 
 #include <gtest/gtest.h>
 
@@ -33,7 +33,8 @@ lora::v1::JobEvent FirstEvent() {
 }
 
 // Inserts `jobs` from one thread each, all in one batch; returns each call's status.
-std::vector<absl::Status> InsertTogether(JobStore& store, const std::vector<lora::v1::Job>& jobs) {
+std::vector<absl::Status> InsertTogether(SqliteJobStore& store,
+                                         const std::vector<lora::v1::Job>& jobs) {
   store.GatherBatchesForTesting(static_cast<int>(jobs.size()));
   std::vector<absl::Status> results(jobs.size());
   std::vector<std::thread> threads;
@@ -48,12 +49,12 @@ std::vector<absl::Status> InsertTogether(JobStore& store, const std::vector<lora
 class JobStoreTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    auto store = JobStore::Open({dir_.Join("lorad.db")});
+    auto store = SqliteJobStore::Open({dir_.Join("lorad.db")});
     ASSERT_TRUE(store.ok()) << store.status();
     store_ = std::move(*store);
   }
   testing::TempDir dir_;
-  std::unique_ptr<JobStore> store_;
+  std::unique_ptr<SqliteJobStore> store_;
 };
 
 TEST_F(JobStoreTest, ConcurrentWritesShareOneCommitAndAFailedOneUndoesOnlyItself) {

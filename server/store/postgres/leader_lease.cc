@@ -143,21 +143,21 @@ absl::StatusOr<LeaseState> LeaderLease::Current() {
   return ParseLease(r);
 }
 
-absl::Status LeaderLease::CheckFence(PgConnection& txn, int64_t epoch) const {
+absl::Status CheckLeaderFence(PgConnection& txn, const std::string& lease_name, int64_t epoch) {
   // Outside a transaction the row lock would be dropped before the caller's writes.
   if (!txn.in_transaction()) {
     return absl::FailedPreconditionError("the leader fence is only checked inside a transaction");
   }
-  LORA_ASSIGN_OR_RETURN(PgResult r, txn.Exec(kFence, {name_}, "check the leader fence"));
+  LORA_ASSIGN_OR_RETURN(PgResult r, txn.Exec(kFence, {lease_name}, "check the leader fence"));
   int64_t current = 0;
   if (r.empty() || !r.at(0, 0) || !absl::SimpleAtoi(*r.at(0, 0), &current)) {
-    return absl::FailedPreconditionError(absl::StrCat("fenced: the leader lease '", name_,
+    return absl::FailedPreconditionError(absl::StrCat("fenced: the leader lease '", lease_name,
                                                       "' does not exist, so epoch ", epoch,
                                                       " is not current"));
   }
   if (current != epoch) {
     return absl::FailedPreconditionError(
-        absl::StrCat("fenced: epoch ", epoch, " of the leader lease '", name_,
+        absl::StrCat("fenced: epoch ", epoch, " of the leader lease '", lease_name,
                      "' is no longer current (it is at epoch ", current, ", held by ",
                      r.at(0, 1).value_or(""), ")"));
   }

@@ -59,6 +59,11 @@ struct LeaseState {
   absl::Duration remaining;     // until expiry, by the database's clock (<= 0: expired)
 };
 
+// Inside a transaction of `txn`: locks the lease row `lease_name` FOR SHARE until the transaction
+// ends and checks that `epoch` is the current one; FAILED_PRECONDITION naming both epochs
+// otherwise. What every write of a replicated store runs first (PgJobStore).
+absl::Status CheckLeaderFence(PgConnection& txn, const std::string& lease_name, int64_t epoch);
+
 // The lease row `name` in table lorad_leader, operated on through one connection. Thread-
 // compatible: give each thread its own (the elector's statements must never queue behind an
 // application's transaction, nor the other way round).
@@ -83,9 +88,10 @@ class LeaderLease {
   // Who holds the lease now (held_by_caller is always false).
   absl::StatusOr<LeaseState> Current();
 
-  // Inside a transaction of `txn`: locks the lease row FOR SHARE until the transaction ends and
-  // checks that `epoch` is the current one; FAILED_PRECONDITION naming both epochs otherwise.
-  absl::Status CheckFence(PgConnection& txn, int64_t epoch) const;
+  // CheckLeaderFence on this lease's row.
+  absl::Status CheckFence(PgConnection& txn, int64_t epoch) const {
+    return CheckLeaderFence(txn, name_, epoch);
+  }
   // Runs `fn` in a transaction on this lease's connection after CheckFence(epoch); commits only
   // when both succeed.
   absl::Status RunFenced(int64_t epoch, absl::FunctionRef<absl::Status(PgConnection&)> fn);

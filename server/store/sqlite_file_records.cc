@@ -1,9 +1,10 @@
-// JobStore's records of uploaded files and the blobs each tenant holds (schema in job_store.cc).
+// SqliteJobStore's records of uploaded files and the blobs each tenant holds (schema in
+// job_store.cc).
 #include <sqlite3.h>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
-#include "server/store/job_store.h"
+#include "server/store/sqlite_job_store.h"
 #include "server/store/sqlite_util.h"
 
 namespace lora::server {
@@ -11,7 +12,7 @@ namespace lora::server {
 using namespace store_internal;  // NOLINT: the store's own helpers
 using lora::v1::File;
 
-absl::Status JobStore::InsertFile(const File& file) {
+absl::Status SqliteJobStore::InsertFile(const File& file) {
   absl::MutexLock lock(&mu_);
   if (!write_fault_.ok()) return write_fault_;
   Transaction tx(db_);
@@ -35,7 +36,7 @@ absl::Status JobStore::InsertFile(const File& file) {
   return tx.Commit();
 }
 
-absl::StatusOr<File> JobStore::GetFile(const std::string& id) {
+absl::StatusOr<File> SqliteJobStore::GetFile(const std::string& id) {
   absl::MutexLock lock(&mu_);
   Statement s(db_, "SELECT proto FROM files WHERE id = ?");
   s.Bind(1, id);
@@ -45,7 +46,7 @@ absl::StatusOr<File> JobStore::GetFile(const std::string& id) {
   return Parse<File>(s.Blob(0), "file");
 }
 
-absl::StatusOr<std::vector<File>> JobStore::ListFiles(const ListFilesQuery& q) {
+absl::StatusOr<std::vector<File>> SqliteJobStore::ListFiles(const ListFilesQuery& q) {
   std::string sql = "SELECT proto FROM files WHERE 1";
   if (q.tenant) absl::StrAppend(&sql, " AND tenant = ?");
   AppendKeysetPage(&sql, q.before.has_value(), /*ascending=*/false);
@@ -58,7 +59,7 @@ absl::StatusOr<std::vector<File>> JobStore::ListFiles(const ListFilesQuery& q) {
   return ReadRecords<File>(db_, s, "file", "list files");
 }
 
-absl::StatusOr<std::vector<TenantBlob>> JobStore::DeleteFile(const std::string& id) {
+absl::StatusOr<std::vector<TenantBlob>> SqliteJobStore::DeleteFile(const std::string& id) {
   absl::MutexLock lock(&mu_);
   if (!write_fault_.ok()) return write_fault_;
   Transaction tx(db_);
@@ -96,7 +97,7 @@ absl::StatusOr<std::vector<TenantBlob>> JobStore::DeleteFile(const std::string& 
   return released;
 }
 
-absl::Status JobStore::PutTenantBlob(const TenantBlob& blob, int64_t now_us) {
+absl::Status SqliteJobStore::PutTenantBlob(const TenantBlob& blob, int64_t now_us) {
   absl::MutexLock lock(&mu_);
   if (!write_fault_.ok()) return write_fault_;
   Statement s(db_,
@@ -108,8 +109,8 @@ absl::Status JobStore::PutTenantBlob(const TenantBlob& blob, int64_t now_us) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::optional<int64_t>> JobStore::FindTenantBlob(const std::string& tenant,
-                                                                const std::string& sha256) {
+absl::StatusOr<std::optional<int64_t>> SqliteJobStore::FindTenantBlob(const std::string& tenant,
+                                                                      const std::string& sha256) {
   absl::MutexLock lock(&mu_);
   Statement s(db_, "SELECT size FROM tenant_blobs WHERE tenant = ? AND sha256 = ?");
   s.Bind(1, tenant).Bind(2, sha256);
@@ -119,7 +120,7 @@ absl::StatusOr<std::optional<int64_t>> JobStore::FindTenantBlob(const std::strin
   return std::optional<int64_t>(s.Int(0));
 }
 
-absl::StatusOr<int64_t> JobStore::TenantBlobBytes(const std::string& tenant) {
+absl::StatusOr<int64_t> SqliteJobStore::TenantBlobBytes(const std::string& tenant) {
   absl::MutexLock lock(&mu_);
   Statement s(db_, "SELECT COALESCE(SUM(size), 0) FROM tenant_blobs WHERE tenant = ?");
   s.Bind(1, tenant);
@@ -127,7 +128,7 @@ absl::StatusOr<int64_t> JobStore::TenantBlobBytes(const std::string& tenant) {
   return s.Int(0);
 }
 
-absl::StatusOr<bool> JobStore::BlobHeld(const std::string& sha256) {
+absl::StatusOr<bool> SqliteJobStore::BlobHeld(const std::string& sha256) {
   absl::MutexLock lock(&mu_);
   Statement s(db_, "SELECT 1 FROM tenant_blobs WHERE sha256 = ? LIMIT 1");
   s.Bind(1, sha256);
@@ -136,7 +137,8 @@ absl::StatusOr<bool> JobStore::BlobHeld(const std::string& sha256) {
   return rc == SQLITE_ROW;
 }
 
-absl::StatusOr<std::vector<TenantBlob>> JobStore::RemoveUnnamedTenantBlobs(int64_t before_us) {
+absl::StatusOr<std::vector<TenantBlob>> SqliteJobStore::RemoveUnnamedTenantBlobs(
+    int64_t before_us) {
   absl::MutexLock lock(&mu_);
   if (!write_fault_.ok()) return write_fault_;
   Transaction tx(db_);

@@ -1,4 +1,4 @@
-#include "server/store/job_store.h"
+#include "server/store/sqlite_job_store.h"
 
 #include <sqlite3.h>
 
@@ -95,7 +95,7 @@ absl::Status InsertEvent(StatementCache& sql, const std::string& job_id, const J
   return absl::OkStatus();
 }
 
-// A job's rows, written inside a group commit's transaction (JobStore::GroupWrite).
+// A job's rows, written inside a group commit's transaction (SqliteJobStore::GroupWrite).
 absl::Status InsertJobRows(StatementCache& sql, const Job& job, const JobEvent& first_event,
                            Job* existing) {
   sqlite3* db = sql.db();
@@ -170,7 +170,7 @@ int64_t NowMicros() {
       .count();
 }
 
-absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(const Options& options) {
+absl::StatusOr<std::unique_ptr<SqliteJobStore>> SqliteJobStore::Open(const Options& options) {
   sqlite3* db = nullptr;
   if (sqlite3_open_v2(options.path.c_str(), &db,
                       SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
@@ -180,7 +180,7 @@ absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(const Options& options)
     sqlite3_close(db);
     return s;
   }
-  std::unique_ptr<JobStore> store(new JobStore(db));
+  std::unique_ptr<SqliteJobStore> store(new SqliteJobStore(db));
   absl::MutexLock lock(&store->mu_);
   sqlite3_busy_timeout(db, 5000);
   for (const char* pragma :
@@ -226,15 +226,16 @@ absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(const Options& options)
   return store;
 }
 
-JobStore::JobStore(sqlite3* db) : db_(db), statements_(std::make_unique<StatementCache>(db)) {}
+SqliteJobStore::SqliteJobStore(sqlite3* db)
+    : db_(db), statements_(std::make_unique<StatementCache>(db)) {}
 
-JobStore::~JobStore() {
+SqliteJobStore::~SqliteJobStore() {
   absl::MutexLock lock(&mu_);
   statements_.reset();  // its statements are finalized before the connection closes
   sqlite3_close(db_);
 }
 
-absl::Status JobStore::Exec(const char* sql) {
+absl::Status SqliteJobStore::Exec(const char* sql) {
   char* error = nullptr;
   if (sqlite3_exec(db_, sql, nullptr, nullptr, &error) != SQLITE_OK) {
     absl::Status s =
@@ -245,13 +246,13 @@ absl::Status JobStore::Exec(const char* sql) {
   return absl::OkStatus();
 }
 
-struct JobStore::PendingWrite {
+struct SqliteJobStore::PendingWrite {
   const std::function<absl::Status()>* body;
   absl::Status result;
   bool done = false;  // guarded by queue_mu_
 };
 
-absl::Status JobStore::GroupWrite(const std::function<absl::Status()>& body) {
+absl::Status SqliteJobStore::GroupWrite(const std::function<absl::Status()>& body) {
   PendingWrite self{&body};
   std::vector<PendingWrite*> batch;
   {
@@ -274,7 +275,7 @@ absl::Status JobStore::GroupWrite(const std::function<absl::Status()>& body) {
   return self.result;
 }
 
-void JobStore::CommitBatch(const std::vector<PendingWrite*>& batch) {
+void SqliteJobStore::CommitBatch(const std::vector<PendingWrite*>& batch) {
   absl::MutexLock lock(&mu_);
   auto fail_all = [&](const absl::Status& s) {
     for (PendingWrite* w : batch) w->result = s;
@@ -312,30 +313,30 @@ void JobStore::CommitBatch(const std::vector<PendingWrite*>& batch) {
   }
 }
 
-void JobStore::GatherBatchesForTesting(int writes) {
+void SqliteJobStore::GatherBatchesForTesting(int writes) {
   absl::MutexLock lock(&queue_mu_);
   gather_ = std::max(1, writes);
   gathered_.SignalAll();
 }
 
-std::pair<int64_t, int64_t> JobStore::GroupCommitStats() {
+std::pair<int64_t, int64_t> SqliteJobStore::GroupCommitStats() {
   absl::MutexLock lock(&queue_mu_);
   return {batches_, grouped_writes_};
 }
 
-absl::Status JobStore::InsertJob(const Job& job, const JobEvent& first_event, Job* existing) {
+absl::Status SqliteJobStore::InsertJob(const Job& job, const JobEvent& first_event, Job* existing) {
   return GroupWrite([&]() ABSL_NO_THREAD_SAFETY_ANALYSIS {  // CommitBatch holds mu_
     return InsertJobRows(*statements_, job, first_event, existing);
   });
 }
 
-absl::Status JobStore::UpdateJob(const Job& job, const std::vector<JobEvent>& events) {
+absl::Status SqliteJobStore::UpdateJob(const Job& job, const std::vector<JobEvent>& events) {
   return GroupWrite([&]() ABSL_NO_THREAD_SAFETY_ANALYSIS {  // CommitBatch holds mu_
     return UpdateJobRows(*statements_, job, events);
   });
 }
 
-absl::StatusOr<Job> JobStore::GetJob(const std::string& id) {
+absl::StatusOr<Job> SqliteJobStore::GetJob(const std::string& id) {
   absl::MutexLock lock(&mu_);
   Statement s(db_, "SELECT proto FROM jobs WHERE id = ?");
   s.Bind(1, id);
@@ -345,8 +346,8 @@ absl::StatusOr<Job> JobStore::GetJob(const std::string& id) {
   return Parse<Job>(s.Blob(0), "job");
 }
 
-absl::StatusOr<Job> JobStore::FindJobByRequestId(const std::string& tenant,
-                                                 const std::string& request_id) {
+absl::StatusOr<Job> SqliteJobStore::FindJobByRequestId(const std::string& tenant,
+                                                       const std::string& request_id) {
   absl::MutexLock lock(&mu_);
   Statement s(db_, "SELECT proto FROM jobs WHERE tenant = ? AND request_id = ?");
   s.Bind(1, tenant).Bind(2, request_id);
@@ -356,7 +357,7 @@ absl::StatusOr<Job> JobStore::FindJobByRequestId(const std::string& tenant,
   return Parse<Job>(s.Blob(0), "job");
 }
 
-absl::StatusOr<std::vector<Job>> JobStore::ListJobs(const ListJobsQuery& q) {
+absl::StatusOr<std::vector<Job>> SqliteJobStore::ListJobs(const ListJobsQuery& q) {
   std::string sql = "SELECT proto FROM jobs WHERE 1";
   if (!q.states.empty()) {
     std::vector<std::string> v;
@@ -379,15 +380,15 @@ absl::StatusOr<std::vector<Job>> JobStore::ListJobs(const ListJobsQuery& q) {
   return ReadRecords<Job>(db_, s, "job", "list jobs");
 }
 
-absl::StatusOr<std::vector<Job>> JobStore::ListActiveJobs() {
+absl::StatusOr<std::vector<Job>> SqliteJobStore::ListActiveJobs() {
   absl::MutexLock lock(&mu_);
   Statement s(db_,
               "SELECT proto FROM jobs WHERE state NOT IN (4, 5, 7) ORDER BY create_time_us, id");
   return ReadRecords<Job>(db_, s, "job", "list active jobs");
 }
 
-absl::StatusOr<std::vector<JobEvent>> JobStore::ReadEvents(const std::string& job_id, int64_t after,
-                                                           int limit) {
+absl::StatusOr<std::vector<JobEvent>> SqliteJobStore::ReadEvents(const std::string& job_id,
+                                                                 int64_t after, int limit) {
   absl::MutexLock lock(&mu_);
   Statement s(
       db_, "SELECT proto FROM events WHERE job_id = ? AND sequence > ? ORDER BY sequence LIMIT ?");
@@ -395,7 +396,8 @@ absl::StatusOr<std::vector<JobEvent>> JobStore::ReadEvents(const std::string& jo
   return ReadRecords<JobEvent>(db_, s, "event", "read events");
 }
 
-absl::Status JobStore::PutCheckpoint(const std::string& job_id, const lora::v1::Checkpoint& c) {
+absl::Status SqliteJobStore::PutCheckpoint(const std::string& job_id,
+                                           const lora::v1::Checkpoint& c) {
   absl::MutexLock lock(&mu_);
   if (!write_fault_.ok()) return write_fault_;
   Statement s(db_, "INSERT OR REPLACE INTO checkpoints (job_id, step, proto) VALUES (?, ?, ?)");
@@ -404,7 +406,7 @@ absl::Status JobStore::PutCheckpoint(const std::string& job_id, const lora::v1::
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::vector<lora::v1::Checkpoint>> JobStore::ListCheckpoints(
+absl::StatusOr<std::vector<lora::v1::Checkpoint>> SqliteJobStore::ListCheckpoints(
     const std::string& job_id) {
   absl::MutexLock lock(&mu_);
   Statement s(db_, "SELECT proto FROM checkpoints WHERE job_id = ? ORDER BY step");
@@ -412,8 +414,8 @@ absl::StatusOr<std::vector<lora::v1::Checkpoint>> JobStore::ListCheckpoints(
   return ReadRecords<lora::v1::Checkpoint>(db_, s, "checkpoint", "list checkpoints");
 }
 
-absl::Status JobStore::PutArtifact(const std::string& job_id, const lora::v1::ArtifactFile& f,
-                                   int64_t step, int32_t attempt) {
+absl::Status SqliteJobStore::PutArtifact(const std::string& job_id, const lora::v1::ArtifactFile& f,
+                                         int64_t step, int32_t attempt) {
   absl::MutexLock lock(&mu_);
   if (!write_fault_.ok()) return write_fault_;
   Statement s(db_,
@@ -429,8 +431,8 @@ absl::Status JobStore::PutArtifact(const std::string& job_id, const lora::v1::Ar
   return absl::OkStatus();
 }
 
-absl::StatusOr<lora::v1::ArtifactFile> JobStore::GetArtifact(const std::string& job_id,
-                                                             const std::string& path) {
+absl::StatusOr<lora::v1::ArtifactFile> SqliteJobStore::GetArtifact(const std::string& job_id,
+                                                                   const std::string& path) {
   absl::MutexLock lock(&mu_);
   Statement s(db_, "SELECT size, sha256 FROM artifacts WHERE job_id = ? AND path = ?");
   s.Bind(1, job_id).Bind(2, path);
@@ -443,7 +445,7 @@ absl::StatusOr<lora::v1::ArtifactFile> JobStore::GetArtifact(const std::string& 
   return f;
 }
 
-absl::StatusOr<std::vector<std::string>> JobStore::DeleteCheckpointsBefore(
+absl::StatusOr<std::vector<std::string>> SqliteJobStore::DeleteCheckpointsBefore(
     const std::string& job_id, int64_t first_kept_step) {
   absl::MutexLock lock(&mu_);
   if (!write_fault_.ok()) return write_fault_;
@@ -465,25 +467,25 @@ absl::StatusOr<std::vector<std::string>> JobStore::DeleteCheckpointsBefore(
   return paths;
 }
 
-void JobStore::FailWritesForTesting(absl::Status status) {
+void SqliteJobStore::FailWritesForTesting(absl::Status status) {
   absl::MutexLock lock(&mu_);
   write_fault_ = std::move(status);
 }
 
-absl::Status JobStore::LimitPagesForTesting(int64_t pages) {
+absl::Status SqliteJobStore::LimitPagesForTesting(int64_t pages) {
   absl::MutexLock lock(&mu_);
   const std::string sql = absl::StrCat("PRAGMA max_page_count = ", pages);
   return Exec(sql.c_str());
 }
 
-absl::StatusOr<int64_t> JobStore::CountJobs() {
+absl::StatusOr<int64_t> SqliteJobStore::CountJobs() {
   absl::MutexLock lock(&mu_);
   Statement s(db_, "SELECT COUNT(*) FROM jobs");
   if (s.Step() != SQLITE_ROW) return SqlError(db_, "count");
   return s.Int(0);
 }
 
-absl::Status JobStore::DeleteJob(const std::string& id) {
+absl::Status SqliteJobStore::DeleteJob(const std::string& id) {
   absl::MutexLock lock(&mu_);
   if (!write_fault_.ok()) return write_fault_;
   Transaction tx(db_);
@@ -510,7 +512,8 @@ absl::Status JobStore::DeleteJob(const std::string& id) {
   return tx.Commit();
 }
 
-absl::StatusOr<std::vector<std::string>> JobStore::JobsEndedBefore(int64_t before_us, int limit) {
+absl::StatusOr<std::vector<std::string>> SqliteJobStore::JobsEndedBefore(int64_t before_us,
+                                                                         int limit) {
   absl::MutexLock lock(&mu_);
   Statement s(
       db_,
