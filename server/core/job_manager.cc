@@ -59,12 +59,12 @@ absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(const Options& op
                                                                JobStore* store,
                                                                ArtifactStore* artifacts) {
   std::unique_ptr<JobManager> m(new JobManager(options, store, artifacts));
-  LORA_RETURN_IF_ERROR(m->Recover());
+  if (!options.follower) LORA_RETURN_IF_ERROR(m->Recover());
   return m;
 }
 
 JobManager::JobManager(const Options& options, JobStore* store, ArtifactStore* artifacts)
-    : options_(options), store_(store), artifacts_(artifacts) {}
+    : options_(options), store_(store), artifacts_(artifacts), leading_(!options.follower) {}
 
 absl::Status JobManager::Recover() {
   LORA_ASSIGN_OR_RETURN(std::vector<Job> jobs, store_->ListActiveJobs());
@@ -525,6 +525,10 @@ absl::Status JobManager::Start(ActiveJob& a, const std::vector<std::string>& wor
 }
 
 void JobManager::Tick() {
+  if (!leading()) {
+    FollowWatched();
+    return;
+  }
   absl::MutexLock lock(&mu_);
   if (shutdown_) return;
   const absl::Time now = absl::Now();

@@ -118,6 +118,11 @@ class JobManager {
       std::function<void(const std::string& worker_id, const std::string& reason)> worker_lost;
     };
     Observer observer;
+    // A replica of a shared store (PostgreSQL) starts as a follower: it serves reads from the
+    // store and follows watched jobs by reading their new events every Tick, and refuses
+    // writes and workers (UNAVAILABLE, naming `leader` when known) until Lead(). false: lead
+    // from the start (one lorad).
+    bool follower = false;
   };
 
   static absl::StatusOr<std::unique_ptr<JobManager>> Create(const Options& options, JobStore* store,
@@ -181,8 +186,16 @@ class JobManager {
   // Whether a worker runs any rank of the job's current attempt (to fetch resume files).
   absl::Status CheckWorkerOnJob(const std::string& worker_id, const std::string& job_id);
 
-  // Periodic duties: lost workers, cancel deadlines, reattach deadlines, scheduling.
+  // Periodic duties: lost workers, cancel deadlines, reattach deadlines, scheduling; on a
+  // follower, the watched jobs' new events.
   void Tick();
+  // A follower was elected: its watchers are ended resumably (they reconnect and resume by
+  // sequence), the active jobs are recovered from the store as after a restart (running ones
+  // wait reattach_grace for their workers), and writes and workers are accepted from now on.
+  absl::Status Lead();
+  bool leading() ABSL_LOCKS_EXCLUDED(mu_);
+  // Where a follower sends writers and workers ("" = unknown), from the leader lease.
+  void SetLeaderHint(const std::string& leader) ABSL_LOCKS_EXCLUDED(mu_);
   // lorad is stopping: no job starts from now on (ranks already running drain and report).
   void StopScheduling();
   // Tells every watcher the server is going away; later calls fail with UNAVAILABLE.
@@ -247,6 +260,10 @@ class JobManager {
 
   JobManager(const Options& options, JobStore* store, ArtifactStore* artifacts);
   absl::Status Recover();
+  // UNAVAILABLE on a follower (writes and workers go to the leader), OK on the leader.
+  absl::Status CheckLeading() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Follower: delivers the watched jobs' events stored since the last call.
+  void FollowWatched() ABSL_LOCKS_EXCLUDED(mu_);
   // A store error in a background decision (counted, logged at most every 10 s; the decision
   // is taken again).
   void LogStoreError(const lora::v1::Job& job, const absl::Status& s, const char* what)
@@ -333,6 +350,10 @@ class JobManager {
   // Jobs whose last decision could not be committed (the store failed): decided again by Tick.
   std::set<std::string> undecided_ ABSL_GUARDED_BY(mu_);
   bool shutdown_ ABSL_GUARDED_BY(mu_) = false;
+  bool leading_ ABSL_GUARDED_BY(mu_) = true;
+  std::string leader_hint_ ABSL_GUARDED_BY(mu_);
+  // Follower: the watched jobs and the last sequence delivered to their watchers.
+  std::map<std::string, int64_t> followed_ ABSL_GUARDED_BY(mu_);
   bool draining_for_stop_ ABSL_GUARDED_BY(mu_) = false;
   int64_t store_write_failures_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Time store_error_logged_at_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();

@@ -136,6 +136,7 @@ absl::StatusOr<Job> JobManager::CreateJob(lora::v1::JobSpec spec, const std::str
   {
     absl::MutexLock lock(&mu_);
     if (shutdown_) return absl::UnavailableError("lorad is shutting down");
+    LORA_RETURN_IF_ERROR(CheckLeading());
     if (options_.max_queued_jobs_per_tenant > 0) {
       const int queued = CountOf(queued_by_tenant_, tenant) + CountOf(creating_by_tenant_, tenant);
       if (queued >= options_.max_queued_jobs_per_tenant) {
@@ -293,6 +294,7 @@ absl::StatusOr<lora::v1::ListJobsResponse> JobManager::ListJobs(
 absl::StatusOr<Job> JobManager::CancelJob(const std::string& name) {
   LORA_ASSIGN_OR_RETURN(std::string id, JobId(name));
   absl::MutexLock lock(&mu_);
+  LORA_RETURN_IF_ERROR(CheckLeading());
   ActiveJob* found = FindActive(id);
   if (found == nullptr) {
     LORA_ASSIGN_OR_RETURN(Job job, store_->GetJob(id));
@@ -344,6 +346,20 @@ absl::Status JobManager::Subscribe(const std::string& name, EventSubscriber* sub
   LORA_ASSIGN_OR_RETURN(std::string id, JobId(name));
   absl::MutexLock lock(&mu_);
   if (shutdown_) return absl::UnavailableError("lorad is shutting down");
+  if (!leading_) {
+    // Follower: live events come from the store (FollowWatched). A job watched already keeps
+    // its cursor, so every watcher of it reads history up to the same point.
+    LORA_ASSIGN_OR_RETURN(Job job, store_->GetJob(id));
+    *terminal = IsTerminal(job.state());
+    if (*terminal) {
+      *last_sequence = job.last_sequence();
+      return absl::OkStatus();
+    }
+    auto [it, inserted] = followed_.emplace(id, job.last_sequence());
+    *last_sequence = it->second;
+    subscribers_[id].insert(subscriber);
+    return absl::OkStatus();
+  }
   if (ActiveJob* a = FindActive(id)) {
     subscribers_[id].insert(subscriber);
     *last_sequence = a->job.last_sequence();
@@ -361,7 +377,10 @@ void JobManager::Unsubscribe(const std::string& job_id, EventSubscriber* subscri
   auto it = subscribers_.find(job_id);
   if (it == subscribers_.end()) return;
   it->second.erase(subscriber);
-  if (it->second.empty()) subscribers_.erase(it);
+  if (it->second.empty()) {
+    subscribers_.erase(it);
+    followed_.erase(job_id);
+  }
 }
 
 absl::StatusOr<std::vector<JobEvent>> JobManager::ReadEvents(const std::string& job_id,

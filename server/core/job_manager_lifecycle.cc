@@ -11,6 +11,7 @@ using lora::v1::Job;
 absl::StatusOr<Job> JobManager::PauseJob(const std::string& name) {
   LORA_ASSIGN_OR_RETURN(std::string id, JobId(name));
   absl::MutexLock lock(&mu_);
+  LORA_RETURN_IF_ERROR(CheckLeading());
   ActiveJob* found = FindActive(id);
   if (found == nullptr) {
     LORA_ASSIGN_OR_RETURN(Job job, store_->GetJob(id));
@@ -39,6 +40,7 @@ absl::StatusOr<Job> JobManager::PauseJob(const std::string& name) {
 absl::StatusOr<Job> JobManager::ResumeJob(const std::string& name) {
   LORA_ASSIGN_OR_RETURN(std::string id, JobId(name));
   absl::MutexLock lock(&mu_);
+  LORA_RETURN_IF_ERROR(CheckLeading());
   ActiveJob* found = FindActive(id);
   lora::v1::JobState state;
   if (found != nullptr) {
@@ -66,6 +68,7 @@ absl::Status JobManager::DeleteJob(const std::string& name) {
   LORA_ASSIGN_OR_RETURN(std::string id, JobId(name));
   {
     absl::MutexLock lock(&mu_);
+    LORA_RETURN_IF_ERROR(CheckLeading());
     if (ActiveJob* a = FindActive(id)) {
       return absl::FailedPreconditionError(
           absl::StrCat(name, " is ", lora::v1::JobState_Name(a->job.state()),
@@ -79,6 +82,7 @@ absl::Status JobManager::DeleteJob(const std::string& name) {
 }
 
 int JobManager::DeleteFinishedBefore(absl::Time cutoff, int limit) {
+  if (!leading()) return 0;
   absl::StatusOr<std::vector<std::string>> ids =
       store_->JobsEndedBefore(absl::ToUnixMicros(cutoff), limit);
   if (!ids.ok()) return 0;

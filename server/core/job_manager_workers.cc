@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
+#include "common/status_macros.h"
 #include "server/core/engine_event_translator.h"
 #include "server/core/job_manager.h"
 
@@ -22,6 +23,7 @@ absl::StatusOr<wv1::RegisterAck> JobManager::WorkerConnected(
     return absl::InvalidArgumentError("register.worker_id: must not be empty");
   absl::MutexLock lock(&mu_);
   if (shutdown_) return absl::UnavailableError("lorad is shutting down");
+  LORA_RETURN_IF_ERROR(CheckLeading());
   const std::string& wid = reg.worker_id();
   // A stale stream of the same worker: it reconnected before the old one was noticed gone.
   if (std::shared_ptr<WorkerChannel> stale = workers_.Connect(reg, std::move(channel), absl::Now()))

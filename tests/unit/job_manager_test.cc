@@ -706,5 +706,91 @@ TEST(DataDirLockTest, ASecondHolderIsRefusedWithTheFirstOnesPid) {
   fs::remove_all(dir);
 }
 
+// Two replicas over one store (PostgreSQL in production; the same SQLite file here): the
+// follower serves reads, follows a watched job from the store, refuses writes and workers, and
+// on election recovers the running job as after a restart.
+TEST_F(JobManagerTest, AFollowerServesReadsAndFollowsWatchersUntilElectedThenTakesTheJobsOver) {
+  auto w = Connect("w1");
+  lora::v1::Job job = Create();
+  Event("w1", job, 1, Step(1));
+
+  JobManager::Options fo;
+  fo.follower = true;
+  fo.reattach_grace = absl::Seconds(60);
+  auto follower = JobManager::Create(fo, store_.get(), artifacts_.get());
+  ASSERT_TRUE(follower.ok()) << follower.status();
+  JobManager& f = **follower;
+  f.SetLeaderHint("lorad-0:50051");
+  // Reads.
+  auto read = f.GetJob(job.name());
+  ASSERT_TRUE(read.ok()) << read.status();
+  EXPECT_EQ(read->state(), lora::v1::RUNNING);
+  // Writes and workers: UNAVAILABLE, naming the leader.
+  bool created = false;
+  auto refused = f.CreateJob(Spec(), "", &created);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(std::string(refused.status().message()), HasSubstr("lorad-0:50051"));
+  EXPECT_EQ(f.CancelJob(job.name()).status().code(), absl::StatusCode::kUnavailable);
+  wv1::Register reg;
+  reg.set_worker_id("w2");
+  reg.mutable_capabilities()->set_device("cpu");
+  reg.mutable_capabilities()->set_slots(1);
+  EXPECT_EQ(f.WorkerConnected(reg, std::make_shared<FakeChannel>()).status().code(),
+            absl::StatusCode::kUnavailable);
+  // A watcher on the follower gets what the leader stores, in order, without a gap.
+  RecordingSubscriber watcher;
+  int64_t last = 0;
+  bool terminal = true;
+  ASSERT_TRUE(f.Subscribe(job.name(), &watcher, &last, &terminal).ok());
+  EXPECT_FALSE(terminal);
+  EXPECT_EQ(last, Stored(job.id()).last_sequence());
+  Event("w1", job, 2, Step(2));
+  Event("w1", job, 3, Step(3));
+  f.Tick();
+  ASSERT_FALSE(watcher.events.empty());
+  int64_t expected = last;
+  for (const auto& e : watcher.events) EXPECT_EQ(e.sequence(), ++expected);
+  EXPECT_EQ(expected, Stored(job.id()).last_sequence());
+  EXPECT_FALSE(watcher.closed);
+
+  // The leader dies; the follower is elected: its watchers end resumably, the running job is
+  // recovered and waits for its worker, writes are accepted.
+  manager_.reset();
+  ASSERT_TRUE(f.Lead().ok());
+  EXPECT_TRUE(watcher.closed);
+  EXPECT_TRUE(f.leading());
+  manager_ = std::move(*follower);  // the fixture's helpers now drive the new leader
+  wv1::Register back;
+  back.set_worker_id("w1");
+  back.mutable_capabilities()->set_device("cpu");
+  back.mutable_capabilities()->set_slots(1);
+  *back.add_running()->mutable_ref() = Ref(job);
+  ASSERT_TRUE(manager_->WorkerConnected(back, std::make_shared<FakeChannel>()).ok());
+  lora::engine::v1::EngineEvent finished;
+  finished.mutable_finished();
+  Event("w1", job, 4, finished);
+  Exit("w1", job, 0);
+  EXPECT_EQ(Stored(job.id()).state(), lora::v1::SUCCEEDED) << Stored(job.id()).error().message();
+  EXPECT_EQ(Stored(job.id()).attempt(), 1);  // taken over, not retried
+  EXPECT_TRUE(manager_->CreateJob(Spec(), "", &created).ok());
+}
+
+TEST_F(JobManagerTest, AFollowersWatcherEndsWhenTheLeaderFinishesTheJob) {
+  JobManager::Options fo;
+  fo.follower = true;
+  auto follower = JobManager::Create(fo, store_.get(), artifacts_.get());
+  ASSERT_TRUE(follower.ok()) << follower.status();
+  lora::v1::Job job = Create();
+  RecordingSubscriber watcher;
+  int64_t last = 0;
+  bool terminal = true;
+  ASSERT_TRUE((*follower)->Subscribe(job.name(), &watcher, &last, &terminal).ok());
+  ASSERT_TRUE(manager_->CancelJob(job.name()).ok());
+  (*follower)->Tick();
+  ASSERT_FALSE(watcher.events.empty());
+  EXPECT_EQ(watcher.events.back().state_change().to(), lora::v1::CANCELLED);
+  EXPECT_TRUE(watcher.closed);
+}
+
 }  // namespace
 }  // namespace lora::server
