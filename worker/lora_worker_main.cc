@@ -41,7 +41,10 @@ int main(int argc, char** argv) {
   o.worker_id = absl::StrCat(host, "-", ::getpid());
   o.lora_train = DefaultLoraTrain();
   CLI::App app{"lora-worker: runs lora-train ranks for a lorad controller"};
-  app.add_option("--controller", o.controller, "lorad worker endpoint host:port")
+  app.add_option(
+         "--controller", o.controller,
+         "lorad worker endpoint host:port; for lorad replicas, all of them separated by commas "
+         "(the worker keeps a session with whichever leads)")
       ->capture_default_str();
   app.add_option("--worker-id", o.worker_id, "Stable id of this worker (default host-pid)");
   app.add_option("--work-dir", o.work_dir, "Directory for job runs and checkpoints")

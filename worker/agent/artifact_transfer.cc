@@ -27,10 +27,10 @@ bool IsSafeRelativePath(const std::string& path) {
   return true;
 }
 
-ArtifactTransfer::ArtifactTransfer(wv1::WorkerService::StubInterface* stub,
+ArtifactTransfer::ArtifactTransfer(std::function<wv1::WorkerService::StubInterface*()> stub,
                                    std::function<void(grpc::ClientContext*)> add_metadata,
                                    RetryPolicy upload, RetryPolicy fetch)
-    : stub_(stub),
+    : stub_(std::move(stub)),
       add_metadata_(std::move(add_metadata)),
       upload_policy_(std::move(upload)),
       fetch_policy_(std::move(fetch)) {}
@@ -106,7 +106,7 @@ absl::StatusOr<ev1::FileDigest> ArtifactTransfer::Upload(const wv1::RankRef& ref
                         [&](grpc::ClientContext* ctx, absl::Status*) {
                           wv1::UploadResult result;
                           std::unique_ptr<grpc::ClientWriterInterface<wv1::UploadChunk>> writer =
-                              stub_->UploadArtifact(ctx, &result);
+                              stub_()->UploadArtifact(ctx, &result);
                           wv1::UploadChunk header;
                           wv1::UploadHeader* h = header.mutable_header();
                           *h->mutable_ref() = ref;
@@ -176,7 +176,7 @@ absl::Status ArtifactTransfer::Fetch(const std::string& job_id, const std::strin
         request.set_job_id(job_id);
         request.set_path(job_path);
         request.set_offset(offset);
-        return stub_->FetchArtifact(ctx, request);
+        return stub_()->FetchArtifact(ctx, request);
       },
       local, sha256);
 }
@@ -190,7 +190,7 @@ absl::Status ArtifactTransfer::FetchBlob(const wv1::RankRef& ref, const std::str
         *request.mutable_ref() = ref;
         request.set_sha256(sha256);
         request.set_offset(offset);
-        return stub_->FetchBlob(ctx, request);
+        return stub_()->FetchBlob(ctx, request);
       },
       local, sha256);
 }

@@ -3,7 +3,7 @@
 // draining worker aborts fetches (its ranks will not start), the end of the drain aborts
 // everything.
 //
-//   ArtifactTransfer transfer(stub.get(), add_metadata, RetryPolicy::Upload(),
+//   ArtifactTransfer transfer([&] { return stub.get(); }, add_metadata, RetryPolicy::Upload(),
 //   RetryPolicy::Fetch()); LORA_ASSIGN_OR_RETURN(FileDigest up, transfer.Upload(ref,
 //   "/runs/r0/checkpoints/step-10/a.bin",
 //                                                        "checkpoints/step-10/a.bin", 10));
@@ -35,8 +35,10 @@ namespace lora {
 
 class ArtifactTransfer {
  public:
-  // `add_metadata` adds the worker's credentials to each call's context.
-  ArtifactTransfer(lora::worker::v1::WorkerService::StubInterface* stub,
+  // `stub` returns the controller to call now (each try asks again, so a retry follows a
+  // failover to another lorad replica); `add_metadata` adds the worker's credentials to each
+  // call's context.
+  ArtifactTransfer(std::function<lora::worker::v1::WorkerService::StubInterface*()> stub,
                    std::function<void(grpc::ClientContext*)> add_metadata, RetryPolicy upload,
                    RetryPolicy fetch);
 
@@ -79,7 +81,7 @@ class ArtifactTransfer {
       ABSL_LOCKS_EXCLUDED(mu_);
   bool AbortedLocked(Kind kind) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  lora::worker::v1::WorkerService::StubInterface* const stub_;
+  const std::function<lora::worker::v1::WorkerService::StubInterface*()> stub_;
   const std::function<void(grpc::ClientContext*)> add_metadata_;
   const RetryPolicy upload_policy_, fetch_policy_;
   absl::Mutex mu_;

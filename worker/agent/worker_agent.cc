@@ -13,7 +13,9 @@
 #include <chrono>
 #include <filesystem>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/time.h"
 #include "common/engine_events.h"
 #include "common/exit_codes.h"
@@ -137,6 +139,12 @@ int LowestFreeSlot(const std::vector<int>& held, int slots) {
 
 absl::StatusOr<std::unique_ptr<WorkerAgent>> WorkerAgent::Create(WorkerAgentOptions options) {
   if (options.slots < 1) return absl::InvalidArgumentError("slots: must be >= 1");
+  for (absl::string_view target : absl::StrSplit(options.controller, ',')) {
+    if (absl::StripAsciiWhitespace(target).empty()) {
+      return absl::InvalidArgumentError(
+          "controller: an empty address (host:port, or several separated by commas)");
+    }
+  }
   if (options.drain_grace.count() < 0)
     return absl::InvalidArgumentError("drain_grace: must be >= 0");
   for (const auto& [name, policy] : {std::pair{"connect_retry", &options.connect_retry},
@@ -163,11 +171,18 @@ absl::StatusOr<std::unique_ptr<WorkerAgent>> WorkerAgent::Create(WorkerAgentOpti
 
 WorkerAgent::WorkerAgent(WorkerAgentOptions options, std::unique_ptr<WorkDirLock> lock)
     : options_(std::move(options)), work_dir_lock_(std::move(lock)) {
-  channel_ = MakeChannel();
-  stub_ = wv1::WorkerService::NewStub(channel_);
+  for (absl::string_view target :
+       absl::StrSplit(options_.controller, ',', absl::SkipWhitespace())) {
+    controllers_.emplace_back(absl::StripAsciiWhitespace(target));
+    stubs_.push_back(wv1::WorkerService::NewStub(MakeChannel(controllers_.back())));
+  }
+  if (controllers_.empty()) {  // Create refused it; keep stub() valid all the same
+    controllers_.push_back(options_.controller);
+    stubs_.push_back(wv1::WorkerService::NewStub(MakeChannel(options_.controller)));
+  }
   transfer_ = std::make_unique<ArtifactTransfer>(
-      stub_.get(), [this](grpc::ClientContext* ctx) { AddMetadata(ctx); }, options_.upload_retry,
-      options_.fetch_retry);
+      [this] { return stub(); }, [this](grpc::ClientContext* ctx) { AddMetadata(ctx); },
+      options_.upload_retry, options_.fetch_retry);
   file_cache_ = std::make_unique<FileCache>(FileCache::Options{
       options_.cache_dir.empty() ? JoinPath(options_.work_dir, "cache") : options_.cache_dir,
       options_.cache_max_bytes});
@@ -176,7 +191,7 @@ WorkerAgent::WorkerAgent(WorkerAgentOptions options, std::unique_ptr<WorkDirLock
 // Run() joins every thread it starts, and without Run() none was started.
 WorkerAgent::~WorkerAgent() = default;
 
-std::shared_ptr<grpc::Channel> WorkerAgent::MakeChannel() {
+std::shared_ptr<grpc::Channel> WorkerAgent::MakeChannel(const std::string& target) {
   grpc::ChannelArguments args;
   args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
   args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
@@ -188,7 +203,7 @@ std::shared_ptr<grpc::Channel> WorkerAgent::MakeChannel() {
   // certificate would now pass, waited that long.
   args.SetInt(GRPC_ARG_DNS_MIN_TIME_BETWEEN_RESOLUTIONS_MS, 1000);
   if (options_.tls.ca_pem.empty()) {
-    return grpc::CreateCustomChannel(options_.controller, grpc::InsecureChannelCredentials(), args);
+    return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
   }
   if (!options_.tls.ca_file.empty()) {
     const auto& t = options_.tls;
@@ -203,7 +218,7 @@ std::shared_ptr<grpc::Channel> WorkerAgent::MakeChannel() {
     tls.set_certificate_verifier(
         std::make_shared<grpc::experimental::HostNameCertificateVerifier>());
     if (auto credentials = grpc::experimental::TlsCredentials(tls)) {
-      return grpc::CreateCustomChannel(options_.controller, credentials, args);
+      return grpc::CreateCustomChannel(target, credentials, args);
     }
     LogWarning("gRPC refused the file-watching TLS options; certificates are read once");
   }
@@ -211,7 +226,7 @@ std::shared_ptr<grpc::Channel> WorkerAgent::MakeChannel() {
   ssl.pem_root_certs = options_.tls.ca_pem;
   ssl.pem_cert_chain = options_.tls.cert_pem;
   ssl.pem_private_key = options_.tls.key_pem;
-  return grpc::CreateCustomChannel(options_.controller, grpc::SslCredentials(ssl), args);
+  return grpc::CreateCustomChannel(target, grpc::SslCredentials(ssl), args);
 }
 
 void WorkerAgent::AddMetadata(grpc::ClientContext* ctx) const {
@@ -224,6 +239,7 @@ void WorkerAgent::AddMetadata(grpc::ClientContext* ctx) const {
 void WorkerAgent::Run() {
   std::thread housekeeping([this] { Housekeeping(); });
   Backoff backoff(options_.connect_retry, Clock::now());
+  size_t failed_in_round = 0;  // addresses that failed since the last round began
   while (true) {
     {
       absl::MutexLock lock(&mu_);
@@ -234,7 +250,10 @@ void WorkerAgent::Run() {
     absl::MutexLock lock(&mu_);
     if (finished_) break;
     const auto now = Clock::now();
-    if (now - started > kHealthySession) backoff.Reset(now);
+    if (now - started > kHealthySession) {
+      backoff.Reset(now);
+      failed_in_round = 0;
+    }
     // Outside a drain every failure is retried (a worker outlives a controller's bad day); in
     // one, a refusal (a revoked token, lorad replaced by one that does not know us) means no
     // exit can be reported: waiting out the grace would only delay the shutdown.
@@ -245,7 +264,16 @@ void WorkerAgent::Run() {
       unreachable_ = true;
       cv_.SignalAll();
     }
-    const auto delay = backoff.NextDelay(now).value_or(options_.connect_retry.max_delay);
+    // Replicas: only the leader keeps a session, so a failed one tries the next address at
+    // once, and the backoff applies to whole rounds (every address failed).
+    auto delay = Clock::duration::zero();
+    if (!status.ok() && controllers_.size() > 1) {
+      current_ = (current_.load() + 1) % controllers_.size();
+      if (++failed_in_round >= controllers_.size()) failed_in_round = 0;
+    }
+    if (status.ok() || failed_in_round == 0) {
+      delay = backoff.NextDelay(now).value_or(options_.connect_retry.max_delay);
+    }
     WaitUntil(cv_, mu_, now + delay,
               [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return finished_; });
   }
@@ -357,7 +385,7 @@ grpc::Status WorkerAgent::Session() {
   auto context = std::make_unique<grpc::ClientContext>();
   AddMetadata(context.get());
   std::unique_ptr<grpc::ClientReaderWriter<wv1::WorkerMessage, wv1::ControllerMessage>> stream =
-      stub_->Connect(context.get());
+      stub()->Connect(context.get());
   wv1::WorkerMessage reg;
   {
     absl::MutexLock lock(&mu_);
@@ -398,8 +426,8 @@ grpc::Status WorkerAgent::Session() {
     // Said every attempt: a TLS or credential problem never heals by itself, and the
     // operator needs gRPC's reason (e.g. a handshake failure) to see which it is.
     const grpc::Status status = stream->Finish();
-    LogWarning(absl::StrCat("cannot reach ", options_.controller, ": ", status.error_message(),
-                            " (code ", static_cast<int>(status.error_code()), "); retrying"));
+    LogWarning(absl::StrCat("cannot reach ", controller(), ": ", status.error_message(), " (code ",
+                            static_cast<int>(status.error_code()), "); retrying"));
     return status;
   }
   SessionWriter writer(stream.get(), [this] {
@@ -431,7 +459,7 @@ grpc::Status WorkerAgent::Session() {
   }
   const grpc::Status status = stream->Finish();
   if (!graceful) {
-    LogWarning(absl::StrCat("disconnected from ", options_.controller, ": ", status.error_message(),
+    LogWarning(absl::StrCat("disconnected from ", controller(), ": ", status.error_message(),
                             " (code ", static_cast<int>(status.error_code()), "); reconnecting"));
   }
   return status;
@@ -458,7 +486,7 @@ void WorkerAgent::Dispatch(const wv1::ControllerMessage& message) {
       if (it->second->child && !it->second->exited) it->second->child->Signal(SIGKILL);
     }
     connected_ = true;
-    LogInfo(absl::StrCat("registered with ", options_.controller, " as ", options_.worker_id));
+    LogInfo(absl::StrCat("registered with ", controller(), " as ", options_.worker_id));
     FlushLocked();
     cv_.SignalAll();
   } else if (message.has_assignment()) {

@@ -31,6 +31,7 @@
 #ifndef LORA_WORKER_AGENT_WORKER_AGENT_H_
 #define LORA_WORKER_AGENT_WORKER_AGENT_H_
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -60,6 +61,8 @@
 namespace lora {
 
 struct WorkerAgentOptions {
+  // lorad's worker endpoint, host:port; several, comma-separated, for lorad replicas (only the
+  // leader accepts workers: a refused or lost session moves on to the next one).
   std::string controller = "127.0.0.1:50051";
   std::string worker_id;
   std::string work_dir = "lora-worker";
@@ -179,13 +182,18 @@ class WorkerAgent {
   // Removes the run directories of ranks whose exit was sent and whose runner returned
   // (keeping the log tail of a failed one).
   void CleanUpFinishedRanks() ABSL_LOCKS_EXCLUDED(mu_);
-  std::shared_ptr<grpc::Channel> MakeChannel();
+  std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target);
+  // The controller the next session and transfers talk to.
+  lora::worker::v1::WorkerService::Stub* stub() const { return stubs_[current_.load()].get(); }
+  const std::string& controller() const { return controllers_[current_.load()]; }
   void AddMetadata(grpc::ClientContext* ctx) const;
 
   const WorkerAgentOptions options_;
   const std::unique_ptr<WorkDirLock> work_dir_lock_;
-  std::shared_ptr<grpc::Channel> channel_;
-  std::unique_ptr<lora::worker::v1::WorkerService::Stub> stub_;
+  // One channel per controller address (options_.controller split at commas).
+  std::vector<std::string> controllers_;
+  std::vector<std::unique_ptr<lora::worker::v1::WorkerService::Stub>> stubs_;
+  std::atomic<size_t> current_{0};
   std::unique_ptr<FileCache> file_cache_;
   std::unique_ptr<ArtifactTransfer> transfer_;
 
