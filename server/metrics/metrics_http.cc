@@ -79,6 +79,18 @@ int HandleHealthz(mg_connection* conn, void* /*cbdata*/) {
   return SendBody(conn, "text/plain; charset=utf-8", "ok");
 }
 
+int HandleLeader(mg_connection* conn, void* cbdata) {
+  const auto* leading = static_cast<const std::function<bool()>*>(cbdata);
+  if (!*leading || (*leading)()) return SendBody(conn, "text/plain; charset=utf-8", "leader");
+  bool head = false;
+  if (!IsGetOrHead(conn, &head)) {
+    mg_send_http_error(conn, 405, "Only GET and HEAD are allowed\n");
+    return 405;
+  }
+  mg_send_http_error(conn, 503, "follower");
+  return 503;
+}
+
 // Without this civetweb would write its internal errors to stderr; the ones that matter
 // (bind failures) come back from mg_start2 instead.
 int DropLogMessage(const mg_connection* /*conn*/, const char* /*message*/) { return 1; }
@@ -112,7 +124,7 @@ void PokeListener(const std::string& host, int port) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Create(
-    const MetricsRegistry* registry, const std::string& listen) {
+    const MetricsRegistry* registry, const std::string& listen, std::function<bool()> leading) {
   if (registry == nullptr) return absl::InvalidArgumentError("metrics server: no registry");
   absl::Status address = CheckListenAddress(listen);
   if (!address.ok()) return address;
@@ -121,6 +133,7 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Create(
   std::call_once(init_once, [] { mg_init_library(0); });
 
   std::unique_ptr<MetricsHttpServer> server(new MetricsHttpServer());
+  server->leading_ = std::move(leading);
   // Scrapes and probes are short, but clients that connect and send nothing each hold a
   // civetweb thread until the request timeout: enough threads that dozens of them leave one
   // free for /healthz (the liveness probe), and a timeout short enough that more are shed
@@ -172,6 +185,7 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Create(
   mg_set_request_handler(server->context_, "/metrics$", HandleMetrics,
                          const_cast<MetricsRegistry*>(registry));
   mg_set_request_handler(server->context_, "/healthz$", HandleHealthz, nullptr);
+  mg_set_request_handler(server->context_, "/leader$", HandleLeader, &server->leading_);
   return server;
 }
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Renders every deploy/ variant with `kubectl kustomize` and checks each object.
 
-Variants: base, overlays/cpu, overlays/gpu, and each overlay with components/monitoring.
+Variants: base, overlays/cpu, overlays/gpu, overlays/ha, and each overlay with
+components/monitoring.
 Per variant, failing with the variant, object and field named:
   - schema: every built-in object validates against the Kubernetes OpenAPI schemas of the
     oldest and newest versions in SCHEMA_VERSIONS, strictly (unknown fields fail), through the
@@ -26,6 +27,10 @@ Per variant, failing with the variant, object and field named:
     port (the one --listen, the container port and the Service agree on), Prometheus its
     metrics port, workers each other on exactly the range the worker pods' ip_local_port_range
     sysctl sets, everyone DNS; nothing else admitted to lorad;
+  - replicas (more than one lorad, overlays/ha): --store-url-file (PostgreSQL), --advertise
+    through a headless governing Service that publishes not-ready replicas, readiness GET
+    /leader, one ReadWriteMany claim instead of a claim each, a PodDisruptionBudget, egress to
+    PostgreSQL;
   - monitoring: the ServiceMonitor selects the lorad Service's metrics port, and the
     PrometheusRule's groups are exactly deploy/prometheus/alerts.yaml's.
 Usage: k8s_check.py [--source-dir DIR] [--self-test]
@@ -60,7 +65,7 @@ SAFE_SYSCTLS = {"kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range",
                 "net.ipv4.tcp_keepalive_time", "net.ipv4.tcp_fin_timeout",
                 "net.ipv4.tcp_keepalive_intvl", "net.ipv4.tcp_keepalive_probes"}
 # Secrets the operator creates (docs/OPERATIONS.md) and the keys lorad and the workers read.
-OPERATOR_SECRETS = {"lorad-tokens": {"tokens.csv"}}
+OPERATOR_SECRETS = {"lorad-tokens": {"tokens.csv"}, "lorad-store": {"url"}}
 TLS_SECRETS = {"lorad-tls", "lora-worker-tls"}
 TLS_KEYS = {"tls.crt", "tls.key", "ca.crt"}
 # Who deploy/ admits: Prometheus as documented in networkpolicy.yaml, a labelled client.
@@ -597,6 +602,7 @@ def check_objects(p, variant, objs, uids, source, placeholders):
             elif not any("maxUnavailable" in d["spec"] or "minAvailable" in d["spec"] for d in pdbs):
                 p.add(variant, pdbs[0], "spec", "neither maxUnavailable nor minAvailable")
     check_network(p, variant, objs, by_kind)
+    check_replicas(p, variant, by_kind)
     # Monitoring.
     for sm in by_kind.get("ServiceMonitor", []):
         svcs = [s for s in by_kind.get("Service", [])
@@ -619,6 +625,50 @@ def check_objects(p, variant, objs, uids, source, placeholders):
             if r["spec"].get("groups") != groups:
                 p.add(variant, r, "spec.groups", "differ from deploy/prometheus/alerts.yaml: run "
                       "scripts/gen-prometheus-rule.py")
+
+
+def check_replicas(p, variant, by_kind):
+    """More than one lorad: PostgreSQL, routing to the leader, a shared volume, a PDB."""
+    for o in by_kind.get("StatefulSet", []):
+        if o["metadata"]["name"] != "lorad" or o["spec"].get("replicas", 1) <= 1:
+            continue
+        c = pod_spec(o)["containers"][0]
+        args = c.get("args", [])
+        if not arg_value(args, "--store-url-file"):
+            p.add(variant, o, "containers.lorad.args", "replicas > 1 without --store-url-file: "
+                  "SQLite belongs to one controller; replicas share PostgreSQL")
+        advertise = arg_value(args, "--advertise") or ""
+        if f".{o['spec'].get('serviceName')}." not in advertise:
+            p.add(variant, o, "containers.lorad.args --advertise", f"{advertise!r}: must name the "
+                  "replica through the governing Service (followers quote it to clients)")
+        probe = (c.get("readinessProbe") or {}).get("httpGet", {})
+        if probe.get("path") != "/leader":
+            p.add(variant, o, "containers.lorad.readinessProbe", "must be GET /leader: the lorad "
+                  "Service routes clients and workers to the leader only")
+        if o["spec"].get("volumeClaimTemplates"):
+            p.add(variant, o, "spec.volumeClaimTemplates", "a claim per replica: replicas share "
+                  "artifacts and uploads on one ReadWriteMany claim")
+        claims = {v["persistentVolumeClaim"]["claimName"] for v in pod_spec(o).get("volumes", [])
+                  if "persistentVolumeClaim" in v}
+        for pvc in by_kind.get("PersistentVolumeClaim", []):
+            if pvc["metadata"]["name"] in claims and \
+                    "ReadWriteMany" not in pvc["spec"].get("accessModes", []):
+                p.add(variant, pvc, "spec.accessModes", "replicas mount it together: "
+                      "ReadWriteMany")
+        svc = [s for s in by_kind.get("Service", [])
+               if s["metadata"]["name"] == o["spec"].get("serviceName")]
+        if not svc or svc[0]["spec"].get("clusterIP") != "None" or \
+                not svc[0]["spec"].get("publishNotReadyAddresses"):
+            p.add(variant, o, "spec.serviceName", "must name a headless Service that publishes "
+                  "not-ready (following) replicas too")
+        if not any(label_match(d["spec"].get("selector"), pod_labels(o))
+                   for d in by_kind.get("PodDisruptionBudget", [])):
+            p.add(variant, o, "PodDisruptionBudget", "none selects the lorad replicas")
+        egress = [r for np in by_kind.get("NetworkPolicy", [])
+                  if label_match(np["spec"].get("podSelector"), pod_labels(o))
+                  for r in np["spec"].get("egress", [])]
+        if not any(port_match(r.get("ports"), 5432) for r in egress):
+            p.add(variant, o, "NetworkPolicy", "lorad cannot reach PostgreSQL (TCP 5432)")
 
 
 def placeholders_of(source):
@@ -687,6 +737,14 @@ SELF_TESTS = [
      "differ from deploy/prometheus/alerts.yaml"),
     ("components/monitoring/servicemonitor.yaml", "- port: metrics", "- port: grpc",
      "not the lorad Service's metrics port"),
+    ("overlays/ha/kustomization.yaml", "httpGet: {path: /leader, port: metrics}",
+     "tcpSocket: {port: grpc}", "readinessProbe: must be GET /leader"),
+    ("overlays/ha/kustomization.yaml", '"--store-url-file", "/etc/lorad/store/url",', "",
+     "replicas > 1 without --store-url-file"),
+    ("overlays/ha/replicas.yaml", 'accessModes: ["ReadWriteMany"]', 'accessModes: ["ReadWriteOnce"]',
+     "replicas mount it together"),
+    ("overlays/ha/replicas.yaml", "        - {protocol: TCP, port: 5432}", "        - {protocol: TCP, port: 5433}",
+     "lorad cannot reach PostgreSQL"),
 ]
 
 

@@ -19,7 +19,8 @@ namespace lora::testing {
 
 Lorad::Lorad(Options options) : options_(std::move(options)) {
   port_ = options_.port != 0 ? options_.port : FreePort();
-  log_path_ = options_.data_dir + ".lorad.log";
+  log_path_ = options_.data_dir + "." + options_.instance + ".log";
+  port_file_ = options_.data_dir + "." + options_.instance + ".port";
 }
 
 Lorad::~Lorad() {
@@ -43,11 +44,11 @@ bool Lorad::Start() {
                                    "--local-workers",
                                    std::to_string(options_.local_workers),
                                    "--port-file",
-                                   options_.data_dir + ".port",
+                                   port_file_,
                                    "--threads-per-rank",
                                    "1"};
   argv.insert(argv.end(), options_.extra_args.begin(), options_.extra_args.end());
-  ::unlink((options_.data_dir + ".port").c_str());
+  ::unlink(port_file_.c_str());
   pid_ = ::fork();
   if (pid_ == 0) {
     int fd = ::open(log_path_.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
@@ -60,7 +61,7 @@ bool Lorad::Start() {
     ::_exit(127);
   }
   for (int i = 0; i < 300; ++i) {
-    if (::access((options_.data_dir + ".port").c_str(), F_OK) == 0) return true;
+    if (::access(port_file_.c_str(), F_OK) == 0) return true;
     int status;
     if (::waitpid(pid_, &status, WNOHANG) == pid_) {
       pid_ = -1;

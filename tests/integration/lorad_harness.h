@@ -25,6 +25,8 @@ class Lorad {
     int local_workers = 1;
     int port = 0;  // 0 = pick a free one
     std::vector<std::string> extra_args;
+    // Names its log and port files next to data_dir, so that replicas can share data_dir.
+    std::string instance = "lorad";
   };
   explicit Lorad(Options options);
   ~Lorad();  // SIGKILL what is left
@@ -46,6 +48,7 @@ class Lorad {
   int port_ = 0;
   pid_t pid_ = -1;
   std::string log_path_;
+  std::string port_file_;
 };
 
 // The whole HTTP/1.0 response (status line, headers, body) of GET `path` on 127.0.0.1:`port`;

@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -560,6 +561,24 @@ TEST(MetricsHttpServerTest, ServesMetricsAndHealthOnAnEphemeralPort) {
   EXPECT_EQ(HttpRequest(port, "POST", "/metrics").status, 405);
   EXPECT_EQ(HttpRequest(port, "GET", "/").status, 404);
   EXPECT_EQ(HttpRequest(port, "GET", "/metricsx").status, 404);
+}
+
+TEST(MetricsHttpServerTest, LeaderAnswersOkOnlyWhileThisReplicaLeads) {
+  MetricsRegistry registry;
+  std::atomic<bool> leading{false};
+  auto server = MetricsHttpServer::Create(&registry, "127.0.0.1:0", [&] { return leading.load(); });
+  ASSERT_TRUE(server.ok()) << server.status();
+  const int port = (*server)->port();
+  EXPECT_EQ(HttpRequest(port, "GET", "/leader").status, 503);
+  EXPECT_EQ(HttpRequest(port, "GET", "/healthz").status, 200);  // alive all the same
+  leading = true;
+  HttpResponse leader = HttpRequest(port, "GET", "/leader");
+  EXPECT_EQ(leader.status, 200);
+  EXPECT_EQ(leader.body, "leader");
+  // Without replicas there is no one else to route to.
+  auto single = MetricsHttpServer::Create(&registry, "127.0.0.1:0");
+  ASSERT_TRUE(single.ok());
+  EXPECT_EQ(HttpRequest((*single)->port(), "GET", "/leader").status, 200);
 }
 
 // Issue 12, finding 6: 40 connections that send nothing starved /healthz (the liveness probe)
