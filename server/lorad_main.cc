@@ -1,6 +1,7 @@
 // lorad: the controller. Accepts jobs over gRPC (lora.v1.JobService), keeps them in SQLite
-// under --data-dir, schedules them onto lora-worker agents (lora.worker.v1.WorkerService on the
-// same port) and serves Prometheus metrics. See docs/OPERATIONS.md.
+// under --data-dir (or in PostgreSQL with --store-url-file, shared by replicas that elect a
+// leader), schedules them onto lora-worker agents (lora.worker.v1.WorkerService on the same
+// port) and serves Prometheus metrics. See docs/OPERATIONS.md.
 #include <signal.h>
 #include <unistd.h>
 
@@ -42,11 +43,16 @@
 #include "server/metrics/process_metrics.h"
 #include "server/metrics/rpc_metrics.h"
 #include "server/store/data_dir_lock.h"
+#include "server/store/postgres/leader_lease.h"
+#include "server/store/postgres/pg_job_store.h"
 #include "server/store/sqlite_job_store.h"
 
 namespace {
 
 std::atomic<bool> g_stop{false};
+// Exit status of a replica that lost its leader lease: the process ends (a deposed leader must
+// not act on what it remembers) and its supervisor starts it again as a follower.
+constexpr int kExitLostLeadership = 3;
 void OnSignal(int) { g_stop = true; }
 // SIGHUP: re-read the tokens file now (RequestReload only sets an atomic flag).
 lora::server::CredentialStore* g_credentials = nullptr;
@@ -89,6 +95,10 @@ struct Flags {
   double retain_finished_s = 0;
   lora::server::TlsServerOptions tls;
   std::string log_format = "text";
+  // Replicas (PostgreSQL).
+  std::string store_url;  // from --store-url-file or LORAD_STORE_URL, never the command line
+  std::string advertise;
+  double leader_lease_ttl_s = 10;
 };
 
 int Fail(const std::string& message) {
@@ -126,6 +136,7 @@ int main(int argc, char** argv) {
   f.lora_worker = SiblingBinary("lora-worker");
   if (const char* t = std::getenv("LORAD_AUTH_TOKEN")) f.auth_token = t;
   if (const char* t = std::getenv("LORAD_WORKER_TOKEN")) f.worker_token = t;
+  if (const char* u = std::getenv("LORAD_STORE_URL")) f.store_url = u;
   CLI::App app{
       "lorad: LoRA fine-tuning controller (gRPC JobService + WorkerService, SQLite, metrics)"};
   app.add_option("--data-dir", f.data_dir, "Directory for lorad.db, artifacts and local workers")
@@ -204,6 +215,20 @@ int main(int argc, char** argv) {
   app.add_option("--tls-client-ca", f.tls.client_ca_file,
                  "CA (PEM) for client certificates: asked of every peer, verified when "
                  "presented, not required (workers may authenticate with one)");
+  std::string store_url_file;
+  app.add_option("--store-url-file", store_url_file,
+                 "File whose first line is a PostgreSQL URI or conninfo (or env LORAD_STORE_URL; "
+                 "libpq's PG* variables and ~/.pgpass apply too): keep jobs there instead of "
+                 "SQLite, so that several lorad replicas share them; one leads, the others serve "
+                 "reads and take over when it dies");
+  app.add_option("--advertise", f.advertise,
+                 "With --store-url-file: host:port where clients and workers reach this replica "
+                 "(followers name the leader by it; default: the --listen address)");
+  app.add_option("--leader-lease-ttl", f.leader_lease_ttl_s,
+                 "With --store-url-file: seconds a leader's lease lasts without renewal; a "
+                 "follower takes over about this long after the leader dies")
+      ->check(CLI::Range(0.5, 300.0))
+      ->capture_default_str();
   app.add_option("--log-format", f.log_format,
                  "Log lines on stderr: text (\"lorad: ...\") or json (one object per line: ts, "
                  "level, component, msg, and job, attempt, rank, worker where they apply)")
@@ -230,6 +255,17 @@ int main(int argc, char** argv) {
     if (!secret.ok()) return Fail(absl::StrCat(name, ": ", secret.status().message()));
     *out = *secret;
   }
+  if (!store_url_file.empty()) {
+    auto url = lora::ReadSecretFile(store_url_file);
+    if (!url.ok()) return Fail(absl::StrCat("--store-url-file: ", url.status().message()));
+    f.store_url = *url;
+  }
+  const bool replicated = !f.store_url.empty();
+  if (replicated && f.local_workers > 0) {
+    return Fail(
+        "--local-workers with a PostgreSQL store: a replica's local workers would die with it; "
+        "replicas need remote lora-worker agents (--controller naming every replica)");
+  }
   lora::server::CredentialStore::Options co;
   co.tokens_file = f.auth_tokens_file;
   co.user_token = f.auth_token;
@@ -253,14 +289,38 @@ int main(int argc, char** argv) {
   if (absl::Status s = lora::MakeDirectories(lora::JoinPath(f.data_dir, "artifacts")); !s.ok()) {
     return Fail(std::string(s.message()));
   }
-  // Before anything reads the store: two lorads on one directory would run the same jobs.
-  auto dir_lock = lora::server::DataDirLock::Acquire(f.data_dir);
-  if (!dir_lock.ok()) return Fail(std::string(dir_lock.status().message()));
-  auto store = lora::server::SqliteJobStore::Open({lora::JoinPath(f.data_dir, "lorad.db")});
-  if (!store.ok()) return Fail(std::string(store.status().message()));
+  std::unique_ptr<lora::server::DataDirLock> dir_lock;
+  std::unique_ptr<lora::server::JobStore> store;
+  lora::server::pg::PgJobStore* pg_store = nullptr;
+  if (!replicated) {
+    // Before anything reads the store: two lorads on one directory would run the same jobs.
+    auto lock = lora::server::DataDirLock::Acquire(f.data_dir);
+    if (!lock.ok()) return Fail(std::string(lock.status().message()));
+    dir_lock = std::move(*lock);
+    auto sqlite = lora::server::SqliteJobStore::Open({lora::JoinPath(f.data_dir, "lorad.db")});
+    if (!sqlite.ok()) return Fail(std::string(sqlite.status().message()));
+    store = std::move(*sqlite);
+  } else {
+    // Replicas share --data-dir (artifacts and uploads, a ReadWriteMany volume): the leader
+    // lease, not a file lock, keeps a second writer out, and fences its store writes.
+    if (f.advertise.empty()) f.advertise = f.listen;
+    lora::server::pg::PgJobStore::Options po;
+    po.conninfo = f.store_url;
+    po.connections = std::max(2, std::min(f.pool_threads, 16));
+    po.fence_lease = "lorad";
+    po.replica_name = absl::StrCat("lorad replica ", f.advertise);
+    auto pg = lora::server::pg::PgJobStore::Open(po);
+    if (!pg.ok()) return Fail(absl::StrCat("--store-url-file: ", pg.status().message()));
+    pg_store = pg->get();
+    store = std::move(*pg);
+  }
   lora::server::ArtifactStore artifacts(lora::JoinPath(f.data_dir, "artifacts"));
-  if (int removed = artifacts.RemoveLeftovers(); removed > 0)
-    lora::LogInfo(absl::StrCat("removed ", removed, " partial uploads left by a crash"));
+  // A replica's directory is shared: what looks like a leftover may be the leader's upload in
+  // flight. The elected leader clears them instead.
+  if (!replicated) {
+    if (int removed = artifacts.RemoveLeftovers(); removed > 0)
+      lora::LogInfo(absl::StrCat("removed ", removed, " partial uploads left by a crash"));
+  }
   // Metrics, before the manager: it reports finished jobs, retries and lost workers.
   lora::MetricsRegistry registry;
   auto job_metrics = *lora::JobMetrics::Create(&registry);
@@ -304,8 +364,9 @@ int main(int argc, char** argv) {
     }
   }
   mo.declared_data_roots = f.data_roots;
+  mo.follower = replicated;
   lora::server::FileManager::Options fo;
-  fo.store = store->get();
+  fo.store = store.get();
   fo.root = lora::JoinPath(f.data_dir, "blobs");
   fo.tenant_quota_bytes = f.tenant_storage_bytes;
   fo.stall_timeout = absl::Seconds(f.upload_stall_timeout_s);
@@ -316,7 +377,7 @@ int main(int argc, char** argv) {
     return files->ResolveSpec(tenant, spec);
   };
   mo.heartbeat_interval_ms = static_cast<int>(std::max(200.0, f.heartbeat_timeout_s * 1000 / 5));
-  auto manager = lora::server::JobManager::Create(mo, store->get(), &artifacts);
+  auto manager = lora::server::JobManager::Create(mo, store.get(), &artifacts);
   if (!manager.ok()) return Fail(std::string(manager.status().message()));
   (*files)->SetInUse([m = manager->get()](const std::string& name) { return m->NamesFile(name); });
 
@@ -342,6 +403,8 @@ int main(int argc, char** argv) {
       "Queued jobs the connected workers cannot run (no worker with the device, or too few "
       "slots in all), by device",
       {"device"});
+  auto leader_gauge = *registry.AddGauge(
+      "lorad_leader", "1 while this lorad leads (always, without replicas), 0 on a follower", {});
   auto undecided = *registry.AddGauge(
       "lorad_undecided_jobs",
       "Jobs whose outcome is decided but not yet stored (the store is failing writes)", {});
@@ -352,7 +415,7 @@ int main(int argc, char** argv) {
   auto received = *registry.AddCounter("lorad_artifact_bytes_received_total",
                                        "Artifact bytes uploaded by workers", {});
   if (absl::Status s = registry.AddCallbackGauge("lorad_jobs", "Jobs in the store (all states)",
-                                                 [db = store->get()] {
+                                                 [db = store.get()] {
                                                    auto n = db->CountJobs();
                                                    return n.ok() ? static_cast<double>(*n) : 0.0;
                                                  });
@@ -372,9 +435,12 @@ int main(int argc, char** argv) {
   hooks.on_watch_delivery = [delivery = watch_delivery->WithLabels({})](double seconds) {
     delivery->Observe(seconds);
   };
+  // What /leader answers (a Kubernetes readiness probe routes the Service to the leader).
+  std::atomic<bool> leading_now{!replicated};
   std::unique_ptr<lora::MetricsHttpServer> metrics_http;
   if (!f.metrics_listen.empty()) {
-    auto http = lora::MetricsHttpServer::Create(&registry, f.metrics_listen);
+    auto http = lora::MetricsHttpServer::Create(&registry, f.metrics_listen,
+                                                [&leading_now] { return leading_now.load(); });
     if (!http.ok()) return Fail(absl::StrCat("--metrics-listen: ", http.status().message()));
     metrics_http = std::move(*http);
   }
@@ -452,6 +518,34 @@ int main(int argc, char** argv) {
   hup.sa_handler = OnHangup;
   ::sigaction(SIGHUP, &hup, nullptr);
 
+  // Replicas: campaign for the lease. The callbacks only flip flags (they run on the elector's
+  // thread and must return promptly); the main loop below acts on them.
+  std::atomic<int64_t> elected_epoch{0};
+  std::atomic<bool> lost_leadership{false};
+  std::unique_ptr<lora::server::pg::LeaderElector> elector;
+  if (replicated) {
+    lora::server::pg::LeaderElector::Options eo;
+    eo.conninfo = f.store_url;
+    eo.holder = f.advertise;
+    eo.ttl = absl::Seconds(f.leader_lease_ttl_s);
+    eo.on_elected = [&, pg_store](int64_t epoch) {
+      pg_store->SetFenceEpoch(epoch);
+      elected_epoch = epoch;
+    };
+    eo.on_lost = [&, pg_store] {
+      pg_store->SetFenceEpoch(0);  // refuse writes at once, before the process ends
+      lost_leadership = true;
+      g_stop = true;
+    };
+    auto e = lora::server::pg::LeaderElector::Create(eo);
+    if (!e.ok()) return Fail(absl::StrCat("leader election: ", e.status().message()));
+    elector = std::move(*e);
+    lora::LogInfo(absl::StrCat("replica ", f.advertise, ": following until elected (lease ttl ",
+                               f.leader_lease_ttl_s, " s)"));
+  }
+  bool leading = !replicated;
+  server->GetHealthCheckService()->SetServingStatus("lorad.leader", leading);
+
   lora::server::LocalWorkersOptions lw;
   lw.count = f.local_workers;
   lw.lora_worker = f.lora_worker;
@@ -469,8 +563,28 @@ int main(int argc, char** argv) {
 
   auto next_reap = absl::Now();
   while (!g_stop) {
+    if (!leading && elected_epoch.load() != 0) {
+      const auto t0 = std::chrono::steady_clock::now();
+      if (absl::Status s = (*manager)->Lead(); s.ok()) {
+        leading = true;
+        leading_now = true;
+        server->GetHealthCheckService()->SetServingStatus("lorad.leader", true);
+        if (int removed = artifacts.RemoveLeftovers(); removed > 0)
+          lora::LogInfo(absl::StrCat("removed ", removed, " partial uploads of the last leader"));
+        lora::LogInfo(absl::StrCat("leading at epoch ", elected_epoch.load(), " (took over in ",
+                                   std::chrono::duration_cast<std::chrono::milliseconds>(
+                                       std::chrono::steady_clock::now() - t0)
+                                       .count(),
+                                   " ms)"))
+            .Field("epoch", elected_epoch.load());
+      } else {
+        lora::LogWarning(absl::StrCat("elected, but cannot take the jobs over yet: ", s.message()));
+      }
+    }
+    if (!leading && elector) (*manager)->SetLeaderHint(elector->leader());
+    leader_gauge->WithLabels({})->Set(leading ? 1 : 0);
     (*manager)->Tick();
-    if (absl::Now() >= next_reap) {
+    if (leading && absl::Now() >= next_reap) {
       if (int reaped = (*files)->Reap(absl::Now()); reaped > 0)
         lora::LogInfo(absl::StrCat("removed ", reaped, " stalled or unnamed uploads"));
       next_reap = absl::Now() + absl::Seconds(std::min(60.0, f.upload_stall_timeout_s / 4));
@@ -498,6 +612,16 @@ int main(int argc, char** argv) {
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
   }
+  if (lost_leadership) {
+    // Nothing more may be written or sent in this term: end at once, without a drain (the new
+    // leader owns the jobs and the workers reconnect to it).
+    lora::LogError("lost the leader lease; exiting so that this replica restarts as a follower");
+    (*manager)->Shutdown();
+    server->Shutdown(std::chrono::system_clock::now());
+    server->Wait();
+    elector->Stop();
+    return kExitLostLeadership;
+  }
   lora::LogInfo("shutting down");
   server->GetHealthCheckService()->SetServingStatus(false);
   // A planned stop: nothing new starts, and the local workers drain while the server still
@@ -509,6 +633,7 @@ int main(int argc, char** argv) {
   g_credentials = nullptr;
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   server->Wait();
+  if (elector) elector->Stop();  // a leader hands over at once
   lora::LogInfo("stopped");
   return 0;
 }

@@ -252,6 +252,10 @@ void LeaderElector::Run() {
       last_error = acquired.status();
       continue;
     }
+    {
+      absl::MutexLock lock(&seen_mu_);
+      leader_seen_ = acquired->remaining > absl::ZeroDuration() ? acquired->holder : "";
+    }
     // An answer that came back later than the step-down time would be a lease already lost.
     if (!acquired->held_by_caller || Clock::now() >= started + step_down_after_) continue;
     step_down_at = started + step_down_after_;
@@ -289,6 +293,11 @@ void LeaderElector::Halt(bool crash) {
 }
 
 void LeaderElector::Stop() { Halt(/*crash=*/false); }
+
+std::string LeaderElector::leader() const {
+  absl::MutexLock lock(&seen_mu_);
+  return leader_seen_;
+}
 
 void LeaderElector::CrashForTesting() { Halt(/*crash=*/true); }
 

@@ -147,6 +147,9 @@ class LeaderElector {
   void CrashForTesting();
 
   bool is_leader() const { return epoch_.load() != 0; }
+  // The holder of an unexpired lease at the last campaign ("" = none seen yet, or it had
+  // expired): where a follower sends writers and workers.
+  std::string leader() const ABSL_LOCKS_EXCLUDED(seen_mu_);
   int64_t epoch() const { return epoch_.load(); }  // 0 when not leading
   const std::string& holder() const { return options_.holder; }
   absl::Duration campaign_interval() const { return options_.ttl / 3; }
@@ -166,6 +169,8 @@ class LeaderElector {
   absl::Mutex mu_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   bool halted_ = false;  // Stop/Crash ran (callers' thread only)
+  mutable absl::Mutex seen_mu_;
+  std::string leader_seen_ ABSL_GUARDED_BY(seen_mu_);
   std::thread thread_;
 };
 
