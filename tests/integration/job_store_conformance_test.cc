@@ -69,15 +69,15 @@ class SharedPostgres : public ::testing::Environment {
 [[maybe_unused]] ::testing::Environment* const kSharedPostgres =
     ::testing::AddGlobalTestEnvironment(new SharedPostgres);
 
-// conninfo of a new, empty database on `server`.
-absl::StatusOr<std::string> FreshDatabase(PostgresServer& server) {
+// conninfo of a new, empty database on `server`, named `*name`.
+absl::StatusOr<std::string> FreshDatabase(PostgresServer& server, std::string* name) {
   static std::atomic<int> next{0};
-  const std::string name = absl::StrCat("t", ++next);
+  *name = absl::StrCat("t", ++next);
   auto conn = pg::PgConnection::Connect(server.conninfo(), absl::Seconds(10));
   if (!conn.ok()) return conn.status();
-  auto created = (*conn)->Exec(absl::StrCat("CREATE DATABASE ", name), {}, "create a database");
+  auto created = (*conn)->Exec(absl::StrCat("CREATE DATABASE ", *name), {}, "create a database");
   if (!created.ok()) return created.status();
-  return absl::StrReplaceAll(server.conninfo(), {{"dbname=postgres", "dbname=" + name}});
+  return absl::StrReplaceAll(server.conninfo(), {{"dbname=postgres", "dbname=" + *name}});
 }
 
 absl::StatusOr<std::unique_ptr<PgJobStore>> OpenPg(const std::string& conninfo,
@@ -194,7 +194,8 @@ class JobStoreConformanceTest : public ::testing::TestWithParam<Backend> {
     absl::Status error;
     PostgresServer* server = SharedPostgres::Get(&error);
     ASSERT_NE(server, nullptr) << error;
-    auto conninfo = FreshDatabase(*server);
+    std::string name;
+    auto conninfo = FreshDatabase(*server, &name);
     ASSERT_TRUE(conninfo.ok()) << conninfo.status();
     auto store = OpenPg(*conninfo);
     ASSERT_TRUE(store.ok()) << store.status();
@@ -600,7 +601,7 @@ class PgJobStoreTest : public ::testing::Test {
     absl::Status error;
     server_ = SharedPostgres::Get(&error);
     ASSERT_NE(server_, nullptr) << error;
-    auto conninfo = FreshDatabase(*server_);
+    auto conninfo = FreshDatabase(*server_, &database_);
     ASSERT_TRUE(conninfo.ok()) << conninfo.status();
     conninfo_ = *conninfo;
   }
@@ -621,6 +622,7 @@ class PgJobStoreTest : public ::testing::Test {
   }
 
   PostgresServer* server_ = nullptr;
+  std::string database_;
   std::string conninfo_;
 };
 
@@ -725,11 +727,9 @@ TEST_F(PgJobStoreTest, TwoStoresOnOneDatabaseSeeEachOthersWrites) {
 TEST_F(PgJobStoreTest, OpenRefusesADatabaseWhereCommitsAreNotDurable) {
   auto conn = pg::PgConnection::Connect(conninfo_, absl::Seconds(10));
   ASSERT_TRUE(conn.ok()) << conn.status();
-  const std::string db = conninfo_.substr(conninfo_.find("dbname=") + 7);
-  ASSERT_TRUE((*conn)
-                  ->Exec(absl::StrCat("ALTER DATABASE ", db.substr(0, db.find(' ')),
-                                      " SET synchronous_commit = off"))
-                  .ok());
+  ASSERT_OK((*conn)
+                ->Exec(absl::StrCat("ALTER DATABASE ", database_, " SET synchronous_commit = off"))
+                .status());
   auto store = OpenPg(conninfo_);
   EXPECT_TRUE(absl::IsFailedPrecondition(store.status())) << store.status();
   EXPECT_THAT(std::string(store.status().message()), HasSubstr("synchronous_commit"));

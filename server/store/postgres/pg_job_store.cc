@@ -33,15 +33,10 @@ constexpr char kFileRecordsLock[] = "SELECT pg_advisory_xact_lock(74330215000000
 // in the same order whatever the database's locale.
 constexpr const char* kSchema[] = {
     R"sql(CREATE TABLE IF NOT EXISTS jobs (
-  id text COLLATE "C" PRIMARY KEY,
-  request_id text COLLATE "C",
-  state integer NOT NULL,
-  kind integer NOT NULL,
-  priority integer NOT NULL,
-  create_time_us bigint NOT NULL,
-  end_time_us bigint NOT NULL DEFAULT 0,
-  tenant text COLLATE "C" NOT NULL DEFAULT '',
-  proto bytea NOT NULL))sql",
+  id text COLLATE "C" PRIMARY KEY, request_id text COLLATE "C",
+  state integer NOT NULL, kind integer NOT NULL, priority integer NOT NULL,
+  create_time_us bigint NOT NULL, end_time_us bigint NOT NULL DEFAULT 0,
+  tenant text COLLATE "C" NOT NULL DEFAULT '', proto bytea NOT NULL))sql",
     "CREATE INDEX IF NOT EXISTS jobs_created ON jobs (create_time_us DESC, id DESC)",
     "CREATE INDEX IF NOT EXISTS jobs_tenant_created ON jobs (tenant, create_time_us DESC, id DESC)",
     R"sql(CREATE UNIQUE INDEX IF NOT EXISTS jobs_tenant_request_id ON jobs (tenant, request_id)
@@ -49,43 +44,28 @@ constexpr const char* kSchema[] = {
     "CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state)",
     "CREATE INDEX IF NOT EXISTS jobs_ended ON jobs (end_time_us) WHERE end_time_us > 0",
     R"sql(CREATE TABLE IF NOT EXISTS events (
-  job_id text COLLATE "C" NOT NULL,
-  sequence bigint NOT NULL,
-  proto bytea NOT NULL,
+  job_id text COLLATE "C" NOT NULL, sequence bigint NOT NULL, proto bytea NOT NULL,
   PRIMARY KEY (job_id, sequence)))sql",
     R"sql(CREATE TABLE IF NOT EXISTS checkpoints (
-  job_id text COLLATE "C" NOT NULL,
-  step bigint NOT NULL,
-  proto bytea NOT NULL,
+  job_id text COLLATE "C" NOT NULL, step bigint NOT NULL, proto bytea NOT NULL,
   PRIMARY KEY (job_id, step)))sql",
     R"sql(CREATE TABLE IF NOT EXISTS artifacts (
-  job_id text COLLATE "C" NOT NULL,
-  path text COLLATE "C" NOT NULL,
-  size bigint NOT NULL,
-  sha256 text NOT NULL,
-  step bigint NOT NULL,
-  attempt integer NOT NULL,
+  job_id text COLLATE "C" NOT NULL, path text COLLATE "C" NOT NULL, size bigint NOT NULL,
+  sha256 text NOT NULL, step bigint NOT NULL, attempt integer NOT NULL,
   PRIMARY KEY (job_id, path)))sql",
     R"sql(CREATE TABLE IF NOT EXISTS files (
-  id text COLLATE "C" PRIMARY KEY,
-  tenant text COLLATE "C" NOT NULL,
-  create_time_us bigint NOT NULL,
-  proto bytea NOT NULL))sql",
+  id text COLLATE "C" PRIMARY KEY, tenant text COLLATE "C" NOT NULL,
+  create_time_us bigint NOT NULL, proto bytea NOT NULL))sql",
     "CREATE INDEX IF NOT EXISTS files_created ON files (create_time_us DESC, id DESC)",
     R"sql(CREATE INDEX IF NOT EXISTS files_tenant_created
   ON files (tenant, create_time_us DESC, id DESC))sql",
     R"sql(CREATE TABLE IF NOT EXISTS file_blobs (
-  file_id text COLLATE "C" NOT NULL,
-  tenant text COLLATE "C" NOT NULL,
-  sha256 text NOT NULL,
+  file_id text COLLATE "C" NOT NULL, tenant text COLLATE "C" NOT NULL, sha256 text NOT NULL,
   PRIMARY KEY (file_id, sha256)))sql",
     "CREATE INDEX IF NOT EXISTS file_blobs_tenant_sha ON file_blobs (tenant, sha256)",
     R"sql(CREATE TABLE IF NOT EXISTS tenant_blobs (
-  tenant text COLLATE "C" NOT NULL,
-  sha256 text NOT NULL,
-  size bigint NOT NULL,
-  create_time_us bigint NOT NULL,
-  PRIMARY KEY (tenant, sha256)))sql",
+  tenant text COLLATE "C" NOT NULL, sha256 text NOT NULL, size bigint NOT NULL,
+  create_time_us bigint NOT NULL, PRIMARY KEY (tenant, sha256)))sql",
     "CREATE INDEX IF NOT EXISTS tenant_blobs_sha ON tenant_blobs (sha256)",
 };
 
@@ -112,27 +92,13 @@ std::string Bytea(const google::protobuf::MessageLite& m) {
   return absl::StrCat("\\x", absl::BytesToHexString(m.SerializeAsString()));
 }
 
-int HexDigit(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
 template <typename Message>
 absl::StatusOr<Message> ParseBytea(const std::optional<std::string>& text, const char* what) {
   absl::string_view hex = text.has_value() ? absl::string_view(*text) : absl::string_view();
-  const bool framed = absl::ConsumePrefix(&hex, "\\x") && hex.size() % 2 == 0;
-  std::string bytes(hex.size() / 2, '\0');
-  bool valid = framed;
-  for (size_t i = 0; valid && i < bytes.size(); ++i) {
-    const int hi = HexDigit(hex[2 * i]);
-    const int lo = HexDigit(hex[2 * i + 1]);
-    valid = hi >= 0 && lo >= 0;
-    bytes[i] = static_cast<char>((hi << 4) | lo);
-  }
   Message m;
-  if (!valid || !m.ParseFromString(bytes)) {
+  if (!absl::ConsumePrefix(&hex, "\\x") || hex.size() % 2 != 0 ||
+      hex.find_first_not_of("0123456789abcdefABCDEF") != absl::string_view::npos ||
+      !m.ParseFromString(absl::HexStringToBytes(hex))) {
     return absl::DataLossError(absl::StrCat("store: corrupt ", what, " record"));
   }
   return m;
@@ -332,6 +298,9 @@ absl::Status PgJobStore::Write(absl::FunctionRef<absl::Status(PgConnection&)> fn
       LORA_RETURN_IF_ERROR(Ready(session));
       status = attempt();
     }
+    // A transaction cut short by its deadline lost its session, maybe after COMMIT was sent:
+    // like a lost COMMIT answer, an outcome the caller must treat as unknown and retry.
+    if (absl::IsDeadlineExceeded(status)) return absl::UnavailableError(status.message());
     return status;
   });
 }
