@@ -28,9 +28,11 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "common/file_util.h"
 #include "common/sha256.h"
 #include "lora/v1/job_service.grpc.pb.h"
 #include "tests/integration/lorad_harness.h"
+#include "tests/integration/postgres_server.h"
 #include "tests/integration/subprocess.h"
 #include "tests/integration/test_pki.h"
 #include "tests/test_util.h"
@@ -72,14 +74,20 @@ void Row(const std::string& what, const std::string& value) {
 // `tls_ca` empty: plaintext; otherwise lorad serves `tls` and clients trust `tls_ca`. Each
 // client opens one connection (its handshake counts in its first call) and reuses it.
 void CreateJobs(testing::TempDir& dir, int jobs, int clients, const testing::CertFiles* tls,
-                const std::string& tls_ca) {
+                const std::string& tls_ca, const std::string& store_url_file = "") {
   const std::string name = tls ? "create-tls" : "create";
   std::vector<std::string> args;
   if (tls) args = {"--tls-cert", tls->cert, "--tls-key", tls->key};
+  if (!store_url_file.empty()) args.insert(args.end(), {"--store-url-file", store_url_file});
   testing::Lorad lorad({dir.Join(name), 0, 0, args});
   if (!lorad.Start()) {
     Row(absl::StrCat("CreateJob (", tls ? "TLS" : "plaintext", ")"), "lorad did not start");
     return;
+  }
+  // A replica on PostgreSQL follows until its first campaign elects it.
+  for (int i = 0; i < 200 && !store_url_file.empty(); ++i) {
+    if (absl::StrContains(testing::HttpGet(lorad.metrics_port(), "/leader"), " 200 ")) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   std::vector<std::vector<double>> latencies(static_cast<size_t>(clients));
   std::vector<double> first(static_cast<size_t>(clients), 0.0);  // includes connect/handshake
@@ -502,6 +510,10 @@ int main(int argc, char** argv) {
   app.add_option("--address", address)->group("");
   app.add_option("--watch-jobs", watch_jobs)->group("");
   app.add_option("--streams", streams)->group("");
+  bool postgres = false;
+  app.add_flag("--postgres", postgres,
+               "With --only create: lorad on a PostgreSQL 15 server this starts on loopback "
+               "(fsync and full-page writes on, the same disk) instead of SQLite");
   CLI11_PARSE(app, argc, argv);
   lora::testing::TempDir dir;
   if (only == "backlog") {
@@ -511,6 +523,17 @@ int main(int argc, char** argv) {
   if (watch_child) return lora::WatchChild(address, absl::StrSplit(watch_jobs, ','), streams);
   if (only == "watch") {
     lora::ManyWatchers(dir, watchers, watch_jobs_count, processes, watch_steps);
+    return 0;
+  }
+  if (postgres) {
+    auto pg = lora::testing::PostgresServer::Start(/*durable=*/true);
+    if (!pg.ok()) {
+      lora::Row("CreateJob on PostgreSQL", std::string(pg.status().message()));
+      return 1;
+    }
+    const std::string url_file = dir.Join("store-url");
+    if (!lora::WriteFileAtomically(url_file, (*pg)->conninfo() + "\n").ok()) return 1;
+    lora::CreateJobs(dir, jobs, clients, nullptr, "", url_file);
     return 0;
   }
   lora::testing::TestPki pki(dir.Join("pki"));

@@ -179,7 +179,7 @@ std::string PostgresServer::MissingReason() {
   return "";
 }
 
-absl::StatusOr<std::unique_ptr<PostgresServer>> PostgresServer::Start() {
+absl::StatusOr<std::unique_ptr<PostgresServer>> PostgresServer::Start(bool durable) {
   if (!Available()) return absl::FailedPreconditionError(MissingReason());
   auto as = ServerUser();
   if (!as.ok()) return as.status();
@@ -187,6 +187,7 @@ absl::StatusOr<std::unique_ptr<PostgresServer>> PostgresServer::Start() {
   // them (containers), so Reap() can collect them instead of leaving zombies.
   ::prctl(PR_SET_CHILD_SUBREAPER, 1);
   std::unique_ptr<PostgresServer> server(new PostgresServer());
+  server->durable_ = durable;
   std::string tmpl = ScratchBase(*as) + "/lora-pg-XXXXXX";
   if (::mkdtemp(tmpl.data()) == nullptr) {
     return absl::InternalError(absl::StrCat("mkdtemp ", tmpl, ": ", std::strerror(errno)));
@@ -263,10 +264,12 @@ absl::Status PostgresServer::Launch() {
     // someone else grabs it in between, the bind fails and we try another.
     if (!fixed_port) port_ = FreePort();
     const size_t log_offset = ReadFile(log_path).size();
+    const char* durability = durable_ ? "on" : "off";
     pid_ = Spawn({BinDir() + "/postgres", "-D", dir_ + "/data", "-p", std::to_string(port_), "-c",
                   "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=" + dir_ + "/sock",
-                  "-c", "fsync=off", "-c", "full_page_writes=off", "-c", "max_connections=40", "-c",
-                  "shared_buffers=16MB"},
+                  "-c", absl::StrCat("fsync=", durability), "-c",
+                  absl::StrCat("full_page_writes=", durability), "-c", "max_connections=40", "-c",
+                  durable_ ? "shared_buffers=128MB" : "shared_buffers=16MB"},
                  log_path, *as);
     const std::string ping = absl::StrCat("host=127.0.0.1 port=", port_,
                                           " dbname=postgres user=lorad connect_timeout=2");

@@ -14,8 +14,8 @@
 //   - Every wait is bounded: startup at most 30 s, shutdown at most 30 s, then SIGKILL.
 //   - The destructor kills whatever still runs and removes the directory, so a failing test
 //     leaves no server behind.
-//   - Durability is traded for speed (fsync=off): a killed server loses nothing the OS has,
-//     which is what a process crash does; it is not a power-loss test.
+//   - Durability is traded for speed (fsync=off) unless Start(/*durable=*/true): a killed server
+//     loses nothing the OS has, which is what a process crash does; it is not a power-loss test.
 //   - Password authentication over TCP (scram-sha-256), with a password made for the server,
 //     so tests see the same libpq path as production.
 #ifndef LORA_TESTS_INTEGRATION_POSTGRES_SERVER_H_
@@ -39,7 +39,9 @@ class PostgresServer {
   // Why not (for GTEST_SKIP), "" when available.
   static std::string MissingReason();
 
-  static absl::StatusOr<std::unique_ptr<PostgresServer>> Start();
+  // `durable`: fsync and full-page writes on, as in production (benchmarks); the default trades
+  // them for speed (tests).
+  static absl::StatusOr<std::unique_ptr<PostgresServer>> Start(bool durable = false);
   ~PostgresServer();
   PostgresServer(const PostgresServer&) = delete;
   PostgresServer& operator=(const PostgresServer&) = delete;
@@ -77,6 +79,7 @@ class PostgresServer {
   int port_ = 0;
   pid_t pid_ = -1;  // the postmaster, also its process group
   bool paused_ = false;
+  bool durable_ = false;
 };
 
 }  // namespace lora::testing
