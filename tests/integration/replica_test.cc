@@ -107,6 +107,10 @@ TEST_F(ReplicaTest, KillingTheLeaderMidJobHandsItToTheFollowerWhichFinishesItWit
   auto read = client_b->GetJob(job->name());
   ASSERT_TRUE(read.ok()) << read.status();
   EXPECT_EQ(read->state(), lora::v1::RUNNING);
+  auto listed = client_b->ListJobs(lora::v1::ListJobsRequest());
+  ASSERT_TRUE(listed.ok()) << listed.status();
+  ASSERT_EQ(listed->jobs_size(), 1);
+  EXPECT_EQ(listed->jobs(0).name(), job->name());
   std::vector<lora::v1::JobEvent> watched;
   std::atomic<bool> stop_watch{false};
   absl::Status watch_status;
