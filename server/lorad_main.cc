@@ -380,6 +380,7 @@ int main(int argc, char** argv) {
   auto manager = lora::server::JobManager::Create(mo, store.get(), &artifacts);
   if (!manager.ok()) return Fail(std::string(manager.status().message()));
   (*files)->SetInUse([m = manager->get()](const std::string& name) { return m->NamesFile(name); });
+  (*files)->SetWritable([m = manager->get()] { return m->CheckWritable(); });
 
   // Metrics.
   auto rpc_metrics = *lora::RpcMetrics::Create(&registry);  // per method; streams apart

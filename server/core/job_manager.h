@@ -194,6 +194,8 @@ class JobManager {
   // wait reattach_grace for their workers), and writes and workers are accepted from now on.
   absl::Status Lead();
   bool leading() ABSL_LOCKS_EXCLUDED(mu_);
+  // OK on the leader; on a follower UNAVAILABLE naming the leader (what its writes answer).
+  absl::Status CheckWritable() ABSL_LOCKS_EXCLUDED(mu_);
   // Where a follower sends writers and workers ("" = unknown), from the leader lease.
   void SetLeaderHint(const std::string& leader) ABSL_LOCKS_EXCLUDED(mu_);
   // lorad is stopping: no job starts from now on (ranks already running drain and report).

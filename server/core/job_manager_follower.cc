@@ -19,6 +19,11 @@ bool JobManager::leading() {
   return leading_;
 }
 
+absl::Status JobManager::CheckWritable() {
+  absl::MutexLock lock(&mu_);
+  return CheckLeading();
+}
+
 void JobManager::SetLeaderHint(const std::string& leader) {
   absl::MutexLock lock(&mu_);
   leader_hint_ = leader;

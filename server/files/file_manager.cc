@@ -124,6 +124,7 @@ absl::StatusOr<int64_t> FileManager::TenantUsage(const std::string& tenant) {
 
 absl::StatusOr<UploadStatus> FileManager::StartUpload(const std::string& tenant,
                                                       const lora::v1::StartUploadRequest& request) {
+  LORA_RETURN_IF_ERROR(CheckWritable());
   LORA_RETURN_IF_ERROR(ValidateSha256(request.sha256(), "sha256"));
   if (request.size() < 0 || request.size() > options_.max_blob_bytes) {
     return absl::InvalidArgumentError(
@@ -173,6 +174,7 @@ absl::StatusOr<UploadStatus> FileManager::StartUpload(const std::string& tenant,
 
 absl::StatusOr<std::unique_ptr<FileUpload>> FileManager::OpenUpload(
     const std::string& tenant, const lora::v1::UploadHeader& header) {
+  LORA_RETURN_IF_ERROR(CheckWritable());
   LORA_RETURN_IF_ERROR(ValidateSha256(header.sha256(), "header.sha256"));
   if (header.offset() < 0 || header.offset() > header.size()) {
     return absl::InvalidArgumentError("header.offset: must be in [0, header.size]");
@@ -223,6 +225,7 @@ absl::StatusOr<UploadStatus> FileManager::Finished(const std::string& tenant,
 
 absl::StatusOr<File> FileManager::CreateFile(const std::string& tenant,
                                              const lora::v1::CreateFileRequest& request) {
+  LORA_RETURN_IF_ERROR(CheckWritable());
   if (request.display_name().empty() || request.display_name().size() > kMaxDisplayNameBytes ||
       absl::StrContains(request.display_name(), '/')) {
     return absl::InvalidArgumentError(
@@ -321,6 +324,7 @@ absl::StatusOr<lora::v1::ListFilesResponse> FileManager::ListFiles(
 
 absl::Status FileManager::DeleteFile(const std::optional<std::string>& tenant,
                                      const std::string& name) {
+  LORA_RETURN_IF_ERROR(CheckWritable());
   LORA_ASSIGN_OR_RETURN(File file, GetFile(tenant, name));
   if (options_.in_use && options_.in_use(file.name())) {
     return absl::FailedPreconditionError(

@@ -74,11 +74,19 @@ class FileManager {
     // Whether a job that has not ended names the file ("files/{id}"); set by lorad once the job
     // manager exists. Unset: no file is in use.
     std::function<bool(const std::string& file_name)> in_use;
+    // OK when this lorad may write (the leader, or the only one); else the status uploads,
+    // CreateFile and DeleteFile fail with before any byte or record is written (a follower
+    // replica). Unset: always writable.
+    std::function<absl::Status()> writable;
   };
   static absl::StatusOr<std::unique_ptr<FileManager>> Create(Options options);
   // Sets Options::in_use once the job manager exists (before serving).
   void SetInUse(std::function<bool(const std::string& file_name)> in_use) {
     options_.in_use = std::move(in_use);
+  }
+  // Sets Options::writable once the job manager exists (before serving).
+  void SetWritable(std::function<absl::Status()> writable) {
+    options_.writable = std::move(writable);
   }
 
   absl::StatusOr<lora::v1::UploadStatus> StartUpload(const std::string& tenant,
@@ -110,6 +118,9 @@ class FileManager {
   friend class FileUpload;
   explicit FileManager(Options options) : options_(std::move(options)), blobs_(options_.root) {}
   void Release(const std::string& tenant, const std::string& sha256);
+  absl::Status CheckWritable() const {
+    return options_.writable ? options_.writable() : absl::OkStatus();
+  }
   absl::StatusOr<lora::v1::UploadStatus> Finished(const std::string& tenant,
                                                   const lora::v1::UploadHeader& header,
                                                   bool complete, int64_t committed);

@@ -5,7 +5,9 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+
 #include <sys/stat.h>
+#include <filesystem>
 
 #include "common/file_util.h"
 #include "common/sha256.h"
@@ -163,6 +165,32 @@ TEST_F(FileManagerTest, TheSameBytesAreStoredOnceButEachTenantMustUploadThem) {
   EXPECT_TRUE(files_->BlobPath(Sha(data)).ok());
   ASSERT_TRUE(files_->DeleteFile("b", b->name()).ok());
   EXPECT_EQ(files_->BlobPath(Sha(data)).status().code(), absl::StatusCode::kNotFound);
+}
+
+// A follower replica shares the blob directory with the leader: it must refuse uploads before
+// a byte lands there, and refuse CreateFile / DeleteFile, while reads still work.
+TEST_F(FileManagerTest, AReplicaThatDoesNotLeadWritesNothingAndStillServesReads) {
+  const std::string data(3000, 'f');
+  auto file = Upload("a", "train.jsonl", data);
+  ASSERT_TRUE(file.ok()) << file.status();
+  files_->SetWritable(
+      [] { return absl::UnavailableError("a follower; the leader is at b:50051"); });
+  const std::string other(2000, 'g');
+  EXPECT_EQ(Start("a", other).status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(Send("a", other, 0, 1000).status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(files_->DeleteFile("a", file->name()).code(), absl::StatusCode::kUnavailable);
+  lora::v1::CreateFileRequest r;
+  r.set_display_name("again");
+  *r.add_entries() = file->entries(0);
+  EXPECT_EQ(files_->CreateFile("a", r).status().code(), absl::StatusCode::kUnavailable);
+  // Nothing of the refused upload is on disk: only the first blob's bytes are.
+  int64_t bytes = 0;
+  for (const auto& e : std::filesystem::recursive_directory_iterator(dir_.path() + "/blobs")) {
+    if (e.is_regular_file()) bytes += static_cast<int64_t>(e.file_size());
+  }
+  EXPECT_EQ(bytes, static_cast<int64_t>(data.size()));
+  EXPECT_TRUE(files_->GetFile("a", file->name()).ok());
+  EXPECT_TRUE(files_->BlobPath(Sha(data)).ok());
 }
 
 TEST_F(FileManagerTest, AnotherTenantsFileIsNotFoundExactlyLikeAMissingOne) {
