@@ -83,9 +83,7 @@ absl::StatusOr<std::vector<LocalEntry>> ListEntries(const std::string& local, bo
 }  // namespace
 
 FileUploader::FileUploader(LoraClient* client, int64_t chunk_bytes)
-    : client_(client),
-      chunk_bytes_(chunk_bytes),
-      stub_(lora::v1::FileService::NewStub(client->channel())) {}
+    : client_(client), chunk_bytes_(chunk_bytes) {}
 
 absl::Status FileUploader::UploadBlob(const std::string& local, const std::string& sha256,
                                       int64_t size, const UploadProgressFn& progress) {
@@ -96,7 +94,7 @@ absl::Status FileUploader::UploadBlob(const std::string& local, const std::strin
     start.set_size(size);
     lora::v1::UploadStatus status;
     LORA_RETURN_IF_ERROR(client_->CallUnary(/*idempotent=*/true, [&](grpc::ClientContext* ctx) {
-      return stub_->StartUpload(ctx, start, &status);
+      return Stub()->StartUpload(ctx, start, &status);
     }));
     if (progress) progress({local, status.committed_size(), size});
     if (status.complete()) return absl::OkStatus();
@@ -107,7 +105,8 @@ absl::Status FileUploader::UploadBlob(const std::string& local, const std::strin
     grpc::ClientContext ctx;
     client_->PrepareContext(&ctx, /*deadline=*/false);
     lora::v1::UploadStatus result;
-    auto writer = stub_->WriteUpload(&ctx, &result);
+    auto stub = Stub();  // outlives the stream
+    auto writer = stub->WriteUpload(&ctx, &result);
     lora::v1::WriteUploadRequest message;
     auto* header = message.mutable_header();
     header->set_sha256(sha256);
@@ -167,7 +166,7 @@ absl::StatusOr<lora::v1::File> FileUploader::Upload(const std::string& local,
   }
   lora::v1::File file;
   LORA_RETURN_IF_ERROR(client_->CallUnary(/*idempotent=*/true, [&](grpc::ClientContext* ctx) {
-    return stub_->CreateFile(ctx, create, &file);
+    return Stub()->CreateFile(ctx, create, &file);
   }));
   return file;
 }
@@ -177,7 +176,7 @@ absl::StatusOr<lora::v1::File> FileUploader::GetFile(const std::string& name) {
   request.set_name(name);
   lora::v1::File file;
   LORA_RETURN_IF_ERROR(client_->CallUnary(
-      true, [&](grpc::ClientContext* ctx) { return stub_->GetFile(ctx, request, &file); }));
+      true, [&](grpc::ClientContext* ctx) { return Stub()->GetFile(ctx, request, &file); }));
   return file;
 }
 
@@ -185,7 +184,7 @@ absl::StatusOr<lora::v1::ListFilesResponse> FileUploader::ListFiles(
     const lora::v1::ListFilesRequest& request) {
   lora::v1::ListFilesResponse response;
   LORA_RETURN_IF_ERROR(client_->CallUnary(
-      true, [&](grpc::ClientContext* ctx) { return stub_->ListFiles(ctx, request, &response); }));
+      true, [&](grpc::ClientContext* ctx) { return Stub()->ListFiles(ctx, request, &response); }));
   return response;
 }
 
@@ -194,7 +193,7 @@ absl::Status FileUploader::DeleteFile(const std::string& name) {
   request.set_name(name);
   lora::v1::DeleteFileResponse response;
   return client_->CallUnary(
-      false, [&](grpc::ClientContext* ctx) { return stub_->DeleteFile(ctx, request, &response); });
+      false, [&](grpc::ClientContext* ctx) { return Stub()->DeleteFile(ctx, request, &response); });
 }
 
 absl::Status UploadSpecFiles(lora::v1::JobSpec* spec, const std::string& base_dir,

@@ -49,9 +49,12 @@ class FileUploader {
  private:
   absl::Status UploadBlob(const std::string& local, const std::string& sha256, int64_t size,
                           const UploadProgressFn& progress);
+  // A stub on the client's address in use now (it moves on between replicas).
+  std::unique_ptr<lora::v1::FileService::Stub> Stub() const {
+    return lora::v1::FileService::NewStub(client_->channel());
+  }
   LoraClient* client_;
   int64_t chunk_bytes_;
-  std::unique_ptr<lora::v1::FileService::Stub> stub_;
 };
 
 // "worker:" + path: a path on the workers' own disks (a model on a shared volume), sent as the

@@ -10,8 +10,10 @@
 #include <random>
 #include <thread>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 #include "common/file_util.h"
 #include "common/grpc_status.h"
 #include "common/sha256.h"
@@ -68,22 +70,34 @@ absl::StatusOr<std::unique_ptr<LoraClient>> LoraClient::Create(const ClientOptio
   // Watch resumes from) instead of leaving it waiting forever. lorad accepts pings every 5 s.
   args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 20000);
   args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
-  auto channel = grpc::CreateCustomChannel(options.address, credentials, args);
-  return std::unique_ptr<LoraClient>(new LoraClient(options, std::move(channel)));
+  std::vector<Endpoint> endpoints;
+  for (absl::string_view part : absl::StrSplit(options.address, ',', absl::SkipWhitespace())) {
+    Endpoint e;
+    e.address = std::string(absl::StripAsciiWhitespace(part));
+    e.channel = grpc::CreateCustomChannel(e.address, credentials, args);
+    e.stub = lora::v1::JobService::NewStub(e.channel);
+    endpoints.push_back(std::move(e));
+  }
+  if (endpoints.empty()) return absl::InvalidArgumentError("address: empty");
+  return std::unique_ptr<LoraClient>(new LoraClient(options, std::move(endpoints)));
+}
+
+bool LoraClient::Rotate() const {
+  if (endpoints_.size() < 2) return false;
+  current_ = (current_.load() + 1) % endpoints_.size();
+  return true;
 }
 
 absl::Status LoraClient::Wrap(const grpc::Status& status) const {
   if (status.error_code() == grpc::StatusCode::UNAVAILABLE) {
-    return absl::UnavailableError(absl::StrCat("lorad at ", options_.address, " is unreachable (",
+    return absl::UnavailableError(absl::StrCat("lorad at ", endpoint().address, " is unreachable (",
                                                status.error_message(), ")"));
   }
   return FromGrpcStatus(status);
 }
 
-LoraClient::LoraClient(const ClientOptions& options, std::shared_ptr<grpc::Channel> channel)
-    : options_(options),
-      channel_(std::move(channel)),
-      stub_(lora::v1::JobService::NewStub(channel_)) {}
+LoraClient::LoraClient(const ClientOptions& options, std::vector<Endpoint> endpoints)
+    : options_(options), endpoints_(std::move(endpoints)) {}
 
 void LoraClient::Prepare(grpc::ClientContext* ctx, bool deadline) const {
   if (!options_.token.empty()) ctx->AddMetadata("authorization", "Bearer " + options_.token);
@@ -93,7 +107,7 @@ void LoraClient::Prepare(grpc::ClientContext* ctx, bool deadline) const {
 absl::Status LoraClient::AwaitConnection(const std::atomic<bool>* stop) const {
   const std::chrono::milliseconds timeout = std::min(options_.connect_timeout, options_.timeout);
   const auto deadline = std::chrono::system_clock::now() + timeout;
-  grpc_connectivity_state state = channel_->GetState(/*try_to_connect=*/true);
+  grpc_connectivity_state state = endpoint().channel->GetState(/*try_to_connect=*/true);
   while (true) {
     if (state == GRPC_CHANNEL_READY) return absl::OkStatus();
     if (state == GRPC_CHANNEL_TRANSIENT_FAILURE || state == GRPC_CHANNEL_SHUTDOWN)
@@ -101,28 +115,41 @@ absl::Status LoraClient::AwaitConnection(const std::atomic<bool>* stop) const {
     if (stop != nullptr && stop->load()) return absl::CancelledError("stopped");
     const auto now = std::chrono::system_clock::now();
     if (now >= deadline) {
-      return absl::UnavailableError(
-          absl::StrCat("lorad at ", options_.address, " did not answer within ", Seconds(timeout)));
+      return absl::UnavailableError(absl::StrCat("lorad at ", endpoint().address,
+                                                 " did not answer within ", Seconds(timeout)));
     }
     // In slices, so that `stop` is noticed.
-    if (channel_->WaitForStateChange(state,
-                                     std::min(deadline, now + std::chrono::milliseconds(100))))
-      state = channel_->GetState(/*try_to_connect=*/true);
+    if (endpoint().channel->WaitForStateChange(
+            state, std::min(deadline, now + std::chrono::milliseconds(100))))
+      state = endpoint().channel->GetState(/*try_to_connect=*/true);
   }
 }
 
 absl::Status LoraClient::Unary(bool idempotent,
                                const std::function<grpc::Status(grpc::ClientContext*)>& call) {
+  size_t moved = 0;  // addresses moved on from in this call
   for (int attempt = 0;; ++attempt) {
     // Not wait_for_ready: a refused connection fails the call at once (with gRPC's reason), as
     // it should for a person waiting on `loractl submit`; a silent peer fails at the connect
     // timeout.
     absl::Status connected = AwaitConnection();
+    // Nothing was sent: another replica may answer.
+    if (!connected.ok() && moved + 1 < endpoints_.size() && Rotate()) {
+      ++moved;
+      --attempt;
+      continue;
+    }
     if (absl::IsUnavailable(connected)) return connected;
     grpc::ClientContext ctx;
     Prepare(&ctx);
     grpc::Status s = call(&ctx);
     if (s.ok()) return absl::OkStatus();
+    if (idempotent && s.error_code() == grpc::StatusCode::UNAVAILABLE &&
+        moved + 1 < endpoints_.size() && Rotate()) {
+      ++moved;
+      --attempt;
+      continue;
+    }
     if (idempotent && connected.ok() && s.error_code() == grpc::StatusCode::UNAVAILABLE &&
         attempt < 3) {
       std::this_thread::sleep_for(std::chrono::milliseconds(200) * (1 << attempt));
@@ -140,7 +167,7 @@ absl::StatusOr<lora::v1::Job> LoraClient::CreateJob(const lora::v1::JobSpec& spe
   lora::v1::Job job;
   // Safe to retry with a request id: it makes creation idempotent.
   LORA_RETURN_IF_ERROR(Unary(!request_id.empty(), [&](grpc::ClientContext* ctx) {
-    return stub_->CreateJob(ctx, req, &job);
+    return endpoint().stub->CreateJob(ctx, req, &job);
   }));
   return job;
 }
@@ -149,16 +176,17 @@ absl::StatusOr<lora::v1::Job> LoraClient::GetJob(const std::string& name) {
   lora::v1::GetJobRequest req;
   req.set_name(name);
   lora::v1::Job job;
-  LORA_RETURN_IF_ERROR(
-      Unary(true, [&](grpc::ClientContext* ctx) { return stub_->GetJob(ctx, req, &job); }));
+  LORA_RETURN_IF_ERROR(Unary(
+      true, [&](grpc::ClientContext* ctx) { return endpoint().stub->GetJob(ctx, req, &job); }));
   return job;
 }
 
 absl::StatusOr<lora::v1::ListJobsResponse> LoraClient::ListJobs(
     const lora::v1::ListJobsRequest& request) {
   lora::v1::ListJobsResponse resp;
-  LORA_RETURN_IF_ERROR(
-      Unary(true, [&](grpc::ClientContext* ctx) { return stub_->ListJobs(ctx, request, &resp); }));
+  LORA_RETURN_IF_ERROR(Unary(true, [&](grpc::ClientContext* ctx) {
+    return endpoint().stub->ListJobs(ctx, request, &resp);
+  }));
   return resp;
 }
 
@@ -166,8 +194,8 @@ absl::StatusOr<lora::v1::Job> LoraClient::CancelJob(const std::string& name) {
   lora::v1::CancelJobRequest req;
   req.set_name(name);
   lora::v1::Job job;
-  LORA_RETURN_IF_ERROR(
-      Unary(true, [&](grpc::ClientContext* ctx) { return stub_->CancelJob(ctx, req, &job); }));
+  LORA_RETURN_IF_ERROR(Unary(
+      true, [&](grpc::ClientContext* ctx) { return endpoint().stub->CancelJob(ctx, req, &job); }));
   return job;
 }
 
@@ -175,8 +203,8 @@ absl::StatusOr<lora::v1::Job> LoraClient::PauseJob(const std::string& name) {
   lora::v1::PauseJobRequest req;
   req.set_name(name);
   lora::v1::Job job;
-  LORA_RETURN_IF_ERROR(
-      Unary(true, [&](grpc::ClientContext* ctx) { return stub_->PauseJob(ctx, req, &job); }));
+  LORA_RETURN_IF_ERROR(Unary(
+      true, [&](grpc::ClientContext* ctx) { return endpoint().stub->PauseJob(ctx, req, &job); }));
   return job;
 }
 
@@ -186,8 +214,8 @@ absl::StatusOr<lora::v1::Job> LoraClient::ResumeJob(const std::string& name) {
   lora::v1::Job job;
   // Not retried: a resume that took effect before the connection broke would fail the retry
   // (the job is no longer PAUSED), hiding that it worked.
-  LORA_RETURN_IF_ERROR(
-      Unary(false, [&](grpc::ClientContext* ctx) { return stub_->ResumeJob(ctx, req, &job); }));
+  LORA_RETURN_IF_ERROR(Unary(
+      false, [&](grpc::ClientContext* ctx) { return endpoint().stub->ResumeJob(ctx, req, &job); }));
   return job;
 }
 
@@ -195,7 +223,8 @@ absl::Status LoraClient::DeleteJob(const std::string& name) {
   lora::v1::DeleteJobRequest req;
   req.set_name(name);
   lora::v1::DeleteJobResponse resp;
-  return Unary(false, [&](grpc::ClientContext* ctx) { return stub_->DeleteJob(ctx, req, &resp); });
+  return Unary(
+      false, [&](grpc::ClientContext* ctx) { return endpoint().stub->DeleteJob(ctx, req, &resp); });
 }
 
 absl::StatusOr<std::vector<lora::v1::Checkpoint>> LoraClient::ListCheckpoints(
@@ -203,8 +232,9 @@ absl::StatusOr<std::vector<lora::v1::Checkpoint>> LoraClient::ListCheckpoints(
   lora::v1::ListCheckpointsRequest req;
   req.set_name(name);
   lora::v1::ListCheckpointsResponse resp;
-  LORA_RETURN_IF_ERROR(Unary(
-      true, [&](grpc::ClientContext* ctx) { return stub_->ListCheckpoints(ctx, req, &resp); }));
+  LORA_RETURN_IF_ERROR(Unary(true, [&](grpc::ClientContext* ctx) {
+    return endpoint().stub->ListCheckpoints(ctx, req, &resp);
+  }));
   return std::vector<lora::v1::Checkpoint>(resp.checkpoints().begin(), resp.checkpoints().end());
 }
 
@@ -242,7 +272,7 @@ absl::Status LoraClient::Watch(const std::string& name, int64_t after_sequence,
         }
       });
       const auto opened = std::chrono::steady_clock::now();
-      auto reader = stub_->WatchJob(&ctx, req);
+      auto reader = endpoint().stub->WatchJob(&ctx, req);
       lora::v1::JobEvent event;
       bool keep_going = true;
       bool announce = attempt > 0;  // a reconnect: say so with its first event
@@ -280,13 +310,13 @@ absl::Status LoraClient::Watch(const std::string& name, int64_t after_sequence,
     const std::string why =
         absl::StrCat(absl::StatusCodeToString(cause.code()), ": ", cause.message());
     if (policy.give_up_after.count() <= 0) {
-      return absl::UnavailableError(
-          absl::StrCat("the event stream from lorad at ", options_.address, " ended (", why, ")"));
+      return absl::UnavailableError(absl::StrCat("the event stream from lorad at ",
+                                                 endpoint().address, " ended (", why, ")"));
     }
     if (down >= policy.give_up_after ||
         (policy.max_attempts > 0 && attempt > policy.max_attempts)) {
       return absl::UnavailableError(
-          absl::StrCat("lorad at ", options_.address, " could not be reached again within ",
+          absl::StrCat("lorad at ", endpoint().address, " could not be reached again within ",
                        Seconds(down), " (", attempt - 1, " reconnect attempts) to resume the ",
                        "stream after event ", last, " (", why, ")"));
     }
@@ -303,9 +333,13 @@ absl::Status LoraClient::Watch(const std::string& name, int64_t after_sequence,
         std::chrono::duration_cast<std::chrono::milliseconds>(policy.give_up_after - down);
     delay = std::clamp(delay, std::chrono::milliseconds(0), left);
     if (policy.on_retry) policy.on_retry(cause, attempt, delay, last);
+    // Replicas: a follower serves watches too, so move on only from one that cannot be reached.
+    if (endpoint().channel->GetState(false) != GRPC_CHANNEL_READY && Rotate()) {
+      delay = std::chrono::milliseconds(0);
+    }
     // Wait out the delay, but when the connection itself was down, stop waiting as soon as the
     // channel (which keeps reconnecting on its own) is up again: lorad is back.
-    const bool connection_was_down = channel_->GetState(false) != GRPC_CHANNEL_READY;
+    const bool connection_was_down = endpoint().channel->GetState(false) != GRPC_CHANNEL_READY;
     const auto wake = std::chrono::system_clock::now() + delay;
     while (std::chrono::system_clock::now() < wake && !stopped()) {
       const auto slice =
@@ -314,9 +348,9 @@ absl::Status LoraClient::Watch(const std::string& name, int64_t after_sequence,
         std::this_thread::sleep_until(slice);
         continue;
       }
-      const grpc_connectivity_state state = channel_->GetState(/*try_to_connect=*/true);
+      const grpc_connectivity_state state = endpoint().channel->GetState(/*try_to_connect=*/true);
       if (state == GRPC_CHANNEL_READY) break;
-      channel_->WaitForStateChange(state, slice);
+      endpoint().channel->WaitForStateChange(state, slice);
     }
   }
 }
@@ -340,7 +374,7 @@ absl::StatusOr<LoraClient::DownloadResult> LoraClient::Download(const std::strin
     req.set_name(name);
     req.set_path(artifact_path);
     req.set_offset(offset);
-    auto reader = stub_->DownloadArtifact(&ctx, req);
+    auto reader = endpoint().stub->DownloadArtifact(&ctx, req);
     lora::v1::ArtifactChunk chunk;
     bool write_failed = false;
     while (reader->Read(&chunk)) {

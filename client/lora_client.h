@@ -26,6 +26,8 @@
 namespace lora {
 
 struct ClientOptions {
+  // host:port; lorad replicas: several, comma-separated (calls go to whichever answers them,
+  // moving on from one that cannot be reached or refuses as a follower).
   std::string address = "127.0.0.1:50051";
   std::string token;  // bearer token
   // TLS: with tls_ca set, the channel is TLS (tls_cert/tls_key for client certificates).
@@ -94,7 +96,8 @@ class LoraClient {
   // For the other services' clients (client/file_upload.h) on the same connection: the
   // channel, a context with this client's credentials (and deadline), a unary call with the
   // same connection handling as the JobService calls, and the status mapping.
-  std::shared_ptr<grpc::Channel> channel() const { return channel_; }
+  // The channel to the address in use now (with replicas, it changes when one fails).
+  std::shared_ptr<grpc::Channel> channel() const { return endpoint().channel; }
   void PrepareContext(grpc::ClientContext* ctx, bool deadline = true) const {
     Prepare(ctx, deadline);
   }
@@ -105,7 +108,16 @@ class LoraClient {
   absl::Status ToStatus(const grpc::Status& status) const { return Wrap(status); }
 
  private:
-  explicit LoraClient(const ClientOptions& options, std::shared_ptr<grpc::Channel> channel);
+  // One lorad address and its connection.
+  struct Endpoint {
+    std::string address;
+    std::shared_ptr<grpc::Channel> channel;
+    std::unique_ptr<lora::v1::JobService::Stub> stub;
+  };
+  LoraClient(const ClientOptions& options, std::vector<Endpoint> endpoints);
+  const Endpoint& endpoint() const { return endpoints_[current_.load() % endpoints_.size()]; }
+  // Moves on to the next address (replicas); false with one address.
+  bool Rotate() const;
   void Prepare(grpc::ClientContext* ctx, bool deadline = true) const;
   absl::Status Wrap(const grpc::Status& status) const;
   // Waits (at most connect_timeout) until the channel is connected (OK) or failed to connect
@@ -113,13 +125,15 @@ class LoraClient {
   // not answer in time, CANCELLED when `stop` became true.
   absl::Status AwaitConnection(const std::atomic<bool>* stop = nullptr) const;
   // One unary call: connection first, then `call`; an idempotent call that fails UNAVAILABLE
-  // after the connection was up (lorad going away mid-call) is retried a few times.
+  // after the connection was up (lorad going away mid-call) is retried a few times. With several
+  // addresses, a call that could not connect, or an idempotent one that failed UNAVAILABLE (a
+  // follower refusing a write, a replica going away), moves on to the next address at once.
   absl::Status Unary(bool idempotent,
                      const std::function<grpc::Status(grpc::ClientContext*)>& call);
 
   ClientOptions options_;
-  std::shared_ptr<grpc::Channel> channel_;
-  std::unique_ptr<lora::v1::JobService::Stub> stub_;
+  std::vector<Endpoint> endpoints_;
+  mutable std::atomic<size_t> current_{0};
 };
 
 }  // namespace lora

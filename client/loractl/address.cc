@@ -2,9 +2,11 @@
 
 #include <cctype>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 
 namespace lora::loractl {
 namespace {
@@ -68,6 +70,20 @@ std::string HostPortProblem(const std::string& a) {
 }  // namespace
 
 absl::Status ValidateAddress(const std::string& address, const std::string& source) {
+  // lorad replicas: every address of the list must be one.
+  if (absl::StrContains(address, ',')) {
+    for (absl::string_view part : absl::StrSplit(address, ',')) {
+      const std::string one(absl::StripAsciiWhitespace(part));
+      if (one.empty()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(source, " '", address, "': an empty address in the list; ", kExpected));
+      }
+      if (absl::Status s = ValidateAddress(one, "the address"); !s.ok()) {
+        return absl::InvalidArgumentError(absl::StrCat(source, " '", address, "': ", s.message()));
+      }
+    }
+    return absl::OkStatus();
+  }
   std::string problem;
   if (absl::StartsWith(address, "unix:") || absl::StartsWith(address, "unix-abstract:")) {
     if (address.substr(address.find(':') + 1).empty()) problem = "no socket path";

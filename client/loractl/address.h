@@ -5,6 +5,7 @@
 //   [IPV6]:PORT    e.g. [::1]:50051
 //   unix:PATH      a Unix domain socket (also unix-abstract:NAME)
 //   dns:[//DNS-SERVER/]HOST:PORT
+//   A,B,...        lorad replicas: several of the above, comma-separated
 #ifndef LORA_CLIENT_LORACTL_ADDRESS_H_
 #define LORA_CLIENT_LORACTL_ADDRESS_H_
 

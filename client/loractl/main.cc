@@ -37,7 +37,8 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.fallthrough();  // global flags may follow the subcommand: `loractl list -o json`
   app.add_option("--addr", g.client.address,
-                 "lorad address: HOST:PORT, [IPV6]:PORT or unix:PATH (env LORACTL_ADDR)")
+                 "lorad address: HOST:PORT, [IPV6]:PORT or unix:PATH; replicas: several, "
+                 "comma-separated (env LORACTL_ADDR)")
       ->capture_default_str();
   // A token on the command line is visible to every user (ps): file or environment only.
   std::string token_file;

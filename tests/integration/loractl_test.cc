@@ -601,9 +601,9 @@ TEST(LoractlConnection, APeerThatNeverAnswersFailsAfterTheConnectTimeout) {
 // --addr (and LORACTL_ADDR) is HOST:PORT, [IPV6]:PORT or unix:PATH; anything else is a usage
 // error naming the expected form, before any connection (no silent port 443 for "host").
 TEST(LoractlConnection, AnAddressNeedsAHostAndAPortInRange) {
-  for (const char* bad :
-       {"localhost", "127.0.0.1", ":", ":50051", "localhost:", "host:port:x", "host:0",
-        "host:65536", "host:5x", "[::1]", "::1", "[]:50051", "a b:1", ""}) {
+  for (const char* bad : {"localhost", "127.0.0.1", ":", ":50051", "localhost:", "host:port:x",
+                          "host:0", "host:65536", "host:5x", "[::1]", "::1", "[]:50051", "a b:1",
+                          "", "127.0.0.1:1,", "127.0.0.1:1,localhost"}) {
     ProcessResult r = RunLoractl({"--addr", bad, "list"});
     EXPECT_EQ(r.exit_code, 2) << "'" << bad << "': " << r.err;
     EXPECT_THAT(r.err, HasSubstr("--addr '" + std::string(bad) + "'")) << bad;
@@ -613,8 +613,8 @@ TEST(LoractlConnection, AnAddressNeedsAHostAndAPortInRange) {
   EXPECT_EQ(env.exit_code, 2) << env.err;
   EXPECT_THAT(env.err, HasSubstr("LORACTL_ADDR 'localhost'"));
   // Well-formed addresses get as far as connecting (nothing listens on port 1).
-  for (const char* good :
-       {"localhost:1", "127.0.0.1:1", "[::1]:1", "unix:/nonexistent/lorad.sock"}) {
+  for (const char* good : {"localhost:1", "127.0.0.1:1", "[::1]:1", "unix:/nonexistent/lorad.sock",
+                           "127.0.0.1:1,localhost:2"}) {
     ProcessResult r = RunLoractl({"--addr", good, "list"});
     EXPECT_EQ(r.exit_code, 6) << good << ": " << r.err;
   }

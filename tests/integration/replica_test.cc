@@ -111,6 +111,14 @@ TEST_F(ReplicaTest, KillingTheLeaderMidJobHandsItToTheFollowerWhichFinishesItWit
   ASSERT_TRUE(listed.ok()) << listed.status();
   ASSERT_EQ(listed->jobs_size(), 1);
   EXPECT_EQ(listed->jobs(0).name(), job->name());
+  // A client given every replica moves on from the follower's refusal to the leader.
+  ClientOptions both;
+  both.address = absl::StrCat(b->address(), ",", a->address());
+  auto either = LoraClient::Create(both);
+  ASSERT_TRUE(either.ok()) << either.status();
+  auto via_either = (*either)->CreateJob(testing::TinyTrainSpec(5), "via-either");
+  ASSERT_TRUE(via_either.ok()) << via_either.status();
+
   std::vector<lora::v1::JobEvent> watched;
   std::atomic<bool> stop_watch{false};
   absl::Status watch_status;
@@ -144,6 +152,11 @@ TEST_F(ReplicaTest, KillingTheLeaderMidJobHandsItToTheFollowerWhichFinishesItWit
   RecordProperty("failover_ms", static_cast<int>(failover_s * 1000));
   EXPECT_LT(failover_s, 10);
 
+  // The same client, its first address now the leader and its second dead.
+  auto after = (*either)->GetJob(via_either->name());
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_TRUE((*either)->CreateJob(testing::TinyTrainSpec(5), "after-failover").ok());
+
   // The worker finds the new leader and the running rank is taken over, not restarted.
   Job done = testing::WaitForJob(*client_b, job->name(), Done, 240);
   EXPECT_EQ(done.state(), lora::v1::SUCCEEDED)
@@ -163,6 +176,9 @@ TEST_F(ReplicaTest, KillingTheLeaderMidJobHandsItToTheFollowerWhichFinishesItWit
   }
   EXPECT_EQ(watched.back().sequence(), done.last_sequence());
   EXPECT_EQ(watched.back().state_change().to(), lora::v1::SUCCEEDED);
+
+  EXPECT_EQ(testing::WaitForJob(*client_b, via_either->name(), Done, 120).state(),
+            lora::v1::SUCCEEDED);
 
   // The old leader comes back as a follower of the new one.
   auto a2 = Replica("a", port_a);
