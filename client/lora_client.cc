@@ -333,8 +333,11 @@ absl::Status LoraClient::Watch(const std::string& name, int64_t after_sequence,
         std::chrono::duration_cast<std::chrono::milliseconds>(policy.give_up_after - down);
     delay = std::clamp(delay, std::chrono::milliseconds(0), left);
     if (policy.on_retry) policy.on_retry(cause, attempt, delay, last);
-    // Replicas: a follower serves watches too, so move on only from one that cannot be reached.
-    if (endpoint().channel->GetState(false) != GRPC_CHANNEL_READY && Rotate()) {
+    // Replicas: a follower serves watches too, so move on only from one that cannot be reached;
+    // at once during the first round of an outage, after the backoff once every one has failed
+    // (all of them down must not spin).
+    if (endpoint().channel->GetState(false) != GRPC_CHANNEL_READY && Rotate() &&
+        static_cast<size_t>(attempt) < endpoints_.size()) {
       delay = std::chrono::milliseconds(0);
     }
     // Wait out the delay, but when the connection itself was down, stop waiting as soon as the
