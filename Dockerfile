@@ -49,6 +49,7 @@ RUN LORA_PYTHON=/usr/bin/python3 scripts/image-stage.sh /build /out
 # controller: lorad and loractl. The apt list is exactly the packages that own the libraries
 # `ldd lorad loractl` names, less those already in debian:12.11-slim (libc6, libgcc-s1,
 # libstdc++6, zlib1g); tests/deploy/image_check.py keeps it so.
+# libpq5 and the Kerberos, LDAP and SASL libraries it links are the PostgreSQL store's (replicas).
 # Writes only under /data (--data-dir) and /tmp (SQLite's temporary files): with a read-only root
 # file system mount both (deploy/ does).
 FROM debian:12.11-slim AS controller
@@ -56,6 +57,8 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       libabsl20220623 libc-ares2 libcivetweb1 libgrpc++1.51 libgrpc29 libprotobuf32 libre2-9 \
       libsqlite3-0 libssl3 \
+      libpq5 libgssapi-krb5-2 libk5crypto3 libkeyutils1 libkrb5-3 libkrb5support0 \
+      libldap-2.5-0 libsasl2-2 \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --gid 10001 lorad \
  && useradd --uid 10001 --gid 10001 --home-dir /data --no-create-home --no-log-init \

@@ -204,5 +204,30 @@ TEST_F(ReplicaTest, ALeaderCutOffFromTheDatabaseExitsBeforeItsLeaseExpires) {
   EXPECT_THAT(a->log(), HasSubstr("lost the leader lease"));
 }
 
+// A watch given every replica, none of which answers: it moves on from one to the next, backs
+// off once all have failed, and gives up when its policy says (no spinning between them).
+TEST(ReplicaClientTest, AWatchOverReplicasThatAreAllDownBacksOffAndGivesUp) {
+  ClientOptions o;
+  o.address = absl::StrCat("127.0.0.1:", testing::FreePort(), ",127.0.0.1:", testing::FreePort());
+  o.connect_timeout = std::chrono::milliseconds(500);
+  auto client = LoraClient::Create(o);
+  ASSERT_TRUE(client.ok()) << client.status();
+  ReconnectPolicy policy;
+  policy.initial_backoff = std::chrono::milliseconds(100);
+  policy.max_backoff = std::chrono::milliseconds(400);
+  policy.give_up_after = std::chrono::seconds(3);
+  int retries = 0;
+  policy.on_retry = [&](const absl::Status&, int, std::chrono::milliseconds, int64_t) {
+    ++retries;
+  };
+  const auto start = Clock::now();
+  absl::Status s = (*client)->Watch(
+      "jobs/x", 0, [](const lora::v1::JobEvent&) { return true; }, nullptr, policy);
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << s;
+  EXPECT_GE(SecondsSince(start), 2.5);
+  EXPECT_GE(retries, 2);   // both addresses tried
+  EXPECT_LE(retries, 30);  // and backed off: 3 s at >= 100 ms a round
+}
+
 }  // namespace
 }  // namespace lora
