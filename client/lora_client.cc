@@ -16,6 +16,7 @@
 #include "absl/strings/str_split.h"
 #include "common/file_util.h"
 #include "common/grpc_status.h"
+#include "common/not_leader.h"
 #include "common/sha256.h"
 #include "common/status_macros.h"
 
@@ -144,8 +145,11 @@ absl::Status LoraClient::Unary(bool idempotent,
     Prepare(&ctx);
     grpc::Status s = call(&ctx);
     if (s.ok()) return absl::OkStatus();
-    if (idempotent && s.error_code() == grpc::StatusCode::UNAVAILABLE &&
-        moved + 1 < endpoints_.size() && Rotate()) {
+    // A follower's NOT_LEADER refusal did nothing, so even a call that is not idempotent may
+    // go to another replica.
+    if (s.error_code() == grpc::StatusCode::UNAVAILABLE &&
+        (idempotent || NotLeader(FromGrpcStatus(s)).has_value()) && moved + 1 < endpoints_.size() &&
+        Rotate()) {
       ++moved;
       --attempt;
       continue;

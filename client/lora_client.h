@@ -126,8 +126,9 @@ class LoraClient {
   absl::Status AwaitConnection(const std::atomic<bool>* stop = nullptr) const;
   // One unary call: connection first, then `call`; an idempotent call that fails UNAVAILABLE
   // after the connection was up (lorad going away mid-call) is retried a few times. With several
-  // addresses, a call that could not connect, or an idempotent one that failed UNAVAILABLE (a
-  // follower refusing a write, a replica going away), moves on to the next address at once.
+  // addresses, a call that could not connect, an idempotent one that failed UNAVAILABLE (a
+  // replica going away), or any call a follower refused as NOT_LEADER (common/not_leader.h),
+  // moves on to the next address at once.
   absl::Status Unary(bool idempotent,
                      const std::function<grpc::Status(grpc::ClientContext*)>& call);
 

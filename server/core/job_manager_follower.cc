@@ -1,6 +1,7 @@
 // JobManager on a replica of a shared store: following the leader's writes for watchers, and
 // taking over when elected.
 #include "absl/strings/str_cat.h"
+#include "common/not_leader.h"
 #include "common/status_macros.h"
 #include "server/core/job_manager.h"
 
@@ -31,10 +32,12 @@ void JobManager::SetLeaderHint(const std::string& leader) {
 
 absl::Status JobManager::CheckLeading() const {
   if (leading_) return absl::OkStatus();
-  return absl::UnavailableError(absl::StrCat(
-      "this lorad replica is a follower and serves reads only; writes and workers go to the "
-      "leader",
-      leader_hint_.empty() ? " (being elected; retry)" : absl::StrCat(" at ", leader_hint_)));
+  return NotLeaderError(
+      absl::StrCat(
+          "this lorad replica is a follower and serves reads only; writes and workers go "
+          "to the leader",
+          leader_hint_.empty() ? " (being elected; retry)" : absl::StrCat(" at ", leader_hint_)),
+      leader_hint_);
 }
 
 absl::Status JobManager::Lead() {

@@ -185,6 +185,20 @@ TEST_F(ReplicaTest, KillingTheLeaderMidJobHandsItToTheFollowerWhichFinishesItWit
   auto client_a2 = a2->Client();
   EXPECT_EQ(client_a2->GetJob(job->name())->state(), lora::v1::SUCCEEDED);
   EXPECT_FALSE(Leads(*a2));
+  // A call that is not idempotent, sent to the follower first: its NOT_LEADER refusal is typed,
+  // so the client sends it to the leader, once.
+  ClientOptions follower_first;
+  follower_first.address = absl::StrCat(a2->address(), ",", b->address());
+  auto client_ab = LoraClient::Create(follower_first);
+  ASSERT_TRUE(client_ab.ok());
+  absl::Status deleted;
+  for (int i = 0; i < 50; ++i) {  // until a2's first campaign has seen the leader
+    deleted = (*client_ab)->DeleteJob(via_either->name());
+    if (deleted.ok()) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_TRUE(deleted.ok()) << deleted;
+  EXPECT_EQ(client_b->GetJob(via_either->name()).status().code(), absl::StatusCode::kNotFound);
   worker.Signal(SIGTERM);
   EXPECT_EQ(worker.Wait(30), 0);
 }

@@ -16,6 +16,7 @@
 #include "common/exit_codes.h"
 #include "common/file_util.h"
 #include "common/job_spec/job_spec.h"
+#include "common/not_leader.h"
 #include "common/sha256.h"
 #include "server/store/data_dir_lock.h"
 
@@ -730,6 +731,9 @@ TEST_F(JobManagerTest, AFollowerServesReadsAndFollowsWatchersUntilElectedThenTak
   auto refused = f.CreateJob(Spec(), "", &created);
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnavailable);
   EXPECT_THAT(std::string(refused.status().message()), HasSubstr("lorad-0:50051"));
+  // Typed, so that a client may send even a call that is not idempotent elsewhere.
+  EXPECT_EQ(NotLeader(refused.status()), std::optional<std::string>("lorad-0:50051"));
+  EXPECT_EQ(NotLeader(absl::UnavailableError("lorad-0:50051 went away")), std::nullopt);
   EXPECT_EQ(f.CancelJob(job.name()).status().code(), absl::StatusCode::kUnavailable);
   wv1::Register reg;
   reg.set_worker_id("w2");
