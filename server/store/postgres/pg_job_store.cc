@@ -234,7 +234,16 @@ absl::Status PgJobStore::Borrow(absl::FunctionRef<absl::Status(Session&)> fn) {
   Session session;
   {
     absl::MutexLock lock(&mu_);
-    while (idle_.empty()) returned_.Wait(&mu_);
+    // Bounded like a statement: a pool held by calls stuck on a hung server must not queue the
+    // rest forever.
+    const absl::Time deadline = absl::Now() + options_.statement_timeout;
+    while (idle_.empty()) {
+      if (returned_.WaitWithDeadline(&mu_, deadline) && idle_.empty()) {
+        return absl::UnavailableError(absl::StrCat(
+            "PostgreSQL store: all ", options_.connections, " sessions stayed busy for ",
+            absl::FormatDuration(options_.statement_timeout)));
+      }
+    }
     session = std::move(idle_.back());
     idle_.pop_back();
   }

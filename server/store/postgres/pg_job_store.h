@@ -13,10 +13,11 @@
 //     the epoch of SetFenceEpoch, so a deposed leader's write is refused and never made
 //     (FAILED_PRECONDITION), and a replica that has not been elected (epoch 0) refuses writes
 //     with UNAVAILABLE naming itself a follower. Reads are never fenced.
-//   - A pool of `connections` sessions; a call borrows one for its whole transaction. A session
-//     that was lost is reopened before its next use, never in the middle of a transaction, and
-//     a write whose COMMIT answer was lost fails UNAVAILABLE (it may or may not have happened;
-//     the caller's retry is idempotent or checks).
+//   - A pool of `connections` sessions; a call borrows one for its whole transaction, waiting at
+//     most statement_timeout for a free one (then UNAVAILABLE). A session that was lost is reopened
+//     before its next use, never in the middle of a transaction, and a write whose COMMIT answer
+//     was lost fails UNAVAILABLE (it may or may not have happened; the caller's retry is idempotent
+//     or checks).
 //   - Same schema shape as SqliteJobStore (jobs, events, checkpoints, artifacts, files,
 //     file_blobs, tenant_blobs), created on Open under an advisory lock so replicas that start
 //     together do not race; protos are stored as bytea.
