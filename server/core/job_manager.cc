@@ -377,22 +377,24 @@ void JobManager::SendAssignment(ActiveJob& a, int rank) {
   as->set_master_addr(a.rt.master_addr);
   as->set_master_port(rank == 0 ? 0 : a.rt.master_port);
   *as->mutable_spec() = a.job.spec();
-  if (options_.resolve_files) {
+  if (options_.resolve_files && !a.rt.files) {
     // Checked at CreateJob and kept while the job runs (FileService refuses to delete a file a
     // running job names); should it still be gone, the worker fails the rank naming it.
     auto files = options_.resolve_files(a.job.tenant(), a.job.spec());
-    if (files.ok()) {
-      for (auto& f : *files) *as->add_files() = std::move(f);
-    }
+    if (files.ok()) a.rt.files = std::move(*files);
   }
-  if (a.job.latest_checkpoint_step() > 0) {
-    // Newest first: the worker falls back to an older one when the newest does not verify.
+  if (a.rt.files) {
+    for (const auto& f : *a.rt.files) *as->add_files() = f;
+  }
+  if (a.job.latest_checkpoint_step() > 0 && !a.rt.checkpoints) {
     auto checkpoints = store_->ListCheckpoints(a.job.id());
-    if (checkpoints.ok() && !checkpoints->empty()) {
-      *as->mutable_resume() = checkpoints->back();
-      for (auto it = checkpoints->rbegin() + 1; it != checkpoints->rend(); ++it)
-        *as->add_fallback_resume() = *it;
-    }
+    if (checkpoints.ok()) a.rt.checkpoints = std::move(*checkpoints);
+  }
+  if (a.rt.checkpoints && !a.rt.checkpoints->empty()) {
+    // Newest first: the worker falls back to an older one when the newest does not verify.
+    *as->mutable_resume() = a.rt.checkpoints->back();
+    for (auto it = a.rt.checkpoints->rbegin() + 1; it != a.rt.checkpoints->rend(); ++it)
+      *as->add_fallback_resume() = *it;
   }
   slot.assigned = true;
   if (rank < a.job.ranks_size()) a.job.mutable_ranks(rank)->set_state(lora::v1::RANK_ASSIGNED);

@@ -229,6 +229,11 @@ class JobManager {
     absl::StatusCode failure_code = absl::StatusCode::kOk;
     std::string lost_reason;
     bool rank0_finished = false;
+    // What every rank of the attempt is sent besides the spec, read from the store once for
+    // the first rank's assignment: the others get the same files and the same checkpoint to
+    // resume from, and the store is not read again per rank under the lock.
+    std::optional<std::vector<lora::v1::File>> files;
+    std::optional<std::vector<lora::v1::Checkpoint>> checkpoints;  // oldest first
   };
   struct ActiveJob {
     lora::v1::Job job;  // as stored

@@ -98,6 +98,7 @@ class JobManagerTest : public ::testing::Test {
     o.resolve_files =
         [this](const std::string& tenant,
                const lora::v1::JobSpec& spec) -> absl::StatusOr<std::vector<lora::v1::File>> {
+      ++resolve_calls_;
       std::vector<lora::v1::File> out;
       for (const auto& f : files_) {
         if (spec.dataset().path() != f.name()) continue;
@@ -201,6 +202,7 @@ class JobManagerTest : public ::testing::Test {
 
   fs::path dir_;
   int max_queued_per_tenant_ = 0;
+  std::atomic<int> resolve_calls_{0};  // resolve_files calls (CreateJob's check included)
   std::vector<lora::v1::File> files_;  // what resolve_files knows
   std::unique_ptr<SqliteJobStore> store_;
   std::unique_ptr<ArtifactStore> artifacts_;
@@ -465,6 +467,50 @@ TEST_F(JobManagerTest, AWorkerThatComesBackWithoutItsRankRetriesTheJob) {
   lora::v1::Job now = Get(job.id());
   EXPECT_EQ(now.attempt(), 2);
   EXPECT_EQ(manager_->Stats().workers_busy_slots, 1);  // the retry holds the one slot again
+}
+
+// The ranks of one attempt get the same files and the same checkpoint, read once per attempt,
+// not once per rank (with PostgreSQL each read is a round trip, under the manager's lock).
+TEST_F(JobManagerTest, EveryRankOfAnAttemptIsSentTheSameInputsReadOncePerAttempt) {
+  auto w1 = Connect("w1");
+  auto w2 = Connect("w2");
+  lora::v1::JobSpec spec = Spec();
+  spec.mutable_resources()->set_world_size(2);
+  bool created = false;
+  const int before = resolve_calls_.load();
+  auto job = manager_->CreateJob(spec, "", &created);
+  ASSERT_TRUE(job.ok()) << job.status();
+  wv1::RankAccepted accepted;
+  *accepted.mutable_ref() = Ref(*job, 0);
+  accepted.set_master_port(1234);
+  manager_->OnRankAccepted("w1", accepted);
+  EXPECT_EQ(resolve_calls_.load() - before, 1);  // both ranks of attempt 1: one read
+  Event("w1", *job, 1, Checkpoint(*job, 2));
+  // Rank 1 is killed: attempt 2 starts once rank 0 has stopped, from step 2.
+  wv1::RankExited killed;
+  *killed.mutable_ref() = Ref(*job, 1);
+  killed.set_exit_code(137);
+  killed.set_signal(9);
+  manager_->OnRankExited("w2", killed);
+  wv1::RankExited stopped;
+  *stopped.mutable_ref() = Ref(*job, 0);
+  stopped.set_exit_code(kExitInterrupted);
+  manager_->OnRankExited("w1", stopped);
+  lora::v1::Job second = Get(job->id());
+  ASSERT_EQ(second.attempt(), 2);
+  *accepted.mutable_ref() = Ref(second, 0);
+  const std::string rank0_worker = second.workers(0);
+  manager_->OnRankAccepted(rank0_worker, accepted);
+  EXPECT_EQ(resolve_calls_.load() - before, 2);  // and one for both ranks of attempt 2
+  std::vector<wv1::Assignment> sent;
+  for (const auto* w : {w1.get(), w2.get()}) {
+    for (const auto& as : w->Assignments()) {
+      if (as.ref().attempt() == 2) sent.push_back(as);
+    }
+  }
+  ASSERT_EQ(sent.size(), 2u);
+  EXPECT_EQ(sent[0].resume().step(), 2);
+  EXPECT_EQ(sent[1].resume().step(), 2);
 }
 
 TEST_F(JobManagerTest, RanksOfAReplacedAttemptHoldTheirSlotUntilTheyExit) {
