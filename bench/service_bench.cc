@@ -128,9 +128,31 @@ void CreateJobs(testing::TempDir& dir, int jobs, int clients, const testing::Cer
 
 // A growing backlog: `jobs` creates with no worker connected (every job stays queued), rate
 // and p99 per tenth, so the cost of a create with a long queue shows against a short one.
-void Backlog(testing::TempDir& dir, int jobs, int clients) {
-  testing::Lorad lorad({dir.Join("backlog"), 0, 0, {}});
+// With `store_url_file` (PostgreSQL), lorad is a replica, and the end measures a failover
+// instead of a restart: a second replica takes over from a leader killed with the backlog.
+bool WaitLeading(testing::Lorad& lorad) {
+  for (int i = 0; i < 400; ++i) {
+    if (absl::StrContains(testing::HttpGet(lorad.metrics_port(), "/leader"), " 200 ")) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return false;
+}
+
+std::vector<std::string> ReplicaArgs(const std::string& store_url_file, int port) {
+  if (store_url_file.empty()) return {};
+  return {"--store-url-file",   store_url_file,
+          "--advertise",        absl::StrCat("127.0.0.1:", port),
+          "--leader-lease-ttl", "2"};
+}
+
+void Backlog(testing::TempDir& dir, int jobs, int clients, const std::string& store_url_file = "") {
+  const int port_a = testing::FreePort();
+  testing::Lorad lorad({dir.Join("backlog"), 0, port_a, ReplicaArgs(store_url_file, port_a)});
   if (!lorad.Start()) return;
+  if (!store_url_file.empty() && !WaitLeading(lorad)) {
+    Row("backlog on PostgreSQL", "lorad was never elected");
+    return;
+  }
   const int tenth = std::max(1, jobs / 10);
   std::vector<std::vector<double>> latency(10);  // by tenth
   std::vector<double> tenth_end(10, 0);          // seconds since start when the tenth was done
@@ -203,6 +225,35 @@ void Backlog(testing::TempDir& dir, int jobs, int clients) {
   Row("ListJobs, 50 per page: a page 20,000 jobs deep",
       absl::StrFormat("p50 %.2f ms, p99 %.2f ms", Percentile(deep_page, 0.5),
                       Percentile(deep_page, 0.99)));
+  if (!store_url_file.empty()) {
+    const int port_b = testing::FreePort();
+    testing::Lorad follower(
+        {dir.Join("backlog"), 0, port_b, ReplicaArgs(store_url_file, port_b), "follower"});
+    if (!follower.Start()) return;
+    std::this_thread::sleep_for(std::chrono::seconds(2));  // following, its campaigns running
+    auto c2 = follower.Client();
+    const auto killed = Clock::now();
+    lorad.Kill(SIGKILL);
+    lorad.WaitExit(10);
+    double took = -1;
+    while (std::chrono::duration<double>(Clock::now() - killed).count() < 120) {
+      if (c2->CreateJob(testing::TinyTrainSpec(10), "failover-probe").ok()) {
+        took = std::chrono::duration<double>(Clock::now() - killed).count();
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    std::string recovered = "?";
+    const std::string log = follower.log();
+    if (size_t at = log.find("took over in "); at != std::string::npos) {
+      recovered = log.substr(at + 13, log.find(')', at) - at - 13);
+    }
+    Row(absl::StrFormat("failover with %d jobs queued (lease ttl 2 s): kill -9 of the leader -> "
+                        "the follower accepts writes",
+                        jobs),
+        took < 0 ? "never" : absl::StrFormat("%.2f s (taking the jobs over: %s)", took, recovered));
+    return;
+  }
   // A restart with the whole backlog queued: from exec to serving (the harness waits for the
   // port) and to the first answer.
   lorad.Kill(SIGTERM);
@@ -512,11 +563,12 @@ int main(int argc, char** argv) {
   app.add_option("--streams", streams)->group("");
   bool postgres = false;
   app.add_flag("--postgres", postgres,
-               "With --only create: lorad on a PostgreSQL 15 server this starts on loopback "
-               "(fsync and full-page writes on, the same disk) instead of SQLite");
+               "With --only create or backlog: lorad on a PostgreSQL 15 server this starts on "
+               "loopback (fsync and full-page writes on, the same disk) instead of SQLite; "
+               "backlog then ends with a failover to a second replica instead of a restart");
   CLI11_PARSE(app, argc, argv);
   lora::testing::TempDir dir;
-  if (only == "backlog") {
+  if (only == "backlog" && !postgres) {
     lora::Backlog(dir, jobs, clients);
     return 0;
   }
@@ -533,7 +585,11 @@ int main(int argc, char** argv) {
     }
     const std::string url_file = dir.Join("store-url");
     if (!lora::WriteFileAtomically(url_file, (*pg)->conninfo() + "\n").ok()) return 1;
-    lora::CreateJobs(dir, jobs, clients, nullptr, "", url_file);
+    if (only == "backlog") {
+      lora::Backlog(dir, jobs, clients, url_file);
+    } else {
+      lora::CreateJobs(dir, jobs, clients, nullptr, "", url_file);
+    }
     return 0;
   }
   lora::testing::TestPki pki(dir.Join("pki"));
