@@ -10,10 +10,9 @@
 #include <random>
 #include <thread>
 
-#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "absl/strings/str_split.h"
+#include "common/address_list.h"
 #include "common/file_util.h"
 #include "common/grpc_status.h"
 #include "common/not_leader.h"
@@ -72,9 +71,10 @@ absl::StatusOr<std::unique_ptr<LoraClient>> LoraClient::Create(const ClientOptio
   args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 20000);
   args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
   std::vector<Endpoint> endpoints;
-  for (absl::string_view part : absl::StrSplit(options.address, ',', absl::SkipWhitespace())) {
+  for (std::string& address : SplitAddressList(options.address)) {
+    if (address.empty()) continue;
     Endpoint e;
-    e.address = std::string(absl::StripAsciiWhitespace(part));
+    e.address = std::move(address);
     e.channel = grpc::CreateCustomChannel(e.address, credentials, args);
     e.stub = lora::v1::JobService::NewStub(e.channel);
     endpoints.push_back(std::move(e));

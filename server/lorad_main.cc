@@ -249,16 +249,12 @@ int main(int argc, char** argv) {
   const bool tls = !f.tls.cert_file.empty();
   for (const auto& [file, out, name] :
        {std::tuple{&auth_token_file, &f.auth_token, "--auth-token-file"},
-        std::tuple{&worker_token_file, &f.worker_token, "--worker-token-file"}}) {
+        std::tuple{&worker_token_file, &f.worker_token, "--worker-token-file"},
+        std::tuple{&store_url_file, &f.store_url, "--store-url-file"}}) {
     if (file->empty()) continue;
     auto secret = lora::ReadSecretFile(*file);
     if (!secret.ok()) return Fail(absl::StrCat(name, ": ", secret.status().message()));
     *out = *secret;
-  }
-  if (!store_url_file.empty()) {
-    auto url = lora::ReadSecretFile(store_url_file);
-    if (!url.ok()) return Fail(absl::StrCat("--store-url-file: ", url.status().message()));
-    f.store_url = *url;
   }
   const bool replicated = !f.store_url.empty();
   if (replicated && f.local_workers > 0) {
@@ -436,12 +432,11 @@ int main(int argc, char** argv) {
   hooks.on_watch_delivery = [delivery = watch_delivery->WithLabels({})](double seconds) {
     delivery->Observe(seconds);
   };
-  // What /leader answers (a Kubernetes readiness probe routes the Service to the leader).
-  std::atomic<bool> leading_now{!replicated};
   std::unique_ptr<lora::MetricsHttpServer> metrics_http;
   if (!f.metrics_listen.empty()) {
+    // /leader: a Kubernetes readiness probe routes the Service to the leader by it.
     auto http = lora::MetricsHttpServer::Create(&registry, f.metrics_listen,
-                                                [&leading_now] { return leading_now.load(); });
+                                                [m = manager->get()] { return m->leading(); });
     if (!http.ok()) return Fail(absl::StrCat("--metrics-listen: ", http.status().message()));
     metrics_http = std::move(*http);
   }
@@ -544,8 +539,7 @@ int main(int argc, char** argv) {
     lora::LogInfo(absl::StrCat("replica ", f.advertise, ": following until elected (lease ttl ",
                                f.leader_lease_ttl_s, " s)"));
   }
-  bool leading = !replicated;
-  server->GetHealthCheckService()->SetServingStatus("lorad.leader", leading);
+  server->GetHealthCheckService()->SetServingStatus("lorad.leader", !replicated);
 
   lora::server::LocalWorkersOptions lw;
   lw.count = f.local_workers;
@@ -564,11 +558,11 @@ int main(int argc, char** argv) {
 
   auto next_reap = absl::Now();
   while (!g_stop) {
+    bool leading = (*manager)->leading();
     if (!leading && elected_epoch.load() != 0) {
       const auto t0 = std::chrono::steady_clock::now();
       if (absl::Status s = (*manager)->Lead(); s.ok()) {
         leading = true;
-        leading_now = true;
         server->GetHealthCheckService()->SetServingStatus("lorad.leader", true);
         if (int removed = artifacts.RemoveLeftovers(); removed > 0)
           lora::LogInfo(absl::StrCat("removed ", removed, " partial uploads of the last leader"));

@@ -2,11 +2,10 @@
 
 #include <cctype>
 
-#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
+#include "common/address_list.h"
 
 namespace lora::loractl {
 namespace {
@@ -72,8 +71,7 @@ std::string HostPortProblem(const std::string& a) {
 absl::Status ValidateAddress(const std::string& address, const std::string& source) {
   // lorad replicas: every address of the list must be one.
   if (absl::StrContains(address, ',')) {
-    for (absl::string_view part : absl::StrSplit(address, ',')) {
-      const std::string one(absl::StripAsciiWhitespace(part));
+    for (const std::string& one : SplitAddressList(address)) {
       if (one.empty()) {
         return absl::InvalidArgumentError(
             absl::StrCat(source, " '", address, "': an empty address in the list; ", kExpected));

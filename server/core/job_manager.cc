@@ -121,21 +121,7 @@ void JobManager::Publish(ActiveJob& a, JobUpdate update) {
     Unindex(a.job.id(), before);
     if (!IsTerminal(a.job.state())) Index(a.job.id(), EntryOf(a.job));
   }
-  auto it = subscribers_.find(a.job.id());
-  if (it != subscribers_.end()) {
-    std::vector<std::shared_ptr<const PublishedEvent>> published;
-    const auto now = std::chrono::steady_clock::now();
-    for (JobEvent& e : update.events) {
-      auto p = std::make_shared<PublishedEvent>();
-      p->published_at = now;
-      p->wire = e.SerializeAsString();
-      p->event = std::move(e);
-      published.push_back(std::move(p));
-    }
-    for (EventSubscriber* sub : it->second) {
-      for (const auto& e : published) sub->OnEvent(e);
-    }
-  }
+  Deliver(a.job.id(), std::move(update.events), std::chrono::steady_clock::now());
   if (IsTerminal(a.job.state())) {
     if (options_.observer.job_finished) options_.observer.job_finished(a.job);
     Finish(a.job.id());
@@ -203,11 +189,41 @@ void JobManager::Finish(const std::string& job_id_ref) {
     active_.erase(it);
   }
   undecided_.erase(job_id);
+  CloseWatchers(job_id);
+}
+
+void JobManager::Deliver(const std::string& job_id, std::vector<JobEvent> events,
+                         std::optional<std::chrono::steady_clock::time_point> published_at) {
+  auto it = subscribers_.find(job_id);
+  if (it == subscribers_.end() || events.empty()) return;
+  std::vector<std::shared_ptr<const PublishedEvent>> published;
+  for (JobEvent& e : events) {
+    auto p = std::make_shared<PublishedEvent>();
+    p->published_at = published_at;
+    p->wire = e.SerializeAsString();
+    p->event = std::move(e);
+    published.push_back(std::move(p));
+  }
+  for (EventSubscriber* sub : it->second) {
+    for (const auto& e : published) sub->OnEvent(e);
+  }
+}
+
+void JobManager::CloseWatchers(const std::string& job_id) {
   auto subs = subscribers_.find(job_id);
   if (subs != subscribers_.end()) {
     for (EventSubscriber* sub : subs->second) sub->OnClose(false);
     subscribers_.erase(subs);
   }
+  followed_.erase(job_id);
+}
+
+void JobManager::EndAllWatchers() {
+  for (auto& [id, subs] : subscribers_) {
+    for (EventSubscriber* sub : subs) sub->OnClose(true);
+  }
+  subscribers_.clear();
+  followed_.clear();
 }
 
 void JobManager::ReleaseRanks(ActiveJob& a) {
@@ -580,10 +596,7 @@ void JobManager::Shutdown() {
   for (const auto& [id, w] : workers_.all()) {
     if (w.channel) w.channel->Close();
   }
-  for (auto& [id, subs] : subscribers_) {
-    for (EventSubscriber* sub : subs) sub->OnClose(true);
-  }
-  subscribers_.clear();
+  EndAllWatchers();
 }
 
 JobManagerStats JobManager::Stats() {

@@ -286,6 +286,14 @@ class JobManager {
   absl::Status Transition(ActiveJob& a, lora::v1::Job next, lora::v1::JobState to,
                           const std::string& reason, std::vector<lora::v1::JobEvent> extra = {})
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Sends `events` to the job's watchers, each serialized once for all of them.
+  void Deliver(const std::string& job_id, std::vector<lora::v1::JobEvent> events,
+               std::optional<std::chrono::steady_clock::time_point> published_at)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The job's watchers are told it ended (its last event went first) and forgotten.
+  void CloseWatchers(const std::string& job_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Every watcher is ended resumably (shutdown, or a follower taking over) and forgotten.
+  void EndAllWatchers() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The job ended: ranks still running stop, watchers are told, it leaves memory.
   void Finish(const std::string& job_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Ranks of the attempt that have not exited move to draining_ (their slots stay busy).

@@ -46,11 +46,7 @@ absl::Status JobManager::Lead() {
     if (leading_) return absl::OkStatus();
     // Their cursors came from the store; the leader's watchers start from its memory. Ending
     // them resumably keeps every watcher gapless across the switch.
-    for (auto& [id, subs] : subscribers_) {
-      for (EventSubscriber* sub : subs) sub->OnClose(true);
-    }
-    subscribers_.clear();
-    followed_.clear();
+    EndAllWatchers();
   }
   // Writes are still refused here (leading_ is false), so nothing changes the jobs between
   // reading them and serving them.
@@ -77,25 +73,19 @@ void JobManager::FollowWatched() {
   absl::MutexLock lock(&mu_);
   for (auto& [id, events] : fresh) {
     auto cursor = followed_.find(id);
-    auto subs = subscribers_.find(id);
-    if (cursor == followed_.end() || subs == subscribers_.end()) continue;  // unwatched since
+    if (cursor == followed_.end()) continue;  // unwatched since
+    std::vector<JobEvent> unseen;             // an overlapping read may have delivered some already
     bool ended = false;
     for (JobEvent& e : events) {
-      if (e.sequence() <= cursor->second) continue;  // delivered by an overlapping read
+      if (e.sequence() <= cursor->second) continue;
       cursor->second = e.sequence();
       if (e.has_state_change() && IsTerminal(e.state_change().to())) ended = true;
-      auto p = std::make_shared<PublishedEvent>();
-      // published_at stays unset: lorad_watch_delivery_seconds measures from a commit in this
-      // process, and this one happened in the leader.
-      p->wire = e.SerializeAsString();
-      p->event = std::move(e);
-      for (EventSubscriber* sub : subs->second) sub->OnEvent(p);
+      unseen.push_back(std::move(e));
     }
-    if (ended) {
-      for (EventSubscriber* sub : subs->second) sub->OnClose(false);
-      subscribers_.erase(subs);
-      followed_.erase(cursor);
-    }
+    // published_at stays unset: lorad_watch_delivery_seconds measures from a commit in this
+    // process, and this one happened in the leader.
+    Deliver(id, std::move(unseen), std::nullopt);
+    if (ended) CloseWatchers(id);
   }
 }
 

@@ -13,10 +13,9 @@
 #include <chrono>
 #include <filesystem>
 
-#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
 #include "absl/time/time.h"
+#include "common/address_list.h"
 #include "common/engine_events.h"
 #include "common/exit_codes.h"
 #include "common/file_util.h"
@@ -139,8 +138,8 @@ int LowestFreeSlot(const std::vector<int>& held, int slots) {
 
 absl::StatusOr<std::unique_ptr<WorkerAgent>> WorkerAgent::Create(WorkerAgentOptions options) {
   if (options.slots < 1) return absl::InvalidArgumentError("slots: must be >= 1");
-  for (absl::string_view target : absl::StrSplit(options.controller, ',')) {
-    if (absl::StripAsciiWhitespace(target).empty()) {
+  for (const std::string& target : SplitAddressList(options.controller)) {
+    if (target.empty()) {
       return absl::InvalidArgumentError(
           "controller: an empty address (host:port, or several separated by commas)");
     }
@@ -171,14 +170,10 @@ absl::StatusOr<std::unique_ptr<WorkerAgent>> WorkerAgent::Create(WorkerAgentOpti
 
 WorkerAgent::WorkerAgent(WorkerAgentOptions options, std::unique_ptr<WorkDirLock> lock)
     : options_(std::move(options)), work_dir_lock_(std::move(lock)) {
-  for (absl::string_view target :
-       absl::StrSplit(options_.controller, ',', absl::SkipWhitespace())) {
-    controllers_.emplace_back(absl::StripAsciiWhitespace(target));
-    stubs_.push_back(wv1::WorkerService::NewStub(MakeChannel(controllers_.back())));
-  }
-  if (controllers_.empty()) {  // Create refused it; keep stub() valid all the same
-    controllers_.push_back(options_.controller);
-    stubs_.push_back(wv1::WorkerService::NewStub(MakeChannel(options_.controller)));
+  // Create refused a list with an empty entry, so there is at least one address.
+  controllers_ = SplitAddressList(options_.controller);
+  for (const std::string& target : controllers_) {
+    stubs_.push_back(wv1::WorkerService::NewStub(MakeChannel(target)));
   }
   transfer_ = std::make_unique<ArtifactTransfer>(
       [this] { return stub(); }, [this](grpc::ClientContext* ctx) { AddMetadata(ctx); },

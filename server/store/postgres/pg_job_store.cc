@@ -9,6 +9,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "common/not_leader.h"
 #include "common/status_macros.h"
 #include "google/protobuf/message_lite.h"
 #include "server/store/postgres/leader_lease.h"
@@ -285,10 +286,10 @@ absl::Status PgJobStore::Write(absl::FunctionRef<absl::Status(PgConnection&)> fn
   }
   const int64_t epoch = fence_epoch_.load();
   if (options_.fence_lease.has_value() && epoch == 0) {
-    return absl::UnavailableError(
-        absl::StrCat(options_.replica_name,
-                     " is a follower: it does not lead, so it cannot write; send writes to the "
-                     "leader"));
+    return NotLeaderError(absl::StrCat(options_.replica_name,
+                                       " is a follower: it does not lead, so it cannot write; "
+                                       "send writes to the leader"),
+                          /*leader=*/"");
   }
   return Borrow([&](Session& session) -> absl::Status {
     bool began = false;

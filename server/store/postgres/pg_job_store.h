@@ -12,7 +12,7 @@
 //   - Fenced writes (fence_lease set): every write transaction first runs CheckLeaderFence with
 //     the epoch of SetFenceEpoch, so a deposed leader's write is refused and never made
 //     (FAILED_PRECONDITION), and a replica that has not been elected (epoch 0) refuses writes
-//     with UNAVAILABLE naming itself a follower. Reads are never fenced.
+//     with NOT_LEADER (common/not_leader.h) naming itself a follower. Reads are never fenced.
 //   - A pool of `connections` sessions; a call borrows one for its whole transaction, waiting at
 //     most statement_timeout for a free one (then UNAVAILABLE). A session that was lost is reopened
 //     before its next use, never in the middle of a transaction, and a write whose COMMIT answer
